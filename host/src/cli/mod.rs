@@ -1,0 +1,200 @@
+//! The `flowhost` command line. Thin: parse flags, call the library, print.
+//! Errors print as `error[<kind>]: <message>` and exit with the kind's code
+//! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage).
+
+mod plugin;
+
+use crate::plugin::{PluginError, RuntimeConfig, registry};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "flowhost",
+    version,
+    about = "A workflow host whose steps are sandboxed WebAssembly plugins"
+)]
+struct Cli {
+    /// Log filter, e.g. `info` or `warn,plugin=debug` (default: `warn,plugin=info`; env FLOWHOST_LOG).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Call, test, inspect, list and benchmark plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Where plugins live and how the runtime is sized.
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// The plugins folder (default: $FLOWHOST_PLUGINS, else ./plugins).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached (default: $FLOWHOST_CACHE_DIR, else ~/.cache/flowhost/compiled).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the compile cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Plugin instances that may be alive at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_instances: u32,
+}
+
+impl RuntimeArgs {
+    fn plugins_dir(&self) -> PathBuf {
+        registry::plugins_dir(self.plugins.as_deref())
+    }
+
+    fn runtime_config(&self, fuel: bool) -> RuntimeConfig {
+        let defaults = RuntimeConfig::default();
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or(defaults.cache_dir.clone())
+        };
+        RuntimeConfig {
+            max_instances: self.max_instances,
+            fuel,
+            cache_dir,
+            ..defaults
+        }
+    }
+}
+
+/// A failure of a command.
+#[derive(Debug)]
+enum CliError {
+    /// A plugin failed to load or a call failed: exit code by kind.
+    Plugin { context: String, error: PluginError },
+    /// Bad flags or arguments.
+    Usage(String),
+    /// Anything else (I/O, runtime setup, failed golden cases).
+    Other(String),
+}
+
+impl CliError {
+    fn plugin(context: impl Into<String>) -> impl FnOnce(PluginError) -> CliError {
+        let context = context.into();
+        move |error| CliError::Plugin { context, error }
+    }
+
+    fn report(&self) -> ExitCode {
+        match self {
+            CliError::Plugin { context, error } => {
+                eprintln!("error[{}]: {context}: {error}", error.kind());
+                ExitCode::from(error.kind().exit_code())
+            }
+            CliError::Usage(m) => {
+                eprintln!("error[usage]: {m}");
+                ExitCode::from(2)
+            }
+            CliError::Other(m) => {
+                eprintln!("error: {m}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1e-3)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 250ms, 2s, 1m)"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("`{text}`: a duration must be greater than zero"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn init_tracing(filter: Option<&str>, verbose: bool) {
+    let default = if verbose {
+        "info,plugin=debug"
+    } else {
+        "warn,plugin=info"
+    };
+    let filter = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("FLOWHOST_LOG").ok())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter `{filter}` ({e}); using `{default}`");
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Entry point of the `flowhost` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = match &cli.command {
+        Command::Plugin(c) => c.verbose(),
+    };
+    init_tracing(cli.log.as_deref(), verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return CliError::Other(format!("cannot start the async runtime: {e}")).report(),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Plugin(c) => plugin::run(c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => e.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("0s").is_err());
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,36 @@
+//! The plugin runtime: WebAssembly components that implement the
+//! `flowhost:plugin` contract (`wit/plugin.wit`), run sandboxed.
+//!
+//! Owns: the wasmtime engine and linker ([`Runtime`]), loading and the
+//! compiled-code cache ([`cache`]), per-call stores with limits and a
+//! deny-by-default WASI context ([`call`]), typed calls into the three worlds
+//! ([`Plugin`]), the plugins folder and manifests ([`registry`]), and golden
+//! tests and benchmarks of single plugins ([`golden`], [`bench`]).
+//!
+//! Imports nothing else from flowhost: the engine hands in execution state
+//! through the [`ExecutionState`] trait.
+
+pub mod bench;
+mod bindings;
+pub mod cache;
+pub mod call;
+pub mod error;
+pub mod golden;
+pub mod limits;
+mod loaded;
+pub mod registry;
+mod runtime;
+pub mod state;
+
+pub use call::{CallContext, CallEvents, CancelToken, DirGrant};
+pub use error::{ErrorKind, PluginError};
+pub use limits::{LimitOverrides, Limits};
+pub use loaded::{
+    CallMeta, CallStats, ErrorInfo, HookEvent, HookResult, Plugin, PluginInfo, StepOutput,
+    TransitionInfo, standalone_meta,
+};
+pub use runtime::{
+    CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary, LoadReport, LoadSource, PluginSettings,
+    Runtime, RuntimeConfig, RuntimeError, World,
+};
+pub use state::{ExecutionState, MemoryState};

@@ -1,0 +1,275 @@
+//! The plugins folder: `<dir>/<name>.wasm` plus an optional `<name>.toml`
+//! manifest, and how a name or path given by a user becomes a file and
+//! [`PluginSettings`].
+//!
+//! ```toml
+//! # echo.toml
+//! version = "0.1.0"        # informational
+//! sha256 = "ab12..."       # refuse to load any other file
+//! reuse = 0                # calls per instance; 0 = fresh instance per call
+//! [limits]
+//! memory_mb = 32
+//! timeout_ms = 2000
+//! [[dirs]]                 # directories lent to the plugin (relative to the folder)
+//! host = "data"
+//! guest = "/data"
+//! writable = false
+//! [config]                 # what the plugin's config() returns
+//! greeting = "hi"
+//! ```
+
+use super::call::DirGrant;
+use super::error::PluginError;
+use super::limits::LimitOverrides;
+use super::runtime::PluginSettings;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// A plugin manifest (`<name>.toml`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub reuse: u32,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    #[serde(default)]
+    pub dirs: Vec<ManifestDir>,
+    pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDir {
+    pub host: PathBuf,
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest; errors name the file, line and column.
+    pub fn read(path: &Path) -> Result<Manifest, PluginError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PluginError::load(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| PluginError::load(format!("{}: {e}", path.display())))
+    }
+
+    /// Settings for a plugin called `name` whose manifest lives in `dir`.
+    pub fn settings(&self, name: &str, dir: &Path) -> Result<PluginSettings, PluginError> {
+        let mut settings = PluginSettings::new(name);
+        settings.sha256 = self.sha256.clone();
+        settings.reuse = self.reuse;
+        settings.limits = self.limits.clone();
+        if let Some(config) = &self.config {
+            settings.config = serde_json::to_value(config)
+                .map_err(|e| PluginError::load(format!("config of `{name}`: {e}")))?;
+        }
+        settings.grants = self
+            .dirs
+            .iter()
+            .map(|d| DirGrant {
+                host: dir.join(&d.host),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect();
+        Ok(settings)
+    }
+}
+
+/// A plugin found on disk.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub manifest: Option<PathBuf>,
+}
+
+impl Located {
+    /// Settings from the manifest, or defaults when there is none.
+    pub fn settings(&self) -> Result<PluginSettings, PluginError> {
+        match &self.manifest {
+            None => Ok(PluginSettings::new(&self.name)),
+            Some(path) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                Manifest::read(path)?.settings(&self.name, dir)
+            }
+        }
+    }
+}
+
+/// The plugins folder to use: the flag, else `$FLOWHOST_PLUGINS`, else `./plugins`.
+pub fn plugins_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FLOWHOST_PLUGINS").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("plugins"))
+}
+
+/// Finds a plugin given as a `.wasm` path or as a name in `dir`.
+pub fn locate(spec: &str, dir: &Path) -> Result<Located, PluginError> {
+    let as_path = Path::new(spec);
+    if spec.ends_with(".wasm") || as_path.is_file() {
+        if !as_path.is_file() {
+            return Err(PluginError::load(format!("{spec}: no such file")));
+        }
+        let name = as_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(spec)
+            .to_string();
+        let manifest = Some(as_path.with_extension("toml")).filter(|m| m.is_file());
+        return Ok(Located {
+            name,
+            wasm: as_path.to_path_buf(),
+            manifest,
+        });
+    }
+    let wasm = dir.join(format!("{spec}.wasm"));
+    if !wasm.is_file() {
+        let names: Vec<String> = list(dir).into_iter().map(|l| l.name).collect();
+        let hint = match closest(spec, &names) {
+            Some(near) => format!("; did you mean `{near}`?"),
+            None if names.is_empty() => format!("; {} has no plugins", dir.display()),
+            None => format!("; available: {}", names.join(", ")),
+        };
+        return Err(PluginError::load(format!(
+            "no plugin `{spec}` in {}{hint}",
+            dir.display()
+        )));
+    }
+    let manifest = Some(dir.join(format!("{spec}.toml"))).filter(|m| m.is_file());
+    Ok(Located {
+        name: spec.to_string(),
+        wasm,
+        manifest,
+    })
+}
+
+/// Every `<name>.wasm` in `dir`, sorted by name.
+pub fn list(dir: &Path) -> Vec<Located> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Located> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_string();
+            let manifest = Some(p.with_extension("toml")).filter(|m| m.is_file());
+            Some(Located {
+                name,
+                wasm: p,
+                manifest,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to
+/// be a likely typo.
+pub fn closest<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= c.len().max(word.len()).div_ceil(3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads a JSON argument: inline text, `@path` for a file, or `-` for stdin.
+pub fn read_json_arg(what: &str, arg: &str) -> Result<Value, String> {
+    let (text, source) = if arg == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("{what}: cannot read stdin: {e}"))?;
+        (s, "stdin".to_string())
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| format!("{what}: cannot read {path}: {e}"))?;
+        (s, path.to_string())
+    } else {
+        (arg.to_string(), "the command line".to_string())
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{what} from {source} is not valid JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_parses_and_rejects_unknown_keys_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "reuse = 3\n[limits]\nmemory_mb = 8\n[config]\nx = 1\n",
+        )
+        .unwrap();
+        let m = Manifest::read(&path).unwrap();
+        let s = m.settings("p", dir.path()).unwrap();
+        assert_eq!((s.reuse, s.limits.memory_mb), (3, Some(8)));
+        assert_eq!(s.config, serde_json::json!({"x": 1}));
+
+        std::fs::write(&path, "reuse = 3\n[limits]\nmemroy_mb = 8\n").unwrap();
+        let err = Manifest::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("p.toml") && err.contains("line 3") && err.contains("memroy_mb"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locate_suggests_close_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("echo.wasm"), b"").unwrap();
+        assert_eq!(
+            locate("echo", dir.path()).unwrap().wasm,
+            dir.path().join("echo.wasm")
+        );
+        let err = locate("ecoh", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("did you mean `echo`"), "{err}");
+        let err = locate("zzzzzz", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("available: echo"), "{err}");
+    }
+
+    #[test]
+    fn json_args() {
+        assert_eq!(
+            read_json_arg("input", "[1]").unwrap(),
+            serde_json::json!([1])
+        );
+        let err = read_json_arg("input", "{nope").unwrap_err();
+        assert!(
+            err.contains("input from the command line is not valid JSON"),
+            "{err}"
+        );
+        assert!(
+            read_json_arg("input", "@/no/such/file")
+                .unwrap_err()
+                .contains("/no/such/file")
+        );
+    }
+}
