@@ -1,1 +1,97 @@
+//! Helpers for the end-to-end tests: where the built binary and plugins are,
+//! and how to run the CLI.
+//!
+//! `cargo xtask test` builds the plugins into `<target>/plugins/` and the
+//! `flowhost` binary into `<target>/debug/` before running the tests; both are
+//! found relative to the running test executable, so a custom
+//! `CARGO_TARGET_DIR` works too.
 
+use flowhost::plugin::{Runtime, RuntimeConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `<target>/<profile>`: the test executable lives in `<target>/<profile>/deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executables live in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The folder of built plugins (`cargo xtask plugins`).
+pub fn plugins_dir() -> PathBuf {
+    let dir = profile_dir()
+        .parent()
+        .expect("<target>/<profile> has a parent")
+        .join("plugins");
+    assert!(
+        dir.join("echo.wasm").is_file(),
+        "no built plugins in {}: run the tests with `cargo xtask test` (it builds the plugins first)",
+        dir.display()
+    );
+    dir
+}
+
+/// The path of a built plugin.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "plugin {} is not built: run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The source folder of a plugin (where its golden.json lives).
+pub fn plugin_source(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("plugins")
+        .join(rel)
+}
+
+/// The `flowhost` binary.
+pub fn flowhost_bin() -> PathBuf {
+    let bin = profile_dir().join("flowhost");
+    assert!(
+        bin.is_file(),
+        "no flowhost binary at {}: run the tests with `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `flowhost` command with the built plugins folder and a private cache.
+pub fn flowhost(cache: &Path) -> Command {
+    let mut cmd = Command::new(flowhost_bin());
+    cmd.env("FLOWHOST_PLUGINS", plugins_dir())
+        .env("FLOWHOST_CACHE_DIR", cache)
+        .env("FLOWHOST_LOG", "error")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `flowhost` with these arguments.
+pub fn run(cache: &Path, args: &[&str]) -> Output {
+    flowhost(cache).args(args).output().expect("flowhost runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A runtime with its compile cache in `cache` (or none).
+pub fn runtime(cache: Option<&Path>) -> Runtime {
+    let config = RuntimeConfig {
+        cache_dir: cache.map(Path::to_path_buf),
+        max_instances: 32,
+        ..Default::default()
+    };
+    Runtime::new(config).expect("runtime starts")
+}

@@ -1,1 +1,212 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `plugins`: build every plugin crate under `plugins/` for wasm32-wasip2
+//!   (profile `plugin`) and copy the components to `<target>/plugins/<name>.wasm`,
+//!   where the tests and the demo find them.
+//! - `test`: `plugins`, build the `flowhost` binary once, then run every test
+//!   (`cargo test --workspace`). This is the README's test command and what CI runs.
+//! - `demo`: `plugins`, then show the plugin runtime at work.
+//! - `bench`: `plugins`, a release build of the host, then the benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "plugins" => plugins().map(|_| ()),
+        "test" => test(),
+        "demo" => demo(),
+        "bench" => bench(),
+        _ => Err("usage: cargo xtask <plugins|test|demo|bench>".to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut cmd: Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: running {shown}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+/// Every plugin crate: a Cargo.toml under plugins/ with a cdylib.
+fn plugin_crates() -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut stack = vec![root().join("plugins")];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n != "target" && n != "node_modules")
+            {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "Cargo.toml") {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if !text.contains("cdylib") {
+                    continue;
+                }
+                let name = text
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("name = \"")
+                            .and_then(|r| r.strip_suffix('"'))
+                    })
+                    .ok_or_else(|| format!("{}: no package name", path.display()))?;
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Installs the wasm32-wasip2 target through rustup when it is missing.
+fn ensure_wasm_target() -> Result<(), String> {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return Ok(()); // no rustup: let cargo report a missing target itself
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", "wasm32-wasip2"]);
+    run(add)
+}
+
+fn plugins() -> Result<PathBuf, String> {
+    ensure_wasm_target()?;
+    let names = plugin_crates()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--target", "wasm32-wasip2", "--profile", "plugin"]);
+    for n in &names {
+        cmd.args(["-p", n]);
+    }
+    run(cmd).map_err(|e| {
+        format!("{e}\n(is the target installed? `rustup target add wasm32-wasip2`)")
+    })?;
+    let built = target_dir().join("wasm32-wasip2").join("plugin");
+    let out = target_dir().join("plugins");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for n in &names {
+        let from = built.join(format!("{}.wasm", n.replace('-', "_")));
+        let to = out.join(format!("{n}.wasm"));
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
+        let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+        eprintln!("xtask: plugin {n:<16} {size:>8} bytes  {}", to.display());
+    }
+    Ok(out)
+}
+
+fn test() -> Result<(), String> {
+    plugins()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
+    run(build)?;
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    run(test)
+}
+
+fn flowhost(profile: &str) -> Command {
+    let mut c = Command::new(target_dir().join(profile).join("flowhost"));
+    c.current_dir(root());
+    c.env("FLOWHOST_PLUGINS", target_dir().join("plugins"));
+    c
+}
+
+fn demo() -> Result<(), String> {
+    plugins()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
+    run(build)?;
+    let mut list = flowhost("debug");
+    list.args(["plugin", "list"]);
+    run(list)?;
+    let mut call = flowhost("debug");
+    call.args([
+        "plugin",
+        "call",
+        "text",
+        "--input",
+        r#"{"task": "Summarize the data", "text": "WebAssembly plugins run sandboxed. Each call gets a fresh instance."}"#,
+        "-v",
+    ]);
+    run(call)?;
+    let mut test = flowhost("debug");
+    test.args([
+        "plugin",
+        "test",
+        "plugins/echo",
+        "plugins/text",
+        "plugins/audit",
+        "plugins/router",
+        "plugins/testing/adversary",
+    ]);
+    run(test)
+}
+
+fn bench() -> Result<(), String> {
+    plugins()?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "flowhost", "--bin", "flowhost"]);
+    run(build)?;
+    let mut echo = flowhost("release");
+    echo.args(["plugin", "bench", "echo", "--input-bytes", "1024"]);
+    run(echo)?;
+    let mut limits = flowhost("release");
+    limits.args([
+        "plugin",
+        "bench",
+        "adversary",
+        "--input",
+        r#"{"attack": "loop"}"#,
+        "--timeout",
+        "50ms",
+        "--iterations",
+        "20",
+    ]);
+    run(limits)
+}

@@ -114,6 +114,10 @@ pub(super) struct BenchArgs {
     /// Calls per measurement.
     #[arg(long, default_value_t = 5000)]
     iterations: usize,
+    /// Measure timeout enforcement instead: give an input that never finishes
+    /// and a limit, and see how far past the limit each call is stopped.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -463,12 +467,34 @@ async fn bench_cmd(a: BenchArgs) -> Result<ExitCode, CliError> {
     }
     let located = locate(&a.plugin, &a.runtime)?;
     let context = format!("plugin `{}`", located.name);
-    let settings: PluginSettings = located.settings().map_err(CliError::plugin(&context))?;
+    let mut settings: PluginSettings = located.settings().map_err(CliError::plugin(&context))?;
     let input = match &a.input {
         Some(i) => json_arg("--input", i)?,
         None => bench::sample_input(a.input_bytes),
     };
     let config = a.runtime.runtime_config(false);
+    if let Some(limit) = a.timeout {
+        settings.limits.timeout_ms = Some(limit.as_millis().max(1) as u64);
+        let report =
+            bench::timeout_overshoot(&config, &located.wasm, &settings, &input, a.iterations)
+                .await
+                .map_err(CliError::plugin(&context))?;
+        if a.json {
+            print_json(&report)?;
+        } else {
+            let o = &report.overshoot;
+            println!(
+                "plugin {}: {} runaway calls with a {:.0} ms limit, stopped after the deadline by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                report.plugin,
+                report.runs,
+                report.limit_ms,
+                o.p50_us / 1e3,
+                o.p99_us / 1e3,
+                o.max_us / 1e3
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = bench::bench(&config, &located.wasm, &settings, &input, a.iterations)
         .await
         .map_err(CliError::plugin(&context))?;

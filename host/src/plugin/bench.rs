@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
+    pub max_us: f64,
     pub mean_us: f64,
     pub calls_per_sec: f64,
 }
@@ -32,6 +33,7 @@ impl Latency {
         Latency {
             p50_us: at(0.50),
             p99_us: at(0.99),
+            max_us: at(1.0),
             mean_us: total.as_secs_f64() * 1e6 / n,
             calls_per_sec: n / total.as_secs_f64().max(1e-9),
         }
@@ -134,6 +136,53 @@ pub async fn bench(
         fresh: Latency::of(fresh),
         warm: Latency::of(warm),
         iterations,
+    })
+}
+
+/// How far past its time limit a runaway call runs before it is stopped.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OvershootReport {
+    pub plugin: String,
+    pub limit_ms: f64,
+    /// Time from the deadline to the call returning its timeout error.
+    pub overshoot: Latency,
+    pub runs: usize,
+}
+
+/// Calls a plugin that never finishes (`settings` must set a timeout) `runs`
+/// times and measures how long after the deadline each call returns.
+pub async fn timeout_overshoot(
+    base: &RuntimeConfig,
+    wasm: &Path,
+    settings: &PluginSettings,
+    input: &Value,
+    runs: usize,
+) -> Result<OvershootReport, PluginError> {
+    let runtime = Runtime::new(base.clone()).map_err(|e| PluginError::load(e.to_string()))?;
+    let plugin = runtime.load_file(wasm, settings.clone())?;
+    let limit = plugin.limits().timeout;
+    let ctx = CallContext::default();
+    let meta = standalone_meta("bench");
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        match plugin.process(&meta, input, &ctx).await {
+            Err(PluginError::Timeout { .. }) => {
+                samples.push(started.elapsed().saturating_sub(limit))
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {
+                return Err(PluginError::load(
+                    "the call finished within its time limit; give a longer-running input",
+                ));
+            }
+        }
+    }
+    Ok(OvershootReport {
+        plugin: settings.name.clone(),
+        limit_ms: limit.as_secs_f64() * 1e3,
+        overshoot: Latency::of(samples),
+        runs,
     })
 }
 

@@ -193,6 +193,7 @@ impl Plugin {
         input: &Value,
         ctx: &CallContext,
     ) -> Result<(Value, CallStats), PluginError> {
+        self.expect_world(World::Processor)?;
         let input = input.to_string();
         let meta = meta.clone();
         let (result, stats) = self
@@ -200,7 +201,7 @@ impl Plugin {
                 Box::pin(async move {
                     match instance {
                         Instance::Processor(p) => p.call_process(store, &meta, &input).await,
-                        _ => wasmtime::bail!("not a processor"),
+                        _ => wasmtime::bail!("internal error: world checked before the call"),
                     }
                 })
             })
@@ -217,6 +218,7 @@ impl Plugin {
         context: &Value,
         ctx: &CallContext,
     ) -> Result<HookResult, PluginError> {
+        self.expect_world(World::Hook)?;
         let context = context.to_string();
         let (event, meta) = (event.clone(), meta.clone());
         let (result, _) = self
@@ -224,7 +226,7 @@ impl Plugin {
                 Box::pin(async move {
                     match instance {
                         Instance::Hook(h) => h.call_on_event(store, &event, &meta, &context).await,
-                        _ => wasmtime::bail!("not a hook"),
+                        _ => wasmtime::bail!("internal error: world checked before the call"),
                     }
                 })
             })
@@ -253,7 +255,7 @@ impl Plugin {
                 Box::pin(async move {
                     match instance {
                         Instance::Step(s) => s.call_run(store, &meta, &context).await,
-                        _ => wasmtime::bail!("not a step"),
+                        _ => wasmtime::bail!("internal error: world checked before the call"),
                     }
                 })
             })
@@ -263,6 +265,18 @@ impl Plugin {
             output: self.parse_output("output", &out.output)?,
             next: out.next,
         })
+    }
+
+    /// A plugin used as the wrong kind does not fit its caller: a `link` error.
+    pub fn expect_world(&self, world: World) -> Result<(), PluginError> {
+        if self.world() == world {
+            return Ok(());
+        }
+        Err(PluginError::link(format!(
+            "`{}` is a {} plugin, but a {world} plugin is needed here",
+            self.name(),
+            self.world()
+        )))
     }
 
     /// Checks a JSON value coming out of the guest: size, then syntax.

@@ -14,6 +14,8 @@
 //! - `invalid_json`: returns text that is not JSON.
 //! - `huge_output` (`mb`, default 100): returns a JSON string of that many MiB.
 //! - `guest_error` (`kind`, `message`): returns that plugin error.
+//! - `count`: how many calls this instance has served (1 = fresh instance).
+//! - `count`: how many calls this instance has served (1 = fresh instance).
 //! - `sleep` (`ms`): sleeps, checking `cancelled()` each millisecond.
 
 use flowhost_sdk::__processor::{CallMeta, Guest, PluginError, PluginInfo};
@@ -21,6 +23,9 @@ use flowhost_sdk::{Value, glue, host, json};
 use std::hint::black_box;
 
 pub struct Adversary;
+
+/// Calls served by this instance: shows whether the host reused it.
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Guest for Adversary {
     fn info() -> PluginInfo {
@@ -94,6 +99,10 @@ impl Guest for Adversary {
                     "retryable" => PluginError::Retryable(message),
                     _ => PluginError::Fatal(message),
                 })
+            }
+            "count" => {
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Ok(json!({"calls_in_this_instance": n}).to_string())
             }
             "sleep" => {
                 let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);

@@ -1,0 +1,110 @@
+//! The compile cache: used on the second load; a corrupted or foreign entry
+//! is rejected and rebuilt, never executed.
+
+use flowhost::plugin::{
+    CallContext, LoadSource, PluginSettings, Runtime, RuntimeConfig, standalone_meta,
+};
+use flowhost_e2e::{plugin, runtime};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn load(rt: &Runtime) -> flowhost::plugin::Plugin {
+    rt.load_file(&plugin("echo"), PluginSettings::new("echo"))
+        .unwrap()
+}
+
+fn entry(rt: &Runtime) -> PathBuf {
+    let sha = load(rt).sha256().to_string();
+    rt.cache().unwrap().entry_path(&sha)
+}
+
+async fn works(p: &flowhost::plugin::Plugin) {
+    let out = p
+        .process(
+            &standalone_meta("t"),
+            &json!({"ok": true}),
+            &CallContext::default(),
+        )
+        .await;
+    assert_eq!(out, Ok(json!({"ok": true})));
+}
+
+fn fresh_source(cache: &Path) -> LoadSource {
+    load(&runtime(Some(cache))).load_report().source
+}
+
+#[tokio::test]
+async fn second_load_comes_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(Some(dir.path()));
+    let first = load(&rt);
+    assert_eq!(first.load_report().source, LoadSource::Compiled);
+    assert!(entry(&rt).is_file(), "the compiled code was not written");
+    assert_eq!(load(&rt).load_report().source, LoadSource::Memory);
+
+    let again = load(&runtime(Some(dir.path())));
+    assert_eq!(
+        again.load_report().source,
+        LoadSource::DiskCache,
+        "a new process must not recompile"
+    );
+    works(&again).await;
+}
+
+#[tokio::test]
+async fn a_corrupted_entry_is_rejected_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = entry(&runtime(Some(dir.path())));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let rt = runtime(Some(dir.path()));
+    let p = load(&rt);
+    assert_eq!(
+        p.load_report().source,
+        LoadSource::Compiled,
+        "a corrupted entry must not be used"
+    );
+    works(&p).await;
+    assert_eq!(
+        fresh_source(dir.path()),
+        LoadSource::DiskCache,
+        "the rebuilt entry is used next time"
+    );
+}
+
+#[tokio::test]
+async fn junk_and_foreign_entries_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = entry(&runtime(Some(dir.path())));
+    std::fs::write(&path, b"not compiled code at all").unwrap();
+    assert_eq!(fresh_source(dir.path()), LoadSource::Compiled);
+
+    // A well-formed entry from an engine with other settings (fuel metering
+    // changes the generated code) is refused by the compatibility check.
+    let fuel_dir = tempfile::tempdir().unwrap();
+    let fuel_rt = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: Some(fuel_dir.path().to_path_buf()),
+        max_instances: 8,
+        ..Default::default()
+    })
+    .unwrap();
+    let foreign = entry(&fuel_rt);
+    assert_ne!(
+        foreign.file_name(),
+        path.file_name(),
+        "engine settings are part of the key"
+    );
+    std::fs::copy(&foreign, &path).unwrap();
+    let rt = runtime(Some(dir.path()));
+    let p = load(&rt);
+    assert_eq!(
+        p.load_report().source,
+        LoadSource::Compiled,
+        "a foreign entry must not be used"
+    );
+    works(&p).await;
+}
