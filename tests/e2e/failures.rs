@@ -200,6 +200,26 @@ async fn link_errors_name_the_problem() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Link);
     assert!(err.to_string().contains("hook plugin"), "{err}");
+    let err = audit
+        .run(&standalone_meta("t"), &json!({}), &CallContext::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Link);
+    let echo = rt
+        .load_file(&plugin("echo"), PluginSettings::new("echo"))
+        .unwrap();
+    let event = flowhost::plugin::HookEvent::MachineStart;
+    let err = echo
+        .on_event(
+            &event,
+            &standalone_meta("t"),
+            &json!({}),
+            &CallContext::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Link);
+    assert!(err.to_string().contains("processor plugin"), "{err}");
     echo_still_works(&rt, "link errors").await;
 }
 

@@ -435,7 +435,8 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .table_elements(100_000)
         .max_memory_size(config.memory_ceiling as usize)
         .linear_memory_keep_resident(MIB as usize)
-        .table_keep_resident(64 * 1024);
+        .table_keep_resident(64 * 1024)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut c = Config::new();
     c.wasm_component_model(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
