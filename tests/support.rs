@@ -95,3 +95,11 @@ pub fn runtime(cache: Option<&Path>) -> Runtime {
     };
     Runtime::new(config).expect("runtime starts")
 }
+
+/// A compile cache shared by the tests (and kept between runs), for the large
+/// Python and JavaScript components that take seconds to compile.
+pub fn shared_cache() -> PathBuf {
+    let dir = profile_dir().join("test-compile-cache");
+    std::fs::create_dir_all(&dir).expect("create the shared test cache");
+    dir
+}

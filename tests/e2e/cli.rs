@@ -2,7 +2,7 @@
 //! exit codes, golden tests, inspect, list, manifests.
 
 use flowhost::plugin::ErrorKind;
-use flowhost_e2e::{plugin, plugin_source, plugins_dir, run, stderr, stdout};
+use flowhost_e2e::{plugin, plugin_source, plugins_dir, run, shared_cache, stderr, stdout};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -208,8 +208,8 @@ fn inspect_shows_world_imports_exports_and_info() {
 
 #[test]
 fn list_shows_every_plugin_and_why_one_is_broken() {
-    let cache = tempfile::tempdir().unwrap();
-    let o = run(cache.path(), &["plugin", "list", "--json"]);
+    // Lists the Python and JavaScript plugins too: share their compiled code.
+    let o = run(&shared_cache(), &["plugin", "list", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rows: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     let row = |n: &str| {
@@ -230,6 +230,9 @@ fn list_shows_every_plugin_and_why_one_is_broken() {
             .unwrap()
             .contains("[link]")
     );
+    for polyglot in ["sentiment", "reshape", "jsonstat"] {
+        assert_eq!(row(polyglot)["status"], "ok", "{polyglot}");
+    }
 }
 
 /// A private plugins folder holding copies of built plugins and manifests.

@@ -4,4 +4,5 @@
 mod cache;
 mod cli;
 mod failures;
+mod polyglot;
 mod sandbox;

@@ -1,12 +1,15 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `plugins`: build every plugin crate under `plugins/` for wasm32-wasip2
-//!   (profile `plugin`) and copy the components to `<target>/plugins/<name>.wasm`,
-//!   where the tests and the demo find them.
+//!   (profile `plugin`), and the Python, JavaScript and C plugins (see
+//!   `polyglot`), into `<target>/plugins/<name>.wasm`, where the tests and the
+//!   demo find them.
 //! - `test`: `plugins`, build the `flowhost` binary once, then run every test
 //!   (`cargo test --workspace`). This is the README's test command and what CI runs.
 //! - `demo`: `plugins`, then show the plugin runtime at work.
 //! - `bench`: `plugins`, a release build of the host, then the benchmarks.
+
+mod polyglot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -137,6 +140,7 @@ fn plugins() -> Result<PathBuf, String> {
         let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
         eprintln!("xtask: plugin {n:<16} {size:>8} bytes  {}", to.display());
     }
+    polyglot::build(&out)?;
     Ok(out)
 }
 
@@ -184,6 +188,9 @@ fn demo() -> Result<(), String> {
         "plugins/audit",
         "plugins/router",
         "plugins/testing/adversary",
+        "plugins/python/sentiment",
+        "plugins/js/reshape",
+        "plugins/c/jsonstat",
     ]);
     run(test)
 }
