@@ -14,8 +14,8 @@ fn load(rt: &Runtime) -> flowhost::plugin::Plugin {
 }
 
 fn entry(rt: &Runtime) -> PathBuf {
-    let sha = load(rt).sha256().to_string();
-    rt.cache().unwrap().entry_path(&sha)
+    let digest = load(rt).digest().to_string();
+    rt.cache().unwrap().entry_path(&digest)
 }
 
 async fn works(p: &flowhost::plugin::Plugin) {

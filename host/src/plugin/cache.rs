@@ -2,15 +2,17 @@
 //!
 //! Compiling a component with Cranelift takes from tens of milliseconds (a
 //! small Rust plugin) to seconds (a Python or JavaScript one); loading the
-//! compiled code back takes about a millisecond. Entries are keyed by the
-//! sha256 of the `.wasm` and a digest of the engine's compatibility hash, so a
-//! changed plugin or a different engine configuration never hits a stale entry.
+//! compiled code back is much faster. Entries are keyed by the BLAKE3 digest of
+//! the `.wasm` and a digest of the engine's compatibility hash, so a changed
+//! plugin or a different engine configuration never hits a stale entry.
 //!
 //! A cache entry is native code. It is only ever read from this cache's own
-//! directory (never from a plugins folder), and every entry carries the sha256
-//! of its payload: a corrupted or foreign file is rejected, deleted and
-//! rebuilt, never executed. Writes go to a temporary file that is renamed into
-//! place, so a crash never leaves a half-written entry.
+//! directory (never from a plugins folder), and every entry carries the BLAKE3
+//! digest of its payload (BLAKE3 rather than sha256 because entries of large
+//! plugins are tens of MB and are checked on every load): a corrupted or
+//! foreign file is rejected, deleted and rebuilt, never executed. Writes go to
+//! a temporary file that is renamed into place, so a crash never leaves a
+//! half-written entry and a reader never sees one change.
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -20,23 +22,28 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 16] = b"flowhost-cwasm1\n";
+const MAGIC: &[u8; 16] = b"flowhost-cwasm2\n";
 const HEADER: usize = MAGIC.len() + 32;
 
-/// Hex sha256 of some bytes.
+/// Hex sha256 of some bytes (what manifests pin and `inspect` shows).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// Hex BLAKE3 digest of a component: its identity in the caches.
+pub fn content_digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Feeds a `Hash` value into sha256, giving a digest that is stable across runs
-/// (unlike `DefaultHasher`, whose algorithm is not guaranteed).
-struct Sha256Hasher(Sha256);
+/// Feeds a `Hash` value into BLAKE3, giving a digest that is stable across
+/// runs (unlike `DefaultHasher`, whose algorithm is not guaranteed).
+struct StableHasher(blake3::Hasher);
 
-impl Hasher for Sha256Hasher {
+impl Hasher for StableHasher {
     fn finish(&self) -> u64 {
         0
     }
@@ -48,9 +55,9 @@ impl Hasher for Sha256Hasher {
 /// A short digest of everything that makes compiled code (in)compatible with
 /// this engine: wasmtime version, target, and the settings that affect codegen.
 pub fn engine_key(engine: &Engine) -> String {
-    let mut hasher = Sha256Hasher(Sha256::new());
+    let mut hasher = StableHasher(blake3::Hasher::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    hex(&hasher.0.finalize()[..8])
+    hex(&hasher.0.finalize().as_bytes()[..8])
 }
 
 /// Why a cache entry was not used.
@@ -102,28 +109,29 @@ impl CompileCache {
         &self.dir
     }
 
-    /// Where the entry for a wasm file with this sha256 lives.
-    pub fn entry_path(&self, wasm_sha256: &str) -> PathBuf {
-        self.dir
-            .join(format!("{wasm_sha256}-{}.cwasm", self.engine_key))
+    /// Where the entry for a component with this [`content_digest`] lives.
+    pub fn entry_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }
 
     /// Loads the compiled component, `Ok(None)` on a miss. A rejected entry is
     /// deleted before the error is returned, so the next store replaces it.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        wasm_sha256: &str,
-    ) -> Result<Option<Component>, CacheReject> {
-        let path = self.entry_path(wasm_sha256);
-        let Ok(bytes) = fs::read(&path) else {
+    pub fn load(&self, engine: &Engine, digest: &str) -> Result<Option<Component>, CacheReject> {
+        let path = self.entry_path(digest);
+        let Ok(file) = fs::File::open(&path) else {
+            return Ok(None);
+        };
+        // SAFETY: a read-only mapping of a file in our private directory.
+        // Entries are replaced by rename, never written in place, so the
+        // mapped file cannot change while we read it.
+        let Ok(bytes) = (unsafe { memmap2::Mmap::map(&file) }) else {
             return Ok(None);
         };
         let result = verify(&path, &bytes).and_then(|payload| {
-            // SAFETY: `payload` comes from our own cache directory and its sha256
-            // matches the digest we wrote next to it, so it is the unmodified
-            // output of `Component::serialize` from an engine with the same
-            // compatibility key (which `deserialize` checks again).
+            // SAFETY: `payload` comes from our own cache directory and its
+            // digest matches the one we wrote in front of it, so it is the
+            // unmodified output of `Component::serialize` from an engine with
+            // the same compatibility key (which `deserialize` checks again).
             unsafe { Component::deserialize(engine, payload) }.map_err(|e| {
                 CacheReject::Incompatible {
                     path: path.clone(),
@@ -141,12 +149,12 @@ impl CompileCache {
     }
 
     /// Writes a compiled component atomically.
-    pub fn store(&self, wasm_sha256: &str, component: &Component) -> std::io::Result<PathBuf> {
+    pub fn store(&self, digest: &str, component: &Component) -> std::io::Result<PathBuf> {
         let payload = component.serialize().map_err(std::io::Error::other)?;
-        let path = self.entry_path(wasm_sha256);
+        let path = self.entry_path(digest);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
-        tmp.write_all(&Sha256::digest(&payload))?;
+        tmp.write_all(blake3::hash(&payload).as_bytes())?;
         tmp.write_all(&payload)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&path).map_err(|e| e.error)?;
@@ -159,7 +167,7 @@ fn verify<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], CacheReject> {
         return Err(CacheReject::NotOurs(path.to_path_buf()));
     }
     let (digest, payload) = bytes[MAGIC.len()..].split_at(32);
-    if Sha256::digest(payload).as_slice() != digest {
+    if blake3::hash(payload).as_bytes().as_slice() != digest {
         return Err(CacheReject::Corrupted(path.to_path_buf()));
     }
     Ok(payload)

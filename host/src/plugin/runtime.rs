@@ -3,7 +3,7 @@
 //! the contract version, pre-link).
 
 use super::bindings::{hook, processor, step};
-use super::cache::{CompileCache, sha256_hex};
+use super::cache::{CompileCache, content_digest, sha256_hex};
 use super::call::{DirGrant, StoreState};
 use super::error::PluginError;
 use super::limits::{LimitOverrides, Limits};
@@ -153,7 +153,8 @@ impl PluginSettings {
 pub(crate) struct Compiled {
     pub(crate) pre: Pre,
     pub(crate) world: World,
-    pub(crate) sha256: String,
+    /// [`content_digest`] of the component.
+    pub(crate) digest: String,
 }
 
 pub(crate) enum Pre {
@@ -253,8 +254,8 @@ impl Runtime {
         settings: PluginSettings,
     ) -> Result<Plugin, PluginError> {
         let started = Instant::now();
-        let sha256 = sha256_hex(bytes);
         if let Some(pin) = &settings.sha256
+            && let sha256 = sha256_hex(bytes)
             && !pin.eq_ignore_ascii_case(&sha256)
         {
             return Err(PluginError::load(format!(
@@ -274,7 +275,7 @@ impl Runtime {
                 )));
             }
         }
-        let (compiled, source) = self.compiled(bytes, &sha256)?;
+        let (compiled, source) = self.compiled(bytes, &content_digest(bytes))?;
         let report = LoadReport {
             source,
             duration: started.elapsed(),
@@ -291,8 +292,8 @@ impl Runtime {
 
     /// Describes a component without requiring that it links.
     pub fn inspect(&self, bytes: &[u8]) -> Result<ComponentSummary, PluginError> {
-        let sha256 = sha256_hex(bytes);
-        let (component, _) = self.component(bytes, &sha256)?;
+        let digest = content_digest(bytes);
+        let (component, _) = self.component(bytes, &digest)?;
         let engine = &self.inner.engine;
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -303,13 +304,13 @@ impl Runtime {
             .exports(engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        let link_error = self.link(&component, &sha256).err().map(|e| e.to_string());
+        let link_error = self.link(&component, &digest).err().map(|e| e.to_string());
         Ok(ComponentSummary {
             world: detect_world(&exports),
             imports,
             exports,
             size: bytes.len(),
-            sha256,
+            sha256: sha256_hex(bytes),
             link_error,
         })
     }
@@ -317,15 +318,15 @@ impl Runtime {
     fn compiled(
         &self,
         bytes: &[u8],
-        sha256: &str,
+        digest: &str,
     ) -> Result<(Arc<Compiled>, LoadSource), PluginError> {
-        if let Some(hit) = self.lock_compiled().get(sha256) {
+        if let Some(hit) = self.lock_compiled().get(digest) {
             return Ok((hit.clone(), LoadSource::Memory));
         }
-        let (component, source) = self.component(bytes, sha256)?;
-        let compiled = Arc::new(self.link(&component, sha256)?);
+        let (component, source) = self.component(bytes, digest)?;
+        let compiled = Arc::new(self.link(&component, digest)?);
         self.lock_compiled()
-            .insert(sha256.to_string(), compiled.clone());
+            .insert(digest.to_string(), compiled.clone());
         Ok((compiled, source))
     }
 
@@ -340,12 +341,12 @@ impl Runtime {
     fn component(
         &self,
         bytes: &[u8],
-        sha256: &str,
+        digest: &str,
     ) -> Result<(Component, LoadSource), PluginError> {
         check_is_component(bytes)?;
         let engine = &self.inner.engine;
         if let Some(cache) = &self.inner.cache {
-            match cache.load(engine, sha256) {
+            match cache.load(engine, digest) {
                 Ok(Some(component)) => return Ok((component, LoadSource::DiskCache)),
                 Ok(None) => {}
                 Err(reject) => tracing::warn!("compile cache entry rejected and rebuilt: {reject}"),
@@ -354,7 +355,7 @@ impl Runtime {
         let component = Component::new(engine, bytes)
             .map_err(|e| PluginError::load(format!("not a valid component: {e:#}")))?;
         if let Some(cache) = &self.inner.cache
-            && let Err(e) = cache.store(sha256, &component)
+            && let Err(e) = cache.store(digest, &component)
         {
             tracing::warn!(
                 "cannot write the compile cache in {}: {e}",
@@ -365,7 +366,7 @@ impl Runtime {
     }
 
     /// Checks the contract version, finds the world and pre-links the component.
-    fn link(&self, component: &Component, sha256: &str) -> Result<Compiled, PluginError> {
+    fn link(&self, component: &Component, digest: &str) -> Result<Compiled, PluginError> {
         let engine = &self.inner.engine;
         let ty = component.component_type();
         for (name, _) in ty.imports(engine) {
@@ -399,7 +400,7 @@ impl Runtime {
         Ok(Compiled {
             pre,
             world,
-            sha256: sha256.to_string(),
+            digest: digest.to_string(),
         })
     }
 }
