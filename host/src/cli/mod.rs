@@ -104,6 +104,19 @@ impl CliError {
     }
 }
 
+/// Runs a plugin load behind a spinner (on a terminal only): the first load
+/// of a large plugin compiles it, which takes seconds for Python or JavaScript.
+fn loading<T>(name: &str, load: impl FnOnce() -> T) -> T {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "loading {name} (compiled on first use, then cached)"
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let out = load();
+    spinner.finish_and_clear();
+    out
+}
+
 /// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();

@@ -1,6 +1,6 @@
 //! `flowhost plugin call | test | inspect | list | bench`.
 
-use super::{CliError, RuntimeArgs, parse_duration};
+use super::{CliError, RuntimeArgs, loading, parse_duration};
 use crate::plugin::bench::{self, BenchReport};
 use crate::plugin::golden::{self, Suite};
 use crate::plugin::registry::{self, Located};
@@ -190,8 +190,7 @@ async fn call(a: CallArgs) -> Result<ExitCode, CliError> {
         .transpose()?;
 
     let rt = runtime(&a.runtime, settings.limits.fuel.is_some())?;
-    let plugin = rt
-        .load_file(&located.wasm, settings)
+    let plugin = loading(&located.name, || rt.load_file(&located.wasm, settings))
         .map_err(CliError::plugin(&context))?;
     let state = Arc::new(MemoryState::new(initial));
     let ctx = CallContext {
@@ -314,6 +313,11 @@ async fn test(a: TestArgs) -> Result<ExitCode, CliError> {
         let settings = located
             .settings()
             .map_err(CliError::plugin(format!("plugin `{}`", located.name)))?;
+        // Compile once up front, behind the spinner; a load error is reported
+        // by each case below.
+        let _ = loading(&located.name, || {
+            rt.load_file(&located.wasm, settings.clone())
+        });
         println!(
             "{} ({} cases from {})",
             located.name,
@@ -348,7 +352,8 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
     let bytes = std::fs::read(&located.wasm)
         .map_err(|e| CliError::Other(format!("cannot read {}: {e}", located.wasm.display())))?;
     let rt = runtime(&a.runtime, false)?;
-    let summary = rt.inspect(&bytes).map_err(CliError::plugin(&context))?;
+    let summary =
+        loading(&located.name, || rt.inspect(&bytes)).map_err(CliError::plugin(&context))?;
     let info = match summary.link_error {
         None => {
             let settings = located.settings().map_err(CliError::plugin(&context))?;
@@ -410,7 +415,7 @@ async fn list(a: ListArgs) -> Result<ExitCode, CliError> {
             .map(|m| m.len())
             .unwrap_or(0);
         let loaded = match located.settings() {
-            Ok(settings) => rt.load_file(&located.wasm, settings),
+            Ok(settings) => loading(&located.name, || rt.load_file(&located.wasm, settings)),
             Err(e) => Err(e),
         };
         let (world, version, status) = match loaded {
