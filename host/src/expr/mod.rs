@@ -1,0 +1,263 @@
+//! Templates and conditions of machine configs: minijinja (Jinja2 semantics)
+//! with the rendering rules flowhost promises, which fix FlatMachines' worst
+//! template defect (everything became a string):
+//!
+//! - A string that is exactly one `{{ expr }}` renders to the expression's
+//!   **native JSON value** (list, number, object, ...), so
+//!   `foreach: "{{ context.tasks }}"` yields a list.
+//! - Any other string with `{{` or `{%` renders to text; lists and maps inside
+//!   it print as JSON.
+//! - A bare path without braces (`context.tasks`, `input.x`, `output.y.z`)
+//!   resolves natively, as in FlatMachines.
+//! - Any other string is a literal. Maps and lists render element by element;
+//!   numbers, booleans and null stay as they are.
+//! - A condition is an expression (`context.n > 2 and "x" in context.tags`,
+//!   `context.items | length > 0`); empty means true. `None`, `none` and
+//!   `null` all mean null. A missing key is undefined (Jinja's rule): it is
+//!   falsy and `default(...)` replaces it, but it is not `== None`; that is
+//!   true only for a key that holds null (which `output_to_context` writes
+//!   when a rendered value is missing).
+//!
+//! Filters beyond Jinja's own: `fromjson` (text → value) and `tojson`.
+//! Evaluation is bounded by minijinja's fuel, so a runaway template (a loop
+//! over a huge range) fails with an error instead of hanging the host.
+//!
+//! Imports nothing else from flowhost.
+
+use minijinja::value::{Serde, Value as JinjaValue};
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+/// Instructions one template or condition may execute.
+const FUEL: u64 = 1_000_000;
+
+/// A template or condition that could not be compiled or evaluated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExprError {
+    #[error("template `{template}`: {message}")]
+    Template { template: String, message: String },
+    #[error("condition `{condition}`: {message}")]
+    Condition { condition: String, message: String },
+}
+
+/// The template engine. Build one and share it.
+pub struct Expressions {
+    env: Environment<'static>,
+}
+
+impl Default for Expressions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a string in a config is treated.
+#[derive(Debug, PartialEq)]
+enum Form<'a> {
+    /// `{{ expr }}` alone: the native value of `expr`.
+    Expression(&'a str),
+    /// Text with template syntax: rendered to a string.
+    Text,
+    /// `context.a.b`: looked up natively.
+    BarePath(Vec<&'a str>),
+    /// Anything else.
+    Literal,
+}
+
+fn classify(s: &str) -> Form<'_> {
+    let t = s.trim();
+    if let Some(inner) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
+        let inner = inner.strip_prefix('-').unwrap_or(inner);
+        let inner = inner.strip_suffix('-').unwrap_or(inner);
+        if !inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%") {
+            return Form::Expression(inner.trim());
+        }
+    }
+    if s.contains("{{") || s.contains("{%") {
+        return Form::Text;
+    }
+    let parts: Vec<&str> = t.split('.').collect();
+    let is_ident = |p: &&str| {
+        let mut chars = p.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if t == s && matches!(parts[0], "context" | "input" | "output") && parts.iter().all(is_ident) {
+        return Form::BarePath(parts);
+    }
+    Form::Literal
+}
+
+impl Expressions {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_fuel(Some(FUEL));
+        env.add_global("null", JinjaValue::from(()));
+        env.add_filter(
+            "fromjson",
+            |text: String| -> Result<JinjaValue, minijinja::Error> {
+                serde_json::from_str::<Value>(&text)
+                    .map(|v| JinjaValue::from(Serde(&v)))
+                    .map_err(|e| {
+                        minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            format!("fromjson: {e}"),
+                        )
+                    })
+            },
+        );
+        env.set_formatter(|out, state, value| {
+            if matches!(
+                value.kind(),
+                minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Map
+            ) {
+                let json = serde_json::to_string(value).map_err(|e| {
+                    minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string())
+                })?;
+                out.write_str(&json).map_err(minijinja::Error::from)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        Expressions { env }
+    }
+
+    /// Renders a config value with these variables (an object such as
+    /// `{"context": ..., "input": ..., "output": ...}`).
+    pub fn render(&self, template: &Value, vars: &Value) -> Result<Value, ExprError> {
+        let jinja_vars = JinjaValue::from(Serde(vars));
+        self.render_with(template, vars, &jinja_vars)
+    }
+
+    fn render_with(
+        &self,
+        template: &Value,
+        vars: &Value,
+        jinja_vars: &JinjaValue,
+    ) -> Result<Value, ExprError> {
+        Ok(match template {
+            Value::String(s) => self.render_string(s, vars, jinja_vars)?,
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.render_with(i, vars, jinja_vars))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.render_with(v, vars, jinja_vars)?)))
+                    .collect::<Result<_, ExprError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    fn render_string(
+        &self,
+        s: &str,
+        vars: &Value,
+        jinja_vars: &JinjaValue,
+    ) -> Result<Value, ExprError> {
+        let fail = |e: minijinja::Error| ExprError::Template {
+            template: s.to_string(),
+            message: describe(&e),
+        };
+        match classify(s) {
+            Form::Expression(expr) => {
+                let value = self
+                    .env
+                    .compile_expression(expr)
+                    .map_err(fail)?
+                    .eval(jinja_vars)
+                    .map_err(fail)?;
+                Ok(to_json(&value))
+            }
+            Form::Text => Ok(Value::String(
+                self.env.render_str(s, jinja_vars).map_err(fail)?,
+            )),
+            Form::BarePath(parts) => Ok(parts
+                .iter()
+                .try_fold(vars, |v, p| v.get(p))
+                .cloned()
+                .unwrap_or(Value::Null)),
+            Form::Literal => Ok(Value::String(s.to_string())),
+        }
+    }
+
+    /// Evaluates a transition condition; an empty one is true.
+    pub fn condition(&self, condition: &str, vars: &Value) -> Result<bool, ExprError> {
+        let fail = |e: minijinja::Error| ExprError::Condition {
+            condition: condition.to_string(),
+            message: describe(&e),
+        };
+        if condition.trim().is_empty() {
+            return Ok(true);
+        }
+        let value = self
+            .env
+            .compile_expression(condition)
+            .map_err(fail)?
+            .eval(JinjaValue::from(Serde(vars)))
+            .map_err(fail)?;
+        Ok(value.is_true())
+    }
+
+    /// Checks that every template in a config value compiles (for validation
+    /// before anything runs).
+    pub fn check_template(&self, template: &Value) -> Result<(), ExprError> {
+        match template {
+            Value::String(s) => {
+                let fail = |e: minijinja::Error| ExprError::Template {
+                    template: s.clone(),
+                    message: describe(&e),
+                };
+                match classify(s) {
+                    Form::Expression(expr) => {
+                        self.env.compile_expression(expr).map(|_| ()).map_err(fail)
+                    }
+                    Form::Text => self.env.template_from_str(s).map(|_| ()).map_err(fail),
+                    Form::BarePath(_) | Form::Literal => Ok(()),
+                }
+            }
+            Value::Array(items) => items.iter().try_for_each(|i| self.check_template(i)),
+            Value::Object(map) => map.values().try_for_each(|v| self.check_template(v)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that a condition compiles.
+    pub fn check_condition(&self, condition: &str) -> Result<(), ExprError> {
+        if condition.trim().is_empty() {
+            return Ok(());
+        }
+        self.env
+            .compile_expression(condition)
+            .map(|_| ())
+            .map_err(|e| ExprError::Condition {
+                condition: condition.to_string(),
+                message: describe(&e),
+            })
+    }
+}
+
+/// A minijinja value as JSON; undefined becomes null.
+fn to_json(value: &JinjaValue) -> Value {
+    if value.is_undefined() {
+        return Value::Null;
+    }
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The error's own message plus its detail, without minijinja's debug dump.
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
