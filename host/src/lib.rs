@@ -1,12 +1,17 @@
 //! flowhost: a workflow host whose user logic runs as sandboxed WebAssembly plugins.
 //!
 //! # Layout
+//! - [`config`]: machine configs (`spec: flatmachine` YAML): schema and
+//!   validation with file, line and state in every error.
 //! - [`expr`]: templates and conditions of machine configs (minijinja),
 //!   rendering to native JSON values.
 //! - [`plugin`]: the plugin runtime (wasmtime engine, sandbox, limits, cache,
 //!   plugins folder, golden tests, benchmarks).
+//! - [`text`]: "did you mean" suggestions.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
 
 pub mod cli;
+pub mod config;
 pub mod expr;
 pub mod plugin;
+pub mod text;

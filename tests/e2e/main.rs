@@ -6,3 +6,4 @@ mod cli;
 mod failures;
 mod polyglot;
 mod sandbox;
+mod validate;

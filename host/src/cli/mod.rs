@@ -1,8 +1,10 @@
 //! The `flowhost` command line. Thin: parse flags, call the library, print.
 //! Errors print as `error[<kind>]: <message>` and exit with the kind's code
-//! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage).
+//! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage, 3 = invalid
+//! machine config).
 
 mod plugin;
+mod validate;
 
 use crate::plugin::{PluginError, RuntimeConfig, registry};
 use clap::{Args, Parser, Subcommand};
@@ -28,7 +30,9 @@ struct Cli {
 enum Command {
     /// Call, test, inspect, list and benchmark plugins.
     #[command(subcommand)]
-    Plugin(plugin::PluginCommand),
+    Plugin(Box<plugin::PluginCommand>),
+    /// Check machine configs (file, line and state for every problem); exit 3 if any is invalid.
+    Validate(validate::ValidateArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Plugin(c) => c.verbose(),
+        Command::Validate(_) => false,
     };
     init_tracing(cli.log.as_deref(), verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +182,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Plugin(c) => plugin::run(c).await,
+            Command::Plugin(c) => plugin::run(*c).await,
+            Command::Validate(a) => validate::run(a),
         }
     });
     match result {

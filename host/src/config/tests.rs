@@ -1,0 +1,213 @@
+use super::*;
+
+/// Writes `yaml` (and empty child machine files it may name) into a temp dir
+/// and parses it.
+fn check(yaml: &str) -> Result<Machine, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("child.yml"), "").unwrap();
+    let path = dir.path().join("m.yml");
+    std::fs::write(&path, yaml).unwrap();
+    load(&path)
+}
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    check(yaml).expect_err("the config should be rejected").0
+}
+
+const GOOD: &str = r#"
+spec: flatmachine
+spec_version: "1.0.0"
+data:
+  name: demo
+  plugins:
+    text: text
+    summarizer: {plugin: text, config: {max_sentences: 2}, limits: {timeout_ms: 500}}
+  agents:
+    worker: {plugin: text}
+  machines:
+    child: ./child.yml
+  context:
+    tasks: "{{ input.tasks }}"
+  hooks:
+    file: ../python/hooks.py
+    class: DistributedWorkerHooks
+  states:
+    start:
+      type: initial
+      agent: worker
+      input:
+        task: "{{ context.task }}"
+      output_to_context:
+        result: "{{ output.result }}"
+      on_error: {timeout: failed, default: failed}
+      transitions:
+        - condition: "context.result | length > 0"
+          to: fan_out
+        - to: failed
+    fan_out:
+      foreach: "{{ context.tasks }}"
+      as: task
+      machine: child
+      transitions:
+        - to: done
+    failed:
+      type: final
+      output: {ok: false}
+    done:
+      type: final
+      output:
+        result: "{{ context.result }}"
+"#;
+
+#[test]
+fn a_good_config_parses_with_its_initial_state() {
+    let m = check(GOOD).unwrap();
+    assert_eq!((m.name(), m.initial.as_str()), ("demo", "start"));
+    assert_eq!(
+        m.data().states.keys().collect::<Vec<_>>(),
+        ["start", "fan_out", "failed", "done"]
+    );
+}
+
+#[test]
+fn the_initial_state_is_typed_else_start_else_first() {
+    let without = GOOD.replace("      type: initial\n", "");
+    assert_eq!(check(&without).unwrap().initial, "start");
+    let renamed = without.replace("    start:\n", "    begin:\n");
+    assert_eq!(check(&renamed).unwrap().initial, "begin");
+}
+
+#[test]
+fn an_unknown_key_names_line_state_and_the_likely_key() {
+    let yaml = GOOD.replace(
+        "      transitions:\n        - to: done",
+        "      trnsitions:\n        - to: done",
+    );
+    let e = &errors(&yaml)[0];
+    assert_eq!(e.state.as_deref(), Some("fan_out"));
+    let line = yaml.lines().position(|l| l.contains("trnsitions")).unwrap() + 1;
+    assert_eq!(e.line, Some(line));
+    assert!(
+        e.message
+            .contains("unknown key `trnsitions` (did you mean `transitions`?)"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:{line}: state `fan_out`: ", e.file.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_transition_to_a_missing_state_points_at_the_transition() {
+    let yaml = GOOD.replace("        - to: done", "        - to: dnoe");
+    let e = &errors(&yaml)[0];
+    let line = yaml.lines().position(|l| l.contains("to: dnoe")).unwrap() + 1;
+    assert_eq!((e.state.as_deref(), e.line), (Some("fan_out"), Some(line)));
+    assert!(
+        e.message
+            .contains("unknown state `dnoe` (did you mean `done`?)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_references_are_reported_each() {
+    let yaml = GOOD
+        .replace("      agent: worker", "      agent: wroker")
+        .replace("      machine: child", "      machine: kid");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+    assert!(
+        errs[0]
+            .message
+            .contains("unknown agent `wroker` (did you mean `worker`?)"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[1].message.contains("unknown machine `kid`"));
+    let plugin = GOOD.replace("      agent: worker", "      plugin: summariser");
+    assert!(
+        errors(&plugin)[0]
+            .message
+            .contains("unknown plugin `summariser` (did you mean `summarizer`?)")
+    );
+}
+
+#[test]
+fn bad_templates_and_conditions_name_the_state() {
+    let yaml = GOOD.replace("\"{{ output.result }}\"", "\"{{ output.result + }}\"");
+    let e = &errors(&yaml)[0];
+    assert_eq!(e.state.as_deref(), Some("start"));
+    assert!(e.message.contains("{{ output.result + }}"), "{e}");
+    let yaml = GOOD.replace("context.result | length > 0", "context.result >");
+    let e = &errors(&yaml)[0];
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("context.result >"))
+        .unwrap()
+        + 1;
+    assert_eq!((e.state.as_deref(), e.line), (Some("start"), Some(line)));
+    assert!(e.message.starts_with("condition `context.result >`"), "{e}");
+}
+
+#[test]
+fn seed_style_llm_agents_get_a_clear_message() {
+    let yaml = GOOD.replace("    worker: {plugin: text}", "    worker: ./worker.yml");
+    let e = &errors(&yaml)[0];
+    assert!(
+        e.message
+            .contains("agent `worker` points at `./worker.yml`")
+            && e.message.contains("{plugin:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn structural_mistakes_are_caught() {
+    let dead_end = GOOD.replace("      transitions:\n        - to: done\n", "");
+    assert!(
+        errors(&dead_end)[0]
+            .message
+            .contains("not final and has no transitions")
+    );
+    let kind = GOOD.replace("{timeout: failed, default: failed}", "{timout: failed}");
+    assert!(
+        errors(&kind)[0]
+            .message
+            .contains("unknown error kind `timout` (did you mean `timeout`?)")
+    );
+    let spec = GOOD.replace("spec: flatmachine", "spec: flatagent");
+    assert!(
+        errors(&spec)[0]
+            .message
+            .contains("`spec` must be `flatmachine`")
+    );
+    let state_type = GOOD.replace("type: initial", "type: inital");
+    assert!(
+        errors(&state_type)[0]
+            .message
+            .contains("unknown value `inital` (did you mean `initial`?)")
+    );
+    let limits = GOOD.replace("{timeout_ms: 500}", "{timeout: 500}");
+    assert!(
+        errors(&limits)[0]
+            .message
+            .contains("unknown limit `timeout`")
+    );
+    let two_initials = GOOD.replace("    fan_out:\n", "    fan_out:\n      type: initial\n");
+    assert!(
+        errors(&two_initials)[0]
+            .message
+            .contains("second `type: initial`")
+    );
+}
+
+#[test]
+fn unreadable_and_non_yaml_files_are_errors_not_panics() {
+    let e = load(Path::new("/no/such/machine.yml")).unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+    let e = &errors("spec: [unclosed")[0];
+    assert!(e.line.is_some(), "{e}");
+}
