@@ -96,7 +96,10 @@ fn is_fresh(target: &Path, sources: &Path) -> Result<bool, String> {
 fn python(name: &str, dir: &Path, target: &Path) -> Result<(), String> {
     let venv = target_dir().join("toolchains").join("python");
     let tool = venv.join("bin").join("componentize-py");
-    if !tool.is_file() {
+    // The venv records which pin it holds; a changed pin reinstalls.
+    let stamp = venv.join("flowhost-pin");
+    let pinned = std::fs::read_to_string(&stamp).ok();
+    if !tool.is_file() || pinned.as_deref() != Some(COMPONENTIZE_PY) {
         let mut make = Command::new("python3");
         make.args(["-m", "venv"]).arg(&venv);
         run(make).map_err(|e| format!("{e}\n(Python plugins need python3 with venv)"))?;
@@ -108,6 +111,7 @@ fn python(name: &str, dir: &Path, target: &Path) -> Result<(), String> {
             COMPONENTIZE_PY,
         ]);
         run(pip)?;
+        std::fs::write(&stamp, COMPONENTIZE_PY).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     let mut cmd = Command::new(tool);
     cmd.arg("--wit-path")
@@ -125,7 +129,13 @@ fn js(name: &str, dir: &Path, target: &Path) -> Result<(), String> {
         .join("node_modules")
         .join(".bin")
         .join("componentize-js");
-    if !tool.is_file() {
+    // npm keeps its own record of what it installed; reinstall whenever the
+    // manifest or the lock file is newer, so a machine never builds with a
+    // stale toolchain that a fresh clone would not have.
+    let installed = js_root.join("node_modules").join(".package-lock.json");
+    let wanted =
+        newest(&js_root.join("package.json")).max(newest(&js_root.join("package-lock.json")));
+    if !tool.is_file() || newest(&installed) < wanted {
         let mut npm = Command::new("npm");
         // Versions come from package-lock.json; not `npm ci`, whose strict
         // sync check fails on lock files written with
