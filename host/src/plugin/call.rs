@@ -317,8 +317,9 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// A guest's stdout or stderr: complete lines go to `tracing` (target
-/// `plugin`, with the plugin's name and the stream), and the last few KiB are
-/// kept to explain a trap (a Rust panic message arrives on stderr).
+/// `plugin`, with the plugin's name and the stream; stdout at info, stderr at
+/// debug), and the last few KiB are kept to explain a trap (a Rust panic
+/// message arrives on stderr).
 #[derive(Clone)]
 pub(crate) struct GuestOutput {
     plugin: Arc<str>,
@@ -362,7 +363,13 @@ impl GuestOutput {
             if b == b'\n' || buf.line.len() >= MAX_LOG_MESSAGE {
                 let line = std::mem::take(&mut buf.line);
                 let text = String::from_utf8_lossy(&line);
-                tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+                // stdout is the plugin talking; stderr is mostly what also ends
+                // up in a trap message (a panic), so it is quieter.
+                if self.stream == "stderr" {
+                    tracing::debug!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+                } else {
+                    tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+                }
                 buf.tail
                     .extend(line.iter().copied().chain(std::iter::once(b'\n')));
                 if b != b'\n' {
