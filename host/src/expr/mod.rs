@@ -173,7 +173,10 @@ impl Expressions {
                     .map_err(fail)?
                     .eval(jinja_vars)
                     .map_err(fail)?;
-                Ok(to_json(&value))
+                to_json(&value).map_err(|message| ExprError::Template {
+                    template: s.to_string(),
+                    message,
+                })
             }
             Form::Text => Ok(Value::String(
                 self.env.render_str(s, jinja_vars).map_err(fail)?,
@@ -243,12 +246,15 @@ impl Expressions {
     }
 }
 
-/// A minijinja value as JSON; undefined becomes null.
-fn to_json(value: &JinjaValue) -> Value {
-    if value.is_undefined() {
-        return Value::Null;
+/// A minijinja value as JSON; undefined becomes null. A function or other
+/// opaque object is not data, and is refused rather than stringified.
+fn to_json(value: &JinjaValue) -> Result<Value, String> {
+    use minijinja::value::ValueKind;
+    match value.kind() {
+        ValueKind::Undefined => Ok(Value::Null),
+        ValueKind::Plain | ValueKind::Invalid => Err(format!("`{value}` is not a JSON value")),
+        _ => serde_json::to_value(value).map_err(|e| format!("not a JSON value: {e}")),
     }
-    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// The error's own message plus its detail, without minijinja's debug dump.

@@ -143,3 +143,15 @@ fn runaway_templates_run_out_of_fuel() {
         .unwrap_err();
     assert!(err.to_string().to_lowercase().contains("fuel"), "{err}");
 }
+
+#[test]
+fn a_value_that_is_not_json_is_an_error_not_null() {
+    let err = Expressions::new()
+        .render(&json!("{{ range }}"), &vars())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExprError::Template { template, .. } if template == "{{ range }}"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a JSON value"), "{err}");
+}
