@@ -57,19 +57,36 @@ fn files_need_a_grant_and_read_only_grants_refuse_writes() {
 #[test]
 fn a_grant_does_not_reach_outside_its_directory() {
     let cache = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let ro = format!("{}:/data", data.path().display());
-    let o = attack(
+    // outer/secret.txt exists; only outer/data is granted.
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "outside the grant").unwrap();
+    std::fs::create_dir(outer.path().join("data")).unwrap();
+    std::fs::write(outer.path().join("data").join("in.txt"), "inside").unwrap();
+    let ro = format!("{}:/data", outer.path().join("data").display());
+
+    let inside = attack(
         cache.path(),
-        r#"{"attack": "read_file", "path": "/data/../../etc/hostname"}"#,
+        r#"{"attack": "read_file", "path": "/data/in.txt"}"#,
+        &["--dir", &ro],
+    );
+    assert!(
+        inside.status.success(),
+        "the grant itself must work: {}",
+        stderr(&inside)
+    );
+
+    let escape = attack(
+        cache.path(),
+        r#"{"attack": "read_file", "path": "/data/../secret.txt"}"#,
         &["--dir", &ro],
     );
     assert_eq!(
-        o.status.code(),
+        escape.status.code(),
         Some(ErrorKind::Fatal.exit_code() as i32),
         "{}",
-        stdout(&o)
+        stdout(&escape)
     );
+    assert!(!stdout(&escape).contains("outside the grant"));
 }
 
 #[test]

@@ -50,3 +50,15 @@ fn validate_reports_every_problem_with_file_line_and_state() {
         "the good file is still reported ok"
     );
 }
+
+#[test]
+fn on_error_accepts_every_plugin_error_kind() {
+    // config may not import plugin, so it keeps its own list; this keeps the
+    // two from drifting apart.
+    for kind in flowhost::plugin::ErrorKind::ALL {
+        assert!(
+            flowhost::config::ERROR_KINDS.contains(&kind.as_str()),
+            "on_error does not accept `{kind}`"
+        );
+    }
+}

@@ -13,6 +13,7 @@ pub mod schema;
 mod validate;
 
 pub use schema::{MachineData, MachineFile, State, StateType, Transition};
+pub use validate::ERROR_KINDS;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
