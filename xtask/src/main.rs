@@ -64,36 +64,42 @@ fn run(mut cmd: Command) -> Result<(), String> {
     }
 }
 
-/// Every plugin crate: a Cargo.toml under plugins/ with a cdylib.
-fn plugin_crates() -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
+/// Every file named `name` under `plugins/` (not in `target` or `node_modules`), sorted.
+fn plugin_files(name: &str) -> Result<Vec<PathBuf>, String> {
+    let mut found = Vec::new();
     let mut stack = vec![root().join("plugins")];
     while let Some(dir) = stack.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir()
-                && path
-                    .file_name()
-                    .is_some_and(|n| n != "target" && n != "node_modules")
-            {
+        for path in entries.flatten().map(|e| e.path()) {
+            let file_name = path.file_name().unwrap_or_default();
+            if path.is_dir() && file_name != "target" && file_name != "node_modules" {
                 stack.push(path);
-            } else if path.file_name().is_some_and(|n| n == "Cargo.toml") {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                if !text.contains("cdylib") {
-                    continue;
-                }
-                let name = text
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("name = \"")
-                            .and_then(|r| r.strip_suffix('"'))
-                    })
-                    .ok_or_else(|| format!("{}: no package name", path.display()))?;
-                names.push(name.to_string());
+            } else if file_name == name {
+                found.push(path);
             }
         }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Every plugin crate: a Cargo.toml under plugins/ with a cdylib.
+fn plugin_crates() -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for path in plugin_files("Cargo.toml")? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !text.contains("cdylib") {
+            continue;
+        }
+        let name = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("name = \"")
+                    .and_then(|r| r.strip_suffix('"'))
+            })
+            .ok_or_else(|| format!("{}: no package name", path.display()))?;
+        names.push(name.to_string());
     }
     names.sort();
     Ok(names)
@@ -146,12 +152,28 @@ fn plugins() -> Result<PathBuf, String> {
 
 fn test() -> Result<(), String> {
     plugins()?;
-    let mut build = cargo();
-    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
-    run(build)?;
+    build_host("debug")?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run(test)
+}
+
+/// Builds the `flowhost` binary once (`debug` or `release`).
+fn build_host(profile: &str) -> Result<(), String> {
+    let mut build = cargo();
+    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    run(build)
+}
+
+/// Every folder under `plugins/` that has golden cases, sorted.
+fn golden_dirs() -> Result<Vec<PathBuf>, String> {
+    Ok(plugin_files("golden.json")?
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect())
 }
 
 fn flowhost(profile: &str) -> Command {
@@ -163,9 +185,7 @@ fn flowhost(profile: &str) -> Command {
 
 fn demo() -> Result<(), String> {
     plugins()?;
-    let mut build = cargo();
-    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
-    run(build)?;
+    build_host("debug")?;
     let mut list = flowhost("debug");
     list.args(["plugin", "list"]);
     run(list)?;
@@ -180,26 +200,13 @@ fn demo() -> Result<(), String> {
     ]);
     run(call)?;
     let mut test = flowhost("debug");
-    test.args([
-        "plugin",
-        "test",
-        "plugins/echo",
-        "plugins/text",
-        "plugins/audit",
-        "plugins/router",
-        "plugins/testing/adversary",
-        "plugins/python/sentiment",
-        "plugins/js/reshape",
-        "plugins/c/jsonstat",
-    ]);
+    test.args(["plugin", "test"]).args(golden_dirs()?);
     run(test)
 }
 
 fn bench() -> Result<(), String> {
     plugins()?;
-    let mut build = cargo();
-    build.args(["build", "--release", "-p", "flowhost", "--bin", "flowhost"]);
-    run(build)?;
+    build_host("release")?;
     let mut echo = flowhost("release");
     echo.args(["plugin", "bench", "echo", "--input-bytes", "1024"]);
     run(echo)?;

@@ -343,11 +343,10 @@ impl Plugin {
             Ok(Err(e)) => Err(self.classify(e, store.data())),
             Ok(Ok((result, instance))) => {
                 if uses + 1 < self.inner.reuse {
-                    let uses = uses + 1;
                     self.put_warm(Warm {
                         store,
                         instance,
-                        uses,
+                        uses: uses + 1,
                     });
                 }
                 Ok((result, stats))
