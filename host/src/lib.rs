@@ -7,11 +7,15 @@
 //!   rendering to native JSON values.
 //! - [`plugin`]: the plugin runtime (wasmtime engine, sandbox, limits, cache,
 //!   plugins folder, golden tests, benchmarks).
+//! - [`engine`]: the state machine (resumable step function + local driver).
+//! - [`backend`]: checkpoints, results and signals (memory, SQLite).
 //! - [`text`]: "did you mean" suggestions.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
 
+pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod expr;
 pub mod plugin;
 pub mod text;

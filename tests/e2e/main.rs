@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod engine;
 mod failures;
 mod polyglot;
 mod sandbox;

@@ -3,7 +3,9 @@
 //! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage, 3 = invalid
 //! machine config).
 
+mod graph;
 mod plugin;
+mod run;
 mod validate;
 
 use crate::plugin::{PluginError, RuntimeConfig, registry};
@@ -33,6 +35,20 @@ enum Command {
     Plugin(Box<plugin::PluginCommand>),
     /// Check machine configs (file, line and state for every problem); exit 3 if any is invalid.
     Validate(validate::ValidateArgs),
+    /// Run a machine: prints its output (stdout) and execution id (stderr).
+    Run(run::RunArgs),
+    /// Continue an execution from its latest checkpoint.
+    Resume(run::ResumeArgs),
+    /// Show one execution: status, state, context, result.
+    Status(run::StatusArgs),
+    /// List executions, newest first.
+    Executions(run::ExecutionsArgs),
+    /// Send a signal to an execution waiting in a `wait_for` state, then continue it.
+    Signal(run::SignalArgs),
+    /// Print a durable result: flowhost://<id>/result (or flatagents://, or an id).
+    Result(run::ResultArgs),
+    /// Draw a machine's state diagram (with its child machines).
+    Graph(graph::GraphArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -80,6 +96,8 @@ enum CliError {
     Plugin { context: String, error: PluginError },
     /// Bad flags or arguments.
     Usage(String),
+    /// A machine config with problems (exit 3).
+    Config(String),
     /// Anything else (I/O, runtime setup, failed golden cases).
     Other(String),
 }
@@ -99,6 +117,12 @@ impl CliError {
             CliError::Usage(m) => {
                 eprintln!("error[usage]: {m}");
                 ExitCode::from(2)
+            }
+            CliError::Config(m) => {
+                for line in m.lines() {
+                    eprintln!("error: {line}");
+                }
+                ExitCode::from(validate::INVALID_CONFIG)
             }
             CliError::Other(m) => {
                 eprintln!("error: {m}");
@@ -170,7 +194,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Plugin(c) => c.verbose(),
-        Command::Validate(_) => false,
+        _ => false,
     };
     init_tracing(cli.log.as_deref(), verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -184,6 +208,13 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Plugin(c) => plugin::run(*c).await,
             Command::Validate(a) => validate::run(a),
+            Command::Run(a) => run::run(a).await,
+            Command::Resume(a) => run::resume(a).await,
+            Command::Status(a) => run::status(a).await,
+            Command::Executions(a) => run::executions(a).await,
+            Command::Signal(a) => run::signal(a).await,
+            Command::Result(a) => run::result(a).await,
+            Command::Graph(a) => graph::run(a),
         }
     });
     match result {

@@ -8,6 +8,7 @@
 //!
 //! Imports `expr` (to check templates and conditions) and nothing else.
 
+pub mod graph;
 mod locate;
 pub mod schema;
 mod validate;

@@ -58,8 +58,9 @@ enum Form<'a> {
     Expression(&'a str),
     /// Text with template syntax: rendered to a string.
     Text,
-    /// `context.a.b`: looked up natively.
-    BarePath(Vec<&'a str>),
+    /// `context.a.b` or `{{ a.b }}` (with its expression text): looked up
+    /// natively when the first name is a variable.
+    Path(Vec<&'a str>, Option<&'a str>),
     /// Anything else.
     Literal,
 }
@@ -70,24 +71,32 @@ fn classify(s: &str) -> Form<'_> {
         let inner = inner.strip_prefix('-').unwrap_or(inner);
         let inner = inner.strip_suffix('-').unwrap_or(inner);
         if !inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%") {
-            return Form::Expression(inner.trim());
+            let inner = inner.trim();
+            // `{{ a.b.c }}` is a plain lookup: resolved natively, without the
+            // template engine (the same value, much faster).
+            let parts: Vec<&str> = inner.split('.').collect();
+            if parts.iter().all(is_ident) {
+                return Form::Path(parts, Some(inner));
+            }
+            return Form::Expression(inner);
         }
     }
     if s.contains("{{") || s.contains("{%") {
         return Form::Text;
     }
     let parts: Vec<&str> = t.split('.').collect();
-    let is_ident = |p: &&str| {
-        let mut chars = p.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
     if t == s && matches!(parts[0], "context" | "input" | "output") && parts.iter().all(is_ident) {
-        return Form::BarePath(parts);
+        return Form::Path(parts, None);
     }
     Form::Literal
+}
+
+fn is_ident(p: &&str) -> bool {
+    let mut chars = p.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Expressions {
@@ -128,7 +137,9 @@ impl Expressions {
     /// Renders a config value with these variables (an object such as
     /// `{"context": ..., "input": ..., "output": ...}`).
     pub fn render(&self, template: &Value, vars: &Value) -> Result<Value, ExprError> {
-        let jinja_vars = JinjaValue::from(Serde(vars));
+        // Converting the variables for minijinja costs as much as the whole
+        // context; it happens only when a template needs the engine.
+        let jinja_vars = std::cell::OnceCell::new();
         self.render_with(template, vars, &jinja_vars)
     }
 
@@ -136,7 +147,7 @@ impl Expressions {
         &self,
         template: &Value,
         vars: &Value,
-        jinja_vars: &JinjaValue,
+        jinja_vars: &std::cell::OnceCell<JinjaValue>,
     ) -> Result<Value, ExprError> {
         Ok(match template {
             Value::String(s) => self.render_string(s, vars, jinja_vars)?,
@@ -159,19 +170,24 @@ impl Expressions {
         &self,
         s: &str,
         vars: &Value,
-        jinja_vars: &JinjaValue,
+        jinja_vars: &std::cell::OnceCell<JinjaValue>,
     ) -> Result<Value, ExprError> {
         let fail = |e: minijinja::Error| ExprError::Template {
             template: s.to_string(),
             message: describe(&e),
         };
-        match classify(s) {
+        let form = match classify(s) {
+            // A name that is no variable (`range`, `true`) is the engine's to evaluate.
+            Form::Path(parts, Some(expr)) if vars.get(parts[0]).is_none() => Form::Expression(expr),
+            form => form,
+        };
+        match form {
             Form::Expression(expr) => {
                 let value = self
                     .env
                     .compile_expression(expr)
                     .map_err(fail)?
-                    .eval(jinja_vars)
+                    .eval(jinja_vars.get_or_init(|| JinjaValue::from(Serde(vars))))
                     .map_err(fail)?;
                 to_json(&value).map_err(|message| ExprError::Template {
                     template: s.to_string(),
@@ -179,9 +195,11 @@ impl Expressions {
                 })
             }
             Form::Text => Ok(Value::String(
-                self.env.render_str(s, jinja_vars).map_err(fail)?,
+                self.env
+                    .render_str(s, jinja_vars.get_or_init(|| JinjaValue::from(Serde(vars))))
+                    .map_err(fail)?,
             )),
-            Form::BarePath(parts) => Ok(parts
+            Form::Path(parts, _) => Ok(parts
                 .iter()
                 .try_fold(vars, |v, p| v.get(p))
                 .cloned()
@@ -222,7 +240,10 @@ impl Expressions {
                         self.env.compile_expression(expr).map(|_| ()).map_err(fail)
                     }
                     Form::Text => self.env.template_from_str(s).map(|_| ()).map_err(fail),
-                    Form::BarePath(_) | Form::Literal => Ok(()),
+                    Form::Path(_, Some(expr)) => {
+                        self.env.compile_expression(expr).map(|_| ()).map_err(fail)
+                    }
+                    Form::Path(_, None) | Form::Literal => Ok(()),
                 }
             }
             Value::Array(items) => items.iter().try_for_each(|i| self.check_template(i)),

@@ -21,7 +21,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
-    pub task: String,
+    #[serde(default)]
+    pub task: Option<String>,
     #[serde(default)]
     pub text: Option<Value>,
     #[serde(default)]
@@ -33,13 +34,23 @@ pub struct Input {
 struct Config {
     #[serde(default)]
     max_sentences: Option<usize>,
+    /// The task when the input names none (e.g. an agent that only extracts).
+    #[serde(default)]
+    task: Option<String>,
 }
 
 pub fn run(_meta: &Meta, input: Input) -> Result<Value, Error> {
     let config: Config = host::config_as()?;
     let text = flatten(input.text.or(input.data).unwrap_or(Value::Null));
-    let task = input.task.to_lowercase();
-    let (kind, result) = if task.contains("uppercase") {
+    let Some(task_text) = input.task.or(config.task) else {
+        return Err(Error::invalid_input(
+            "input: missing field `task` (and the plugin config names no default `task`)",
+        ));
+    };
+    let task = task_text.to_lowercase();
+    let (kind, result) = if task.contains("extract") {
+        ("extract", extract(&text))
+    } else if task.contains("uppercase") {
         ("uppercase", json!(text.to_uppercase()))
     } else if task.contains("lowercase") {
         ("lowercase", json!(text.to_lowercase()))
@@ -63,15 +74,26 @@ pub fn run(_meta: &Meta, input: Input) -> Result<Value, Error> {
     } else if task.contains("list") {
         ("list", json!(items(&text)))
     } else if task.contains("write") {
-        ("write", json!(write_about(&input.task, &text)))
+        ("write", json!(write_about(&task_text, &text)))
     } else {
         return Err(Error::invalid_input(format!(
-            "unknown task `{}`: expected one of uppercase, lowercase, word count, summarize, list, write",
-            input.task
+            "unknown task `{task_text}`: expected one of uppercase, lowercase, word count, summarize, list, write, extract"
         )));
     };
     host::debug(format!("text task {kind}"));
-    Ok(json!({"task": kind, "result": result}))
+    // `content` is the result as text, as an LLM agent's output would carry it.
+    let content = flatten(result.clone());
+    Ok(json!({"task": kind, "result": result, "content": content}))
+}
+
+/// `{"result": x}` inside the text (as JSON) gives x; otherwise the text itself.
+fn extract(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(Value::Object(mut m)) if m.contains_key("result") => {
+            m.remove("result").unwrap_or(Value::Null)
+        }
+        _ => json!(text.trim()),
+    }
 }
 
 /// Turns any JSON value into text: strings as they are, lists one item per line.
@@ -158,7 +180,10 @@ mod tests {
     #[test]
     fn summarize_takes_first_sentences() {
         let out = call(json!({"task": "Summarize this", "text": "One. Two! Three?"})).unwrap();
-        assert_eq!(out, json!({"task": "summarize", "result": "One."}));
+        assert_eq!(
+            out,
+            json!({"task": "summarize", "result": "One.", "content": "One."})
+        );
         let _h = FakeHost::new()
             .config(json!({"max_sentences": 2}))
             .install();

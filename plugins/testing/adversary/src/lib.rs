@@ -15,7 +15,9 @@
 //! - `huge_output` (`mb`, default 100): returns a JSON string of that many MiB.
 //! - `guest_error` (`kind`, `message`): returns that plugin error.
 //! - `count`: how many calls this instance has served (1 = fresh instance).
-//! - `count`: how many calls this instance has served (1 = fresh instance).
+//! - `flaky` (`fail_times`, `kind`): fails with `kind` (default `retryable`)
+//!   while the call's attempt number is at most `fail_times`; then returns
+//!   `{"attempt": n, "idempotency_key": ...}`.
 //! - `sleep` (`ms`): sleeps, checking `cancelled()` each millisecond.
 
 use flowhost_sdk::__processor::{CallMeta, Guest, PluginError, PluginInfo};
@@ -37,7 +39,7 @@ impl Guest for Adversary {
         )
     }
 
-    fn process(_meta: CallMeta, input: String) -> Result<String, PluginError> {
+    fn process(meta: CallMeta, input: String) -> Result<String, PluginError> {
         let input: Value = serde_json::from_str(&input)
             .map_err(|e| PluginError::InvalidInput(format!("input: {e}")))?;
         let text = |key: &str| {
@@ -103,6 +105,21 @@ impl Guest for Adversary {
             "count" => {
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 Ok(json!({"calls_in_this_instance": n}).to_string())
+            }
+            "flaky" => {
+                let fail_times = input.get("fail_times").and_then(Value::as_u64).unwrap_or(1);
+                if u64::from(meta.attempt) <= fail_times {
+                    let message = format!("flaky: attempt {} fails", meta.attempt);
+                    return Err(match text("kind").as_str() {
+                        "fatal" => PluginError::Fatal(message),
+                        "invalid_input" => PluginError::InvalidInput(message),
+                        _ => PluginError::Retryable(message),
+                    });
+                }
+                Ok(
+                    json!({"attempt": meta.attempt, "idempotency_key": meta.idempotency_key})
+                        .to_string(),
+                )
             }
             "sleep" => {
                 let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);

@@ -1,0 +1,111 @@
+//! The in-memory backend: everything in one process, gone when it exits.
+
+use super::{
+    Backend, BackendResult, Checkpoint, Checkpoints, ListFilter, Results, Signals, StoredResult,
+};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Default)]
+struct Data {
+    checkpoints: HashMap<String, Checkpoint>,
+    results: HashMap<String, StoredResult>,
+    signals: HashMap<(String, String), VecDeque<Value>>,
+}
+
+/// An in-memory [`Backend`].
+#[derive(Default)]
+pub struct MemoryBackend {
+    data: Mutex<Data>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Data> {
+        // Every operation is one map update, so a poisoned lock holds consistent data.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Checkpoints for MemoryBackend {
+    async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        let mut data = self.lock();
+        let created = data
+            .checkpoints
+            .get(&checkpoint.id)
+            .map(|c| c.created_ms)
+            .unwrap_or(checkpoint.created_ms);
+        data.checkpoints.insert(
+            checkpoint.id.clone(),
+            Checkpoint {
+                created_ms: created,
+                ..checkpoint
+            },
+        );
+        Ok(())
+    }
+
+    async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>> {
+        Ok(self.lock().checkpoints.get(id).cloned())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
+        let data = self.lock();
+        let mut found: Vec<Checkpoint> = data
+            .checkpoints
+            .values()
+            .filter(|c| filter.status.as_ref().is_none_or(|s| &c.status == s))
+            .filter(|c| filter.machine.as_ref().is_none_or(|m| &c.machine == m))
+            .filter(|c| !filter.roots_only || c.parent.is_none())
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        if let Some(limit) = filter.limit {
+            found.truncate(limit);
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl Results for MemoryBackend {
+    async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
+        self.lock().results.insert(id.to_string(), result);
+        Ok(())
+    }
+
+    async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
+        Ok(self.lock().results.get(id).cloned())
+    }
+}
+
+#[async_trait::async_trait]
+impl Signals for MemoryBackend {
+    async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()> {
+        self.lock()
+            .signals
+            .entry((id.to_string(), channel.to_string()))
+            .or_default()
+            .push_back(data);
+        Ok(())
+    }
+
+    async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>> {
+        Ok(self
+            .lock()
+            .signals
+            .get_mut(&(id.to_string(), channel.to_string()))
+            .and_then(VecDeque::pop_front))
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}

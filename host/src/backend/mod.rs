@@ -1,0 +1,130 @@
+//! Storage behind the engine: execution checkpoints, durable results and
+//! signals, as async traits with an in-memory implementation (tests,
+//! `--memory`) and an embedded SQLite one (the default).
+//!
+//! The backend stores what the engine hands it without reading it: a
+//! checkpoint is a few indexed columns plus the engine's serialised record.
+//! Imports nothing else from flowhost.
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryBackend;
+pub use sqlite::{Durability, SqliteBackend};
+
+use serde::Serialize;
+use serde_json::Value;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A failure of the store itself (I/O, a corrupt database, a closed writer).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store: {0}")]
+pub struct BackendError(pub String);
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> Self {
+        BackendError(message.into())
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// One execution's latest checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checkpoint {
+    pub id: String,
+    pub parent: Option<String>,
+    pub machine: String,
+    /// `running`, `waiting`, `done`, `failed`, `cancelled`.
+    pub status: String,
+    pub state: String,
+    pub step: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The engine's record, serialised.
+    pub record: String,
+}
+
+/// Which executions to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<String>,
+    pub machine: Option<String>,
+    /// Only executions without a parent.
+    pub roots_only: bool,
+    pub limit: Option<usize>,
+}
+
+/// The final outcome of an execution, addressable as `flowhost://<id>/result`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredResult {
+    /// `done` or `failed`.
+    pub status: String,
+    /// The output (done) or `{kind, message, state}` (failed).
+    pub value: Value,
+    pub written_ms: u64,
+}
+
+/// Latest checkpoint per execution.
+#[async_trait::async_trait]
+pub trait Checkpoints: Send + Sync {
+    /// Saves (replaces) the execution's checkpoint; returns once it is stored.
+    async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()>;
+    async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>>;
+    /// Newest first.
+    async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>>;
+}
+
+/// Durable results of finished executions.
+#[async_trait::async_trait]
+pub trait Results: Send + Sync {
+    async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()>;
+    async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>>;
+}
+
+/// Data sent to a waiting execution on a named channel.
+#[async_trait::async_trait]
+pub trait Signals: Send + Sync {
+    async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()>;
+    /// Takes the oldest signal on the channel, if any.
+    async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>>;
+}
+
+/// Everything the engine needs from a store.
+pub trait Backend: Checkpoints + Results + Signals {
+    /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
+    fn describe(&self) -> String;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The execution id named by `flowhost://<id>/result`, `flatagents://<id>/result`
+/// or a bare id.
+pub fn parse_result_uri(uri: &str) -> Result<String, String> {
+    let rest = match uri.split_once("://") {
+        None => return Ok(uri.to_string()),
+        Some(("flowhost" | "flatagents", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{uri}`: unknown scheme `{scheme}` (expected flowhost:// or flatagents://)"
+            ));
+        }
+    };
+    let id = rest.strip_suffix("/result").unwrap_or(rest);
+    if id.is_empty() || id.contains('/') {
+        return Err(format!(
+            "`{uri}` is not a result address (expected flowhost://<execution-id>/result)"
+        ));
+    }
+    Ok(id.to_string())
+}
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,386 @@
+//! The embedded SQLite backend: one database file, WAL mode, versioned
+//! migrations, and one writer thread that group-commits every write that
+//! arrived while the previous commit was running (so many executions that
+//! checkpoint at once share one fsync). Reads go to a separate connection.
+
+use super::{
+    Backend, BackendError, BackendResult, Checkpoint, Checkpoints, ListFilter, Results, Signals,
+    StoredResult, now_ms,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE executions (
+    id         TEXT PRIMARY KEY,
+    parent     TEXT,
+    machine    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    step       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    record     TEXT NOT NULL
+);
+CREATE INDEX executions_status ON executions(status, created_ms);
+CREATE INDEX executions_parent ON executions(parent);
+CREATE TABLE results (
+    id         TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    written_ms INTEGER NOT NULL
+);
+CREATE TABLE signals (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    execution  TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    sent_ms    INTEGER NOT NULL
+);
+CREATE INDEX signals_target ON signals(execution, channel, seq);
+"#];
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a crash of the process, not of
+    /// the machine.
+    Normal,
+}
+
+enum Op {
+    Save(Checkpoint),
+    WriteResult(String, StoredResult),
+    SendSignal(String, String, String),
+    TakeSignal(String, String),
+}
+
+type Reply = oneshot::Sender<BackendResult<Option<Value>>>;
+
+/// A [`Backend`] in one SQLite file.
+pub struct SqliteBackend {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<(Op, Reply)>>,
+    reader: Mutex<Connection>,
+}
+
+fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
+    move |e| BackendError::new(format!("{}: {e}", path.display()))
+}
+
+fn open_connection(path: &Path, durability: Durability) -> BackendResult<Connection> {
+    let err = db_error(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(&err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BackendError::new(format!(
+            "{}: cannot switch to WAL mode (got `{mode}`)",
+            path.display()
+        )));
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+    ))
+    .map_err(&err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
+    let err = db_error(path);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    let version: usize = tx
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(&err)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(BackendError::new(format!(
+            "{}: the database is at schema version {version}, newer than this flowhost knows ({}); upgrade flowhost",
+            path.display(),
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql).map_err(&err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(&err)?;
+    }
+    tx.commit().map_err(&err)
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database at `path`. The folder must exist.
+    pub fn open(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(BackendError::new(format!(
+                "{}: the folder {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        let mut writer_conn = open_connection(path, durability)?;
+        migrate(&mut writer_conn, path)?;
+        let reader = open_connection(path, durability)?;
+        let (tx, rx) = mpsc::channel::<(Op, Reply)>();
+        let writer_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("flowhost-sqlite-writer".into())
+            .spawn(move || write_loop(writer_conn, &writer_path, rx))
+            .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteBackend {
+            path: path.to_path_buf(),
+            writer: Mutex::new(tx),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
+        let (reply, wait) = oneshot::channel();
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((op, reply))
+            .map_err(|_| BackendError::new("the database writer has stopped"))?;
+        wait.await
+            .map_err(|_| BackendError::new("the database writer has stopped"))?
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Applies batches of writes, one transaction per batch, until every sender is gone.
+fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<(Op, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let err = db_error(path);
+        let outcome = (|| -> BackendResult<Vec<BackendResult<Option<Value>>>> {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(&err)?;
+            let results = batch.iter().map(|(op, _)| apply(&tx, op, path)).collect();
+            tx.commit().map_err(&err)?;
+            Ok(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, path: &Path) -> BackendResult<Option<Value>> {
+    let err = db_error(path);
+    match op {
+        Op::Save(c) => {
+            tx.prepare_cached(
+                "INSERT INTO executions (id, parent, machine, status, state, step, created_ms, updated_ms, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, state = excluded.state,
+                   step = excluded.step, updated_ms = excluded.updated_ms, record = excluded.record",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    c.id,
+                    c.parent,
+                    c.machine,
+                    c.status,
+                    c.state,
+                    c.step as i64,
+                    c.created_ms as i64,
+                    c.updated_ms as i64,
+                    c.record
+                ])
+            })
+            .map_err(&err)?;
+            Ok(None)
+        }
+        Op::WriteResult(id, r) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![id, r.status, r.value.to_string(), r.written_ms as i64])
+            })
+            .map_err(&err)?;
+            Ok(None)
+        }
+        Op::SendSignal(id, channel, data) => {
+            tx.prepare_cached(
+                "INSERT INTO signals (execution, channel, data, sent_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![id, channel, data, now_ms() as i64]))
+            .map_err(&err)?;
+            Ok(None)
+        }
+        Op::TakeSignal(id, channel) => {
+            let row: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, data FROM signals WHERE execution = ?1 AND channel = ?2 ORDER BY seq LIMIT 1",
+                    params![id, channel],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(&err)?;
+            let Some((seq, data)) = row else {
+                return Ok(None);
+            };
+            tx.execute("DELETE FROM signals WHERE seq = ?1", params![seq])
+                .map_err(&err)?;
+            serde_json::from_str(&data).map(Some).map_err(|e| {
+                BackendError::new(format!("{}: signal {seq} is not JSON: {e}", path.display()))
+            })
+        }
+    }
+}
+
+fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        id: r.get(0)?,
+        parent: r.get(1)?,
+        machine: r.get(2)?,
+        status: r.get(3)?,
+        state: r.get(4)?,
+        step: r.get::<_, i64>(5)? as u64,
+        created_ms: r.get::<_, i64>(6)? as u64,
+        updated_ms: r.get::<_, i64>(7)? as u64,
+        record: r.get(8)?,
+    })
+}
+
+const CHECKPOINT_COLUMNS: &str =
+    "id, parent, machine, status, state, step, created_ms, updated_ms, record";
+
+#[async_trait::async_trait]
+impl Checkpoints for SqliteBackend {
+    async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        self.write(Op::Save(checkpoint)).await.map(|_| ())
+    }
+
+    async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>> {
+        self.reader()
+            .prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM executions WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![id], row_checkpoint).optional())
+            .map_err(db_error(&self.path))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM executions
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR machine = ?2)
+               AND (?3 = 0 OR parent IS NULL)
+             ORDER BY created_ms DESC, id DESC LIMIT ?4"
+        );
+        let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&self.path))?;
+        let rows = stmt
+            .query_map(
+                params![filter.status, filter.machine, filter.roots_only, limit],
+                row_checkpoint,
+            )
+            .map_err(db_error(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(db_error(&self.path))
+    }
+}
+
+#[async_trait::async_trait]
+impl Results for SqliteBackend {
+    async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
+        self.write(Op::WriteResult(id.to_string(), result))
+            .await
+            .map(|_| ())
+    }
+
+    async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
+        let row: Option<(String, String, i64)> = self
+            .reader()
+            .prepare_cached("SELECT status, value, written_ms FROM results WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(db_error(&self.path))?;
+        row.map(|(status, value, written)| {
+            let value = serde_json::from_str(&value).map_err(|e| {
+                BackendError::new(format!(
+                    "{}: result of {id} is not JSON: {e}",
+                    self.path.display()
+                ))
+            })?;
+            Ok(StoredResult {
+                status,
+                value,
+                written_ms: written as u64,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait::async_trait]
+impl Signals for SqliteBackend {
+    async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()> {
+        self.write(Op::SendSignal(
+            id.to_string(),
+            channel.to_string(),
+            data.to_string(),
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>> {
+        self.write(Op::TakeSignal(id.to_string(), channel.to_string()))
+            .await
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+}

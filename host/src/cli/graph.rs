@@ -1,0 +1,31 @@
+//! `flowhost graph <machine.yml> --format mermaid|dot`.
+
+use super::CliError;
+use crate::config::{self, graph};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub(super) struct GraphArgs {
+    /// The machine config.
+    machine: PathBuf,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+    format: GraphFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+pub(super) fn run(a: GraphArgs) -> Result<ExitCode, CliError> {
+    let machine = config::load(&a.machine).map_err(|e| CliError::Config(e.to_string()))?;
+    let format = match a.format {
+        GraphFormat::Mermaid => graph::Format::Mermaid,
+        GraphFormat::Dot => graph::Format::Dot,
+    };
+    print!("{}", graph::render(&machine, format));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,393 @@
+//! `flowhost run / resume / status / executions / signal / result`: machines
+//! on a store (embedded SQLite by default, or `--memory`).
+
+use super::{CliError, RuntimeArgs};
+use crate::backend::{
+    Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
+};
+use crate::engine::{Engine, EngineError, Observer, Outcome, Status};
+use crate::plugin::{Runtime, registry};
+use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// Exit code of a run whose machine ended `failed`.
+const EXECUTION_FAILED: u8 = 4;
+/// Exit code of a run that is parked waiting for a signal.
+const EXECUTION_WAITING: u8 = 5;
+
+/// Which store executions live in.
+#[derive(Args, Clone)]
+pub(super) struct StoreArgs {
+    /// SQLite database file (default: $FLOWHOST_DB, else .flowhost/flowhost.db).
+    #[arg(long, value_name = "PATH", global = true)]
+    db: Option<PathBuf>,
+    /// Keep everything in memory (nothing survives the process).
+    #[arg(long, conflicts_with = "db", global = true)]
+    memory: bool,
+    /// How hard SQLite commits wait for the disk.
+    #[arg(long, value_enum, default_value_t = SyncMode::Full, global = true)]
+    sync: SyncMode,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(super) enum SyncMode {
+    /// Survives power loss (fsync on every commit).
+    Full,
+    /// Survives a crash of the process.
+    Normal,
+}
+
+impl StoreArgs {
+    pub(super) fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
+        if self.memory {
+            return Ok(Arc::new(MemoryBackend::new()));
+        }
+        let path = match (&self.db, std::env::var_os("FLOWHOST_DB")) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => PathBuf::from(p),
+            (None, None) => {
+                let dir = PathBuf::from(".flowhost");
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    CliError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                dir.join("flowhost.db")
+            }
+        };
+        let durability = match self.sync {
+            SyncMode::Full => Durability::Full,
+            SyncMode::Normal => Durability::Normal,
+        };
+        SqliteBackend::open(&path, durability)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| CliError::Other(e.to_string()))
+    }
+}
+
+#[derive(Args)]
+pub(super) struct RunArgs {
+    /// The machine config (spec: flatmachine).
+    machine: PathBuf,
+    /// Input as JSON, or @file.json.
+    #[arg(long, value_name = "JSON|@FILE")]
+    input: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Print the whole outcome (id, status, output) instead of just the output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct ResumeArgs {
+    /// The execution id.
+    id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct StatusArgs {
+    /// The execution id.
+    id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct ExecutionsArgs {
+    /// Only executions with this status (running, waiting, done, failed, cancelled).
+    #[arg(long)]
+    status: Option<String>,
+    /// Include child executions.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct SignalArgs {
+    /// The waiting execution.
+    id: String,
+    /// The channel its `wait_for` names.
+    channel: String,
+    /// Data for the signal as JSON, or @file.json (default: null).
+    #[arg(long, value_name = "JSON|@FILE")]
+    data: Option<String>,
+    /// Only store the signal; do not continue the execution here.
+    #[arg(long)]
+    no_resume: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+pub(super) struct ResultArgs {
+    /// flowhost://<id>/result, flatagents://<id>/result or an execution id.
+    uri: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn engine(store: &StoreArgs, runtime: &RuntimeArgs) -> Result<Arc<Engine>, CliError> {
+    let backend = store.open()?;
+    let rt = Runtime::new(runtime.runtime_config(false))
+        .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?;
+    let dir = registry::plugins_dir(runtime.plugins.as_deref());
+    let engine = Engine::new(backend, Arc::new(rt), dir);
+    let engine = if std::io::stderr().is_terminal() {
+        engine.with_observer(Arc::new(Bars::default()))
+    } else {
+        engine.with_observer(Arc::new(Logs))
+    };
+    Ok(Arc::new(engine))
+}
+
+fn engine_error(e: EngineError) -> CliError {
+    match e {
+        EngineError::Config(errors) => CliError::Config(errors.to_string()),
+        EngineError::Plugin { context, error } => CliError::Plugin { context, error },
+        EngineError::NotFound(_) => CliError::Usage(e.to_string()),
+        other => CliError::Other(other.to_string()),
+    }
+}
+
+/// Prints an outcome: the output (or the whole outcome with --json) on
+/// stdout, the id and status on stderr.
+async fn report(engine: &Engine, o: &Outcome, json: bool) -> Result<ExitCode, CliError> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+    } else if let Some(output) = &o.output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(output).unwrap_or_default()
+        );
+    }
+    eprintln!("execution {} ({}): {}", o.id, o.machine, o.status.as_str());
+    let detached = engine.detached_running();
+    if detached > 0 {
+        eprintln!(
+            "waiting for {detached} launched execution(s) to finish (their results stay readable with `flowhost result`)"
+        );
+        engine.wait_detached().await;
+    }
+    Ok(match o.status {
+        Status::Done => ExitCode::SUCCESS,
+        Status::Waiting => {
+            if let Some(w) = &o.waiting {
+                eprintln!(
+                    "waiting for a signal on `{}`; send it with: flowhost signal {} {} --data '<json>'",
+                    w.channel, w.execution, w.channel
+                );
+            }
+            ExitCode::from(EXECUTION_WAITING)
+        }
+        _ => {
+            if let Some(e) = &o.error {
+                eprintln!("error[{}]: state `{}`: {}", e.kind, e.state, e.message);
+            }
+            ExitCode::from(EXECUTION_FAILED)
+        }
+    })
+}
+
+pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
+    let input = match &a.input {
+        Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
+        None => serde_json::json!({}),
+    };
+    let engine = engine(&a.store, &a.runtime)?;
+    let outcome = engine
+        .start(&a.machine, input)
+        .await
+        .map_err(engine_error)?;
+    report(&engine, &outcome, a.json).await
+}
+
+pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
+    let engine = engine(&a.store, &a.runtime)?;
+    let outcome = engine.resume(&a.id).await.map_err(engine_error)?;
+    report(&engine, &outcome, a.json).await
+}
+
+pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
+    let data = match &a.data {
+        Some(arg) => registry::read_json_arg("--data", arg).map_err(CliError::Usage)?,
+        None => serde_json::Value::Null,
+    };
+    let engine = engine(&a.store, &a.runtime)?;
+    let rec = engine.load_record(&a.id).await.map_err(engine_error)?;
+    if rec.status.is_terminal() {
+        return Err(CliError::Usage(format!(
+            "execution {} is {}; it takes no more signals",
+            a.id,
+            rec.status.as_str()
+        )));
+    }
+    engine
+        .backend()
+        .send_signal(&a.id, &a.channel, data)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    eprintln!("signal `{}` sent to {}", a.channel, a.id);
+    if a.no_resume {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Continue from the root, so parents waiting on this execution continue too.
+    let mut root = rec;
+    while let Some(parent) = root.parent.clone() {
+        root = engine.load_record(&parent).await.map_err(engine_error)?;
+    }
+    let outcome = engine.resume(&root.id).await.map_err(engine_error)?;
+    report(&engine, &outcome, false).await
+}
+
+pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
+    let backend = a.store.open()?;
+    let cp = backend
+        .load(&a.id)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::Usage(format!("no execution `{}` in {}", a.id, backend.describe()))
+        })?;
+    let record: serde_json::Value = serde_json::from_str(&cp.record)
+        .map_err(|e| CliError::Other(format!("checkpoint of {} cannot be read: {e}", a.id)))?;
+    let result = backend
+        .read_result(&a.id)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let view = serde_json::json!({
+        "id": cp.id,
+        "machine": cp.machine,
+        "status": cp.status,
+        "state": cp.state,
+        "step": cp.step,
+        "parent": cp.parent,
+        "created_ms": cp.created_ms,
+        "updated_ms": cp.updated_ms,
+        "context": record.get("context"),
+        "waiting_for": record.get("waiting_for"),
+        "launches": record.get("launches"),
+        "error": record.get("error"),
+        "result": result.map(|r| r.value),
+        "result_uri": format!("flowhost://{}/result", cp.id),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&view).unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> {
+    let backend = a.store.open()?;
+    let list = backend
+        .list(&ListFilter {
+            status: a.status.clone(),
+            machine: None,
+            roots_only: !a.all,
+            limit: Some(a.limit),
+        })
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    if list.is_empty() {
+        eprintln!("no executions in {}", backend.describe());
+    }
+    for cp in list {
+        println!(
+            "{}  {:<9}  {:<20}  step {:<5} state {}",
+            cp.id, cp.status, cp.machine, cp.step, cp.state
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {
+    let id = parse_result_uri(&a.uri).map_err(CliError::Usage)?;
+    let backend = a.store.open()?;
+    match backend
+        .read_result(&id)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?
+    {
+        Some(r) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.value).unwrap_or_default()
+            );
+            Ok(if r.status == "done" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXECUTION_FAILED)
+            })
+        }
+        None => {
+            let known = backend.load(&id).await.ok().flatten();
+            Err(CliError::Usage(match known {
+                Some(cp) => format!("execution {id} has no result yet (it is {})", cp.status),
+                None => format!("no execution `{id}` in {}", backend.describe()),
+            }))
+        }
+    }
+}
+
+/// Progress bars for fan-out states (on a terminal).
+#[derive(Default)]
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<(String, String), ProgressBar>>,
+}
+
+impl Observer for Bars {
+    fn fanout(&self, id: &str, state: &str, total: usize) {
+        let bar = self.multi.add(ProgressBar::new(total as u64));
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(state.to_string());
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        bars.insert((id.to_string(), state.to_string()), bar);
+    }
+    fn child_finished(&self, id: &str, state: &str) {
+        let bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bar) = bars.get(&(id.to_string(), state.to_string())) {
+            bar.inc(1);
+        }
+    }
+    fn fanout_done(&self, id: &str, state: &str) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bar) = bars.remove(&(id.to_string(), state.to_string())) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Plain log lines for fan-out states (not a terminal).
+struct Logs;
+
+impl Observer for Logs {
+    fn fanout(&self, id: &str, state: &str, total: usize) {
+        tracing::info!(execution = %id, state, "running {total} child executions");
+    }
+    fn fanout_done(&self, id: &str, state: &str) {
+        tracing::info!(execution = %id, state, "child executions finished");
+    }
+}

@@ -1,0 +1,243 @@
+//! The state diagram of a machine config as Mermaid or Graphviz DOT, with
+//! child machines drawn inside the states that run them.
+
+use super::{Machine, StateType};
+use serde_json::Value;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Mermaid,
+    Dot,
+}
+
+/// Child machines a graph will nest at most this deep (a machine that runs
+/// itself would otherwise never end).
+const MAX_DEPTH: usize = 4;
+
+/// Renders the machine and, nested, the child machines its states run.
+pub fn render(machine: &Machine, format: Format) -> String {
+    let mut out = String::new();
+    match format {
+        Format::Mermaid => {
+            out.push_str("stateDiagram-v2\n");
+            mermaid(machine, "", 1, &mut out);
+        }
+        Format::Dot => {
+            let _ = writeln!(
+                out,
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];",
+                esc(machine.name())
+            );
+            dot(machine, "", 1, &mut out);
+            out.push_str("}\n");
+        }
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('"', "'")
+}
+
+fn id(prefix: &str, state: &str) -> String {
+    let clean: String = state
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{prefix}{clean}")
+}
+
+/// The child machines a state runs, with how it runs them.
+fn children(
+    machine: &Machine,
+    state: &super::State,
+) -> Vec<(String, &'static str, Option<Machine>)> {
+    let mut names = Vec::new();
+    let mut push = |v: &Value, how: &'static str| match v {
+        Value::String(s) => names.push((s.clone(), how)),
+        Value::Array(items) => {
+            for i in items {
+                match i {
+                    Value::String(s) => names.push((s.clone(), how)),
+                    Value::Object(m) => {
+                        if let Some(n) = m.get("name").and_then(Value::as_str) {
+                            names.push((n.to_string(), how));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    };
+    if let Some(m) = &state.machine {
+        push(
+            m,
+            if state.foreach.is_some() {
+                "foreach"
+            } else {
+                "machine"
+            },
+        );
+    }
+    if let Some(l) = &state.launch {
+        push(l, "launch");
+    }
+    names
+        .into_iter()
+        .map(|(name, how)| {
+            let child = load_child(machine, &name);
+            (name, how, child)
+        })
+        .collect()
+}
+
+fn load_child(machine: &Machine, name: &str) -> Option<Machine> {
+    match machine.data().machines.get(name)? {
+        Value::String(rel) => {
+            let dir = machine.path.parent().unwrap_or(Path::new("."));
+            super::load(&dir.join(rel)).ok()
+        }
+        inline => {
+            let text = serde_yaml::to_string(inline).ok()?;
+            super::parse(&machine.path, &text).ok()
+        }
+    }
+}
+
+fn label(state: &super::State) -> Option<String> {
+    if let Some(p) = state
+        .plugin
+        .as_ref()
+        .or(state.agent.as_ref())
+        .or(state.step.as_ref())
+    {
+        return Some(format!("runs {p}"));
+    }
+    if let Some(a) = &state.action {
+        return Some(format!("action {a}"));
+    }
+    state.wait_for.as_ref().map(|w| format!("waits for {w}"))
+}
+
+fn mermaid(machine: &Machine, prefix: &str, depth: usize, out: &mut String) {
+    let indent = "    ".repeat(depth);
+    let data = machine.data();
+    let _ = writeln!(out, "{indent}[*] --> {}", id(prefix, &machine.initial));
+    for (i, (name, state)) in data.states.iter().enumerate() {
+        let sid = id(prefix, name);
+        if let Some(l) = label(state) {
+            let _ = writeln!(out, "{indent}{sid} : {} ({})", esc(name), esc(&l));
+        }
+        let kids = children(machine, state);
+        if !kids.is_empty() && depth <= MAX_DEPTH {
+            let _ = writeln!(out, "{indent}state {sid} {{");
+            for (n, (child, how, def)) in kids.iter().enumerate() {
+                let cid = format!("{sid}__{n}_");
+                let _ = writeln!(out, "{indent}    state \"{how} {}\" as {cid}", esc(child));
+                if let Some(def) = def {
+                    let _ = writeln!(out, "{indent}    state {cid} {{");
+                    mermaid(def, &format!("{cid}{i}_"), depth + 2, out);
+                    let _ = writeln!(out, "{indent}    }}");
+                }
+            }
+            let _ = writeln!(out, "{indent}}}");
+        }
+        for t in &state.transitions {
+            let to = id(prefix, &t.to);
+            match &t.condition {
+                Some(c) => {
+                    let _ = writeln!(
+                        out,
+                        "{indent}{sid} --> {to} : {}",
+                        esc(c).replace(':', "#58;")
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{indent}{sid} --> {to}");
+                }
+            }
+        }
+        for (kind, target) in on_error_targets(&state.on_error) {
+            let _ = writeln!(
+                out,
+                "{indent}{sid} --> {} : on_error {kind}",
+                id(prefix, &target)
+            );
+        }
+        if state.kind == Some(StateType::Final) {
+            let _ = writeln!(out, "{indent}{sid} --> [*]");
+        }
+    }
+}
+
+fn on_error_targets(on_error: &Option<Value>) -> Vec<(String, String)> {
+    match on_error {
+        Some(Value::String(t)) => vec![("any".into(), t.clone())],
+        Some(Value::Object(m)) => m
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|t| (k.clone(), t.to_string())))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn dot(machine: &Machine, prefix: &str, depth: usize, out: &mut String) {
+    let data = machine.data();
+    let start = format!("{prefix}__start");
+    let _ = writeln!(out, "  {start} [shape=point, label=\"\"];");
+    let _ = writeln!(out, "  {start} -> {};", id(prefix, &machine.initial));
+    for (i, (name, state)) in data.states.iter().enumerate() {
+        let sid = id(prefix, name);
+        let shape = if state.kind == Some(StateType::Final) {
+            ", peripheries=2"
+        } else {
+            ""
+        };
+        let text = match label(state) {
+            Some(l) => format!("{}\\n{}", esc(name), esc(&l)),
+            None => esc(name),
+        };
+        let _ = writeln!(out, "  {sid} [label=\"{text}\"{shape}];");
+        for (n, (child, how, def)) in children(machine, state).into_iter().enumerate() {
+            let cluster = format!("{sid}__{n}_{i}_");
+            let _ = writeln!(
+                out,
+                "  subgraph cluster_{cluster} {{\n  label=\"{how} {}\"; style=dashed;",
+                esc(&child)
+            );
+            match def {
+                Some(def) if depth <= MAX_DEPTH => dot(&def, &cluster, depth + 1, out),
+                _ => {
+                    let _ = writeln!(out, "  {cluster}__start [label=\"{}\"];", esc(&child));
+                }
+            }
+            out.push_str("  }\n");
+            let style = if how == "launch" { "dotted" } else { "dashed" };
+            let _ = writeln!(
+                out,
+                "  {sid} -> {cluster}__start [style={style}, label=\"{how}\"];"
+            );
+        }
+        for t in &state.transitions {
+            let to = id(prefix, &t.to);
+            match &t.condition {
+                Some(c) => {
+                    let _ = writeln!(out, "  {sid} -> {to} [label=\"{}\"];", esc(c));
+                }
+                None => {
+                    let _ = writeln!(out, "  {sid} -> {to};");
+                }
+            }
+        }
+        for (kind, target) in on_error_targets(&state.on_error) {
+            let _ = writeln!(
+                out,
+                "  {sid} -> {} [color=red, label=\"on_error {kind}\"];",
+                id(prefix, &target)
+            );
+        }
+    }
+}

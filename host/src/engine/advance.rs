@@ -1,0 +1,738 @@
+//! The step function: given a record, do the current state's work and move
+//! the record on. Everything it decides is written into the record, so the
+//! driver can checkpoint it and any process can continue from there.
+
+use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape, Status};
+use super::{Engine, MachineDef};
+use crate::config::schema::{ExecutionType, Mode};
+use crate::config::{State, StateType};
+use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState, Plugin};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Children run at once by one state unless it or the machine says otherwise.
+pub(super) const DEFAULT_MAX_CONCURRENCY: usize = 32;
+
+/// What the driver does next.
+#[derive(Debug)]
+pub(super) enum Advance {
+    /// The record moved on (or was routed by `on_error`); call again.
+    Continue,
+    /// The state failed and will be tried again after this pause.
+    Retry(Duration),
+    /// Run `record.pending`'s children, fill in their outcomes, call again.
+    Children,
+    /// Parked until a signal arrives on this channel.
+    Wait,
+    Done,
+    Failed,
+}
+
+/// The machine an execution runs, and how to stop it.
+#[derive(Clone)]
+pub(super) struct Frame {
+    pub def: Arc<MachineDef>,
+    /// This execution's token, then its ancestors'.
+    pub cancel: Vec<CancelToken>,
+}
+
+impl Frame {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.iter().any(CancelToken::is_cancelled)
+    }
+}
+
+/// Error kinds worth trying again under `execution: {type: retry}`.
+const RETRIED_KINDS: [&str; 5] = [
+    "retryable",
+    "timeout",
+    "trap",
+    "out_of_memory",
+    "invalid_output",
+];
+
+fn failure(kind: &str, message: impl Into<String>, state: &str) -> Failure {
+    Failure {
+        kind: kind.to_string(),
+        message: message.into(),
+        state: state.to_string(),
+    }
+}
+
+/// Runs `f` with `{context, input, output}` built from the record without
+/// copying them, then puts them back.
+fn with_vars<R>(rec: &mut Record, output: &mut Value, f: impl FnOnce(&mut Value) -> R) -> R {
+    let mut map = Map::new();
+    map.insert("context".into(), std::mem::take(&mut rec.context));
+    map.insert("input".into(), std::mem::take(&mut rec.input));
+    map.insert("output".into(), std::mem::take(output));
+    let mut vars = Value::Object(map);
+    let result = f(&mut vars);
+    if let Value::Object(mut map) = vars {
+        rec.context = map.remove("context").unwrap_or(Value::Null);
+        rec.input = map.remove("input").unwrap_or(Value::Null);
+        *output = map.remove("output").unwrap_or(Value::Null);
+    }
+    result
+}
+
+enum Work {
+    Output(Value, Option<String>),
+    Children(Pending),
+    Wait(String),
+}
+
+impl Engine {
+    pub(super) async fn advance(&self, frame: &Frame, rec: &mut Record) -> Advance {
+        let def = frame.def.clone();
+        let name = rec.state.clone();
+        let state = match def.state(&name) {
+            Ok(s) => s,
+            Err(e) => return self.terminal(rec, failure("invalid_config", e.to_string(), &name)),
+        };
+        if frame.cancelled() {
+            rec.status = Status::Cancelled;
+            return Advance::Failed;
+        }
+        if let Some(max) = def.config.data().settings.max_steps
+            && rec.step > max
+        {
+            let f = failure(
+                "max_steps",
+                format!("more than settings.max_steps = {max} states were entered"),
+                &name,
+            );
+            return self.terminal(rec, f);
+        }
+
+        if state.kind == Some(StateType::Final) {
+            return self.finish(frame, rec, state).await;
+        }
+
+        let work = match rec.pending.take() {
+            Some(p) if p.children.iter().all(|c| c.outcome.is_some()) => combine(&p, &name),
+            Some(p) => {
+                rec.pending = Some(p);
+                return Advance::Children;
+            }
+            None => {
+                if let Some(o) = &self.observer {
+                    o.state(&rec.id, &rec.machine, &name, rec.step);
+                }
+                if rec.attempt <= 1
+                    && let Err(f) = self
+                        .fire(frame, rec, HookEvent::StateEnter(name.clone()))
+                        .await
+                {
+                    return self.fail(frame, rec, state, f).await;
+                }
+                self.work(frame, rec, state).await
+            }
+        };
+        match work {
+            Ok(Work::Output(output, next)) => self.complete(frame, rec, state, output, next).await,
+            Ok(Work::Children(p)) => {
+                rec.pending = Some(p);
+                Advance::Children
+            }
+            Ok(Work::Wait(channel)) => {
+                rec.status = Status::Waiting;
+                rec.waiting_for = Some(channel.clone());
+                Advance::Wait
+            }
+            Err(f) => self.fail(frame, rec, state, f).await,
+        }
+    }
+
+    /// The state's own work: launches first, then its plugin, action,
+    /// children or wait.
+    async fn work(&self, frame: &Frame, rec: &mut Record, state: &State) -> Result<Work, Failure> {
+        let name = rec.state.clone();
+        let render = |rec: &mut Record, template: &Value| {
+            with_vars(rec, &mut Value::Null, |vars| {
+                self.exprs.render(template, vars)
+            })
+            .map_err(|e| failure("template", e.to_string(), &name))
+        };
+        if let Some(launch) = &state.launch {
+            let shared = match &state.launch_input {
+                Some(t) => render(rec, t)?,
+                None => json!({}),
+            };
+            for (i, (machine, own)) in machine_list(launch).into_iter().enumerate() {
+                let id = format!("{}:{}:L{i}", rec.id, rec.step);
+                if rec.launches.iter().any(|l| l.id == id) {
+                    continue;
+                }
+                let input = match own {
+                    Some(t) => render(rec, &t)?,
+                    None => shared.clone(),
+                };
+                rec.launches.push(Launch {
+                    id,
+                    machine,
+                    input,
+                    started: false,
+                });
+            }
+        }
+
+        // A foreach state renders its `input` once per item, below.
+        let input = match &state.input {
+            Some(t) if state.foreach.is_none() => Some(render(rec, t)?),
+            _ => None,
+        };
+
+        if let Some(plugin) = frame.def.runners.get(&name) {
+            let meta = self.meta(frame, rec, plugin);
+            let (ctx, kv) = self.call_context(frame, rec);
+            let result = if state.step.is_some() {
+                let arg = input.unwrap_or_else(|| rec.context.clone());
+                plugin
+                    .run(&meta, &arg, &ctx)
+                    .await
+                    .map(|s| (s.output, s.next))
+            } else {
+                let arg = input.unwrap_or_else(|| rec.context.clone());
+                plugin.process(&meta, &arg, &ctx).await.map(|o| (o, None))
+            };
+            keep_state(rec, &kv);
+            return result
+                .map(|(o, n)| Work::Output(o, n))
+                .map_err(|e| failure(e.kind().as_str(), e.to_string(), &name));
+        }
+
+        if let Some(action) = &state.action {
+            return self
+                .action(frame, rec, action, input)
+                .await
+                .map(|o| Work::Output(o, None));
+        }
+
+        if let Some(foreach) = &state.foreach {
+            let items = render(rec, foreach)?;
+            let Value::Array(items) = items else {
+                return Err(failure(
+                    "invalid_input",
+                    format!("`foreach` must give a list, got {}", kind_of(&items)),
+                    &name,
+                ));
+            };
+            let machine = machine_list(state.machine.as_ref().unwrap_or(&Value::Null))
+                .into_iter()
+                .next()
+                .map(|m| m.0)
+                .unwrap_or_default();
+            let as_name = state.as_name.clone().unwrap_or_else(|| "item".to_string());
+            let mut children = Vec::with_capacity(items.len());
+            let mut output = Value::Null;
+            let rendered: Result<Vec<(Value, Option<String>)>, Failure> =
+                with_vars(rec, &mut output, |vars| {
+                    let map = vars.as_object_mut().expect("vars are an object");
+                    let mut out = Vec::with_capacity(items.len());
+                    for (i, item) in items.into_iter().enumerate() {
+                        map.insert(as_name.clone(), item);
+                        map.insert("index".into(), json!(i));
+                        let vars_now = Value::Object(std::mem::take(map));
+                        let input = match &state.input {
+                            Some(t) => self.exprs.render(t, &vars_now),
+                            None => Ok(vars_now.get(&as_name).cloned().unwrap_or(Value::Null)),
+                        };
+                        let key = state.key.as_ref().map(|k| {
+                            self.exprs
+                                .render(&Value::String(k.clone()), &vars_now)
+                                .map(|v| match v {
+                                    Value::String(s) => s,
+                                    other => other.to_string(),
+                                })
+                        });
+                        let Value::Object(back) = vars_now else {
+                            unreachable!()
+                        };
+                        *map = back;
+                        let input = input.map_err(|e| failure("template", e.to_string(), &name))?;
+                        let key = key
+                            .transpose()
+                            .map_err(|e| failure("template", e.to_string(), &name))?;
+                        out.push((input, key));
+                    }
+                    map.remove(&as_name);
+                    map.remove("index");
+                    Ok(out)
+                });
+            for (i, (input, key)) in rendered?.into_iter().enumerate() {
+                children.push(Child {
+                    id: self.child_id(rec, i),
+                    machine: machine.clone(),
+                    input,
+                    key,
+                    outcome: None,
+                });
+            }
+            let shape = if state.key.is_some() {
+                Shape::ByKey
+            } else {
+                Shape::List
+            };
+            return Ok(Work::Children(self.pending(frame, state, shape, children)));
+        }
+
+        if let Some(machine) = &state.machine {
+            let list = machine_list(machine);
+            let shape = if machine.is_array() {
+                Shape::ByName
+            } else {
+                Shape::Single
+            };
+            let mut children = Vec::with_capacity(list.len());
+            for (i, (child, own_input)) in list.into_iter().enumerate() {
+                let input = match own_input {
+                    Some(t) => render(rec, &t)?,
+                    None => input.clone().unwrap_or_else(|| json!({})),
+                };
+                children.push(Child {
+                    id: self.child_id(rec, i),
+                    machine: child,
+                    input,
+                    key: None,
+                    outcome: None,
+                });
+            }
+            return Ok(Work::Children(self.pending(frame, state, shape, children)));
+        }
+
+        if let Some(wait) = &state.wait_for {
+            let channel = match render(rec, &Value::String(wait.clone()))? {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            return match self.backend.take_signal(&rec.id, &channel).await {
+                Ok(Some(data)) => Ok(Work::Output(data, None)),
+                Ok(None) => Ok(Work::Wait(channel)),
+                Err(e) => Err(failure("store", e.to_string(), &name)),
+            };
+        }
+
+        Ok(Work::Output(input.unwrap_or(Value::Null), None))
+    }
+
+    fn child_id(&self, rec: &Record, i: usize) -> String {
+        if rec.attempt <= 1 {
+            format!("{}:{}:{i}", rec.id, rec.step)
+        } else {
+            format!("{}:{}r{}:{i}", rec.id, rec.step, rec.attempt)
+        }
+    }
+
+    fn pending(&self, frame: &Frame, state: &State, shape: Shape, children: Vec<Child>) -> Pending {
+        let max = state
+            .max_concurrency
+            .or(frame.def.config.data().settings.max_concurrency)
+            .map(|m| m as usize)
+            .unwrap_or(DEFAULT_MAX_CONCURRENCY)
+            .max(1);
+        Pending {
+            shape,
+            any: state.mode == Some(Mode::Any),
+            max_concurrency: max,
+            children,
+        }
+    }
+
+    /// An `action:` state: the machine's hook plugins handle it (each gets the
+    /// context, with the state's rendered `input` under `input`, and may
+    /// return a new context); the output is the resulting context.
+    async fn action(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        action: &str,
+        input: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let name = rec.state.clone();
+        let hooks = self.hooks_of(frame, &name);
+        if hooks.is_empty() {
+            return Err(failure(
+                "invalid_input",
+                format!(
+                    "action `{action}`: no hook plugin handles actions in this machine (add one under data.hooks)"
+                ),
+                &name,
+            ));
+        }
+        if let (Some(input), Value::Object(ctx)) = (&input, &mut rec.context) {
+            ctx.insert("input".into(), input.clone());
+        }
+        self.fire(frame, rec, HookEvent::Action(action.to_string()))
+            .await?;
+        if input.is_some()
+            && let Value::Object(ctx) = &mut rec.context
+        {
+            ctx.remove("input");
+        }
+        Ok(rec.context.clone())
+    }
+
+    /// After the state's work: `output_to_context`, exit hooks, transitions.
+    async fn complete(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        state: &State,
+        mut output: Value,
+        next: Option<String>,
+    ) -> Advance {
+        let name = rec.state.clone();
+        if let Some(map) = &state.output_to_context {
+            let rendered: Result<Vec<(String, Value)>, Failure> =
+                with_vars(rec, &mut output, |vars| {
+                    map.iter()
+                        .map(|(k, t)| {
+                            self.exprs
+                                .render(t, vars)
+                                .map(|v| (k.clone(), v))
+                                .map_err(|e| failure("template", e.to_string(), &name))
+                        })
+                        .collect()
+                });
+            match rendered {
+                Ok(pairs) => {
+                    if !rec.context.is_object() {
+                        rec.context = json!({});
+                    }
+                    if let Value::Object(ctx) = &mut rec.context {
+                        for (k, v) in pairs {
+                            ctx.insert(k, v);
+                        }
+                    }
+                }
+                Err(f) => return self.fail(frame, rec, state, f).await,
+            }
+        }
+        if let Err(f) = self
+            .fire(frame, rec, HookEvent::StateExit(name.clone()))
+            .await
+        {
+            return self.fail(frame, rec, state, f).await;
+        }
+        let target = match next {
+            Some(n) => Ok(n),
+            None => with_vars(rec, &mut output, |vars| {
+                for t in &state.transitions {
+                    match t.condition.as_deref() {
+                        None => return Ok(Some(t.to.clone())),
+                        Some(c) => match self.exprs.condition(c, vars) {
+                            Ok(true) => return Ok(Some(t.to.clone())),
+                            Ok(false) => {}
+                            Err(e) => return Err(failure("template", e.to_string(), &name)),
+                        },
+                    }
+                }
+                Ok(None)
+            })
+            .and_then(|t| {
+                t.ok_or_else(|| {
+                    failure(
+                        "no_transition",
+                        "no transition matched and none is unconditional",
+                        &name,
+                    )
+                })
+            }),
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(f) => return self.fail(frame, rec, state, f).await,
+        };
+        if !frame.def.config.data().states.contains_key(&target) {
+            let f = failure(
+                "invalid_output",
+                format!("the step chose unknown state `{target}`"),
+                &name,
+            );
+            return self.fail(frame, rec, state, f).await;
+        }
+        let event = HookEvent::Transition(crate::plugin::TransitionInfo {
+            from: name.clone(),
+            to: target.clone(),
+        });
+        let target = match self.fire(frame, rec, event).await {
+            Ok(Some(redirect)) if frame.def.config.data().states.contains_key(&redirect) => {
+                redirect
+            }
+            Ok(_) => target,
+            Err(f) => return self.fail(frame, rec, state, f).await,
+        };
+        self.goto(rec, target);
+        Advance::Continue
+    }
+
+    fn goto(&self, rec: &mut Record, target: String) {
+        rec.state = target;
+        rec.step += 1;
+        rec.attempt = 1;
+        rec.pending = None;
+        rec.waiting_for = None;
+        rec.status = Status::Running;
+    }
+
+    /// A state failed: retry it, route it (hooks, then `on_error`), or end the execution.
+    async fn fail(&self, frame: &Frame, rec: &mut Record, state: &State, f: Failure) -> Advance {
+        rec.pending = None;
+        if let Some(ex) = &state.execution
+            && ex.kind == ExecutionType::Retry
+            && RETRIED_KINDS.contains(&f.kind.as_str())
+        {
+            let backoffs = ex.backoffs.clone().unwrap_or_else(|| vec![1.0, 2.0, 4.0]);
+            if let Some(base) = backoffs.get(rec.attempt.saturating_sub(1) as usize) {
+                let jitter = ex.jitter.unwrap_or(0.0);
+                let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
+                tracing::info!(execution = %rec.id, state = %rec.state, attempt = rec.attempt, kind = %f.kind, "retrying: {}", f.message);
+                rec.attempt += 1;
+                return Advance::Retry(Duration::from_secs_f64((base * factor).max(0.0)));
+            }
+        }
+        if let Value::Object(ctx) = &mut rec.context {
+            ctx.insert("last_error".into(), Value::String(f.message.clone()));
+            ctx.insert("last_error_type".into(), Value::String(f.kind.clone()));
+        }
+        let event = HookEvent::Error(crate::plugin::ErrorInfo {
+            state: f.state.clone(),
+            kind: f.kind.clone(),
+            message: f.message.clone(),
+        });
+        let states = &frame.def.config.data().states;
+        let redirect = match self.fire(frame, rec, event).await {
+            Ok(r) => r.filter(|r| states.contains_key(r)),
+            Err(hook_failure) => return self.terminal(rec, hook_failure),
+        };
+        let routed = redirect.or_else(|| match &state.on_error {
+            Some(Value::String(target)) => Some(target.clone()),
+            Some(Value::Object(map)) => map
+                .get(&f.kind)
+                .or_else(|| map.get("default"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        });
+        match routed {
+            Some(target) if states.contains_key(&target) => {
+                tracing::info!(execution = %rec.id, state = %rec.state, kind = %f.kind, to = %target, "error routed by on_error: {}", f.message);
+                self.goto(rec, target);
+                Advance::Continue
+            }
+            _ => self.terminal(rec, f),
+        }
+    }
+
+    fn terminal(&self, rec: &mut Record, f: Failure) -> Advance {
+        rec.status = Status::Failed;
+        rec.error = Some(f);
+        Advance::Failed
+    }
+
+    async fn finish(&self, frame: &Frame, rec: &mut Record, state: &State) -> Advance {
+        let name = rec.state.clone();
+        if let Some(o) = &self.observer {
+            o.state(&rec.id, &rec.machine, &name, rec.step);
+        }
+        if let Err(f) = self
+            .fire(frame, rec, HookEvent::StateEnter(name.clone()))
+            .await
+        {
+            return self.terminal(rec, f);
+        }
+        let output = match &state.output {
+            Some(t) => with_vars(rec, &mut Value::Null, |vars| self.exprs.render(t, vars))
+                .map_err(|e| failure("template", e.to_string(), &name)),
+            None => Ok(rec.context.clone()),
+        };
+        let output = match output {
+            Ok(o) => o,
+            Err(f) => return self.terminal(rec, f),
+        };
+        if let Err(f) = self.fire(frame, rec, HookEvent::MachineEnd).await {
+            return self.terminal(rec, f);
+        }
+        rec.status = Status::Done;
+        rec.output = Some(output);
+        Advance::Done
+    }
+
+    /// Hook plugins in effect in the current state: the machine's (with its
+    /// ancestors'), then the state's own.
+    fn hooks_of(&self, frame: &Frame, state: &str) -> Vec<Plugin> {
+        let mut hooks = frame.def.hooks.clone();
+        if let Some(own) = frame.def.state_hooks.get(state) {
+            hooks.extend(own.iter().cloned());
+        }
+        hooks
+    }
+
+    /// Delivers an event to every hook in order; each may replace the context.
+    /// Returns the last redirect any hook asked for.
+    pub(super) async fn fire(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        event: HookEvent,
+    ) -> Result<Option<String>, Failure> {
+        let hooks = self.hooks_of(frame, &rec.state);
+        let mut redirect = None;
+        for hook in hooks {
+            let meta = self.meta(frame, rec, &hook);
+            let (ctx, kv) = self.call_context(frame, rec);
+            let result = hook.on_event(&event, &meta, &rec.context, &ctx).await;
+            keep_state(rec, &kv);
+            let result = result.map_err(|e| {
+                failure(
+                    e.kind().as_str(),
+                    format!("hook `{}`: {e}", hook.name()),
+                    &rec.state,
+                )
+            })?;
+            if let Some(context) = result.context {
+                rec.context = context;
+            }
+            if result.redirect.is_some() {
+                redirect = result.redirect;
+            }
+        }
+        Ok(redirect)
+    }
+
+    fn meta(&self, _frame: &Frame, rec: &Record, plugin: &Plugin) -> CallMeta {
+        let deadline = crate::backend::now_ms() + plugin.limits().timeout.as_millis() as u64;
+        CallMeta {
+            idempotency_key: format!("{}/{}/{}", rec.id, rec.step, rec.attempt),
+            execution_id: rec.id.clone(),
+            machine: rec.machine.clone(),
+            state: rec.state.clone(),
+            step: rec.step,
+            attempt: rec.attempt,
+            deadline_ms: deadline,
+        }
+    }
+
+    /// The call context of one plugin call, and the execution state it sees.
+    fn call_context(&self, frame: &Frame, rec: &Record) -> (CallContext, Arc<MemoryState>) {
+        let state = Arc::new(MemoryState::new(rec.kv.clone()));
+        let ctx = CallContext {
+            state: state.clone(),
+            cancel: frame.cancel.first().cloned().unwrap_or_default(),
+            events: None,
+        };
+        (ctx, state)
+    }
+}
+
+/// Copies the execution state a call may have changed back into the record.
+fn keep_state(rec: &mut Record, state: &MemoryState) {
+    rec.kv = state.snapshot();
+}
+
+/// `name`, `[a, b]`, `[{name, input}]` → (name, own input template).
+fn machine_list(value: &Value) -> Vec<(String, Option<Value>)> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some((s.clone(), None)),
+        Value::Object(m) => m
+            .get("name")
+            .and_then(Value::as_str)
+            .map(|n| (n.to_string(), m.get("input").cloned())),
+        _ => None,
+    };
+    match value {
+        Value::Array(items) => items.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// The state's output from its finished children, or its failure.
+fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
+    let done = |c: &Child| match &c.outcome {
+        Some(ChildOutcome::Done(v)) => Some(v.clone()),
+        _ => None,
+    };
+    if p.any
+        && let Some(c) = p.children.iter().find(|c| done(c).is_some())
+    {
+        return Ok(Work::Output(done(c).unwrap_or(Value::Null), None));
+    }
+    let failures: Vec<&Failure> = p
+        .children
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Some(ChildOutcome::Failed(f)) => Some(f),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = failures.first() {
+        let which = p
+            .children
+            .iter()
+            .find(|c| matches!(&c.outcome, Some(ChildOutcome::Failed(f)) if f == *first))
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        return Err(failure(
+            &first.kind,
+            format!(
+                "{} of {} child executions failed; first: {which} in state `{}`: {}",
+                failures.len(),
+                p.children.len(),
+                first.state,
+                first.message
+            ),
+            state,
+        ));
+    }
+    if p.children
+        .iter()
+        .any(|c| matches!(c.outcome, Some(ChildOutcome::Cancelled)))
+        && !p.any
+    {
+        return Err(failure(
+            "cancelled",
+            "a child execution was cancelled",
+            state,
+        ));
+    }
+    let output = match p.shape {
+        Shape::Single => p.children.first().and_then(done).unwrap_or(Value::Null),
+        Shape::List => Value::Array(
+            p.children
+                .iter()
+                .map(|c| done(c).unwrap_or(Value::Null))
+                .collect(),
+        ),
+        Shape::ByName => Value::Object(
+            p.children
+                .iter()
+                .map(|c| (c.machine.clone(), done(c).unwrap_or(Value::Null)))
+                .collect(),
+        ),
+        Shape::ByKey => Value::Object(
+            p.children
+                .iter()
+                .map(|c| {
+                    (
+                        c.key.clone().unwrap_or_default(),
+                        done(c).unwrap_or(Value::Null),
+                    )
+                })
+                .collect(),
+        ),
+    };
+    Ok(Work::Output(output, None))
+}

@@ -1,0 +1,595 @@
+//! The local driver: runs the step function in a loop, checkpoints the
+//! record at the configured events, runs children as tokio tasks (bounded by
+//! `max_concurrency`), starts launched executions detached, and writes every
+//! finished execution's result to the store.
+
+use super::advance::{Advance, Frame};
+use super::record::{Child, ChildOutcome, Failure, MachineRef, Record, Status};
+use super::{Engine, EngineError, MachineDef, machines};
+use crate::backend::{Checkpoint, StoredResult, now_ms};
+use crate::plugin::{CancelToken, HookEvent};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// How a run or resume ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub id: String,
+    pub machine: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+    /// For a waiting execution: which execution waits, on which channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Waiting {
+    pub execution: String,
+    pub channel: String,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Checkpoint events (`persistence.checkpoint_on`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Event {
+    MachineStart,
+    Execute,
+    Waiting,
+    MachineEnd,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Event::MachineStart => "machine_start",
+            Event::Execute => "execute",
+            Event::Waiting => "waiting",
+            Event::MachineEnd => "machine_end",
+        }
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Engine {
+    /// Loads (once) the machine tree of a root file.
+    pub fn load(&self, file: &Path) -> Result<Arc<MachineDef>, EngineError> {
+        let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        if let Some(def) = self.lock_trees().get(&key) {
+            return Ok(def.clone());
+        }
+        let def = machines::load_tree(file, &self.library)?;
+        self.lock_trees().insert(key, def.clone());
+        Ok(def)
+    }
+
+    fn lock_trees(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::path::PathBuf, Arc<MachineDef>>>
+    {
+        self.trees.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn def_of(&self, source: &MachineRef) -> Result<Arc<MachineDef>, EngineError> {
+        self.load(&source.file)?.find(&source.path)
+    }
+
+    /// Starts a new execution of the machine in `file` and runs it until it
+    /// finishes, fails or waits for a signal.
+    pub async fn start(
+        self: &Arc<Self>,
+        file: &Path,
+        input: Value,
+    ) -> Result<Outcome, EngineError> {
+        let def = self.load(file)?;
+        let rec = self.new_record(&def, new_id(), None, input);
+        let frame = Frame {
+            def,
+            cancel: vec![CancelToken::default()],
+        };
+        self.drive(frame, rec, true).await
+    }
+
+    /// Continues an execution from its latest checkpoint (also one that is
+    /// waiting and has received its signal).
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
+        let rec = self.load_record(id).await?;
+        let def = self.def_of(&rec.source)?;
+        let frame = Frame {
+            def,
+            cancel: vec![CancelToken::default()],
+        };
+        if rec.status.is_terminal() {
+            // Launched children that did not finish are continued too.
+            let mut rec = rec;
+            self.start_launches(&frame, &mut rec, true).await?;
+            return Ok(outcome(&rec));
+        }
+        self.drive(frame, rec, false).await
+    }
+
+    /// The record of an execution.
+    pub async fn load_record(&self, id: &str) -> Result<Record, EngineError> {
+        let cp = self
+            .backend
+            .load(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        serde_json::from_str(&cp.record).map_err(|e| {
+            EngineError::Invalid(format!("the checkpoint of `{id}` cannot be read: {e}"))
+        })
+    }
+
+    /// Waits until every launched (detached) execution started by this
+    /// engine has finished.
+    pub async fn wait_detached(&self) {
+        loop {
+            let handles: Vec<_> = std::mem::take(&mut *self.lock_detached());
+            if handles.is_empty() {
+                return;
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+    }
+
+    /// Launched executions still running in this process.
+    pub fn detached_running(&self) -> usize {
+        self.lock_detached()
+            .iter()
+            .filter(|h| !h.is_finished())
+            .count()
+    }
+
+    fn lock_detached(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.detached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_record(
+        &self,
+        def: &Arc<MachineDef>,
+        id: String,
+        parent: Option<String>,
+        input: Value,
+    ) -> Record {
+        let now = now_ms();
+        let data = def.config.data();
+        let mut rec = Record {
+            id,
+            parent,
+            machine: def.config.name().to_string(),
+            source: def.source.clone(),
+            status: Status::Running,
+            state: def.config.initial.clone(),
+            step: 1,
+            attempt: 1,
+            input,
+            context: json!({}),
+            kv: Default::default(),
+            pending: None,
+            launches: vec![],
+            waiting_for: None,
+            output: None,
+            error: None,
+            created_ms: now,
+        };
+        // The initial context is rendered against the input.
+        let vars = json!({"input": rec.input, "context": {}});
+        let mut context = serde_json::Map::new();
+        for (key, template) in &data.context {
+            match self.exprs.render(template, &vars) {
+                Ok(v) => {
+                    context.insert(key.clone(), v);
+                }
+                Err(e) => {
+                    rec.status = Status::Failed;
+                    rec.error = Some(Failure {
+                        kind: "template".into(),
+                        message: format!("context.{key}: {e}"),
+                        state: rec.state.clone(),
+                    });
+                }
+            }
+        }
+        rec.context = Value::Object(context);
+        rec
+    }
+
+    /// Saves the record if the machine checkpoints at this event. The final
+    /// checkpoint is always written, with the result.
+    async fn checkpoint(
+        &self,
+        def: &MachineDef,
+        rec: &Record,
+        event: Event,
+    ) -> Result<(), EngineError> {
+        let persistence = def.config.data().persistence.as_ref();
+        let enabled = persistence.and_then(|p| p.enabled).unwrap_or(true);
+        let wanted = persistence
+            .and_then(|p| p.checkpoint_on.as_ref())
+            .is_none_or(|on| {
+                on.iter()
+                    .any(|e| e == event.name() || (event == Event::Execute && e == "state_exit"))
+            });
+        let terminal = event == Event::MachineEnd;
+        if terminal {
+            let (status, value) = match (&rec.status, &rec.output, &rec.error) {
+                (Status::Done, Some(o), _) => ("done", o.clone()),
+                (_, _, Some(e)) => ("failed", serde_json::to_value(e).unwrap_or(Value::Null)),
+                (s, _, _) => (s.as_str(), Value::Null),
+            };
+            self.backend
+                .write_result(
+                    &rec.id,
+                    StoredResult {
+                        status: status.to_string(),
+                        value,
+                        written_ms: now_ms(),
+                    },
+                )
+                .await?;
+        }
+        if !(terminal || (enabled && wanted)) {
+            return Ok(());
+        }
+        let record = serde_json::to_string(rec).map_err(|e| {
+            EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id))
+        })?;
+        self.backend
+            .save(Checkpoint {
+                id: rec.id.clone(),
+                parent: rec.parent.clone(),
+                machine: rec.machine.clone(),
+                status: rec.status.as_str().to_string(),
+                state: rec.state.clone(),
+                step: rec.step,
+                created_ms: rec.created_ms,
+                updated_ms: now_ms(),
+                record,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs an execution until it finishes, fails or waits.
+    fn drive(
+        self: &Arc<Self>,
+        frame: Frame,
+        mut rec: Record,
+        fresh: bool,
+    ) -> Boxed<'_, Result<Outcome, EngineError>> {
+        Box::pin(async move {
+            let def = frame.def.clone();
+            if fresh {
+                if rec.status == Status::Running
+                    && let Err(f) = self.fire(&frame, &mut rec, HookEvent::MachineStart).await
+                {
+                    rec.status = Status::Failed;
+                    rec.error = Some(f);
+                }
+                if rec.status.is_terminal() {
+                    self.checkpoint(&def, &rec, Event::MachineEnd).await?;
+                    return Ok(outcome(&rec));
+                }
+                self.checkpoint(&def, &rec, Event::MachineStart).await?;
+            }
+            rec.status = Status::Running;
+            loop {
+                let step = self.advance(&frame, &mut rec).await;
+                self.start_launches(&frame, &mut rec, false).await?;
+                match step {
+                    Advance::Continue => self.checkpoint(&def, &rec, Event::Execute).await?,
+                    Advance::Retry(pause) => {
+                        self.checkpoint(&def, &rec, Event::Execute).await?;
+                        tokio::time::sleep(pause).await;
+                    }
+                    Advance::Children => {
+                        self.checkpoint(&def, &rec, Event::Execute).await?;
+                        if let Some(waiting) = self.run_children(&frame, &mut rec).await? {
+                            rec.status = Status::Waiting;
+                            self.checkpoint(&def, &rec, Event::Waiting).await?;
+                            let mut o = outcome(&rec);
+                            o.waiting = Some(waiting);
+                            return Ok(o);
+                        }
+                    }
+                    Advance::Wait => {
+                        self.checkpoint(&def, &rec, Event::Waiting).await?;
+                        return Ok(outcome(&rec));
+                    }
+                    Advance::Done | Advance::Failed => {
+                        self.checkpoint(&def, &rec, Event::MachineEnd).await?;
+                        return Ok(outcome(&rec));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs the pending children of the current state; fills in their
+    /// outcomes. Returns the waiting child, if one waits for a signal.
+    async fn run_children(
+        self: &Arc<Self>,
+        frame: &Frame,
+        rec: &mut Record,
+    ) -> Result<Option<Waiting>, EngineError> {
+        let Some(mut pending) = rec.pending.take() else {
+            return Ok(None);
+        };
+        let state = frame.def.state(&rec.state)?;
+        let timeout = state.timeout.map(std::time::Duration::from_secs_f64);
+        let todo: VecDeque<usize> = (0..pending.children.len())
+            .filter(|&i| pending.children[i].outcome.is_none())
+            .collect();
+        if let Some(o) = &self.observer {
+            o.fanout(&rec.id, &rec.state, todo.len());
+        }
+        let tokens: Vec<CancelToken> = pending
+            .children
+            .iter()
+            .map(|_| CancelToken::default())
+            .collect();
+        let run = self.run_set(
+            frame,
+            &mut pending.children,
+            &tokens,
+            todo,
+            pending.max_concurrency,
+            pending.any,
+            &rec.id,
+            &rec.state,
+        );
+        let result = match timeout {
+            None => run.await,
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Stop the children; their outcomes say they were cancelled.
+                    for t in &tokens {
+                        t.cancel();
+                    }
+                    for c in pending.children.iter_mut().filter(|c| c.outcome.is_none()) {
+                        c.outcome = Some(ChildOutcome::Failed(Failure {
+                            kind: "timeout".into(),
+                            message: format!(
+                                "children did not finish within the state's timeout of {}s",
+                                limit.as_secs_f64()
+                            ),
+                            state: rec.state.clone(),
+                        }));
+                    }
+                    Ok(None)
+                }
+            },
+        };
+        if let Some(o) = &self.observer {
+            o.fanout_done(&rec.id, &rec.state);
+        }
+        rec.pending = Some(pending);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_set(
+        self: &Arc<Self>,
+        frame: &Frame,
+        children: &mut [Child],
+        tokens: &[CancelToken],
+        mut todo: VecDeque<usize>,
+        max: usize,
+        any: bool,
+        parent: &str,
+        state: &str,
+    ) -> Result<Option<Waiting>, EngineError> {
+        let mut running = tokio::task::JoinSet::new();
+        let mut waiting = None;
+        let mut error = None;
+        let mut decided = false;
+        loop {
+            while running.len() < max && !decided {
+                let Some(i) = todo.pop_front() else { break };
+                let child = children[i].clone();
+                let def = frame
+                    .def
+                    .children
+                    .get(&child.machine)
+                    .cloned()
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!("no child machine `{}`", child.machine))
+                    })?;
+                let mut cancel = vec![tokens[i].clone()];
+                cancel.extend(frame.cancel.iter().cloned());
+                let engine = self.clone();
+                let parent = parent.to_string();
+                running.spawn(async move {
+                    let result = engine.run_child(def, child, parent, cancel).await;
+                    (i, result)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (i, result) = match joined {
+                Ok(r) => r,
+                Err(e) => {
+                    error
+                        .get_or_insert(EngineError::Invalid(format!("a child task panicked: {e}")));
+                    continue;
+                }
+            };
+            if let Some(o) = &self.observer {
+                o.child_finished(parent, state);
+            }
+            match result {
+                Ok(o) if o.status == Status::Waiting => {
+                    waiting.get_or_insert(o.waiting.unwrap_or(Waiting {
+                        execution: o.id,
+                        channel: String::new(),
+                    }));
+                }
+                Ok(o) => {
+                    let out = match o.status {
+                        Status::Done => ChildOutcome::Done(o.output.unwrap_or(Value::Null)),
+                        Status::Cancelled => ChildOutcome::Cancelled,
+                        _ => ChildOutcome::Failed(o.error.unwrap_or(Failure {
+                            kind: "fatal".into(),
+                            message: "failed without an error".into(),
+                            state: String::new(),
+                        })),
+                    };
+                    if any && matches!(out, ChildOutcome::Done(_)) && !decided {
+                        decided = true;
+                        for t in tokens {
+                            t.cancel();
+                        }
+                    }
+                    children[i].outcome = Some(out);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        if decided {
+            for c in children.iter_mut().filter(|c| c.outcome.is_none()) {
+                c.outcome = Some(ChildOutcome::Cancelled);
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(waiting),
+        }
+    }
+
+    /// Runs (or continues, or reads the result of) one child execution.
+    async fn run_child(
+        self: Arc<Self>,
+        def: Arc<MachineDef>,
+        child: Child,
+        parent: String,
+        cancel: Vec<CancelToken>,
+    ) -> Result<Outcome, EngineError> {
+        let frame = Frame {
+            def: def.clone(),
+            cancel,
+        };
+        match self.backend.load(&child.id).await? {
+            Some(cp) => {
+                let rec: Record = serde_json::from_str(&cp.record).map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "the checkpoint of `{}` cannot be read: {e}",
+                        child.id
+                    ))
+                })?;
+                if rec.status.is_terminal() {
+                    return Ok(outcome(&rec));
+                }
+                self.drive(frame, rec, false).await
+            }
+            None => {
+                let rec = self.new_record(&def, child.id, Some(parent), child.input);
+                self.drive(frame, rec, true).await
+            }
+        }
+    }
+
+    /// Starts launched executions of the record that have not started (or,
+    /// with `unfinished`, also continues started ones that have not finished).
+    /// They run detached: nobody waits for them but [`Engine::wait_detached`].
+    async fn start_launches(
+        self: &Arc<Self>,
+        frame: &Frame,
+        rec: &mut Record,
+        unfinished: bool,
+    ) -> Result<(), EngineError> {
+        if rec.launches.iter().all(|l| l.started) && !unfinished {
+            return Ok(());
+        }
+        let mut changed = false;
+        for i in 0..rec.launches.len() {
+            let launch = rec.launches[i].clone();
+            if launch.started && !unfinished {
+                continue;
+            }
+            let def = frame
+                .def
+                .children
+                .get(&launch.machine)
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!("no child machine `{}`", launch.machine))
+                })?;
+            let existing = self.backend.load(&launch.id).await?;
+            let fresh = existing.is_none();
+            let child_rec = match existing {
+                Some(cp) if cp.status == "running" => {
+                    Some(serde_json::from_str::<Record>(&cp.record).map_err(|e| {
+                        EngineError::Invalid(format!(
+                            "the checkpoint of `{}` cannot be read: {e}",
+                            launch.id
+                        ))
+                    })?)
+                }
+                Some(_) => None,
+                None => {
+                    let r = self.new_record(
+                        &def,
+                        launch.id.clone(),
+                        Some(rec.id.clone()),
+                        launch.input.clone(),
+                    );
+                    // The child's own record exists before the parent says it started.
+                    self.checkpoint(&def, &r, Event::MachineStart).await?;
+                    Some(r)
+                }
+            };
+            if !launch.started {
+                rec.launches[i].started = true;
+                changed = true;
+            }
+            let Some(child_rec) = child_rec else { continue };
+            let engine = self.clone();
+            let frame = Frame {
+                def,
+                cancel: vec![CancelToken::default()],
+            };
+            let handle = tokio::spawn(async move {
+                let id = child_rec.id.clone();
+                if let Err(e) = engine.drive(frame, child_rec, fresh).await {
+                    tracing::error!(execution = %id, "launched execution stopped: {e}");
+                }
+            });
+            self.lock_detached().push(handle);
+        }
+        if changed {
+            self.checkpoint(&frame.def, rec, Event::Execute).await?;
+        }
+        Ok(())
+    }
+}
+
+fn outcome(rec: &Record) -> Outcome {
+    Outcome {
+        id: rec.id.clone(),
+        machine: rec.machine.clone(),
+        status: rec.status,
+        output: rec.output.clone(),
+        error: rec.error.clone(),
+        waiting: rec.waiting_for.as_ref().map(|c| Waiting {
+            execution: rec.id.clone(),
+            channel: c.clone(),
+        }),
+    }
+}

@@ -1,0 +1,287 @@
+//! Loading a machine and everything it needs before it runs: its child
+//! machines (files next to it or inline), the plugins its states, agents and
+//! hooks name, with the limits its states set. A problem anywhere in the tree
+//! is reported before the first state runs.
+
+use super::EngineError;
+use super::record::MachineRef;
+use crate::config::{self, Machine, State};
+use crate::plugin::{LimitOverrides, Plugin, Runtime, World, registry};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The built-in hooks of the seed's distributed worker.
+pub const BUILTIN_HOOKS_CLASS: &str = "DistributedWorkerHooks";
+
+/// A machine ready to run.
+pub struct MachineDef {
+    pub config: Machine,
+    pub source: MachineRef,
+    /// `data.machines`, loaded.
+    pub children: BTreeMap<String, Arc<MachineDef>>,
+    /// What each state runs (plugin, agent or step), with the state's limits.
+    pub runners: HashMap<String, Plugin>,
+    /// Hook plugins in effect for this machine: every ancestor's, then its own.
+    pub hooks: Vec<Plugin>,
+    /// Hook plugins of single states (`states.<name>.hooks`).
+    pub state_hooks: HashMap<String, Vec<Plugin>>,
+}
+
+impl MachineDef {
+    pub fn state(&self, name: &str) -> Result<&State, EngineError> {
+        self.config
+            .data()
+            .states
+            .get(name)
+            .ok_or_else(|| EngineError::Invalid(format!(
+                "machine `{}` has no state `{name}` (was the config changed since this execution started?)",
+                self.config.name()
+            )))
+    }
+
+    /// The machine `source` names, below this root.
+    pub fn find(self: &Arc<Self>, path: &[String]) -> Result<Arc<MachineDef>, EngineError> {
+        let mut def = self.clone();
+        for name in path {
+            def = def.children.get(name).cloned().ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "machine `{}` has no child machine `{name}`",
+                    def.config.name()
+                ))
+            })?;
+        }
+        Ok(def)
+    }
+}
+
+/// Loads plugins by name or by a `{plugin, config, limits, ...}` spec, once each.
+pub struct Library {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    loaded: Mutex<HashMap<String, Plugin>>,
+}
+
+impl Library {
+    pub fn new(runtime: Arc<Runtime>, dir: PathBuf) -> Library {
+        Library {
+            runtime,
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A plugin from a spec: `name` or `{plugin, version, sha256, config, limits, reuse}`.
+    pub fn plugin(&self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
+        let key = spec.to_string();
+        if let Some(p) = self.lock().get(&key) {
+            return Ok(p.clone());
+        }
+        let (name, extra) = match spec {
+            Value::String(name) => (name.as_str(), None),
+            Value::Object(m) => (
+                m.get("plugin").and_then(Value::as_str).ok_or_else(|| {
+                    EngineError::Invalid(format!("plugin spec {spec} has no `plugin` name"))
+                })?,
+                Some(m),
+            ),
+            other => return Err(EngineError::Invalid(format!("bad plugin spec {other}"))),
+        };
+        let located = registry::locate(name, &self.dir).map_err(EngineError::plugin(name))?;
+        let mut settings = located.settings().map_err(EngineError::plugin(name))?;
+        let mut limits = LimitOverrides::default();
+        if let Some(m) = extra {
+            if let Some(config) = m.get("config") {
+                settings.config = config.clone();
+            }
+            if let Some(reuse) = m.get("reuse").and_then(Value::as_u64) {
+                settings.reuse = reuse.min(u32::MAX as u64) as u32;
+            }
+            if let Some(sha) = m.get("sha256").and_then(Value::as_str) {
+                settings.sha256 = Some(sha.to_string());
+            }
+            if let Some(l) = m.get("limits") {
+                limits = serde_json::from_value(l.clone())
+                    .map_err(|e| EngineError::Invalid(format!("limits of plugin `{name}`: {e}")))?;
+            }
+        }
+        let plugin = self
+            .runtime
+            .load_file(&located.wasm, settings)
+            .map_err(EngineError::plugin(name))?;
+        plugin
+            .expect_world(world)
+            .map_err(EngineError::plugin(name))?;
+        // A machine config may tighten a plugin's limits, never widen them.
+        let plugin = if limits == LimitOverrides::default() {
+            plugin
+        } else {
+            plugin.tightened(&limits)
+        };
+        self.lock().insert(key, plugin.clone());
+        Ok(plugin)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Plugin>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Loads a machine file and its whole tree.
+pub fn load_tree(file: &Path, library: &Library) -> Result<Arc<MachineDef>, EngineError> {
+    let file = std::fs::canonicalize(file).map_err(|e| {
+        EngineError::Config(config::ConfigErrors(vec![config::ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            state: None,
+            message: format!("cannot read: {e}"),
+        }]))
+    })?;
+    let machine = config::load(&file).map_err(EngineError::Config)?;
+    let source = MachineRef {
+        file: file.clone(),
+        path: vec![],
+    };
+    build(machine, source, &[], library, &mut vec![file])
+}
+
+fn build(
+    machine: Machine,
+    source: MachineRef,
+    inherited: &[Plugin],
+    library: &Library,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Arc<MachineDef>, EngineError> {
+    let data = machine.data();
+    let at = |what: &str| format!("{}: {what}", machine.path.display());
+
+    // Hooks: the ancestors', then this machine's.
+    let mut hooks = inherited.to_vec();
+    for spec in [&data.hooks, &data.lifecycle_hooks].into_iter().flatten() {
+        hooks.extend(hook_plugins(spec, data, library).map_err(|e| e.context(&at("hooks")))?);
+    }
+    let mut state_hooks = HashMap::new();
+    let mut runners = HashMap::new();
+    for (name, state) in &data.states {
+        if let Some(spec) = &state.hooks {
+            let list = hook_plugins(spec, data, library)
+                .map_err(|e| e.context(&at(&format!("state `{name}`: hooks"))))?;
+            state_hooks.insert(name.clone(), list);
+        }
+        let runner = if let Some(alias) = &state.plugin {
+            Some((plugin_spec(&data.plugins, alias), World::Processor))
+        } else if let Some(agent) = &state.agent {
+            let spec = data.agents.get(agent).cloned().unwrap_or(Value::Null);
+            Some((spec, World::Processor))
+        } else {
+            state
+                .step
+                .as_ref()
+                .map(|alias| (plugin_spec(&data.plugins, alias), World::Step))
+        };
+        if let Some((spec, world)) = runner {
+            let mut plugin = library
+                .plugin(&spec, world)
+                .map_err(|e| e.context(&at(&format!("state `{name}`"))))?;
+            if let Some(secs) = state.timeout {
+                plugin = plugin.tightened(&LimitOverrides {
+                    timeout_ms: Some((secs * 1000.0).ceil().max(1.0) as u64),
+                    ..Default::default()
+                });
+            }
+            runners.insert(name.clone(), plugin);
+        }
+    }
+
+    let mut children = BTreeMap::new();
+    let dir = machine
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for (name, value) in &data.machines {
+        let child = match value {
+            Value::String(rel) => {
+                let path = dir.join(rel);
+                let path = std::fs::canonicalize(&path).unwrap_or(path);
+                if stack.contains(&path) {
+                    return Err(EngineError::Invalid(at(&format!(
+                        "machine `{name}` ({}) includes itself through its children",
+                        path.display()
+                    ))));
+                }
+                config::load(&path).map_err(EngineError::Config)?
+            }
+            inline => {
+                let text = serde_yaml::to_string(inline).map_err(|e| {
+                    EngineError::Invalid(at(&format!("inline machine `{name}`: {e}")))
+                })?;
+                let pseudo = machine.path.with_extension(format!("{name}.inline.yml"));
+                config::parse(&pseudo, &text).map_err(EngineError::Config)?
+            }
+        };
+        stack.push(child.path.clone());
+        let def = build(child, source.child(name), &hooks, library, stack)?;
+        stack.pop();
+        children.insert(name.clone(), def);
+    }
+
+    Ok(Arc::new(MachineDef {
+        config: machine,
+        source,
+        children,
+        runners,
+        hooks,
+        state_hooks,
+    }))
+}
+
+/// `plugin: alias` → the `data.plugins` entry, or the alias itself as a plugin name.
+fn plugin_spec(plugins: &BTreeMap<String, Value>, alias: &str) -> Value {
+    plugins
+        .get(alias)
+        .cloned()
+        .unwrap_or_else(|| Value::String(alias.to_string()))
+}
+
+fn hook_plugins(
+    spec: &Value,
+    data: &config::MachineData,
+    library: &Library,
+) -> Result<Vec<Plugin>, EngineError> {
+    match spec {
+        Value::Array(items) => {
+            let mut all = Vec::new();
+            for item in items {
+                all.extend(hook_plugins(item, data, library)?);
+            }
+            Ok(all)
+        }
+        Value::String(alias) => Ok(vec![
+            library.plugin(&plugin_spec(&data.plugins, alias), World::Hook)?,
+        ]),
+        Value::Object(m) => {
+            if let Some(class) = m.get("class").and_then(Value::as_str) {
+                if class == BUILTIN_HOOKS_CLASS {
+                    // The seed's worker hooks are built into the host as actions.
+                    return Ok(vec![]);
+                }
+                return Ok(vec![
+                    library.plugin(&plugin_spec(&data.plugins, class), World::Hook)?,
+                ]);
+            }
+            let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+            let mut spec = plugin_spec(&data.plugins, name);
+            if let (Some(args), Value::String(n)) = (m.get("args"), &spec) {
+                spec = serde_json::json!({"plugin": n, "config": args});
+            }
+            Ok(vec![library.plugin(&spec, World::Hook)?])
+        }
+        other => Err(EngineError::Invalid(format!("bad hooks entry {other}"))),
+    }
+}

@@ -1,0 +1,112 @@
+//! The state machine: one resumable step function ([`Engine::advance`] in
+//! `advance.rs`) over a serialisable [`Record`], and the local driver
+//! (`driver.rs`) that runs it, checkpoints it, and runs child executions as
+//! tokio tasks in this process.
+//!
+//! Steps are at-least-once: a resumed execution re-enters the state it was
+//! in, and every plugin call carries the idempotency key
+//! `<execution-id>/<step>/<attempt>`.
+//!
+//! Imports `config`, `expr`, `plugin` and the `backend` traits.
+
+mod advance;
+mod driver;
+pub mod machines;
+pub mod record;
+
+pub use driver::Outcome;
+pub use machines::{Library, MachineDef};
+pub use record::{Failure, MachineRef, Record, Status};
+
+use crate::backend::{Backend, BackendError};
+use crate::config::ConfigErrors;
+use crate::expr::Expressions;
+use crate::plugin::{PluginError, Runtime};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Why the engine could not start or continue an execution. (A state that
+/// fails is not an engine error: it is routed by `on_error` or ends the
+/// execution as `failed`.)
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("{context}: {error}")]
+    Plugin { context: String, error: PluginError },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(#[from] BackendError),
+    #[error("no execution `{0}` in this store")]
+    NotFound(String),
+}
+
+impl EngineError {
+    pub(crate) fn plugin(name: &str) -> impl FnOnce(PluginError) -> EngineError + '_ {
+        move |error| EngineError::Plugin {
+            context: format!("plugin `{name}`"),
+            error,
+        }
+    }
+
+    /// Prefixes the message with where it happened.
+    pub(crate) fn context(self, at: &str) -> EngineError {
+        match self {
+            EngineError::Plugin { context, error } => EngineError::Plugin {
+                context: format!("{at}: {context}"),
+                error,
+            },
+            EngineError::Invalid(m) => EngineError::Invalid(format!("{at}: {m}")),
+            other => other,
+        }
+    }
+}
+
+/// Progress of running executions, for progress bars and logs.
+pub trait Observer: Send + Sync {
+    /// An execution entered a state.
+    fn state(&self, _id: &str, _machine: &str, _state: &str, _step: u64) {}
+    /// A state started `total` children (foreach or parallel machines).
+    fn fanout(&self, _id: &str, _state: &str, _total: usize) {}
+    /// One of them finished.
+    fn child_finished(&self, _id: &str, _state: &str) {}
+    /// All of them finished.
+    fn fanout_done(&self, _id: &str, _state: &str) {}
+}
+
+/// Runs machines against one store with one plugin runtime.
+pub struct Engine {
+    backend: Arc<dyn Backend>,
+    library: Library,
+    exprs: Expressions,
+    observer: Option<Arc<dyn Observer>>,
+    trees: Mutex<HashMap<PathBuf, Arc<MachineDef>>>,
+    detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Engine {
+    pub fn new(backend: Arc<dyn Backend>, runtime: Arc<Runtime>, plugins_dir: PathBuf) -> Engine {
+        Engine {
+            backend,
+            library: Library::new(runtime, plugins_dir),
+            exprs: Expressions::new(),
+            observer: None,
+            trees: Mutex::new(HashMap::new()),
+            detached: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Engine {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! The serialisable execution record: everything needed to continue an
+//! execution in another process. Checkpoints store it as JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where an execution's machine comes from: the root file, then the chain of
+/// `data.machines` names that leads to the machine from there. Walking the
+/// chain also yields the hooks inherited from every ancestor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MachineRef {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub path: Vec<String>,
+}
+
+impl MachineRef {
+    pub fn child(&self, name: &str) -> MachineRef {
+        let mut path = self.path.clone();
+        path.push(name.to_string());
+        MachineRef {
+            file: self.file.clone(),
+            path,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    /// Parked in a `wait_for` state until a signal arrives.
+    Waiting,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Waiting => "waiting",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Why a state or an execution failed. `kind` is a plugin error kind
+/// (`timeout`, `trap`, ...) or an engine one (`template`, `max_steps`,
+/// `store`, `cancelled`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: String,
+    pub message: String,
+    pub state: String,
+}
+
+/// How a state's children combine into its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// `machine: name`: the child's output.
+    Single,
+    /// `machine: [a, b]`: `{a: output, b: output}`.
+    ByName,
+    /// `foreach` without `key`: the outputs in item order.
+    List,
+    /// `foreach` with `key`: `{key: output}`.
+    ByKey,
+}
+
+/// Children a state waits for (blocking `machine` and `foreach`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub shape: Shape,
+    /// `any`: the first child to finish well decides; the rest are cancelled.
+    pub any: bool,
+    pub max_concurrency: usize,
+    pub children: Vec<Child>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Child {
+    pub id: String,
+    /// A name in the parent's `data.machines`.
+    pub machine: String,
+    pub input: Value,
+    /// The rendered `key` (foreach with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ChildOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildOutcome {
+    Done(Value),
+    Failed(Failure),
+    Cancelled,
+}
+
+/// A fire-and-forget child, written to the outbox with the parent's checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    pub id: String,
+    pub machine: String,
+    pub input: Value,
+    /// The child's own record exists; from here on it runs on its own.
+    pub started: bool,
+}
+
+/// One execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub machine: String,
+    pub source: MachineRef,
+    pub status: Status,
+    pub state: String,
+    /// States entered so far (the current one included).
+    pub step: u64,
+    /// Attempt of the current state (1 + retries so far).
+    pub attempt: u32,
+    pub input: Value,
+    pub context: Value,
+    /// Execution state plugins reach through `state-get/set/...`.
+    #[serde(default)]
+    pub kv: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    #[serde(default)]
+    pub launches: Vec<Launch>,
+    /// The channel a `wait_for` state waits on.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    #[serde(default)]
+    pub output: Option<Value>,
+    #[serde(default)]
+    pub error: Option<Failure>,
+    pub created_ms: u64,
+}

@@ -1,0 +1,570 @@
+//! The machine engine through the library: every state kind, template rule,
+//! `on_error` kind, retries, fan-out modes, limits, launch, signals and hooks.
+
+use flowhost::backend::{Backend, Checkpoints, MemoryBackend, Results, Signals};
+use flowhost::engine::{Engine, Outcome, Status};
+use flowhost_e2e::{plugins_dir, runtime, shared_cache};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    backend: Arc<MemoryBackend>,
+    engine: Arc<Engine>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let backend = Arc::new(MemoryBackend::new());
+        let engine = Engine::new(
+            backend.clone() as Arc<dyn Backend>,
+            Arc::new(runtime(Some(&shared_cache()))),
+            plugins_dir(),
+        );
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            backend,
+            engine: Arc::new(engine),
+        }
+    }
+
+    fn file(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    async fn run(&self, name: &str, yaml: &str, input: Value) -> Outcome {
+        let path = self.file(name, yaml);
+        self.engine.start(&path, input).await.unwrap()
+    }
+}
+
+fn done(o: &Outcome) -> &Value {
+    assert_eq!(o.status, Status::Done, "{o:#?}");
+    o.output.as_ref().unwrap()
+}
+
+const ADVERSARY: &str = "  plugins:\n    adv: adversary\n    echo: echo\n";
+
+#[tokio::test]
+async fn plugin_states_templates_and_transitions() {
+    let f = Fixture::new();
+    let o = f
+        .run(
+            "m.yml",
+            r#"spec: flatmachine
+data:
+  name: basics
+  plugins:
+    text: text
+  context:
+    words: "{{ input.words }}"
+    count: 0
+  states:
+    start:
+      type: initial
+      plugin: text
+      input:
+        task: word count
+        data: "{{ context.words }}"
+      output_to_context:
+        count: "{{ output.result }}"
+        label: "{{ context.words | length }} items, {{ output.result }} words"
+      transitions:
+        - condition: "context.count > 3"
+          to: many
+        - to: few
+    many:
+      type: final
+      output: {kind: many, count: context.count, label: "{{ context.label }}"}
+    few:
+      type: final
+      output: {kind: few, count: "{{ context.count }}"}
+"#,
+            json!({"words": ["a b", "c d e"]}),
+        )
+        .await;
+    // `{{ input.words }}` stayed a list; `{{ output.result }}` stayed a number;
+    // a bare path resolves natively; mixed text is a string.
+    assert_eq!(
+        done(&o),
+        &json!({"kind": "many", "count": 5, "label": "2 items, 5 words"})
+    );
+    let o = f
+        .run(
+            "m2.yml",
+            &std::fs::read_to_string(f.dir.path().join("m.yml")).unwrap(),
+            json!({"words": ["a"]}),
+        )
+        .await;
+    assert_eq!(done(&o), &json!({"kind": "few", "count": 1}));
+}
+
+#[tokio::test]
+async fn a_step_plugin_chooses_the_next_state() {
+    let f = Fixture::new();
+    let yaml = r#"spec: flatmachine
+data:
+  name: routed
+  plugins:
+    router: {plugin: router, config: {field: lane, routes: {fast: quick}}}
+  states:
+    pick:
+      type: initial
+      step: router
+      input: {lane: "{{ input.lane }}"}
+      output_to_context: {seen: "{{ output.lane }}"}
+      transitions:
+        - to: slow
+    quick:
+      type: final
+      output: {path: quick, seen: "{{ context.seen }}"}
+    slow:
+      type: final
+      output: {path: slow}
+"#;
+    let o = f.run("r.yml", yaml, json!({"lane": "fast"})).await;
+    assert_eq!(done(&o), &json!({"path": "quick", "seen": "fast"}));
+    let o = f.run("r.yml", yaml, json!({"lane": "other"})).await;
+    assert_eq!(done(&o), &json!({"path": "slow"}));
+}
+
+#[tokio::test]
+async fn action_states_run_hook_actions_and_map_their_output() {
+    let f = Fixture::new();
+    let o = f
+        .run(
+            "a.yml",
+            r#"spec: flatmachine
+data:
+  name: acting
+  hooks: audit
+  states:
+    start:
+      type: initial
+      action: tally
+      output_to_context:
+        entries: "{{ output.audit | length }}"
+      transitions:
+        - to: done
+    done:
+      type: final
+      output: {audit: "{{ context.audit }}", entries: "{{ context.entries }}"}
+"#,
+            json!({}),
+        )
+        .await;
+    let out = done(&o);
+    let audit: Vec<&str> = out["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            "start",
+            "enter:start",
+            "action:tally",
+            "exit:start",
+            "transition:start->done",
+            "enter:done",
+        ]
+    );
+    // ("end" comes after the output is rendered.) output_to_context applied
+    // to the action state (FlatMachines ignores it).
+    assert_eq!(out["entries"], 3);
+}
+
+#[tokio::test]
+async fn hooks_reach_sub_machines_and_foreach_items() {
+    let f = Fixture::new();
+    f.file(
+        "child.yml",
+        r#"spec: flatmachine
+data:
+  name: child
+  context: {n: "{{ input.n }}"}
+  states:
+    work:
+      type: initial
+      transitions: [{to: end}]
+    end:
+      type: final
+      output: {n: "{{ context.n }}", audit: "{{ context.audit }}"}
+"#,
+    );
+    let o = f
+        .run(
+            "parent.yml",
+            r#"spec: flatmachine
+data:
+  name: parent
+  hooks: [audit]
+  machines: {child: ./child.yml}
+  states:
+    fan:
+      type: initial
+      foreach: "{{ input.items }}"
+      as: it
+      machine: child
+      input: {n: "{{ it }}"}
+      output_to_context: {results: "{{ output }}"}
+      transitions: [{to: done}]
+    done:
+      type: final
+      output: "{{ context.results }}"
+"#,
+            json!({"items": [1, 2]}),
+        )
+        .await;
+    let out = done(&o).as_array().unwrap().clone();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["n"], 2);
+    assert_eq!(
+        out[0]["audit"],
+        json!([
+            "start",
+            "enter:work",
+            "exit:work",
+            "transition:work->end",
+            "enter:end"
+        ])
+    );
+}
+
+fn fanout_yaml(mode: &str, max: u32) -> String {
+    format!(
+        r#"spec: flatmachine
+data:
+  name: fan
+  machines:
+    ok:
+      spec: flatmachine
+      data:
+        name: ok
+        plugins: {{echo: echo}}
+        states:
+          s: {{type: initial, plugin: echo, input: {{v: "{{{{ input.v }}}}"}}, output_to_context: {{v: "{{{{ output.v }}}}"}}, transitions: [{{to: e}}]}}
+          e: {{type: final, output: {{v: "{{{{ context.v }}}}"}}}}
+    bad:
+      spec: flatmachine
+      data:
+        name: bad
+        plugins: {{adv: adversary}}
+        states:
+          s: {{type: initial, plugin: adv, input: {{attack: guest_error, kind: fatal, message: broken}}, transitions: [{{to: e}}]}}
+          e: {{type: final}}
+  context:
+    base: 10
+  states:
+    parallel:
+      type: initial
+      machine: [bad, ok]
+      input: {{v: 1}}
+      mode: {mode}
+      output_to_context: {{both: "{{{{ output }}}}"}}
+      on_error: failed
+      transitions: [{{to: items}}]
+    items:
+      foreach: "{{{{ input.items }}}}"
+      as: item
+      key: "k{{{{ item }}}}"
+      machine: ok
+      max_concurrency: {max}
+      mode: {mode}
+      input: {{v: "{{{{ item + context.base }}}}"}}
+      output_to_context: {{items: "{{{{ output }}}}"}}
+      transitions: [{{to: done}}]
+    failed:
+      type: final
+      output: {{error: "{{{{ context.last_error_type }}}}", message: "{{{{ context.last_error }}}}"}}
+    done:
+      type: final
+      output: {{both: "{{{{ context.both }}}}", items: "{{{{ context.items }}}}"}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn parallel_machines_settled_fail_and_any_takes_the_first_success() {
+    let f = Fixture::new();
+    let o = f
+        .run(
+            "settled.yml",
+            &fanout_yaml("settled", 8),
+            json!({"items": [1, 2]}),
+        )
+        .await;
+    let out = done(&o);
+    assert_eq!(out["error"], "fatal", "{out}");
+    assert!(out["message"].as_str().unwrap().contains("broken"), "{out}");
+
+    let o = f
+        .run("any.yml", &fanout_yaml("any", 8), json!({"items": [1]}))
+        .await;
+    let out = done(&o);
+    assert_eq!(out["both"], json!({"v": 1}), "{out}");
+    // Items see the parent context (`context.base`).
+    assert_eq!(out["items"], json!({"v": 11}));
+}
+
+#[tokio::test]
+async fn foreach_keys_outputs_and_max_concurrency_bounds_started_children() {
+    let f = Fixture::new();
+    // settled: every item runs; `key` makes the output a map.
+    let yaml = fanout_yaml("settled", 2).replace("machine: [bad, ok]", "machine: [ok]");
+    let o = f.run("keys.yml", &yaml, json!({"items": [1, 2, 3]})).await;
+    assert_eq!(
+        done(&o)["items"],
+        json!({"k1": {"v": 11}, "k2": {"v": 12}, "k3": {"v": 13}})
+    );
+
+    // any + max_concurrency 1: the first item decides before a second starts,
+    // so no other item's execution was ever created.
+    let yaml = fanout_yaml("any", 1).replace("machine: [bad, ok]", "machine: [ok]");
+    let o = f
+        .run("one.yml", &yaml, json!({"items": [1, 2, 3, 4]}))
+        .await;
+    assert_eq!(done(&o)["items"], json!({"v": 11}));
+    // The `items` state is the machine's second step.
+    let mut started = Vec::new();
+    for i in 0..4 {
+        let id = format!("{}:2:{i}", o.id);
+        started.push(f.backend.load(&id).await.unwrap().is_some());
+    }
+    assert_eq!(started, [true, false, false, false]);
+}
+
+fn on_error_yaml(input: &str, extra: &str) -> String {
+    format!(
+        r#"spec: flatmachine
+data:
+  name: errors
+{ADVERSARY}  states:
+    call:
+      type: initial
+      plugin: adv
+      input: {input}
+{extra}      on_error:
+        timeout: on_timeout
+        invalid_input: on_invalid
+        trap: on_trap
+        default: on_other
+      transitions: [{{to: ok}}]
+    ok: {{type: final, output: {{route: ok}}}}
+    on_timeout: {{type: final, output: {{route: timeout, type: "{{{{ context.last_error_type }}}}"}}}}
+    on_invalid: {{type: final, output: {{route: invalid_input, message: "{{{{ context.last_error }}}}"}}}}
+    on_trap: {{type: final, output: {{route: trap}}}}
+    on_other: {{type: final, output: {{route: other, type: "{{{{ context.last_error_type }}}}"}}}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn on_error_routes_by_kind_with_last_error_in_context() {
+    let f = Fixture::new();
+    let cases = [
+        (
+            "{attack: loop}",
+            "      timeout: 0.2\n",
+            "timeout",
+            "timeout",
+        ),
+        (
+            "{attack: guest_error, kind: invalid_input, message: nope}",
+            "",
+            "invalid_input",
+            "",
+        ),
+        ("{attack: panic}", "", "trap", ""),
+        (
+            "{attack: guest_error, kind: fatal, message: x}",
+            "",
+            "other",
+            "fatal",
+        ),
+        (
+            "{attack: guest_error, kind: retryable, message: x}",
+            "",
+            "other",
+            "retryable",
+        ),
+        ("{attack: memory}", "", "other", "out_of_memory"),
+        ("{attack: invalid_json}", "", "other", "invalid_output"),
+    ];
+    for (i, (input, extra, route, kind)) in cases.into_iter().enumerate() {
+        let o = f
+            .run(
+                &format!("e{i}.yml"),
+                &on_error_yaml(input, extra),
+                json!({}),
+            )
+            .await;
+        let out = done(&o);
+        assert_eq!(out["route"], route, "{input}: {out}");
+        if !kind.is_empty() {
+            assert_eq!(out["type"], kind, "{input}: {out}");
+        }
+        if route == "invalid_input" {
+            assert!(out["message"].as_str().unwrap().contains("nope"), "{out}");
+        }
+    }
+    // Without on_error the execution fails, naming kind and state.
+    let yaml = on_error_yaml("{attack: panic}", "").replace("      on_error:\n        timeout: on_timeout\n        invalid_input: on_invalid\n        trap: on_trap\n        default: on_other\n", "");
+    let o = f.run("unrouted.yml", &yaml, json!({})).await;
+    assert_eq!(o.status, Status::Failed);
+    let e = o.error.unwrap();
+    assert_eq!((e.kind.as_str(), e.state.as_str()), ("trap", "call"));
+}
+
+#[tokio::test]
+async fn retries_follow_backoffs_and_only_for_transient_kinds() {
+    let f = Fixture::new();
+    let yaml = |fail: u32, kind: &str, backoffs: &str| {
+        format!(
+            r#"spec: flatmachine
+data:
+  name: retry
+{ADVERSARY}  states:
+    call:
+      type: initial
+      plugin: adv
+      input: {{attack: flaky, fail_times: {fail}, kind: {kind}}}
+      execution: {{type: retry, backoffs: {backoffs}, jitter: 0.5}}
+      output_to_context: {{attempt: "{{{{ output.attempt }}}}", key: "{{{{ output.idempotency_key }}}}"}}
+      transitions: [{{to: ok}}]
+    ok: {{type: final, output: {{attempt: "{{{{ context.attempt }}}}", key: "{{{{ context.key }}}}"}}}}
+"#
+        )
+    };
+    let started = std::time::Instant::now();
+    let o = f
+        .run("r1.yml", &yaml(2, "retryable", "[0.05, 0.1]"), json!({}))
+        .await;
+    let out = done(&o);
+    assert_eq!(out["attempt"], 3);
+    assert_eq!(out["key"], format!("{}/1/3", o.id));
+    // The pauses happened: at least the backoffs minus the largest jitter.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(75));
+
+    // Fewer backoffs than failures: the last error ends the execution.
+    let o = f
+        .run("r2.yml", &yaml(3, "retryable", "[0.01, 0.01]"), json!({}))
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert!(o.error.unwrap().message.contains("attempt 3"));
+
+    // A fatal error is not retried.
+    let o = f
+        .run("r3.yml", &yaml(1, "fatal", "[0.01, 0.01]"), json!({}))
+        .await;
+    let e = o.error.unwrap();
+    assert_eq!(e.kind, "fatal");
+    assert!(e.message.contains("attempt 1"), "{e:?}");
+}
+
+#[tokio::test]
+async fn max_steps_stops_a_machine_that_never_ends() {
+    let f = Fixture::new();
+    let o = f
+        .run(
+            "loop.yml",
+            r#"spec: flatmachine
+data:
+  name: loop
+  settings: {max_steps: 5}
+  states:
+    a: {type: initial, transitions: [{to: b}]}
+    b: {transitions: [{condition: "false", to: end}, {to: a}]}
+    end: {type: final}
+"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.error.unwrap().kind, "max_steps");
+}
+
+#[tokio::test]
+async fn launch_detaches_and_signals_wake_a_waiting_execution() {
+    let f = Fixture::new();
+    f.file(
+        "waiter.yml",
+        r#"spec: flatmachine
+data:
+  name: waiter
+  context: {who: "{{ input.who }}"}
+  states:
+    wait:
+      type: initial
+      wait_for: "go-{{ context.who }}"
+      output_to_context: {got: "{{ output }}"}
+      transitions: [{to: end}]
+    end:
+      type: final
+      output: {who: "{{ context.who }}", got: "{{ context.got }}"}
+"#,
+    );
+    let o = f
+        .run(
+            "launcher.yml",
+            r#"spec: flatmachine
+data:
+  name: launcher
+  machines: {waiter: ./waiter.yml}
+  states:
+    start:
+      type: initial
+      launch: waiter
+      launch_input: {who: bob}
+      transitions: [{to: end}]
+    end: {type: final, output: {launched: true}}
+"#,
+            json!({}),
+        )
+        .await;
+    // The parent is done while its launched child still waits.
+    assert_eq!(done(&o), &json!({"launched": true}));
+    f.engine.wait_detached().await;
+    let child = format!("{}:1:L0", o.id);
+    let cp = f.backend.load(&child).await.unwrap().unwrap();
+    assert_eq!(cp.status, "waiting");
+    assert_eq!(f.backend.read_result(&child).await.unwrap(), None);
+
+    f.backend
+        .send_signal(&child, "go-bob", json!({"ok": 1}))
+        .await
+        .unwrap();
+    let o = f.engine.resume(&child).await.unwrap();
+    assert_eq!(done(&o), &json!({"who": "bob", "got": {"ok": 1}}));
+    let uri = format!("flowhost://{child}/result");
+    let id = flowhost::backend::parse_result_uri(&uri).unwrap();
+    let r = f.backend.read_result(&id).await.unwrap().unwrap();
+    assert_eq!(r.value, json!({"who": "bob", "got": {"ok": 1}}));
+}
+
+#[tokio::test]
+async fn the_seed_peering_demo_runs_with_only_its_agents_changed() {
+    let f = Fixture::new();
+    let demo = flowhost_e2e::plugin_source("../examples/peering/peering_demo.yml");
+    let o = f.engine.start(&demo, json!({})).await.unwrap();
+    let out = done(&o).clone();
+    assert_eq!(
+        out["orchestrator_result"],
+        json!({"message": "Tasks launched to worker nodes"})
+    );
+    let tasks = out["worker_node_result"]["processed_tasks"]
+        .as_array()
+        .unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert!(tasks[1]["result"].as_str().unwrap().contains("limerick"));
+    // The orchestrator's launched worker node finishes on its own.
+    f.engine.wait_detached().await;
+    let launched = format!("{}:1:0:1:L0", o.id);
+    let r = f.backend.read_result(&launched).await.unwrap().unwrap();
+    assert_eq!(r.value["processed_tasks"].as_array().unwrap().len(), 3);
+}
