@@ -25,7 +25,10 @@ fn call_prints_the_output_as_json() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(out, json!({"task": "uppercase", "result": "HI"}));
+    assert_eq!(
+        out,
+        json!({"task": "uppercase", "result": "HI", "content": "HI"})
+    );
 }
 
 #[test]

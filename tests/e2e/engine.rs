@@ -568,3 +568,140 @@ async fn the_seed_peering_demo_runs_with_only_its_agents_changed() {
     let r = f.backend.read_result(&launched).await.unwrap().unwrap();
     assert_eq!(r.value["processed_tasks"].as_array().unwrap().len(), 3);
 }
+
+/// A long machine: 150 states, each a plugin call that sleeps 2 ms.
+const LONG: &str = r#"spec: flatmachine
+data:
+  name: long
+  plugins: {adv: adversary}
+  context: {n: 0, acc: 0}
+  states:
+    tick:
+      type: initial
+      plugin: adv
+      input: {attack: sleep, ms: 2}
+      output_to_context:
+        n: "{{ context.n + 1 }}"
+        acc: "{{ context.acc + context.n * 3 + 1 }}"
+      transitions:
+        - condition: "context.n < 150"
+          to: tick
+        - to: done
+    done:
+      type: final
+      output: {n: "{{ context.n }}", acc: "{{ context.acc }}"}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_run_resumes_to_the_same_output() {
+    use flowhost::backend::{Durability, ListFilter, SqliteBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("long.yml");
+    std::fs::write(&machine, LONG).unwrap();
+    let cache = shared_cache();
+    let plugins = plugins_dir();
+    let args = |db: &str| {
+        vec![
+            "run".to_string(),
+            machine.display().to_string(),
+            "--db".into(),
+            dir.path().join(db).display().to_string(),
+            "--plugins".into(),
+            plugins.display().to_string(),
+        ]
+    };
+
+    let clean = flowhost_e2e::flowhost(&cache)
+        .args(args("clean.db"))
+        .output()
+        .unwrap();
+    assert!(clean.status.success(), "{}", flowhost_e2e::stderr(&clean));
+    let expected: Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert_eq!(expected["n"], 150);
+
+    // Kill at a random step between 5 and 140, seen in the database itself.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let kill_at = 5 + nanos % 136;
+    let db = dir.path().join("crash.db");
+    let mut child = flowhost_e2e::flowhost(&cache)
+        .args(args("crash.db"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before step {kill_at}");
+        }
+        if db.exists()
+            && let Ok(store) = SqliteBackend::open(&db, Durability::Normal)
+            && let Ok(list) = store.list(&ListFilter::default()).await
+            && let Some(cp) = list.first()
+            && cp.step >= kill_at
+        {
+            break cp.id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let store = SqliteBackend::open(&db, Durability::Normal).unwrap();
+    let cp = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(cp.status, "running", "killed mid-run at step {}", cp.step);
+    drop(store);
+    let resumed = flowhost_e2e::flowhost(&cache)
+        .args([
+            "resume",
+            &id,
+            "--db",
+            &db.display().to_string(),
+            "--plugins",
+            &plugins.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        flowhost_e2e::stderr(&resumed)
+    );
+    let output: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(output, expected, "killed at step {}", cp.step);
+}
+
+#[tokio::test]
+async fn the_polyglot_example_calls_four_languages() {
+    let f = Fixture::new();
+    let machine = flowhost_e2e::plugin_source("../examples/polyglot/review.yml");
+    let o = f
+        .engine
+        .start(&machine, json!({"review": "Slow and buggy. Bad docs."}))
+        .await
+        .unwrap();
+    let out = done(&o);
+    assert_eq!(out["action"], "escalate", "{out}");
+    assert_eq!(out["report"]["mood"], "negative");
+    assert_eq!(out["report"]["summary"], "Slow and buggy.");
+    assert!(out["report_bytes"].as_u64().unwrap() > 20);
+}
+
+#[test]
+fn graph_draws_child_machines_in_mermaid_and_dot() {
+    let cache = shared_cache();
+    let demo = flowhost_e2e::plugin_source("../examples/peering/peering_demo.yml");
+    let demo = demo.display().to_string();
+    let mermaid = flowhost_e2e::run(&cache, &["graph", &demo]);
+    let text = flowhost_e2e::stdout(&mermaid);
+    assert!(text.starts_with("stateDiagram-v2"), "{text}");
+    // worker_task's states appear inside worker_node's foreach state.
+    assert!(text.contains("foreach worker_task"), "{text}");
+    assert!(text.contains("extract_result"), "{text}");
+    let dot = flowhost_e2e::run(&cache, &["graph", &demo, "--format", "dot"]);
+    let text = flowhost_e2e::stdout(&dot);
+    assert!(text.starts_with("digraph"), "{text}");
+    assert!(text.contains("label=\"launch\""), "{text}");
+}

@@ -6,8 +6,8 @@
 //!   demo find them.
 //! - `test`: `plugins`, build the `flowhost` binary once, then run every test
 //!   (`cargo test --workspace`). This is the README's test command and what CI runs.
-//! - `demo`: `plugins`, then show the plugin runtime at work.
-//! - `bench`: `plugins`, a release build of the host, then the benchmarks.
+//! - `demo`: `plugins`, then show the plugin runtime at work and run the peering example.
+//! - `bench`: `plugins`, a release build of the host, then the plugin and engine benchmarks.
 
 mod polyglot;
 
@@ -201,7 +201,17 @@ fn demo() -> Result<(), String> {
     run(call)?;
     let mut test = flowhost("debug");
     test.args(["plugin", "test"]).args(golden_dirs()?);
-    run(test)
+    run(test)?;
+    // The seed's peering demo on the embedded SQLite store.
+    let db = target_dir().join("demo").join("flowhost.db");
+    std::fs::create_dir_all(target_dir().join("demo")).map_err(|e| format!("demo dir: {e}"))?;
+    let db = db.display().to_string();
+    let mut peering = flowhost("debug");
+    peering.args(["run", "examples/peering/peering_demo.yml", "--db", &db]);
+    run(peering)?;
+    let mut executions = flowhost("debug");
+    executions.args(["executions", "--db", &db, "--limit", "5"]);
+    run(executions)
 }
 
 fn bench() -> Result<(), String> {
@@ -222,5 +232,8 @@ fn bench() -> Result<(), String> {
         "--iterations",
         "20",
     ]);
-    run(limits)
+    run(limits)?;
+    let mut engine = flowhost("release");
+    engine.args(["bench", "engine"]);
+    run(engine)
 }

@@ -49,6 +49,15 @@ enum Command {
     Result(run::ResultArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
+    /// Benchmarks of the engine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Linear machine (states/s) and foreach (items/s) on memory and SQLite stores.
+    Engine(run::BenchArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -215,6 +224,7 @@ pub fn main() -> ExitCode {
             Command::Signal(a) => run::signal(a).await,
             Command::Result(a) => run::result(a).await,
             Command::Graph(a) => graph::run(a),
+            Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
         }
     });
     match result {

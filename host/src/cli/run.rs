@@ -391,3 +391,75 @@ impl Observer for Logs {
         tracing::info!(execution = %id, state, "child executions finished");
     }
 }
+
+#[derive(Args)]
+pub(super) struct BenchArgs {
+    /// States of the linear machine.
+    #[arg(long, default_value_t = 100)]
+    states: usize,
+    /// Runs of the linear machine per store.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Items of the foreach machine.
+    #[arg(long, default_value_t = 1000)]
+    items: usize,
+    /// The processor every state calls.
+    #[arg(long, default_value = "echo")]
+    plugin: String,
+    /// Calls one warm instance serves (0 = a fresh instance per call).
+    #[arg(long, default_value_t = 1000)]
+    reuse: u32,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// `flowhost bench engine`: states/s and items/s on memory and SQLite stores.
+pub(super) async fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
+    use crate::engine::bench;
+    let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
+    let (linear, foreach) = bench::write_machines(dir.path(), a.states, &a.plugin, a.reuse)
+        .map_err(|e| CliError::Other(format!("cannot write the benchmark machines: {e}")))?;
+    let rt = Arc::new(
+        Runtime::new(a.runtime.runtime_config(false))
+            .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
+    );
+    let plugins = registry::plugins_dir(a.runtime.plugins.as_deref());
+    println!(
+        "engine benchmark: plugin `{}` (reuse {}), linear {} states x {} runs, foreach {} items",
+        a.plugin, a.reuse, a.states, a.runs, a.items
+    );
+    let stores: [(&str, Option<Durability>); 3] = [
+        ("memory", None),
+        ("sqlite sync=normal", Some(Durability::Normal)),
+        ("sqlite sync=full", Some(Durability::Full)),
+    ];
+    for (label, durability) in stores {
+        let backend: Arc<dyn Backend> = match durability {
+            None => Arc::new(MemoryBackend::new()),
+            Some(d) => Arc::new(
+                SqliteBackend::open(
+                    &dir.path()
+                        .join(format!("{label}.db").replace([' ', '='], "-")),
+                    d,
+                )
+                .map_err(|e| CliError::Other(e.to_string()))?,
+            ),
+        };
+        let engine = Arc::new(Engine::new(backend, rt.clone(), plugins.clone()));
+        let l = bench::linear(&engine, &linear, a.states, a.runs)
+            .await
+            .map_err(engine_error)?;
+        let f = bench::foreach(&engine, &foreach, a.items)
+            .await
+            .map_err(engine_error)?;
+        println!(
+            "  {label:<20} linear {:>9.0} states/s ({:.2?} for {})   foreach {:>8.0} items/s ({:.2?})",
+            l.per_second(),
+            l.elapsed,
+            l.units,
+            f.per_second(),
+            f.elapsed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -10,6 +10,7 @@
 //! Imports `config`, `expr`, `plugin` and the `backend` traits.
 
 mod advance;
+pub mod bench;
 mod driver;
 pub mod machines;
 pub mod record;
