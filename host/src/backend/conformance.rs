@@ -62,12 +62,26 @@ async fn suite(b: &dyn Backend) {
     b.write_result("a", result.clone()).await.unwrap();
     assert_eq!(b.read_result("a").await.unwrap(), Some(result));
 
+    // A deferred save is stored by the time a later waited-for write returns.
+    b.save_deferred(checkpoint("d", None, "running", 40))
+        .await
+        .unwrap();
+    b.send_signal("d", "flush", json!(null)).await.unwrap();
+    assert_eq!(b.load("d").await.unwrap().unwrap().status, "running");
+
     assert_eq!(b.take_signal("a", "go").await.unwrap(), None);
     b.send_signal("a", "go", json!(1)).await.unwrap();
     b.send_signal("a", "go", json!(2)).await.unwrap();
     b.send_signal("a", "other", json!(3)).await.unwrap();
     assert_eq!(b.take_signal("a", "go").await.unwrap(), Some(json!(1)));
     assert_eq!(b.take_signal("a", "go").await.unwrap(), Some(json!(2)));
+    // A deferred save is stored by the time a later waited-for write returns.
+    b.save_deferred(checkpoint("d", None, "running", 40))
+        .await
+        .unwrap();
+    b.send_signal("d", "flush", json!(null)).await.unwrap();
+    assert_eq!(b.load("d").await.unwrap().unwrap().status, "running");
+
     assert_eq!(b.take_signal("a", "go").await.unwrap(), None);
     assert_eq!(b.take_signal("b", "other").await.unwrap(), None);
 }

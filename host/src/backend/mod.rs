@@ -71,6 +71,13 @@ pub struct StoredResult {
 pub trait Checkpoints: Send + Sync {
     /// Saves (replaces) the execution's checkpoint; returns once it is stored.
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()>;
+    /// Queues a save without waiting for it to be stored. Writes are applied
+    /// in the order they were made, so a later [`Checkpoints::save`] (or any
+    /// waited-for write) returning means this one is stored too. A failure
+    /// is reported by a later write.
+    async fn save_deferred(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        self.save(checkpoint).await
+    }
     async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>>;
     /// Newest first.
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>>;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -68,12 +68,17 @@ enum Op {
     TakeSignal(String, String),
 }
 
-type Reply = oneshot::Sender<BackendResult<Option<Value>>>;
+/// Where the outcome of a write goes: a waiting caller, or (for a deferred
+/// checkpoint) the slot the next write reports from.
+type Reply = Option<oneshot::Sender<BackendResult<Option<Value>>>>;
+type ErrorSlot = Arc<Mutex<Option<BackendError>>>;
 
 /// A [`Backend`] in one SQLite file.
 pub struct SqliteBackend {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<(Op, Reply)>>,
+    /// The first failure of a deferred write, reported by the next write.
+    deferred_error: ErrorSlot,
     reader: Mutex<Connection>,
 }
 
@@ -145,13 +150,16 @@ impl SqliteBackend {
         let reader = open_connection(path, durability)?;
         let (tx, rx) = mpsc::channel::<(Op, Reply)>();
         let writer_path = path.to_path_buf();
+        let deferred_error = ErrorSlot::default();
+        let slot = deferred_error.clone();
         std::thread::Builder::new()
             .name("flowhost-sqlite-writer".into())
-            .spawn(move || write_loop(writer_conn, &writer_path, rx))
+            .spawn(move || write_loop(writer_conn, &writer_path, rx, &slot))
             .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             writer: Mutex::new(tx),
+            deferred_error,
             reader: Mutex::new(reader),
         })
     }
@@ -160,13 +168,25 @@ impl SqliteBackend {
         &self.path
     }
 
-    async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
-        let (reply, wait) = oneshot::channel();
+    fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
+        if let Some(e) = self
+            .deferred_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(e);
+        }
         self.writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send((op, reply))
-            .map_err(|_| BackendError::new("the database writer has stopped"))?;
+            .map_err(|_| BackendError::new("the database writer has stopped"))
+    }
+
+    async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
+        let (reply, wait) = oneshot::channel();
+        self.send(op, Some(reply))?;
         wait.await
             .map_err(|_| BackendError::new("the database writer has stopped"))?
     }
@@ -177,7 +197,26 @@ impl SqliteBackend {
 }
 
 /// Applies batches of writes, one transaction per batch, until every sender is gone.
-fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<(Op, Reply)>) {
+fn write_loop(
+    mut conn: Connection,
+    path: &Path,
+    rx: mpsc::Receiver<(Op, Reply)>,
+    deferred_error: &ErrorSlot,
+) {
+    let deliver = |reply: Reply, result: BackendResult<Option<Value>>| match reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                tracing::error!("deferred checkpoint not written: {e}");
+                deferred_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -198,12 +237,12 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<(Op, Reply)>
         match outcome {
             Ok(results) => {
                 for ((_, reply), result) in batch.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                    deliver(reply, result);
                 }
             }
             Err(e) => {
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
+                    deliver(reply, Err(e.clone()));
                 }
             }
         }
@@ -296,6 +335,10 @@ const CHECKPOINT_COLUMNS: &str =
 impl Checkpoints for SqliteBackend {
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
         self.write(Op::Save(checkpoint)).await.map(|_| ())
+    }
+
+    async fn save_deferred(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        self.send(Op::Save(checkpoint), None)
     }
 
     async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>> {

@@ -144,18 +144,30 @@ pub(super) struct ResultArgs {
     store: StoreArgs,
 }
 
-fn engine(store: &StoreArgs, runtime: &RuntimeArgs) -> Result<Arc<Engine>, CliError> {
+/// An engine for one command, and its progress display (on a terminal).
+struct Session {
+    engine: Arc<Engine>,
+    bars: Option<Arc<Bars>>,
+}
+
+fn engine(store: &StoreArgs, runtime: &RuntimeArgs) -> Result<Session, CliError> {
     let backend = store.open()?;
     let rt = Runtime::new(runtime.runtime_config(false))
         .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?;
     let dir = registry::plugins_dir(runtime.plugins.as_deref());
     let engine = Engine::new(backend, Arc::new(rt), dir);
-    let engine = if std::io::stderr().is_terminal() {
-        engine.with_observer(Arc::new(Bars::default()))
+    if std::io::stderr().is_terminal() {
+        let bars = Arc::new(Bars::default());
+        Ok(Session {
+            engine: Arc::new(engine.with_observer(bars.clone())),
+            bars: Some(bars),
+        })
     } else {
-        engine.with_observer(Arc::new(Logs))
-    };
-    Ok(Arc::new(engine))
+        Ok(Session {
+            engine: Arc::new(engine.with_observer(Arc::new(Logs))),
+            bars: None,
+        })
+    }
 }
 
 fn engine_error(e: EngineError) -> CliError {
@@ -169,7 +181,11 @@ fn engine_error(e: EngineError) -> CliError {
 
 /// Prints an outcome: the output (or the whole outcome with --json) on
 /// stdout, the id and status on stderr.
-async fn report(engine: &Engine, o: &Outcome, json: bool) -> Result<ExitCode, CliError> {
+async fn report(session: &Session, o: &Outcome, json: bool) -> Result<ExitCode, CliError> {
+    if let Some(bars) = &session.bars {
+        bars.clear();
+    }
+    let engine = &session.engine;
     if json {
         println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
     } else if let Some(output) = &o.output {
@@ -211,18 +227,20 @@ pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
         None => serde_json::json!({}),
     };
-    let engine = engine(&a.store, &a.runtime)?;
+    let session = engine(&a.store, &a.runtime)?;
+    let engine = &session.engine;
     let outcome = engine
         .start(&a.machine, input)
         .await
         .map_err(engine_error)?;
-    report(&engine, &outcome, a.json).await
+    report(&session, &outcome, a.json).await
 }
 
 pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
-    let engine = engine(&a.store, &a.runtime)?;
+    let session = engine(&a.store, &a.runtime)?;
+    let engine = &session.engine;
     let outcome = engine.resume(&a.id).await.map_err(engine_error)?;
-    report(&engine, &outcome, a.json).await
+    report(&session, &outcome, a.json).await
 }
 
 pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
@@ -230,7 +248,8 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--data", arg).map_err(CliError::Usage)?,
         None => serde_json::Value::Null,
     };
-    let engine = engine(&a.store, &a.runtime)?;
+    let session = engine(&a.store, &a.runtime)?;
+    let engine = &session.engine;
     let rec = engine.load_record(&a.id).await.map_err(engine_error)?;
     if rec.status.is_terminal() {
         return Err(CliError::Usage(format!(
@@ -254,7 +273,7 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         root = engine.load_record(&parent).await.map_err(engine_error)?;
     }
     let outcome = engine.resume(&root.id).await.map_err(engine_error)?;
-    report(&engine, &outcome, false).await
+    report(&session, &outcome, false).await
 }
 
 pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
@@ -347,14 +366,44 @@ pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-/// Progress bars for fan-out states (on a terminal).
+/// A spinner for the run (states entered, current state of the first
+/// execution) and a progress bar per fan-out state (on a terminal).
 #[derive(Default)]
 struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<(String, String), ProgressBar>>,
+    run: Mutex<Option<(String, ProgressBar)>>,
+}
+
+impl Bars {
+    /// Clears every bar (before the output is printed).
+    fn clear(&self) {
+        if let Some((_, spinner)) = self.run.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            spinner.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
 }
 
 impl Observer for Bars {
+    fn state(&self, id: &str, machine: &str, state: &str, step: u64) {
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        let (root, spinner) = run.get_or_insert_with(|| {
+            let spinner = self.multi.add(ProgressBar::new_spinner());
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} {msg} ({pos} states, {per_sec})")
+            {
+                spinner.set_style(style);
+            }
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            (id.to_string(), spinner)
+        });
+        spinner.inc(1);
+        if root == id {
+            spinner.set_message(format!("{machine}: state {state}, step {step}"));
+        }
+    }
+
     fn fanout(&self, id: &str, state: &str, total: usize) {
         let bar = self.multi.add(ProgressBar::new(total as u64));
         if let Ok(style) =
@@ -380,10 +429,13 @@ impl Observer for Bars {
     }
 }
 
-/// Plain log lines for fan-out states (not a terminal).
+/// Plain log lines (not a terminal): states at debug, fan-out at info.
 struct Logs;
 
 impl Observer for Logs {
+    fn state(&self, id: &str, machine: &str, state: &str, step: u64) {
+        tracing::debug!(execution = %id, machine, state, step, "state");
+    }
     fn fanout(&self, id: &str, state: &str, total: usize) {
         tracing::info!(execution = %id, state, "running {total} child executions");
     }

@@ -43,6 +43,8 @@ type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 enum Event {
     MachineStart,
     Execute,
+    /// After a state wrote launches to the outbox (a waited-for save).
+    Outbox,
     Waiting,
     MachineEnd,
 }
@@ -51,7 +53,7 @@ impl Event {
     fn name(self) -> &'static str {
         match self {
             Event::MachineStart => "machine_start",
-            Event::Execute => "execute",
+            Event::Execute | Event::Outbox => "execute",
             Event::Waiting => "waiting",
             Event::MachineEnd => "machine_end",
         }
@@ -247,19 +249,27 @@ impl Engine {
         let record = serde_json::to_string(rec).map_err(|e| {
             EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id))
         })?;
-        self.backend
-            .save(Checkpoint {
-                id: rec.id.clone(),
-                parent: rec.parent.clone(),
-                machine: rec.machine.clone(),
-                status: rec.status.as_str().to_string(),
-                state: rec.state.clone(),
-                step: rec.step,
-                created_ms: rec.created_ms,
-                updated_ms: now_ms(),
-                record,
-            })
-            .await?;
+        let checkpoint = Checkpoint {
+            id: rec.id.clone(),
+            parent: rec.parent.clone(),
+            machine: rec.machine.clone(),
+            status: rec.status.as_str().to_string(),
+            state: rec.state.clone(),
+            step: rec.step,
+            created_ms: rec.created_ms,
+            updated_ms: now_ms(),
+            record,
+        };
+        // Between states the checkpoint is queued, not waited for: the
+        // writer applies saves in order and group-commits them, and a crash
+        // that loses the newest ones only means re-running those states
+        // (steps are at-least-once). Waiting, the end, and a launch's outbox
+        // are waited for, which also covers everything queued before them.
+        if event == Event::Execute {
+            self.backend.save_deferred(checkpoint).await?;
+        } else {
+            self.backend.save(checkpoint).await?;
+        }
         Ok(())
     }
 
@@ -517,6 +527,10 @@ impl Engine {
         if rec.launches.iter().all(|l| l.started) && !unfinished {
             return Ok(());
         }
+        if rec.launches.iter().any(|l| !l.started) {
+            // The outbox is stored before any launched execution exists.
+            self.checkpoint(&frame.def, rec, Event::Outbox).await?;
+        }
         let mut changed = false;
         for i in 0..rec.launches.len() {
             let launch = rec.launches[i].clone();
@@ -534,7 +548,7 @@ impl Engine {
             let existing = self.backend.load(&launch.id).await?;
             let fresh = existing.is_none();
             let child_rec = match existing {
-                Some(cp) if cp.status == "running" => {
+                Some(cp) if cp.status == "running" || (unfinished && cp.status == "waiting") => {
                     Some(serde_json::from_str::<Record>(&cp.record).map_err(|e| {
                         EngineError::Invalid(format!(
                             "the checkpoint of `{}` cannot be read: {e}",
@@ -574,7 +588,7 @@ impl Engine {
             self.lock_detached().push(handle);
         }
         if changed {
-            self.checkpoint(&frame.def, rec, Event::Execute).await?;
+            self.checkpoint(&frame.def, rec, Event::Outbox).await?;
         }
         Ok(())
     }
