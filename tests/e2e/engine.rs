@@ -705,3 +705,110 @@ fn graph_draws_child_machines_in_mermaid_and_dot() {
     assert!(text.starts_with("digraph"), "{text}");
     assert!(text.contains("label=\"launch\""), "{text}");
 }
+
+#[test]
+fn cli_run_waits_then_signal_continues_and_result_reads_the_uri() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("approve.yml");
+    std::fs::write(
+        &machine,
+        r#"spec: flatmachine
+data:
+  name: approve
+  states:
+    ask:
+      type: initial
+      wait_for: approval
+      output_to_context: {by: "{{ output.by }}"}
+      transitions:
+        - condition: "context.by == 'nobody'"
+          to: rejected
+        - to: approved
+    approved: {type: final, output: {approved_by: "{{ context.by }}"}}
+    rejected: {type: final, output: {error: rejected}}
+"#,
+    )
+    .unwrap();
+    let db = dir.path().join("f.db").display().to_string();
+    let machine = machine.display().to_string();
+    let o = flowhost_e2e::run(&cache, &["run", &machine, "--db", &db, "--json"]);
+    assert_eq!(o.status.code(), Some(5), "{}", flowhost_e2e::stderr(&o));
+    let waiting: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(waiting["status"], "waiting");
+    let id = waiting["id"].as_str().unwrap().to_string();
+    assert!(flowhost_e2e::stderr(&o).contains(&format!("flowhost signal {id} approval")));
+
+    let s = flowhost_e2e::run(&cache, &["status", &id, "--db", &db]);
+    let status: Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(
+        (status["status"].as_str(), status["state"].as_str()),
+        (Some("waiting"), Some("ask"))
+    );
+
+    let o = flowhost_e2e::run(
+        &cache,
+        &[
+            "signal",
+            &id,
+            "approval",
+            "--data",
+            r#"{"by": "ada"}"#,
+            "--db",
+            &db,
+        ],
+    );
+    assert!(o.status.success(), "{}", flowhost_e2e::stderr(&o));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out, json!({"approved_by": "ada"}));
+
+    let uri = format!("flatagents://{id}/result");
+    let r = flowhost_e2e::run(&cache, &["result", &uri, "--db", &db]);
+    let stored: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(stored, out);
+    // A finished execution takes no more signals.
+    let again = flowhost_e2e::run(&cache, &["signal", &id, "approval", "--db", &db]);
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn cli_bad_input_and_unknown_ids_are_clear_errors() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.db").display().to_string();
+    let demo = flowhost_e2e::plugin_source("../examples/peering/peering_demo.yml")
+        .display()
+        .to_string();
+    let o = flowhost_e2e::run(&cache, &["run", &demo, "--db", &db, "--input", "{oops"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        flowhost_e2e::stderr(&o).contains("--input"),
+        "{}",
+        flowhost_e2e::stderr(&o)
+    );
+    let o = flowhost_e2e::run(&cache, &["resume", "no-such-id", "--db", &db]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(flowhost_e2e::stderr(&o).contains("no execution `no-such-id`"));
+    let missing = dir.path().join("nope/f.db").display().to_string();
+    let o = flowhost_e2e::run(&cache, &["run", &demo, "--db", &missing]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        flowhost_e2e::stderr(&o).contains("does not exist"),
+        "{}",
+        flowhost_e2e::stderr(&o)
+    );
+    // A machine that ends failed exits 4 and names kind and state.
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "spec: flatmachine\ndata:\n  name: bad\n  plugins: {adv: adversary}\n  states:\n    s: {type: initial, plugin: adv, input: {attack: panic}, transitions: [{to: e}]}\n    e: {type: final}\n",
+    )
+    .unwrap();
+    let o = flowhost_e2e::run(&cache, &["run", &bad.display().to_string(), "--db", &db]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        flowhost_e2e::stderr(&o).contains("error[trap]: state `s`"),
+        "{}",
+        flowhost_e2e::stderr(&o)
+    );
+}

@@ -226,49 +226,46 @@ impl Engine {
                     .any(|e| e == event.name() || (event == Event::Execute && e == "state_exit"))
             });
         let terminal = event == Event::MachineEnd;
+        if terminal || (enabled && wanted) {
+            let record = serde_json::to_string(rec).map_err(|e| {
+                EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id))
+            })?;
+            let checkpoint = Checkpoint {
+                id: rec.id.clone(),
+                parent: rec.parent.clone(),
+                machine: rec.machine.clone(),
+                status: rec.status.as_str().to_string(),
+                state: rec.state.clone(),
+                step: rec.step,
+                created_ms: rec.created_ms,
+                updated_ms: now_ms(),
+                record,
+            };
+            // Checkpoints at the start, between states and at the end are
+            // queued, not waited for: the writer applies them in order and
+            // group-commits them, and a crash that loses the newest ones only
+            // means re-running those states (steps are at-least-once).
+            // Waiting and a launch's outbox are waited for, and so is the end's
+            // result (below), which covers everything queued before them.
+            match event {
+                Event::MachineStart | Event::Execute | Event::MachineEnd => {
+                    self.backend.save_deferred(checkpoint).await?
+                }
+                Event::Outbox | Event::Waiting => self.backend.save(checkpoint).await?,
+            }
+        }
         if terminal {
             let (status, value) = match (&rec.status, &rec.output, &rec.error) {
                 (Status::Done, Some(o), _) => ("done", o.clone()),
                 (_, _, Some(e)) => ("failed", serde_json::to_value(e).unwrap_or(Value::Null)),
                 (s, _, _) => (s.as_str(), Value::Null),
             };
-            self.backend
-                .write_result(
-                    &rec.id,
-                    StoredResult {
-                        status: status.to_string(),
-                        value,
-                        written_ms: now_ms(),
-                    },
-                )
-                .await?;
-        }
-        if !(terminal || (enabled && wanted)) {
-            return Ok(());
-        }
-        let record = serde_json::to_string(rec).map_err(|e| {
-            EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id))
-        })?;
-        let checkpoint = Checkpoint {
-            id: rec.id.clone(),
-            parent: rec.parent.clone(),
-            machine: rec.machine.clone(),
-            status: rec.status.as_str().to_string(),
-            state: rec.state.clone(),
-            step: rec.step,
-            created_ms: rec.created_ms,
-            updated_ms: now_ms(),
-            record,
-        };
-        // Between states the checkpoint is queued, not waited for: the
-        // writer applies saves in order and group-commits them, and a crash
-        // that loses the newest ones only means re-running those states
-        // (steps are at-least-once). Waiting, the end, and a launch's outbox
-        // are waited for, which also covers everything queued before them.
-        if event == Event::Execute {
-            self.backend.save_deferred(checkpoint).await?;
-        } else {
-            self.backend.save(checkpoint).await?;
+            let result = StoredResult {
+                status: status.to_string(),
+                value,
+                written_ms: now_ms(),
+            };
+            self.backend.write_result(&rec.id, result).await?;
         }
         Ok(())
     }
