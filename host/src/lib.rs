@@ -9,6 +9,7 @@
 //!   plugins folder, golden tests, benchmarks).
 //! - [`engine`]: the state machine (resumable step function + local driver).
 //! - [`backend`]: checkpoints, results and signals (memory, SQLite).
+//! - [`worker`]: the job pool worker (claims, runs, completes, heartbeats).
 //! - [`text`]: "did you mean" suggestions.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
 
@@ -19,3 +20,4 @@ pub mod engine;
 pub mod expr;
 pub mod plugin;
 pub mod text;
+pub mod worker;

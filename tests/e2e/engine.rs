@@ -181,6 +181,13 @@ data:
 
 #[tokio::test]
 async fn hooks_reach_sub_machines_and_foreach_items() {
+    // The list form and the seed's legacy `{file, class}` form.
+    for hooks in ["[audit]", "{file: ./hooks.py, class: audit}"] {
+        hooks_reach_children(hooks).await;
+    }
+}
+
+async fn hooks_reach_children(hooks: &str) {
     let f = Fixture::new();
     f.file(
         "child.yml",
@@ -203,7 +210,7 @@ data:
             r#"spec: flatmachine
 data:
   name: parent
-  hooks: [audit]
+  hooks: HOOKS
   machines: {child: ./child.yml}
   states:
     fan:
@@ -217,7 +224,9 @@ data:
     done:
       type: final
       output: "{{ context.results }}"
-"#,
+"#
+            .replace("HOOKS", hooks)
+            .as_str(),
             json!({"items": [1, 2]}),
         )
         .await;

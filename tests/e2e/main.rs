@@ -8,3 +8,4 @@ mod failures;
 mod polyglot;
 mod sandbox;
 mod validate;
+mod workers;

@@ -1,5 +1,6 @@
 //! The in-memory backend: everything in one process, gone when it exits.
 
+use super::pools::{Job, WorkerInfo, job_status};
 use super::{
     Backend, BackendResult, Checkpoint, Checkpoints, ListFilter, Results, Signals, StoredResult,
 };
@@ -8,10 +9,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 #[derive(Default)]
-struct Data {
+pub(super) struct Data {
     checkpoints: HashMap<String, Checkpoint>,
     results: HashMap<String, StoredResult>,
     signals: HashMap<(String, String), VecDeque<Value>>,
+    /// Job `id` is at index `id - 1`.
+    pub(super) jobs: Vec<Job>,
+    pub(super) workers: HashMap<String, WorkerInfo>,
+}
+
+impl Data {
+    /// The job, if `fence` is its current claim's token.
+    pub(super) fn current(&mut self, id: i64, fence: u64) -> Option<&mut Job> {
+        self.jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .filter(|j| j.fence == fence && j.status == job_status::CLAIMED)
+    }
 }
 
 /// An in-memory [`Backend`].
@@ -25,7 +39,7 @@ impl MemoryBackend {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Data> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Data> {
         // Every operation is one map update, so a poisoned lock holds consistent data.
         self.data.lock().unwrap_or_else(|p| p.into_inner())
     }

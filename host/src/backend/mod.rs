@@ -1,5 +1,5 @@
-//! Storage behind the engine: execution checkpoints, durable results and
-//! signals, as async traits with an in-memory implementation (tests,
+//! Storage behind the engine and the workers: execution checkpoints, durable
+//! results, signals, job pools and the worker registry, as async traits with an in-memory implementation (tests,
 //! `--memory`) and an embedded SQLite one (the default).
 //!
 //! The backend stores what the engine hands it without reading it: a
@@ -7,9 +7,15 @@
 //! Imports nothing else from flowhost.
 
 mod memory;
+mod memory_pools;
+pub mod pools;
 mod sqlite;
+mod sqlite_pools;
 
 pub use memory::MemoryBackend;
+pub use pools::{
+    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
+};
 pub use sqlite::{Durability, SqliteBackend};
 
 use serde::Serialize;
@@ -98,8 +104,8 @@ pub trait Signals: Send + Sync {
     async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>>;
 }
 
-/// Everything the engine needs from a store.
-pub trait Backend: Checkpoints + Results + Signals {
+/// Everything the engine and the workers need from a store.
+pub trait Backend: Checkpoints + Results + Signals + WorkPools + Workers {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;
 }

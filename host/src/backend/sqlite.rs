@@ -21,7 +21,8 @@ const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE executions (
     id         TEXT PRIMARY KEY,
     parent     TEXT,
@@ -49,7 +50,40 @@ CREATE TABLE signals (
     sent_ms    INTEGER NOT NULL
 );
 CREATE INDEX signals_target ON signals(execution, channel, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool            TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    priority        INTEGER NOT NULL,
+    run_at_ms       INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_retries     INTEGER NOT NULL,
+    idempotency_key TEXT,
+    worker          TEXT,
+    lease_until_ms  INTEGER,
+    fence           INTEGER NOT NULL DEFAULT 0,
+    result          TEXT,
+    error           TEXT,
+    created_ms      INTEGER NOT NULL,
+    updated_ms      INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs(pool, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_claim ON jobs(pool, status, priority DESC, run_at_ms, id);
+CREATE INDEX jobs_worker ON jobs(worker) WHERE worker IS NOT NULL;
+CREATE TABLE workers (
+    id           TEXT PRIMARY KEY,
+    pool         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    started_ms   INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+"#,
+];
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +95,16 @@ pub enum Durability {
     Normal,
 }
 
-enum Op {
+/// A write the job pool and worker code composes itself; its result travels
+/// back as JSON.
+pub(super) type Custom = Box<dyn FnOnce(&Connection) -> Result<Value, String> + Send>;
+
+pub(super) enum Op {
     Save(Checkpoint),
     WriteResult(String, StoredResult),
     SendSignal(String, String, String),
     TakeSignal(String, String),
+    Custom(Custom),
 }
 
 /// Where the outcome of a write goes: a waiting caller, or (for a deferred
@@ -184,14 +223,14 @@ impl SqliteBackend {
             .map_err(|_| BackendError::new("the database writer has stopped"))
     }
 
-    async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
+    pub(super) async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
         let (reply, wait) = oneshot::channel();
         self.send(op, Some(reply))?;
         wait.await
             .map_err(|_| BackendError::new("the database writer has stopped"))?
     }
 
-    fn reader(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -226,22 +265,32 @@ fn write_loop(
             }
         }
         let err = db_error(path);
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
         let outcome = (|| -> BackendResult<Vec<BackendResult<Option<Value>>>> {
-            let tx = conn
+            let mut tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(&err)?;
-            let results = batch.iter().map(|(op, _)| apply(&tx, op, path)).collect();
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                // Each write in its own savepoint: one that fails leaves no trace.
+                let sp = tx.savepoint().map_err(&err)?;
+                let result = apply(&sp, op, path);
+                if result.is_ok() {
+                    sp.commit().map_err(&err)?;
+                }
+                results.push(result);
+            }
             tx.commit().map_err(&err)?;
             Ok(results)
         })();
         match outcome {
             Ok(results) => {
-                for ((_, reply), result) in batch.into_iter().zip(results) {
+                for (reply, result) in replies.into_iter().zip(results) {
                     deliver(reply, result);
                 }
             }
             Err(e) => {
-                for (_, reply) in batch {
+                for reply in replies {
                     deliver(reply, Err(e.clone()));
                 }
             }
@@ -249,7 +298,7 @@ fn write_loop(
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, path: &Path) -> BackendResult<Option<Value>> {
+fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
     let err = db_error(path);
     match op {
         Op::Save(c) => {
@@ -293,6 +342,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, path: &Path) -> BackendResult<
             .map_err(&err)?;
             Ok(None)
         }
+        Op::Custom(f) => f(tx)
+            .map(Some)
+            .map_err(|m| BackendError::new(format!("{}: {m}", path.display()))),
         Op::TakeSignal(id, channel) => {
             let row: Option<(i64, String)> = tx
                 .query_row(

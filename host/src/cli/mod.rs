@@ -4,6 +4,7 @@
 //! machine config).
 
 mod graph;
+mod jobs;
 mod plugin;
 mod run;
 mod validate;
@@ -49,6 +50,13 @@ enum Command {
     Result(run::ResultArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
+    /// Job pools: push, list, stats, requeue.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Registered workers and their heartbeats.
+    Workers(jobs::WorkersArgs),
+    /// Take jobs from a pool and run them (until SIGTERM, or --exit-when-empty).
+    Worker(jobs::WorkerArgs),
     /// Benchmarks of the engine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -225,6 +233,9 @@ pub fn main() -> ExitCode {
             Command::Result(a) => run::result(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
+            Command::Jobs(c) => jobs::run(c).await,
+            Command::Workers(a) => jobs::workers(a).await,
+            Command::Worker(a) => jobs::worker(a).await,
         }
     });
     match result {

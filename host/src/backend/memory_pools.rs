@@ -1,0 +1,264 @@
+//! Job pools and workers in memory.
+
+use super::memory::MemoryBackend;
+use super::pools::{
+    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
+};
+use super::{BackendResult, now_ms};
+use serde_json::Value;
+
+fn claimable(j: &Job, pool: &str, now: u64) -> bool {
+    j.pool == pool
+        && ((j.status == job_status::PENDING && j.run_at_ms <= now)
+            || (j.status == job_status::CLAIMED && j.lease_until_ms.is_some_and(|l| l < now)))
+}
+
+fn release(j: &mut Job, now: u64) {
+    j.status = job_status::PENDING.into();
+    j.worker = None;
+    j.lease_until_ms = None;
+    j.updated_ms = now;
+}
+
+#[async_trait::async_trait]
+impl WorkPools for MemoryBackend {
+    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
+        let mut d = self.lock();
+        if let Some(key) = &job.idempotency_key
+            && let Some(existing) = d
+                .jobs
+                .iter()
+                .find(|j| j.pool == pool && j.idempotency_key.as_ref() == Some(key))
+        {
+            return Ok((existing.id, false));
+        }
+        let now = now_ms();
+        let id = d.jobs.len() as i64 + 1;
+        d.jobs.push(Job {
+            id,
+            pool: pool.into(),
+            payload: job.payload,
+            status: job_status::PENDING.into(),
+            priority: job.priority,
+            run_at_ms: now + job.delay_ms,
+            attempts: 0,
+            max_retries: job.max_retries,
+            idempotency_key: job.idempotency_key,
+            worker: None,
+            lease_until_ms: None,
+            fence: 0,
+            result: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        });
+        Ok((id, true))
+    }
+
+    async fn claim(
+        &self,
+        pool: &str,
+        worker: &str,
+        n: u32,
+        lease_ms: u64,
+    ) -> BackendResult<Vec<Job>> {
+        let mut d = self.lock();
+        let now = now_ms();
+        let mut order: Vec<usize> = (0..d.jobs.len())
+            .filter(|&i| claimable(&d.jobs[i], pool, now))
+            .collect();
+        order.sort_by_key(|&i| (-d.jobs[i].priority, d.jobs[i].run_at_ms, d.jobs[i].id));
+        let mut claimed = Vec::new();
+        for i in order.into_iter().take(n as usize) {
+            let j = &mut d.jobs[i];
+            j.status = job_status::CLAIMED.into();
+            j.worker = Some(worker.into());
+            j.lease_until_ms = Some(now + lease_ms);
+            j.attempts += 1;
+            j.fence += 1;
+            j.updated_ms = now;
+            claimed.push(j.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool> {
+        let mut d = self.lock();
+        Ok(match d.current(id, fence) {
+            Some(j) => {
+                j.lease_until_ms = Some(now_ms() + lease_ms);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool> {
+        let mut d = self.lock();
+        Ok(match d.current(id, fence) {
+            Some(j) => {
+                j.status = job_status::DONE.into();
+                j.result = Some(result);
+                j.lease_until_ms = None;
+                j.updated_ms = now_ms();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn fail(
+        &self,
+        id: i64,
+        fence: u64,
+        error: &str,
+        backoff: Backoff,
+    ) -> BackendResult<FailOutcome> {
+        let mut d = self.lock();
+        let Some(j) = d.current(id, fence) else {
+            return Ok(FailOutcome::Rejected);
+        };
+        let now = now_ms();
+        j.error = Some(error.to_string());
+        j.lease_until_ms = None;
+        j.updated_ms = now;
+        if j.attempts > j.max_retries {
+            j.status = job_status::POISONED.into();
+            Ok(FailOutcome::Poisoned)
+        } else {
+            j.status = job_status::PENDING.into();
+            j.worker = None;
+            j.run_at_ms = now + backoff.delay_ms(j.attempts);
+            Ok(FailOutcome::Retried)
+        }
+    }
+
+    async fn release_worker(&self, worker: &str) -> BackendResult<u64> {
+        let mut d = self.lock();
+        let now = now_ms();
+        let mut n = 0;
+        for j in d
+            .jobs
+            .iter_mut()
+            .filter(|j| j.status == job_status::CLAIMED && j.worker.as_deref() == Some(worker))
+        {
+            release(j, now);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
+        let mut d = self.lock();
+        let now = now_ms();
+        let mut n = 0;
+        for j in d.jobs.iter_mut().filter(|j| {
+            j.pool == pool
+                && j.status == job_status::POISONED
+                && (ids.is_empty() || ids.contains(&j.id))
+        }) {
+            release(j, now);
+            j.attempts = 0;
+            j.run_at_ms = now;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
+        let d = self.lock();
+        let mut s = PoolStats::default();
+        for j in d.jobs.iter().filter(|j| j.pool == pool) {
+            match j.status.as_str() {
+                job_status::PENDING => s.pending += 1,
+                job_status::CLAIMED => s.claimed += 1,
+                job_status::DONE => s.done += 1,
+                _ => s.poisoned += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn job(&self, id: i64) -> BackendResult<Option<Job>> {
+        Ok(self.lock().jobs.iter().find(|j| j.id == id).cloned())
+    }
+
+    async fn jobs(
+        &self,
+        pool: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Vec<Job>> {
+        Ok(self
+            .lock()
+            .jobs
+            .iter()
+            .filter(|j| j.pool == pool && status.is_none_or(|s| j.status == s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Workers for MemoryBackend {
+    async fn register(&self, worker: WorkerInfo) -> BackendResult<()> {
+        self.lock().workers.insert(worker.id.clone(), worker);
+        Ok(())
+    }
+
+    async fn heartbeat(&self, id: &str) -> BackendResult<bool> {
+        let mut d = self.lock();
+        Ok(match d.workers.get_mut(id) {
+            Some(w) if w.status == "active" => {
+                w.heartbeat_ms = now_ms();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()> {
+        if let Some(w) = self.lock().workers.get_mut(id) {
+            w.status = status.into();
+        }
+        Ok(())
+    }
+
+    async fn workers(&self, pool: Option<&str>) -> BackendResult<Vec<WorkerInfo>> {
+        let mut list: Vec<WorkerInfo> = self
+            .lock()
+            .workers
+            .values()
+            .filter(|w| pool.is_none_or(|p| w.pool == p))
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>> {
+        let now = now_ms();
+        let lost: Vec<String> = {
+            let mut d = self.lock();
+            let ids: Vec<String> = d
+                .workers
+                .values()
+                .filter(|w| {
+                    w.status == "active" && now.saturating_sub(w.heartbeat_ms) > stale_after_ms
+                })
+                .map(|w| w.id.clone())
+                .collect();
+            for id in &ids {
+                if let Some(w) = d.workers.get_mut(id) {
+                    w.status = "lost".into();
+                }
+            }
+            ids
+        };
+        for id in &lost {
+            self.release_worker(id).await?;
+        }
+        Ok(lost)
+    }
+}

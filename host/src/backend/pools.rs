@@ -1,0 +1,183 @@
+//! Job pools and the worker registry: the types and traits every store
+//! implements (memory, SQLite).
+//!
+//! A job is claimed with a lease and a fencing token: claiming increments
+//! `fence`, and `complete`/`fail`/`extend_lease` only apply with the token of
+//! the current claim, so a worker whose lease ran out (and whose job was
+//! claimed again) cannot overwrite the newer outcome.
+
+use super::BackendResult;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job to push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub payload: Value,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Not claimable before this many milliseconds from now.
+    pub delay_ms: u64,
+    /// Failures retried before the job is poisoned.
+    pub max_retries: u32,
+    /// A second push with the same key (in the same pool) returns the first job.
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(payload: Value) -> NewJob {
+        NewJob {
+            payload,
+            priority: 0,
+            delay_ms: 0,
+            max_retries: 3,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// `pending`, `claimed`, `done`, `poisoned`.
+pub mod job_status {
+    pub const PENDING: &str = "pending";
+    pub const CLAIMED: &str = "claimed";
+    pub const DONE: &str = "done";
+    pub const POISONED: &str = "poisoned";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: i64,
+    pub pool: String,
+    pub payload: Value,
+    pub status: String,
+    pub priority: i64,
+    pub run_at_ms: u64,
+    /// Claims so far (the current one included).
+    pub attempts: u32,
+    pub max_retries: u32,
+    pub idempotency_key: Option<String>,
+    pub worker: Option<String>,
+    pub lease_until_ms: Option<u64>,
+    /// The fencing token of the latest claim.
+    pub fence: u64,
+    pub result: Option<Value>,
+    /// The last failure, kept when the job is retried or poisoned.
+    pub error: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Counts by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub pending: u64,
+    pub claimed: u64,
+    pub done: u64,
+    pub poisoned: u64,
+}
+
+impl PoolStats {
+    /// Jobs waiting for a worker or being worked on.
+    pub fn depth(&self) -> u64 {
+        self.pending + self.claimed
+    }
+}
+
+/// Exponential backoff with full jitter for failed jobs:
+/// `random(0, min(max, base · 2^(attempts−1)))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base_ms: 1000,
+            max_ms: 60_000,
+        }
+    }
+}
+
+impl Backoff {
+    pub fn delay_ms(&self, attempts: u32) -> u64 {
+        let exp = attempts.saturating_sub(1).min(32);
+        let cap = self.base_ms.saturating_mul(1u64 << exp).min(self.max_ms);
+        if cap == 0 { 0 } else { fastrand::u64(0..=cap) }
+    }
+}
+
+/// What `fail` did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailOutcome {
+    /// Pending again, claimable after its backoff.
+    Retried,
+    /// Out of retries; kept with its last error.
+    Poisoned,
+    /// The fencing token is stale: a newer claim owns the job.
+    Rejected,
+}
+
+#[async_trait::async_trait]
+pub trait WorkPools: Send + Sync {
+    /// Adds a job; returns its id and whether it was created (false: an
+    /// existing job had the same idempotency key).
+    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)>;
+    /// Claims up to `n` claimable jobs (pending and due, or claimed with an
+    /// expired lease), highest priority first, in one atomic step.
+    async fn claim(
+        &self,
+        pool: &str,
+        worker: &str,
+        n: u32,
+        lease_ms: u64,
+    ) -> BackendResult<Vec<Job>>;
+    /// Extends the lease of the current claim; false if the fence is stale.
+    async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool>;
+    /// Marks the job done and keeps its result; false if the fence is stale.
+    async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool>;
+    /// Retries the job after a backoff, or poisons it after `max_retries`.
+    async fn fail(
+        &self,
+        id: i64,
+        fence: u64,
+        error: &str,
+        backoff: Backoff,
+    ) -> BackendResult<FailOutcome>;
+    /// Makes every job the worker holds claimable again; returns how many.
+    async fn release_worker(&self, worker: &str) -> BackendResult<u64>;
+    /// Poisoned jobs (all, or these ids) back to pending with fresh retries.
+    async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64>;
+    async fn stats(&self, pool: &str) -> BackendResult<PoolStats>;
+    async fn job(&self, id: i64) -> BackendResult<Option<Job>>;
+    /// Jobs of a pool, oldest first.
+    async fn jobs(&self, pool: &str, status: Option<&str>, limit: usize)
+    -> BackendResult<Vec<Job>>;
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub pool: String,
+    pub pid: u32,
+    pub host: String,
+    /// `active`, `stopped`, `lost`.
+    pub status: String,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Workers: Send + Sync {
+    async fn register(&self, worker: WorkerInfo) -> BackendResult<()>;
+    /// Records a heartbeat now; false if the worker is unknown or not active.
+    async fn heartbeat(&self, id: &str) -> BackendResult<bool>;
+    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()>;
+    async fn workers(&self, pool: Option<&str>) -> BackendResult<Vec<WorkerInfo>>;
+    /// Active workers whose last heartbeat is older than `stale_after_ms`
+    /// become `lost`, and their jobs claimable again. Returns their ids.
+    async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>>;
+}

@@ -1,0 +1,393 @@
+//! Job pools and workers in SQLite. Every change is one statement (or a few)
+//! in the writer's transaction; a claim is a single guarded
+//! `UPDATE … WHERE status = 'pending' … RETURNING`, so two processes can never
+//! claim the same job.
+
+use super::pools::{
+    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
+};
+use super::sqlite::{Op, SqliteBackend};
+use super::{BackendError, BackendResult, now_ms};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Value, json};
+
+const JOB_COLUMNS: &str = "id, pool, payload, status, priority, run_at_ms, attempts, max_retries, \
+     idempotency_key, worker, lease_until_ms, fence, result, error, created_ms, updated_ms";
+
+fn parse(text: Option<String>, what: &str) -> rusqlite::Result<Option<Value>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("{what}: {e}").into(),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn row_job(r: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        pool: r.get(1)?,
+        payload: parse(Some(r.get(2)?), "payload")?.unwrap_or(Value::Null),
+        status: r.get(3)?,
+        priority: r.get(4)?,
+        run_at_ms: r.get::<_, i64>(5)? as u64,
+        attempts: r.get::<_, i64>(6)? as u32,
+        max_retries: r.get::<_, i64>(7)? as u32,
+        idempotency_key: r.get(8)?,
+        worker: r.get(9)?,
+        lease_until_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        fence: r.get::<_, i64>(11)? as u64,
+        result: parse(r.get(12)?, "result")?,
+        error: r.get(13)?,
+        created_ms: r.get::<_, i64>(14)? as u64,
+        updated_ms: r.get::<_, i64>(15)? as u64,
+    })
+}
+
+fn row_worker(r: &Row<'_>) -> rusqlite::Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        id: r.get(0)?,
+        pool: r.get(1)?,
+        pid: r.get::<_, i64>(2)? as u32,
+        host: r.get(3)?,
+        status: r.get(4)?,
+        started_ms: r.get::<_, i64>(5)? as u64,
+        heartbeat_ms: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl SqliteBackend {
+    /// Runs `f` in the writer's transaction and converts its JSON result.
+    async fn exec<T: serde::de::DeserializeOwned>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<Value, String> + Send + 'static,
+    ) -> BackendResult<T> {
+        let value = self
+            .write(Op::Custom(Box::new(f)))
+            .await?
+            .unwrap_or(Value::Null);
+        serde_json::from_value(value).map_err(|e| BackendError::new(format!("internal: {e}")))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> BackendResult<T> {
+        f(&self.reader()).map_err(|e| BackendError::new(format!("{}: {e}", self.path().display())))
+    }
+}
+
+/// Job statuses after a claim whose lease ran out.
+fn release_sql(filter: &str) -> String {
+    format!(
+        "UPDATE jobs SET status = 'pending', worker = NULL, lease_until_ms = NULL, updated_ms = ?1 WHERE status = 'claimed' AND {filter}"
+    )
+}
+
+#[async_trait::async_trait]
+impl WorkPools for SqliteBackend {
+    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
+        let pool = pool.to_string();
+        self.exec(move |c| {
+            if let Some(key) = &job.idempotency_key {
+                let existing: Option<i64> = c
+                    .query_row(
+                        "SELECT id FROM jobs WHERE pool = ?1 AND idempotency_key = ?2",
+                        params![pool, key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(text)?;
+                if let Some(id) = existing {
+                    return Ok(json!([id, false]));
+                }
+            }
+            let now = now_ms() as i64;
+            c.prepare_cached(
+                "INSERT INTO jobs (pool, payload, status, priority, run_at_ms, max_retries, idempotency_key, created_ms, updated_ms)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    pool,
+                    job.payload.to_string(),
+                    job.priority,
+                    now + job.delay_ms as i64,
+                    job.max_retries,
+                    job.idempotency_key,
+                    now
+                ])
+            })
+            .map_err(text)?;
+            Ok(json!([c.last_insert_rowid(), true]))
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        pool: &str,
+        worker: &str,
+        n: u32,
+        lease_ms: u64,
+    ) -> BackendResult<Vec<Job>> {
+        let (pool, worker) = (pool.to_string(), worker.to_string());
+        self.exec(move |c| {
+            let now = now_ms() as i64;
+            let sql = format!(
+                "UPDATE jobs SET status = 'claimed', worker = ?1, lease_until_ms = ?2 + ?3,
+                    attempts = attempts + 1, fence = fence + 1, updated_ms = ?2
+                 WHERE id IN (
+                    SELECT id FROM jobs
+                    WHERE pool = ?4 AND ((status = 'pending' AND run_at_ms <= ?2)
+                                         OR (status = 'claimed' AND lease_until_ms < ?2))
+                    ORDER BY priority DESC, run_at_ms, id LIMIT ?5)
+                 RETURNING {JOB_COLUMNS}"
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(text)?;
+            let rows = stmt
+                .query_map(params![worker, now, lease_ms as i64, pool, n], row_job)
+                .map_err(text)?;
+            let mut jobs: Vec<Job> = rows.collect::<Result<_, _>>().map_err(text)?;
+            jobs.sort_by_key(|j| (-j.priority, j.run_at_ms, j.id));
+            serde_json::to_value(jobs).map_err(text)
+        })
+        .await
+    }
+
+    async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool> {
+        self.exec(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET lease_until_ms = ?1 WHERE id = ?2 AND fence = ?3 AND status = 'claimed'",
+                    params![(now_ms() + lease_ms) as i64, id, fence as i64],
+                )
+                .map_err(text)?;
+            Ok(json!(n == 1))
+        })
+        .await
+    }
+
+    async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool> {
+        self.exec(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'done', result = ?1, lease_until_ms = NULL, updated_ms = ?2
+                     WHERE id = ?3 AND fence = ?4 AND status = 'claimed'",
+                )
+                .and_then(|mut s| s.execute(params![result.to_string(), now_ms() as i64, id, fence as i64]))
+                .map_err(text)?;
+            Ok(json!(n == 1))
+        })
+        .await
+    }
+
+    async fn fail(
+        &self,
+        id: i64,
+        fence: u64,
+        error: &str,
+        backoff: Backoff,
+    ) -> BackendResult<FailOutcome> {
+        let error = error.to_string();
+        self.exec(move |c| {
+            let row: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT attempts, max_retries FROM jobs WHERE id = ?1 AND fence = ?2 AND status = 'claimed'",
+                    params![id, fence as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(text)?;
+            let Some((attempts, max_retries)) = row else {
+                return serde_json::to_value(FailOutcome::Rejected).map_err(text);
+            };
+            let now = now_ms() as i64;
+            let outcome = if attempts > max_retries {
+                c.execute(
+                    "UPDATE jobs SET status = 'poisoned', error = ?1, lease_until_ms = NULL, updated_ms = ?2 WHERE id = ?3",
+                    params![error, now, id],
+                )
+                .map_err(text)?;
+                FailOutcome::Poisoned
+            } else {
+                let run_at = now + backoff.delay_ms(attempts as u32) as i64;
+                c.execute(
+                    "UPDATE jobs SET status = 'pending', error = ?1, worker = NULL, lease_until_ms = NULL,
+                        run_at_ms = ?2, updated_ms = ?3 WHERE id = ?4",
+                    params![error, run_at, now, id],
+                )
+                .map_err(text)?;
+                FailOutcome::Retried
+            };
+            serde_json::to_value(outcome).map_err(text)
+        })
+        .await
+    }
+
+    async fn release_worker(&self, worker: &str) -> BackendResult<u64> {
+        let worker = worker.to_string();
+        self.exec(move |c| {
+            let n = c
+                .execute(
+                    &release_sql("worker = ?2"),
+                    params![now_ms() as i64, worker],
+                )
+                .map_err(text)?;
+            Ok(json!(n))
+        })
+        .await
+    }
+
+    async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
+        let pool = pool.to_string();
+        let ids = ids.to_vec();
+        self.exec(move |c| {
+            let now = now_ms() as i64;
+            let sql = "UPDATE jobs SET status = 'pending', attempts = 0, worker = NULL, lease_until_ms = NULL,
+                         run_at_ms = ?1, updated_ms = ?1 WHERE pool = ?2 AND status = 'poisoned'";
+            let n = if ids.is_empty() {
+                c.execute(sql, params![now, pool]).map_err(text)?
+            } else {
+                let mut n = 0;
+                for id in &ids {
+                    n += c
+                        .execute(&format!("{sql} AND id = ?3"), params![now, pool, id])
+                        .map_err(text)?;
+                }
+                n
+            };
+            Ok(json!(n))
+        })
+        .await
+    }
+
+    async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM jobs WHERE pool = ?1 GROUP BY status",
+            )?;
+            let mut s = PoolStats::default();
+            let rows = stmt.query_map(params![pool], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            for row in rows {
+                let (status, n) = row?;
+                match status.as_str() {
+                    job_status::PENDING => s.pending = n,
+                    job_status::CLAIMED => s.claimed = n,
+                    job_status::DONE => s.done = n,
+                    _ => s.poisoned += n,
+                }
+            }
+            Ok(s)
+        })
+    }
+
+    async fn job(&self, id: i64) -> BackendResult<Option<Job>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                row_job,
+            )
+            .optional()
+        })
+    }
+
+    async fn jobs(
+        &self,
+        pool: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> BackendResult<Vec<Job>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE pool = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![pool, status, limit as i64], row_job)?;
+            rows.collect()
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Workers for SqliteBackend {
+    async fn register(&self, w: WorkerInfo) -> BackendResult<()> {
+        self.exec::<Value>(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO workers (id, pool, pid, host, status, started_ms, heartbeat_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![w.id, w.pool, w.pid, w.host, w.status, w.started_ms as i64, w.heartbeat_ms as i64],
+            )
+            .map_err(text)?;
+            Ok(Value::Null)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn heartbeat(&self, id: &str) -> BackendResult<bool> {
+        let id = id.to_string();
+        self.exec(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE workers SET heartbeat_ms = ?1 WHERE id = ?2 AND status = 'active'",
+                    params![now_ms() as i64, id],
+                )
+                .map_err(text)?;
+            Ok(json!(n == 1))
+        })
+        .await
+    }
+
+    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.exec::<Value>(move |c| {
+            c.execute(
+                "UPDATE workers SET status = ?1 WHERE id = ?2",
+                params![status, id],
+            )
+            .map_err(text)?;
+            Ok(Value::Null)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn workers(&self, pool: Option<&str>) -> BackendResult<Vec<WorkerInfo>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, pool, pid, host, status, started_ms, heartbeat_ms FROM workers
+                 WHERE (?1 IS NULL OR pool = ?1) ORDER BY started_ms, id",
+            )?;
+            let rows = stmt.query_map(params![pool], row_worker)?;
+            rows.collect()
+        })
+    }
+
+    async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>> {
+        self.exec(move |c| {
+            let now = now_ms() as i64;
+            let cutoff = now - stale_after_ms as i64;
+            let mut stmt = c
+                .prepare("UPDATE workers SET status = 'lost' WHERE status = 'active' AND heartbeat_ms < ?1 RETURNING id")
+                .map_err(text)?;
+            let ids: Vec<String> = stmt
+                .query_map(params![cutoff], |r| r.get(0))
+                .map_err(text)?
+                .collect::<Result<_, _>>()
+                .map_err(text)?;
+            for id in &ids {
+                c.execute(&release_sql("worker = ?2"), params![now, id]).map_err(text)?;
+            }
+            Ok(json!(ids))
+        })
+        .await
+    }
+}

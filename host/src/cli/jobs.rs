@@ -1,0 +1,301 @@
+//! `flowhost jobs push|list|stats|requeue` and `flowhost workers`: job pools
+//! and the worker registry in the store.
+
+use super::CliError;
+use super::run::StoreArgs;
+use crate::backend::{NewJob, job_status};
+use crate::plugin::registry;
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub(super) enum JobsCommand {
+    /// Add jobs to a pool.
+    Push(PushArgs),
+    /// List a pool's jobs, oldest first.
+    List(ListArgs),
+    /// Counts by status.
+    Stats(PoolArgs),
+    /// Put poisoned jobs (all, or --id) back to pending with fresh retries.
+    Requeue(RequeueArgs),
+}
+
+#[derive(Args)]
+pub(super) struct PushArgs {
+    pool: String,
+    /// The payload as JSON, or @file.json (default: {}; with --count, `{"n": i}`).
+    #[arg(long, value_name = "JSON|@FILE")]
+    input: Option<String>,
+    /// Push this many jobs (payload `{"n": i}` unless --input is given).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i64,
+    /// Not claimable before this many milliseconds from now.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    delay: u64,
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
+    /// A second push with the same key returns the first job.
+    #[arg(long, conflicts_with = "count")]
+    key: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct ListArgs {
+    pool: String,
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct PoolArgs {
+    pool: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct RequeueArgs {
+    pool: String,
+    /// Only these jobs (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct WorkersArgs {
+    /// Only workers of this pool.
+    #[arg(long)]
+    pool: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn store_error(e: crate::backend::BackendError) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+const STATUSES: [&str; 4] = [
+    job_status::PENDING,
+    job_status::CLAIMED,
+    job_status::DONE,
+    job_status::POISONED,
+];
+
+pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
+    match c {
+        JobsCommand::Push(a) => {
+            let payload = match &a.input {
+                Some(arg) => {
+                    Some(registry::read_json_arg("--input", arg).map_err(CliError::Usage)?)
+                }
+                None => None,
+            };
+            let backend = a.store.open()?;
+            let (mut created, mut first) = (0, None);
+            for i in 0..a.count {
+                let job = NewJob {
+                    payload: payload.clone().unwrap_or_else(|| {
+                        if a.count > 1 {
+                            serde_json::json!({"n": i})
+                        } else {
+                            serde_json::json!({})
+                        }
+                    }),
+                    priority: a.priority,
+                    delay_ms: a.delay,
+                    max_retries: a.max_retries,
+                    idempotency_key: a.key.clone(),
+                };
+                let (id, new) = backend.push(&a.pool, job).await.map_err(store_error)?;
+                first.get_or_insert(id);
+                created += u32::from(new);
+            }
+            match (a.count, first) {
+                (1, Some(id)) if created == 0 => println!("job {id} already exists (same --key)"),
+                (1, Some(id)) => println!("pushed job {id} to `{}`", a.pool),
+                _ => println!("pushed {created} jobs to `{}`", a.pool),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::List(a) => {
+            if let Some(s) = &a.status
+                && !STATUSES.contains(&s.as_str())
+            {
+                return Err(CliError::Usage(format!(
+                    "--status `{s}`: expected one of {}",
+                    STATUSES.join(", ")
+                )));
+            }
+            let backend = a.store.open()?;
+            let jobs = backend
+                .jobs(&a.pool, a.status.as_deref(), a.limit)
+                .await
+                .map_err(store_error)?;
+            for j in jobs {
+                let tail = match (&j.result, &j.error) {
+                    (Some(r), _) => format!("result {r}"),
+                    // One line per job: the error's first line.
+                    (None, Some(e)) => match e.split_once('\n') {
+                        Some((first, _)) => format!("error: {first} …"),
+                        None => format!("error: {e}"),
+                    },
+                    _ => format!("payload {}", j.payload),
+                };
+                println!(
+                    "{:>6}  {:<8}  attempts {}/{}  {:<12}  {tail}",
+                    j.id,
+                    j.status,
+                    j.attempts,
+                    j.max_retries + 1,
+                    j.worker.as_deref().unwrap_or("-"),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Stats(a) => {
+            let backend = a.store.open()?;
+            let s = backend.stats(&a.pool).await.map_err(store_error)?;
+            println!(
+                "{}",
+                serde_json::json!({"pool": a.pool, "pending": s.pending, "claimed": s.claimed, "done": s.done, "poisoned": s.poisoned, "depth": s.depth()})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Requeue(a) => {
+            let backend = a.store.open()?;
+            let n = backend
+                .requeue(&a.pool, &a.ids)
+                .await
+                .map_err(store_error)?;
+            println!("requeued {n} poisoned job(s) in `{}`", a.pool);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(super) async fn workers(a: WorkersArgs) -> Result<ExitCode, CliError> {
+    let backend = a.store.open()?;
+    let now = crate::backend::now_ms();
+    let list = backend
+        .workers(a.pool.as_deref())
+        .await
+        .map_err(store_error)?;
+    if list.is_empty() {
+        eprintln!("no workers registered in {}", backend.describe());
+    }
+    for w in list {
+        println!(
+            "{}  {:<7}  pool {:<12} pid {:<7} last heartbeat {:.1}s ago",
+            w.id,
+            w.status,
+            w.pool,
+            w.pid,
+            now.saturating_sub(w.heartbeat_ms) as f64 / 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub(super) struct WorkerArgs {
+    /// The pool to take jobs from.
+    #[arg(long)]
+    pool: String,
+    /// A processor plugin (name or .wasm) or a machine config (.yml).
+    #[arg(long)]
+    processor: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// How long a claim lasts without a heartbeat, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    lease: std::time::Duration,
+    /// Heartbeat interval, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    heartbeat: std::time::Duration,
+    /// Exit once the pool has no pending or claimed jobs.
+    #[arg(long)]
+    exit_when_empty: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: super::RuntimeArgs,
+}
+
+/// `flowhost worker`: runs until SIGTERM / Ctrl-C (finishing the jobs it
+/// holds), or until the pool is empty with --exit-when-empty.
+pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
+    use crate::plugin::{Runtime, World};
+    use crate::worker::{Processor, WorkerConfig};
+    use std::sync::Arc;
+    if a.concurrency == 0 {
+        return Err(CliError::Usage("--concurrency must be at least 1".into()));
+    }
+    let backend = a.store.open()?;
+    let runtime = Arc::new(
+        Runtime::new(a.runtime.runtime_config(false))
+            .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
+    );
+    let dir = a.runtime.plugins_dir();
+    let processor = if a.processor.ends_with(".yml") || a.processor.ends_with(".yaml") {
+        let engine = Arc::new(crate::engine::Engine::new(backend.clone(), runtime, dir));
+        let file = std::path::PathBuf::from(&a.processor);
+        engine.load(&file).map_err(|e| match e {
+            crate::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
+            other => CliError::Other(other.to_string()),
+        })?;
+        Processor::Machine(engine, file)
+    } else {
+        let located =
+            registry::locate(&a.processor, &dir).map_err(CliError::plugin("--processor"))?;
+        let settings = located
+            .settings()
+            .map_err(CliError::plugin(&located.name))?;
+        let plugin = runtime
+            .load_file(&located.wasm, settings)
+            .map_err(CliError::plugin(&located.name))?;
+        plugin
+            .expect_world(World::Processor)
+            .map_err(CliError::plugin(&located.name))?;
+        Processor::Plugin(plugin)
+    };
+    let config = WorkerConfig {
+        concurrency: a.concurrency,
+        lease: a.lease,
+        heartbeat: a.heartbeat,
+        exit_when_empty: a.exit_when_empty,
+        ..WorkerConfig::new(&a.pool)
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("stopping: finishing the jobs in hand");
+        let _ = stop.send(true);
+    });
+    let report = crate::worker::run(backend, processor, config, stopped)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}

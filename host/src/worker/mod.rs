@@ -1,0 +1,271 @@
+//! The job pool worker: registers itself, heartbeats in the background
+//! (extending the leases of the jobs it holds), claims jobs, runs the pool's
+//! processor (a plugin or a machine) on each, and completes or fails them
+//! with the claim's fencing token. On shutdown it stops claiming, finishes
+//! what it holds, releases anything left and deregisters.
+//!
+//! Imports `engine`, `plugin` and the `backend` traits.
+
+use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo, now_ms};
+use crate::engine::{Engine, Status};
+use crate::plugin::{CallContext, CallMeta, Plugin};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What a pool's jobs are run by.
+#[derive(Clone)]
+pub enum Processor {
+    /// A processor plugin: the payload is its input, its output the result.
+    Plugin(Plugin),
+    /// A machine: the payload is its input, its final output the result.
+    Machine(Arc<Engine>, PathBuf),
+}
+
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub pool: String,
+    pub concurrency: u32,
+    /// How long a claim lasts without a heartbeat extending it.
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// Pause between claims when the pool had nothing claimable.
+    pub poll: Duration,
+    /// Stop when the pool has no pending or claimed jobs left.
+    pub exit_when_empty: bool,
+    pub backoff: Backoff,
+}
+
+impl WorkerConfig {
+    pub fn new(pool: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            pool: pool.into(),
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_millis(50),
+            exit_when_empty: false,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct WorkerReport {
+    pub id: String,
+    pub completed: u64,
+    pub failed: u64,
+    /// Completions refused because a newer claim owned the job.
+    pub rejected: u64,
+    pub released: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Store(#[from] BackendError),
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs a worker until `shutdown` turns true (or the pool is empty, with
+/// `exit_when_empty`).
+pub async fn run(
+    backend: Arc<dyn Backend>,
+    processor: Processor,
+    config: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<WorkerReport, WorkerError> {
+    let id = format!("worker-{}", uuid::Uuid::now_v7());
+    let now = now_ms();
+    backend
+        .register(WorkerInfo {
+            id: id.clone(),
+            pool: config.pool.clone(),
+            pid: std::process::id(),
+            host: host_name(),
+            status: "active".into(),
+            started_ms: now,
+            heartbeat_ms: now,
+        })
+        .await?;
+    tracing::info!(worker = %id, pool = %config.pool, "worker registered");
+
+    // Jobs held now: id → fence. The heartbeat extends their leases.
+    let held: Arc<Mutex<HashMap<i64, u64>>> = Arc::default();
+    let beat = {
+        let (backend, id, held, config) =
+            (backend.clone(), id.clone(), held.clone(), config.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(config.heartbeat);
+            loop {
+                tick.tick().await;
+                if let Err(e) = backend.heartbeat(&id).await {
+                    tracing::warn!(worker = %id, "heartbeat failed: {e}");
+                }
+                let jobs: Vec<(i64, u64)> = held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                for (job, fence) in jobs {
+                    let _ = backend
+                        .extend_lease(job, fence, config.lease.as_millis() as u64)
+                        .await;
+                }
+            }
+        })
+    };
+
+    let mut report = WorkerReport {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = config.concurrency.saturating_sub(running.len() as u32);
+        let claimed = if free > 0 {
+            backend
+                .claim(&config.pool, &id, free, config.lease.as_millis() as u64)
+                .await?
+        } else {
+            vec![]
+        };
+        let got = !claimed.is_empty();
+        for job in claimed {
+            held.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id, job.fence);
+            let (backend, processor, config, held) = (
+                backend.clone(),
+                processor.clone(),
+                config.clone(),
+                held.clone(),
+            );
+            running.spawn(async move {
+                let outcome = process(&backend, &processor, &config, &job).await;
+                held.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job.id);
+                outcome
+            });
+        }
+        if got && running.len() < config.concurrency as usize {
+            continue;
+        }
+        if !got && running.is_empty() && config.exit_when_empty {
+            let stats = backend.stats(&config.pool).await?;
+            if stats.depth() == 0 {
+                break;
+            }
+        }
+        // Wait for a job to finish, the poll interval, or shutdown.
+        tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, done),
+            _ = tokio::time::sleep(config.poll), if !got => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Finish what is held, then release anything left and deregister.
+    while let Some(done) = running.join_next().await {
+        tally(&mut report, done);
+    }
+    beat.abort();
+    report.released = backend.release_worker(&id).await?;
+    backend.set_worker_status(&id, "stopped").await?;
+    tracing::info!(worker = %id, completed = report.completed, failed = report.failed, "worker stopped");
+    Ok(report)
+}
+
+enum JobOutcome {
+    Completed,
+    Failed,
+    Rejected,
+}
+
+fn tally(
+    report: &mut WorkerReport,
+    done: Result<Result<JobOutcome, BackendError>, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(Ok(JobOutcome::Completed)) => report.completed += 1,
+        Ok(Ok(JobOutcome::Failed)) => report.failed += 1,
+        Ok(Ok(JobOutcome::Rejected)) => report.rejected += 1,
+        Ok(Err(e)) => tracing::error!("job bookkeeping failed: {e}"),
+        Err(e) => tracing::error!("job task stopped: {e}"),
+    }
+}
+
+async fn process(
+    backend: &Arc<dyn Backend>,
+    processor: &Processor,
+    config: &WorkerConfig,
+    job: &Job,
+) -> Result<JobOutcome, BackendError> {
+    let result: Result<Value, String> = match processor {
+        Processor::Plugin(plugin) => {
+            let meta = CallMeta {
+                execution_id: format!("job-{}", job.id),
+                machine: String::new(),
+                state: config.pool.clone(),
+                step: 1,
+                attempt: job.attempts,
+                idempotency_key: format!("job-{}/{}", job.id, job.attempts),
+                deadline_ms: now_ms() + plugin.limits().timeout.as_millis() as u64,
+            };
+            plugin
+                .process(&meta, &job.payload, &CallContext::default())
+                .await
+                .map_err(|e| {
+                    let (kind, message) = (e.kind().to_string(), e.to_string());
+                    if message.starts_with(&kind) {
+                        message
+                    } else {
+                        format!("{kind}: {message}")
+                    }
+                })
+        }
+        Processor::Machine(engine, file) => match engine.start(file, job.payload.clone()).await {
+            Ok(o) if o.status == Status::Done => Ok(o.output.unwrap_or(Value::Null)),
+            Ok(o) => Err(match o.error {
+                Some(f) => format!("{}: state `{}`: {}", f.kind, f.state, f.message),
+                None => format!("the machine ended {}", o.status.as_str()),
+            }),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match result {
+        Ok(output) => Ok(if backend.complete(job.id, job.fence, output).await? {
+            JobOutcome::Completed
+        } else {
+            tracing::warn!(
+                job = job.id,
+                "completion rejected: a newer claim owns the job"
+            );
+            JobOutcome::Rejected
+        }),
+        Err(error) => Ok(
+            match backend
+                .fail(job.id, job.fence, &error, config.backoff)
+                .await?
+            {
+                FailOutcome::Rejected => JobOutcome::Rejected,
+                _ => JobOutcome::Failed,
+            },
+        ),
+    }
+}
