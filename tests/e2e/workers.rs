@@ -121,3 +121,304 @@ fn a_poisoned_job_keeps_its_error_and_requeue_brings_it_back() {
     let o = run(&["worker", "--pool", "bad", "--processor", "no-such-plugin"]);
     assert_eq!(o.status.code(), Some(18), "{}", stderr(&o));
 }
+
+/// How long a test waits for something another process does.
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(120)
+}
+
+/// A worker process on pool `p` running `adversary` jobs with a 1 s lease.
+fn worker(cache: &std::path::Path, db: &str) -> std::process::Child {
+    flowhost(cache)
+        .args([
+            "worker",
+            "--pool",
+            "p",
+            "--processor",
+            "adversary",
+            "--lease",
+            "1s",
+            "--heartbeat",
+            "200ms",
+            "--exit-when-empty",
+            "--db",
+            db,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls the store until the job is claimed; returns the claiming worker.
+async fn claimed_by(store: &SqliteBackend, id: i64) -> String {
+    let give_up = deadline();
+    loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "job {id} was never claimed"
+        );
+        if let Some(j) = store.job(id).await.unwrap()
+            && j.status == job_status::CLAIMED
+            && let Some(w) = j.worker
+        {
+            return w;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+async fn one_slow_job(cache: &std::path::Path, db: &str) -> (SqliteBackend, i64) {
+    let o = flowhost(cache)
+        .args([
+            "jobs",
+            "push",
+            "p",
+            "--input",
+            r#"{"attack": "sleep", "ms": 2000}"#,
+            "--db",
+            db,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = SqliteBackend::open(std::path::Path::new(db), Durability::Normal).unwrap();
+    let id = store.jobs("p", None, 1).await.unwrap()[0].id;
+    (store, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_job_completes_on_another_worker() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.db").display().to_string();
+    let (store, id) = one_slow_job(&cache, &db).await;
+    let mut first = worker(&cache, &db);
+    claimed_by(&store, id).await;
+    first.kill().unwrap(); // SIGKILL mid-job
+    first.wait().unwrap();
+
+    // The reaper sees the silent worker once its heartbeat is 0.5 s old; the
+    // lease (1 s) would release the job anyway.
+    let give_up = deadline();
+    let reaped = loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the reaper never reaped"
+        );
+        let o = flowhost(&cache)
+            .args(["reaper", "--stale-after", "0.5", "--db", &db])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if text.contains("reaped") {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(reaped.contains("marked lost"), "{reaped}");
+    let second = worker(&cache, &db).wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!((job.status.as_str(), job.attempts), (job_status::DONE, 2));
+    assert_eq!(job.result.unwrap()["attempt"], 2);
+    let workers = String::from_utf8(
+        flowhost(&cache)
+            .args(["workers", "--db", &db])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        workers.contains("lost") && workers.contains("stopped"),
+        "{workers}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zombie_worker_cannot_overwrite_the_newer_result() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.db").display().to_string();
+    let (store, id) = one_slow_job(&cache, &db).await;
+    let zombie = worker(&cache, &db);
+    claimed_by(&store, id).await;
+    signal(zombie.id(), "-STOP"); // frozen past its 1 s lease
+    let second = worker(&cache, &db).wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let done = store.job(id).await.unwrap().unwrap();
+    assert_eq!((done.status.as_str(), done.attempts), (job_status::DONE, 2));
+    signal(zombie.id(), "-CONT");
+    let out = zombie.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["completed"].as_u64(), report["rejected"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(
+        job.result.unwrap()["attempt"],
+        2,
+        "the zombie's attempt-1 result was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checker_spawns_workers_up_to_the_max() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.db").display().to_string();
+    let o = flowhost(&cache)
+        .args(["jobs", "push", "p", "--count", "10", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = flowhost(&cache)
+        .args([
+            "checker",
+            "--pool",
+            "p",
+            "--max-workers",
+            "3",
+            "--processor",
+            "echo",
+            "--db",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("spawning 3"), "{text}");
+    assert_eq!(text.matches("spawned worker process").count(), 3);
+    let store = SqliteBackend::open(std::path::Path::new(&db), Durability::Normal).unwrap();
+    // The spawned workers finish every job and stop.
+    let give_up = deadline();
+    loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the spawned workers did not finish"
+        );
+        let stats = store.stats("p").await.unwrap();
+        let workers = flowhost::backend::Workers::workers(&store, Some("p"))
+            .await
+            .unwrap();
+        if stats.done == 10 && workers.len() == 3 && workers.iter().all(|w| w.status == "stopped") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let o = flowhost(&cache)
+        .args([
+            "checker",
+            "--pool",
+            "p",
+            "--max-workers",
+            "3",
+            "--processor",
+            "echo",
+            "--db",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("spawning 0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_distributed_worker_machines_run_with_builtin_hooks() {
+    use flowhost::backend::{WorkerInfo, Workers, now_ms};
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dw.db").display().to_string();
+    let example = |f: &str| {
+        flowhost_e2e::plugin_source(&format!("../examples/distributed_worker/{f}"))
+            .display()
+            .to_string()
+    };
+    let o = flowhost(&cache)
+        .args(["jobs", "push", "default", "--count", "4", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let store = SqliteBackend::open(std::path::Path::new(&db), Durability::Normal).unwrap();
+    // Each checker run spawns min(pending, 2) − active job_worker processes;
+    // each of those claims one job, runs echo_processor, completes it.
+    for round in 1..=2u64 {
+        let o = flowhost(&cache)
+            .args([
+                "run",
+                &example("parallelization_checker.yml"),
+                "--input",
+                r#"{"max_workers": 2}"#,
+                "--db",
+                &db,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(out["spawned"], 2, "{out}");
+        let give_up = deadline();
+        loop {
+            let done = store.stats("default").await.unwrap().done;
+            let workers = store.workers(Some("default")).await.unwrap();
+            if done == 2 * round && workers.iter().all(|w| w.status == "stopped") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "round {round} did not finish"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    for j in store.jobs("default", None, 10).await.unwrap() {
+        assert_eq!(j.attempts, 1);
+        assert_eq!(
+            j.result.unwrap(),
+            serde_json::json!({"status": "completed", "processed": j.payload})
+        );
+    }
+    // The reaper machine finds a silent worker and releases it.
+    let now = now_ms();
+    store
+        .register(WorkerInfo {
+            id: "silent".into(),
+            pool: "default".into(),
+            pid: 1,
+            host: "h".into(),
+            status: "active".into(),
+            started_ms: now - 60_000,
+            heartbeat_ms: now - 30_000,
+        })
+        .await
+        .unwrap();
+    let o = flowhost(&cache)
+        .args([
+            "run",
+            &example("stale_worker_reaper.yml"),
+            "--input",
+            r#"{"stale_threshold_seconds": 10}"#,
+            "--db",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"reaped_count": 1, "stale_workers": ["silent"]})
+    );
+}

@@ -108,6 +108,10 @@ pub trait Signals: Send + Sync {
 pub trait Backend: Checkpoints + Results + Signals + WorkPools + Workers {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;
+    /// The database file another process can open, if there is one.
+    fn db_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -478,4 +478,7 @@ impl Backend for SqliteBackend {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
+    fn db_path(&self) -> Option<PathBuf> {
+        Some(std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()))
+    }
 }

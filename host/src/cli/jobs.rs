@@ -299,3 +299,97 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub(super) struct ReaperArgs {
+    /// Workers silent for longer than this many seconds are lost.
+    #[arg(long, value_name = "SECONDS")]
+    stale_after: f64,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `flowhost reaper`: marks silent workers lost and releases their jobs.
+pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
+    if !(a.stale_after.is_finite() && a.stale_after >= 0.0) {
+        return Err(CliError::Usage(
+            "--stale-after must be a number of seconds >= 0".into(),
+        ));
+    }
+    let backend = a.store.open()?;
+    let lost = backend
+        .reap((a.stale_after * 1000.0) as u64)
+        .await
+        .map_err(store_error)?;
+    if lost.is_empty() {
+        println!("no stale workers");
+    }
+    for id in lost {
+        println!("reaped {id}: marked lost, its jobs released");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub(super) struct CheckerArgs {
+    #[arg(long)]
+    pool: String,
+    /// Most workers the pool may have at once.
+    #[arg(long)]
+    max_workers: u32,
+    /// What the spawned workers run (a plugin or a machine config).
+    #[arg(long)]
+    processor: String,
+    /// Jobs each spawned worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: super::RuntimeArgs,
+}
+
+/// `flowhost checker`: spawns `min(depth, max) − active` worker processes,
+/// each exiting when the pool is empty.
+pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
+    if a.store.is_memory() {
+        return Err(CliError::Usage(
+            "the checker spawns worker processes, which cannot share --memory; use --db".into(),
+        ));
+    }
+    let backend = a.store.open()?;
+    let depth = backend.stats(&a.pool).await.map_err(store_error)?.depth();
+    let active = backend
+        .workers(Some(&a.pool))
+        .await
+        .map_err(store_error)?
+        .iter()
+        .filter(|w| w.status == "active")
+        .count() as u64;
+    let wanted = depth.min(u64::from(a.max_workers));
+    let spawn = wanted.saturating_sub(active);
+    println!(
+        "pool `{}`: depth {depth}, active workers {active}, max {}: spawning {spawn}",
+        a.pool, a.max_workers
+    );
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Other(format!("cannot find the flowhost binary: {e}")))?;
+    for _ in 0..spawn {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["worker", "--pool", &a.pool, "--processor", &a.processor])
+            .args([
+                "--concurrency",
+                &a.concurrency.to_string(),
+                "--exit-when-empty",
+            ])
+            .args(a.store.to_args())
+            .arg("--plugins")
+            .arg(a.runtime.plugins_dir())
+            .stdin(std::process::Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| CliError::Other(format!("cannot spawn a worker: {e}")))?;
+        println!("spawned worker process {}", child.id());
+    }
+    Ok(ExitCode::SUCCESS)
+}

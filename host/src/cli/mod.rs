@@ -57,6 +57,10 @@ enum Command {
     Workers(jobs::WorkersArgs),
     /// Take jobs from a pool and run them (until SIGTERM, or --exit-when-empty).
     Worker(jobs::WorkerArgs),
+    /// Spawn worker processes for a pool: min(depth, max) − active.
+    Checker(jobs::CheckerArgs),
+    /// Mark workers without a recent heartbeat lost and release their jobs.
+    Reaper(jobs::ReaperArgs),
     /// Benchmarks of the engine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -236,6 +240,8 @@ pub fn main() -> ExitCode {
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,
             Command::Worker(a) => jobs::worker(a).await,
+            Command::Checker(a) => jobs::checker(a).await,
+            Command::Reaper(a) => jobs::reaper(a).await,
         }
     });
     match result {

@@ -43,6 +43,23 @@ pub(super) enum SyncMode {
 }
 
 impl StoreArgs {
+    pub(super) fn is_memory(&self) -> bool {
+        self.memory
+    }
+
+    /// The flags that open this same store from another process.
+    pub(super) fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(db) = &self.db {
+            args.push("--db".to_string());
+            args.push(db.display().to_string());
+        }
+        if let SyncMode::Normal = self.sync {
+            args.extend(["--sync".to_string(), "normal".to_string()]);
+        }
+        args
+    }
+
     pub(super) fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
         if self.memory {
             return Ok(Arc::new(MemoryBackend::new()));

@@ -351,6 +351,9 @@ impl Engine {
         input: Option<Value>,
     ) -> Result<Value, Failure> {
         let name = rec.state.clone();
+        if let Some(result) = self.builtin_action(&frame.def, rec, action).await {
+            return result;
+        }
         let hooks = self.hooks_of(frame, &name);
         if hooks.is_empty() {
             return Err(failure(

@@ -27,6 +27,9 @@ pub struct MachineDef {
     pub hooks: Vec<Plugin>,
     /// Hook plugins of single states (`states.<name>.hooks`).
     pub state_hooks: HashMap<String, Vec<Plugin>>,
+    /// The machine (or an ancestor) names `DistributedWorkerHooks`: the
+    /// built-in work-pool actions are available.
+    pub builtin_actions: bool,
 }
 
 impl MachineDef {
@@ -147,18 +150,24 @@ pub fn load_tree(file: &Path, library: &Library) -> Result<Arc<MachineDef>, Engi
         file: file.clone(),
         path: vec![],
     };
-    build(machine, source, &[], library, &mut vec![file])
+    build(machine, source, &[], false, library, &mut vec![file])
 }
 
 fn build(
     machine: Machine,
     source: MachineRef,
     inherited: &[Plugin],
+    inherited_builtins: bool,
     library: &Library,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Arc<MachineDef>, EngineError> {
     let data = machine.data();
     let at = |what: &str| format!("{}: {what}", machine.path.display());
+    let builtin_actions = inherited_builtins
+        || [&data.hooks, &data.lifecycle_hooks]
+            .into_iter()
+            .flatten()
+            .any(names_builtin_hooks);
 
     // Hooks: the ancestors', then this machine's.
     let mut hooks = inherited.to_vec();
@@ -226,7 +235,14 @@ fn build(
             }
         };
         stack.push(child.path.clone());
-        let def = build(child, source.child(name), &hooks, library, stack)?;
+        let def = build(
+            child,
+            source.child(name),
+            &hooks,
+            builtin_actions,
+            library,
+            stack,
+        )?;
         stack.pop();
         children.insert(name.clone(), def);
     }
@@ -238,7 +254,17 @@ fn build(
         runners,
         hooks,
         state_hooks,
+        builtin_actions,
     }))
+}
+
+/// Whether a hooks spec (or one in its list) is `{class: DistributedWorkerHooks}`.
+fn names_builtin_hooks(spec: &Value) -> bool {
+    match spec {
+        Value::Array(items) => items.iter().any(names_builtin_hooks),
+        Value::Object(m) => m.get("class").and_then(Value::as_str) == Some(BUILTIN_HOOKS_CLASS),
+        _ => false,
+    }
 }
 
 /// `plugin: alias` → the `data.plugins` entry, or the alias itself as a plugin name.

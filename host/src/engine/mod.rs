@@ -9,6 +9,7 @@
 //!
 //! Imports `config`, `expr`, `plugin` and the `backend` traits.
 
+mod actions;
 mod advance;
 pub mod bench;
 mod driver;

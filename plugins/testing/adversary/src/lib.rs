@@ -18,7 +18,8 @@
 //! - `flaky` (`fail_times`, `kind`): fails with `kind` (default `retryable`)
 //!   while the call's attempt number is at most `fail_times`; then returns
 //!   `{"attempt": n, "idempotency_key": ...}`.
-//! - `sleep` (`ms`): sleeps, checking `cancelled()` each millisecond.
+//! - `sleep` (`ms`): sleeps, checking `cancelled()` each millisecond; returns
+//!   `{"slept_ms": ms, "attempt": n}`.
 
 use flowhost_sdk::__processor::{CallMeta, Guest, PluginError, PluginInfo};
 use flowhost_sdk::{Value, glue, host, json};
@@ -129,7 +130,7 @@ impl Guest for Adversary {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                Ok(json!({"slept_ms": ms}).to_string())
+                Ok(json!({"slept_ms": ms, "attempt": meta.attempt}).to_string())
             }
             other => Err(PluginError::InvalidInput(format!(
                 "unknown attack `{other}`"
