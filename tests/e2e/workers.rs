@@ -422,3 +422,55 @@ async fn the_seed_distributed_worker_machines_run_with_builtin_hooks() {
         serde_json::json!({"reaped_count": 1, "stale_workers": ["silent"]})
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_holding_the_write_lock_stalls_workers_without_harm() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("pool.db");
+    let db = db_path.display().to_string();
+    let o = flowhost(&cache)
+        .args(["jobs", "push", "p", "--count", "300", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    // Another process's write transaction, held for 3 seconds.
+    let locker = rusqlite::Connection::open(&db_path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            flowhost(&cache)
+                .args([
+                    "worker",
+                    "--pool",
+                    "p",
+                    "--processor",
+                    "echo",
+                    "--concurrency",
+                    "4",
+                    "--exit-when-empty",
+                    "--db",
+                    &db,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    locker.execute_batch("COMMIT").unwrap();
+    drop(locker);
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let jobs = store.jobs("p", None, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 300);
+    assert!(
+        jobs.iter()
+            .all(|j| j.status == job_status::DONE && j.attempts == 1),
+        "no job lost or claimed twice"
+    );
+}

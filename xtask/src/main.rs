@@ -235,5 +235,8 @@ fn bench() -> Result<(), String> {
     run(limits)?;
     let mut engine = flowhost("release");
     engine.args(["bench", "engine"]);
-    run(engine)
+    run(engine)?;
+    let mut jobs = flowhost("release");
+    jobs.args(["bench", "jobs"]);
+    run(jobs)
 }

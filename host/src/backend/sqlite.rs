@@ -17,8 +17,18 @@ use tokio::sync::oneshot;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// How long a connection waits for another process's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a connection retries another process's lock (about 1 ms
+/// apart, so roughly 15 s) before failing.
+const BUSY_RETRIES: i32 = 15_000;
+
+/// Retries a busy database after a short random pause. SQLite's own busy
+/// timeout sleeps in growing steps up to 100 ms, which lets one process
+/// starve under steady contention from others; short jittered retries keep
+/// the lock moving between processes.
+fn busy(attempt: i32) -> bool {
+    std::thread::sleep(Duration::from_micros(200 + fastrand::u64(0..1600)));
+    attempt < BUSY_RETRIES
+}
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -128,7 +138,7 @@ fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
 fn open_connection(path: &Path, durability: Durability) -> BackendResult<Connection> {
     let err = db_error(path);
     let conn = Connection::open(path).map_err(&err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    conn.busy_handler(Some(busy)).map_err(&err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(&err)?;

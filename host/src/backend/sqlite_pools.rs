@@ -136,6 +136,19 @@ impl WorkPools for SqliteBackend {
         n: u32,
         lease_ms: u64,
     ) -> BackendResult<Vec<Job>> {
+        // An idle pool is seen by the reader (no write lock, no transaction
+        // for the writer), so idle workers can poll often.
+        let now = now_ms() as i64;
+        let any = self.read(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at_ms <= ?2)
+                     OR EXISTS (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'claimed' AND lease_until_ms < ?2)",
+            )?
+            .query_row(params![pool, now], |r| r.get::<_, bool>(0))
+        })?;
+        if !any {
+            return Ok(vec![]);
+        }
         let (pool, worker) = (pool.to_string(), worker.to_string());
         self.exec(move |c| {
             let now = now_ms() as i64;
@@ -143,9 +156,16 @@ impl WorkPools for SqliteBackend {
                 "UPDATE jobs SET status = 'claimed', worker = ?1, lease_until_ms = ?2 + ?3,
                     attempts = attempts + 1, fence = fence + 1, updated_ms = ?2
                  WHERE id IN (
-                    SELECT id FROM jobs
-                    WHERE pool = ?4 AND ((status = 'pending' AND run_at_ms <= ?2)
-                                         OR (status = 'claimed' AND lease_until_ms < ?2))
+                    SELECT id FROM (
+                        SELECT id, priority, run_at_ms FROM (
+                            SELECT id, priority, run_at_ms FROM jobs
+                            WHERE pool = ?4 AND status = 'pending' AND run_at_ms <= ?2
+                            ORDER BY priority DESC, run_at_ms, id LIMIT ?5)
+                        UNION ALL
+                        SELECT id, priority, run_at_ms FROM (
+                            SELECT id, priority, run_at_ms FROM jobs
+                            WHERE pool = ?4 AND status = 'claimed' AND lease_until_ms < ?2
+                            ORDER BY priority DESC, run_at_ms, id LIMIT ?5))
                     ORDER BY priority DESC, run_at_ms, id LIMIT ?5)
                  RETURNING {JOB_COLUMNS}"
             );

@@ -393,3 +393,169 @@ pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub(super) struct BenchJobsArgs {
+    /// Jobs for the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Jobs each worker runs at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u32,
+    /// Jobs per second in the latency run.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 4)]
+    seconds: u32,
+    #[command(flatten)]
+    runtime: super::RuntimeArgs,
+}
+
+fn spawn_bench_worker(
+    db: &std::path::Path,
+    plugins: &std::path::Path,
+    concurrency: u32,
+    exit_when_empty: bool,
+) -> Result<std::process::Child, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Other(format!("cannot find the flowhost binary: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "worker",
+        "--pool",
+        "bench",
+        "--processor",
+        "echo",
+        "--concurrency",
+        &concurrency.to_string(),
+    ])
+    .arg("--db")
+    .arg(db)
+    .arg("--plugins")
+    .arg(plugins)
+    .stdout(std::process::Stdio::null());
+    if exit_when_empty {
+        cmd.arg("--exit-when-empty");
+    }
+    cmd.spawn()
+        .map_err(|e| CliError::Other(format!("cannot spawn a worker: {e}")))
+}
+
+/// `flowhost bench jobs`: trivial jobs through worker processes on a durable
+/// (synchronous=FULL) SQLite pool: throughput, then enqueue→complete latency
+/// of a paced stream.
+pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
+    use crate::backend::{Durability, SqliteBackend, WorkPools};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
+    let db = dir.path().join("bench.db");
+    let store = Arc::new(SqliteBackend::open(&db, Durability::Full).map_err(store_error)?);
+    let plugins = a.runtime.plugins_dir();
+    println!(
+        "job benchmark: echo plugin, {} worker processes x concurrency {}, SQLite synchronous=FULL",
+        a.workers, a.concurrency
+    );
+
+    // Throughput: push everything, then let the workers drain the pool.
+    let mut pushes = tokio::task::JoinSet::new();
+    for i in 0..a.jobs {
+        let store = store.clone();
+        pushes.spawn(async move {
+            store
+                .push("bench", NewJob::new(serde_json::json!({"n": i})))
+                .await
+        });
+    }
+    while let Some(r) = pushes.join_next().await {
+        r.map_err(|e| CliError::Other(e.to_string()))?
+            .map_err(store_error)?;
+    }
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..a.workers {
+        children.push(spawn_bench_worker(&db, &plugins, a.concurrency, true)?);
+    }
+    for mut c in children {
+        c.wait().map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    let elapsed = started.elapsed();
+    let stats = store.stats("bench").await.map_err(store_error)?;
+    let jobs = store
+        .jobs("bench", None, a.jobs as usize)
+        .await
+        .map_err(store_error)?;
+    let twice = jobs.iter().filter(|j| j.attempts != 1).count();
+    println!(
+        "  throughput: {} jobs in {:.2?} = {:.0} jobs/s end to end (worker start-up included); done {}, claimed more than once {twice}",
+        a.jobs,
+        elapsed,
+        f64::from(a.jobs) / elapsed.as_secs_f64(),
+        stats.done
+    );
+
+    // Latency: a paced stream into a pool with idle workers.
+    let mut children = Vec::new();
+    for _ in 0..a.workers {
+        children.push(spawn_bench_worker(&db, &plugins, a.concurrency, false)?);
+    }
+    // Let the workers start and go idle before the stream begins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = a.rate * a.seconds;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(a.rate.max(1)));
+    let mut tick = tokio::time::interval(interval);
+    let mut first_id = None;
+    for i in 0..total {
+        tick.tick().await;
+        let (id, _) = store
+            .push("bench", NewJob::new(serde_json::json!({"stream": i})))
+            .await
+            .map_err(store_error)?;
+        first_id.get_or_insert(id);
+    }
+    let waited = Instant::now();
+    loop {
+        let s = store.stats("bench").await.map_err(store_error)?;
+        if s.depth() == 0 || waited.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let first = first_id.unwrap_or(0);
+    let mut latencies: Vec<u64> = store
+        .jobs("bench", Some(job_status::DONE), (a.jobs + total) as usize)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|j| j.id >= first)
+        .map(|j| j.updated_ms.saturating_sub(j.created_ms))
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "  latency: {} jobs at {}/s, enqueue→complete p50 {} ms, p99 {} ms, max {} ms (millisecond clock)",
+        latencies.len(),
+        a.rate,
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    Ok(ExitCode::SUCCESS)
+}

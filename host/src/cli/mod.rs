@@ -70,6 +70,8 @@ enum Command {
 enum BenchCommand {
     /// Linear machine (states/s) and foreach (items/s) on memory and SQLite stores.
     Engine(run::BenchArgs),
+    /// Jobs through worker processes: jobs/s, and latency of a paced stream.
+    Jobs(jobs::BenchJobsArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -237,6 +239,7 @@ pub fn main() -> ExitCode {
             Command::Result(a) => run::result(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
+            Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,
             Command::Worker(a) => jobs::worker(a).await,

@@ -32,7 +32,9 @@ pub struct WorkerConfig {
     /// How long a claim lasts without a heartbeat extending it.
     pub lease: Duration,
     pub heartbeat: Duration,
-    /// Pause between claims when the pool had nothing claimable.
+    /// Longest pause between claims when the pool had nothing claimable
+    /// (idle polling starts at 1 ms and doubles up to this). An idle poll is
+    /// a read, not a write.
     pub poll: Duration,
     /// Stop when the pool has no pending or claimed jobs left.
     pub exit_when_empty: bool,
@@ -46,7 +48,7 @@ impl WorkerConfig {
             concurrency: 1,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
-            poll: Duration::from_millis(50),
+            poll: Duration::from_millis(5),
             exit_when_empty: false,
             backoff: Backoff::default(),
         }
@@ -133,19 +135,38 @@ pub async fn run(
         ..Default::default()
     };
     let mut running = tokio::task::JoinSet::new();
+    // Idle polling backs off from 1 ms to `config.poll`, and starts again at
+    // 1 ms after a claim found work.
+    let mut idle = Duration::from_millis(1);
     loop {
         if *shutdown.borrow() {
             break;
         }
         let free = config.concurrency.saturating_sub(running.len() as u32);
-        let claimed = if free > 0 {
-            backend
+        // Claim in batches: when idle, or once half the slots are free (one
+        // claim per finished job would cost a transaction per job).
+        let claim_now = running.is_empty() || free >= config.concurrency.div_ceil(2);
+        let claimed = if free > 0 && claim_now {
+            match backend
                 .claim(&config.pool, &id, free, config.lease.as_millis() as u64)
-                .await?
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    // A busy or briefly unavailable store is not fatal: try again.
+                    tracing::warn!(worker = %id, "claim failed, retrying: {e}");
+                    vec![]
+                }
+            }
         } else {
             vec![]
         };
         let got = !claimed.is_empty();
+        idle = if got {
+            Duration::from_millis(1)
+        } else {
+            (idle * 2).min(config.poll)
+        };
         for job in claimed {
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -167,16 +188,20 @@ pub async fn run(
         if got && running.len() < config.concurrency as usize {
             continue;
         }
-        if !got && running.is_empty() && config.exit_when_empty {
-            let stats = backend.stats(&config.pool).await?;
-            if stats.depth() == 0 {
-                break;
-            }
+        if !got
+            && running.is_empty()
+            && config.exit_when_empty
+            && backend
+                .stats(&config.pool)
+                .await
+                .is_ok_and(|stats| stats.depth() == 0)
+        {
+            break;
         }
         // Wait for a job to finish, the poll interval, or shutdown.
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, done),
-            _ = tokio::time::sleep(config.poll), if !got => {}
+            _ = tokio::time::sleep(idle), if !got => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -248,24 +273,42 @@ async fn process(
             Err(e) => Err(e.to_string()),
         },
     };
-    match result {
-        Ok(output) => Ok(if backend.complete(job.id, job.fence, output).await? {
-            JobOutcome::Completed
-        } else {
-            tracing::warn!(
-                job = job.id,
-                "completion rejected: a newer claim owns the job"
-            );
-            JobOutcome::Rejected
-        }),
-        Err(error) => Ok(
-            match backend
-                .fail(job.id, job.fence, &error, config.backoff)
-                .await?
-            {
-                FailOutcome::Rejected => JobOutcome::Rejected,
-                _ => JobOutcome::Failed,
-            },
-        ),
+    // The outcome is written with a few retries (a busy store); if it still
+    // cannot be written, the lease runs out and the job runs again elsewhere.
+    let mut pause = Duration::from_millis(10);
+    let mut tries = 0;
+    loop {
+        let written = match &result {
+            Ok(output) => backend
+                .complete(job.id, job.fence, output.clone())
+                .await
+                .map(|ok| {
+                    if ok {
+                        JobOutcome::Completed
+                    } else {
+                        tracing::warn!(
+                            job = job.id,
+                            "completion rejected: a newer claim owns the job"
+                        );
+                        JobOutcome::Rejected
+                    }
+                }),
+            Err(error) => backend
+                .fail(job.id, job.fence, error, config.backoff)
+                .await
+                .map(|outcome| match outcome {
+                    FailOutcome::Rejected => JobOutcome::Rejected,
+                    _ => JobOutcome::Failed,
+                }),
+        };
+        tries += 1;
+        match written {
+            Err(e) if tries < 5 => {
+                tracing::warn!(job = job.id, "cannot record the outcome, retrying: {e}");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            other => return other,
+        }
     }
 }
