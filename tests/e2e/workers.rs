@@ -474,3 +474,24 @@ async fn a_process_holding_the_write_lock_stalls_workers_without_harm() {
         "no job lost or claimed twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_job_in_hand_and_deregisters() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.db").display().to_string();
+    let (store, id) = one_slow_job(&cache, &db).await;
+    let w = worker(&cache, &db);
+    let worker_id = claimed_by(&store, id).await;
+    signal(w.id(), "-TERM");
+    let out = w.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("finishing the jobs in hand"));
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!((job.status.as_str(), job.attempts), (job_status::DONE, 1));
+    let workers = flowhost::backend::Workers::workers(&store, Some("p"))
+        .await
+        .unwrap();
+    let me = workers.iter().find(|w| w.id == worker_id).unwrap();
+    assert_eq!(me.status, "stopped");
+}

@@ -48,7 +48,7 @@ impl WorkerConfig {
             concurrency: 1,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
-            poll: Duration::from_millis(5),
+            poll: Duration::from_millis(2),
             exit_when_empty: false,
             backoff: Backoff::default(),
         }
