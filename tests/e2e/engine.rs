@@ -14,14 +14,29 @@ struct Fixture {
     engine: Arc<Engine>,
 }
 
+/// Records the retries the engine schedules: (attempt, pause).
+#[derive(Default)]
+struct Retries(std::sync::Mutex<Vec<(u32, std::time::Duration)>>);
+
+impl flowhost::engine::Observer for Retries {
+    fn retry(&self, _id: &str, _state: &str, attempt: u32, pause: std::time::Duration) {
+        self.0.lock().unwrap().push((attempt, pause));
+    }
+}
+
 impl Fixture {
     fn new() -> Fixture {
+        Self::observed(Arc::new(Retries::default()))
+    }
+
+    fn observed(observer: Arc<Retries>) -> Fixture {
         let backend = Arc::new(MemoryBackend::new());
         let engine = Engine::new(
             backend.clone() as Arc<dyn Backend>,
             Arc::new(runtime(Some(&shared_cache()))),
             plugins_dir(),
-        );
+        )
+        .with_observer(observer);
         Fixture {
             dir: tempfile::tempdir().unwrap(),
             backend,
@@ -432,7 +447,8 @@ async fn on_error_routes_by_kind_with_last_error_in_context() {
 
 #[tokio::test]
 async fn retries_follow_backoffs_and_only_for_transient_kinds() {
-    let f = Fixture::new();
+    let retries = Arc::new(Retries::default());
+    let f = Fixture::observed(retries.clone());
     let yaml = |fail: u32, kind: &str, backoffs: &str| {
         format!(
             r#"spec: flatmachine
@@ -450,15 +466,18 @@ data:
 "#
         )
     };
-    let started = std::time::Instant::now();
     let o = f
         .run("r1.yml", &yaml(2, "retryable", "[0.05, 0.1]"), json!({}))
         .await;
     let out = done(&o);
     assert_eq!(out["attempt"], 3);
     assert_eq!(out["key"], format!("{}/1/3", o.id));
-    // The pauses happened: at least the backoffs minus the largest jitter.
-    assert!(started.elapsed() >= std::time::Duration::from_millis(75));
+    // One pause per backoff, each the backoff ± 50 % jitter.
+    let pauses = std::mem::take(&mut *retries.0.lock().unwrap());
+    let ms: Vec<(u32, u128)> = pauses.iter().map(|(a, p)| (*a, p.as_millis())).collect();
+    assert_eq!(ms.len(), 2, "{ms:?}");
+    assert!(ms[0].0 == 2 && (25..=75).contains(&ms[0].1), "{ms:?}");
+    assert!(ms[1].0 == 3 && (50..=150).contains(&ms[1].1), "{ms:?}");
 
     // Fewer backoffs than failures: the last error ends the execution.
     let o = f

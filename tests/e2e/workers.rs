@@ -16,25 +16,7 @@ async fn four_worker_processes_complete_2000_jobs_exactly_once() {
     assert!(push.status.success(), "{}", stderr(&push));
 
     let workers: Vec<_> = (0..4)
-        .map(|_| {
-            flowhost(&cache)
-                .args([
-                    "worker",
-                    "--pool",
-                    "p",
-                    "--processor",
-                    "echo",
-                    "--concurrency",
-                    "4",
-                    "--exit-when-empty",
-                    "--db",
-                    &db,
-                ])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| spawn_worker(&cache, &db, "echo", &["--concurrency", "4"]))
         .collect();
     let mut completed = 0;
     for w in workers {
@@ -127,27 +109,31 @@ fn deadline() -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(120)
 }
 
-/// A worker process on pool `p` running `adversary` jobs with a 1 s lease.
-fn worker(cache: &std::path::Path, db: &str) -> std::process::Child {
+/// A `flowhost worker` on pool `p` that exits when the pool is empty.
+fn spawn_worker(
+    cache: &std::path::Path,
+    db: &str,
+    processor: &str,
+    extra: &[&str],
+) -> std::process::Child {
     flowhost(cache)
-        .args([
-            "worker",
-            "--pool",
-            "p",
-            "--processor",
-            "adversary",
-            "--lease",
-            "1s",
-            "--heartbeat",
-            "200ms",
-            "--exit-when-empty",
-            "--db",
-            db,
-        ])
+        .args(["worker", "--pool", "p", "--processor", processor])
+        .args(extra)
+        .args(["--exit-when-empty", "--db", db])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// A worker running `adversary` jobs with a 1 s lease.
+fn worker(cache: &std::path::Path, db: &str) -> std::process::Child {
+    spawn_worker(
+        cache,
+        db,
+        "adversary",
+        &["--lease", "1s", "--heartbeat", "200ms"],
+    )
 }
 
 /// Polls the store until the job is claimed; returns the claiming worker.
@@ -438,25 +424,7 @@ async fn a_process_holding_the_write_lock_stalls_workers_without_harm() {
     let locker = rusqlite::Connection::open(&db_path).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let workers: Vec<_> = (0..2)
-        .map(|_| {
-            flowhost(&cache)
-                .args([
-                    "worker",
-                    "--pool",
-                    "p",
-                    "--processor",
-                    "echo",
-                    "--concurrency",
-                    "4",
-                    "--exit-when-empty",
-                    "--db",
-                    &db,
-                ])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| spawn_worker(&cache, &db, "echo", &["--concurrency", "4"]))
         .collect();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     locker.execute_batch("COMMIT").unwrap();

@@ -229,7 +229,13 @@ impl Engine {
             let mut output = Value::Null;
             let rendered: Result<Vec<(Value, Option<String>)>, Failure> =
                 with_vars(rec, &mut output, |vars| {
-                    let map = vars.as_object_mut().expect("vars are an object");
+                    let Some(map) = vars.as_object_mut() else {
+                        return Err(failure(
+                            "internal",
+                            "template variables are not a map",
+                            &name,
+                        ));
+                    };
                     let mut out = Vec::with_capacity(items.len());
                     for (i, item) in items.into_iter().enumerate() {
                         map.insert(as_name.clone(), item);

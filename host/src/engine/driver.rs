@@ -128,9 +128,7 @@ impl Engine {
             .load(id)
             .await?
             .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
-        serde_json::from_str(&cp.record).map_err(|e| {
-            EngineError::Invalid(format!("the checkpoint of `{id}` cannot be read: {e}"))
-        })
+        parse_record(&cp)
     }
 
     /// Waits until every launched (detached) execution started by this
@@ -299,6 +297,9 @@ impl Engine {
                 match step {
                     Advance::Continue => self.checkpoint(&def, &rec, Event::Execute).await?,
                     Advance::Retry(pause) => {
+                        if let Some(o) = &self.observer {
+                            o.retry(&rec.id, &rec.state, rec.attempt, pause);
+                        }
                         self.checkpoint(&def, &rec, Event::Execute).await?;
                         tokio::time::sleep(pause).await;
                     }
@@ -494,12 +495,7 @@ impl Engine {
         };
         match self.backend.load(&child.id).await? {
             Some(cp) => {
-                let rec: Record = serde_json::from_str(&cp.record).map_err(|e| {
-                    EngineError::Invalid(format!(
-                        "the checkpoint of `{}` cannot be read: {e}",
-                        child.id
-                    ))
-                })?;
+                let rec = parse_record(&cp)?;
                 if rec.status.is_terminal() {
                     return Ok(outcome(&rec));
                 }
@@ -546,12 +542,7 @@ impl Engine {
             let fresh = existing.is_none();
             let child_rec = match existing {
                 Some(cp) if cp.status == "running" || (unfinished && cp.status == "waiting") => {
-                    Some(serde_json::from_str::<Record>(&cp.record).map_err(|e| {
-                        EngineError::Invalid(format!(
-                            "the checkpoint of `{}` cannot be read: {e}",
-                            launch.id
-                        ))
-                    })?)
+                    Some(parse_record(&cp)?)
                 }
                 Some(_) => None,
                 None => {
@@ -589,6 +580,13 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The engine's record inside a stored checkpoint.
+fn parse_record(cp: &Checkpoint) -> Result<Record, EngineError> {
+    serde_json::from_str(&cp.record).map_err(|e| {
+        EngineError::Invalid(format!("the checkpoint of `{}` cannot be read: {e}", cp.id))
+    })
 }
 
 fn outcome(rec: &Record) -> Outcome {

@@ -70,6 +70,8 @@ impl EngineError {
 pub trait Observer: Send + Sync {
     /// An execution entered a state.
     fn state(&self, _id: &str, _machine: &str, _state: &str, _step: u64) {}
+    /// A failed state will be tried again (as `attempt`) after `pause`.
+    fn retry(&self, _id: &str, _state: &str, _attempt: u32, _pause: std::time::Duration) {}
     /// A state started `total` children (foreach or parallel machines).
     fn fanout(&self, _id: &str, _state: &str, _total: usize) {}
     /// One of them finished.
