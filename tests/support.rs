@@ -101,5 +101,12 @@ pub fn runtime(cache: Option<&Path>) -> Runtime {
 pub fn shared_cache() -> PathBuf {
     let dir = profile_dir().join("test-compile-cache");
     std::fs::create_dir_all(&dir).expect("create the shared test cache");
+    // The runtime refuses a cache directory other users can write to.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .expect("make the shared test cache private");
+    }
     dir
 }

@@ -108,3 +108,61 @@ async fn junk_and_foreign_entries_are_rejected() {
     );
     works(&p).await;
 }
+
+/// The entry of another plugin copied over echo's entry (the repro of a
+/// foreign-code attack): refused, and echo's own code runs.
+#[tokio::test]
+async fn another_plugins_entry_under_this_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(Some(dir.path()));
+    let echo = entry(&rt);
+    let adversary = rt
+        .load_file(&plugin("adversary"), PluginSettings::new("adversary"))
+        .unwrap();
+    let foreign = rt.cache().unwrap().entry_path(adversary.digest());
+    std::fs::copy(&foreign, &echo).unwrap();
+
+    let p = load(&runtime(Some(dir.path())));
+    assert_eq!(
+        p.load_report().source,
+        LoadSource::Compiled,
+        "another plugin's entry must not be used"
+    );
+    let input = json!({"attack": "count"});
+    let out = p
+        .process(&standalone_meta("t"), &input, &CallContext::default())
+        .await;
+    assert_eq!(out, Ok(input), "echo's own code must run");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_cache_directory_is_private_and_an_unsafe_one_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("new").join("cache");
+    let rt = runtime(Some(&dir));
+    assert!(rt.cache().is_some());
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a new cache directory is private");
+
+    // A directory others can write to could hold planted code: not used.
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rt = runtime(Some(&shared));
+    assert!(
+        rt.cache().is_none(),
+        "a world-writable cache must be refused"
+    );
+    let p = load(&rt);
+    assert_eq!(p.load_report().source, LoadSource::Compiled);
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+
+    // A file where the directory should be: calls still work, compiled in memory.
+    let file = base.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let rt = runtime(Some(&file));
+    assert!(rt.cache().is_none());
+    assert_eq!(load(&rt).load_report().source, LoadSource::Compiled);
+}

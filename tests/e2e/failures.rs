@@ -295,6 +295,10 @@ async fn fuel_limits_are_reported_as_timeouts() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(err.to_string().contains("fuel"), "{err}");
+    assert!(
+        !err.to_string().contains("ms limit"),
+        "a fuel budget is not a time limit: {err}"
+    );
     assert_eq!(call(&rt, "echo", json!([1]), limits).await, Ok(json!([1])));
 }
 

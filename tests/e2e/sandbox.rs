@@ -109,3 +109,99 @@ fn the_plugin_sees_no_host_environment() {
     assert_eq!(out["args"], serde_json::json!([]));
     assert!(!stdout(&o).contains("hunter2"));
 }
+
+#[test]
+fn guest_paths_with_dotdot_or_granted_twice_are_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let read = r#"{"attack": "read_file", "path": "/data/in.txt"}"#;
+    let dotdot = format!("{}:/data/../etc", a.path().display());
+    let o = attack(cache.path(), read, &["--dir", &dotdot]);
+    assert_eq!(o.status.code(), Some(ErrorKind::Load.exit_code() as i32));
+    assert!(stderr(&o).contains("contains `..`"), "{}", stderr(&o));
+
+    let one = format!("{}:/data", a.path().display());
+    let two = format!("{}:/data/", b.path().display());
+    let o = attack(cache.path(), read, &["--dir", &one, "--dir", &two]);
+    assert_eq!(o.status.code(), Some(ErrorKind::Load.exit_code() as i32));
+    assert!(stderr(&o).contains("granted twice"), "{}", stderr(&o));
+}
+
+/// A manifest next to a copy of the plugin may not lend `/etc` or a folder
+/// outside the plugins folder (the repro of the escape).
+#[test]
+fn manifest_grants_cannot_leave_the_plugins_folder() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("plugins");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::create_dir_all(root.path().join("outside")).unwrap();
+    std::fs::write(root.path().join("outside").join("in.txt"), "secret").unwrap();
+    std::fs::copy(
+        flowhost_e2e::plugin("adversary"),
+        folder.join("adversary.wasm"),
+    )
+    .unwrap();
+    let read = r#"{"attack": "read_file", "path": "/data/in.txt"}"#;
+    for host in ["../outside", "/etc"] {
+        std::fs::write(
+            folder.join("adversary.toml"),
+            format!("[[dirs]]\nhost = \"{host}\"\nguest = \"/data\"\n"),
+        )
+        .unwrap();
+        let o = flowhost(cache.path())
+            .args(["plugin", "call", "adversary", "--input", read])
+            .env("FLOWHOST_PLUGINS", &folder)
+            .env_remove("FLOWHOST_ALLOW_DIRS")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(ErrorKind::Load.exit_code() as i32),
+            "{host}: {}",
+            stderr(&o)
+        );
+        assert!(!stdout(&o).contains("secret"));
+    }
+    // The operator may allow an absolute directory explicitly.
+    let outside = root.path().join("outside");
+    std::fs::write(
+        folder.join("adversary.toml"),
+        format!(
+            "[[dirs]]\nhost = \"{}\"\nguest = \"/data\"\n",
+            outside.display()
+        ),
+    )
+    .unwrap();
+    let o = flowhost(cache.path())
+        .args(["plugin", "call", "adversary", "--input", read])
+        .env("FLOWHOST_PLUGINS", &folder)
+        .env("FLOWHOST_ALLOW_DIRS", &outside)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("secret"));
+}
+
+/// Escape sequences and line breaks in a guest's error message reach the
+/// terminal escaped (the repro: a plugin clearing the screen and forging an
+/// `error:` line).
+#[test]
+fn plugin_text_cannot_steer_the_terminal() {
+    let cache = tempfile::tempdir().unwrap();
+    let input = r#"{"attack":"guest_error","kind":"fatal","message":"x\u001b[2J\r\nerror: fake"}"#;
+    let o = run(
+        cache.path(),
+        &["plugin", "call", "adversary", "--input", input],
+    );
+    assert_eq!(o.status.code(), Some(ErrorKind::Fatal.exit_code() as i32));
+    let err = stderr(&o);
+    assert!(
+        !err.contains('\u{1b}'),
+        "raw ESC reached the terminal: {err:?}"
+    );
+    assert!(!err.contains('\r'), "{err:?}");
+    assert_eq!(err.lines().count(), 1, "a plugin forged a line: {err:?}");
+    assert!(err.contains(r"x\u{1b}[2J\r\nerror: fake"), "{err:?}");
+}

@@ -6,13 +6,19 @@
 //! the `.wasm` and a digest of the engine's compatibility hash, so a changed
 //! plugin or a different engine configuration never hits a stale entry.
 //!
-//! A cache entry is native code. It is only ever read from this cache's own
-//! directory (never from a plugins folder), and every entry carries the BLAKE3
-//! digest of its payload (BLAKE3 rather than sha256 because entries of large
-//! plugins are tens of MB and are checked on every load): a corrupted or
-//! foreign file is rejected, deleted and rebuilt, never executed. Writes go to
-//! a temporary file that is renamed into place, so a crash never leaves a
-//! half-written entry and a reader never sees one change.
+//! A cache entry is native code, so it is trusted only when it proves where
+//! it came from. Its header holds the BLAKE3 digest of the `.wasm` it was
+//! compiled from and the engine's full compatibility hash, and a checksum
+//! covers header and payload together: an entry copied over another entry's
+//! file name (another plugin's code, or another engine's) is refused as
+//! foreign, a corrupted one as corrupted, and either is deleted and rebuilt,
+//! never executed. (BLAKE3 rather than sha256: entries of large plugins are
+//! tens of MB and are checked on every load.)
+//!
+//! The directory is created private (0700) and refused when another user
+//! owns it or can write to it; the runtime then compiles in memory with one
+//! warning. Writes go to a temporary file that is renamed into place, so a
+//! crash never leaves a half-written entry and a reader never sees one change.
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -22,8 +28,9 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 16] = b"flowhost-cwasm2\n";
-const HEADER: usize = MAGIC.len() + 32;
+const MAGIC: &[u8; 16] = b"flowhost-cwasm3\n";
+/// Magic, the wasm's digest, the engine's hash, the checksum; then the payload.
+const HEADER: usize = MAGIC.len() + 3 * 32;
 
 /// Hex sha256 of some bytes (what manifests pin and `inspect` shows).
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -52,12 +59,17 @@ impl Hasher for StableHasher {
     }
 }
 
-/// A short digest of everything that makes compiled code (in)compatible with
+/// The digest of everything that makes compiled code (in)compatible with
 /// this engine: wasmtime version, target, and the settings that affect codegen.
-pub fn engine_key(engine: &Engine) -> String {
+fn engine_hash(engine: &Engine) -> [u8; 32] {
     let mut hasher = StableHasher(blake3::Hasher::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    hex(&hasher.0.finalize().as_bytes()[..8])
+    *hasher.0.finalize().as_bytes()
+}
+
+/// A short form of [`engine_hash`], part of every entry's file name.
+pub fn engine_key(engine: &Engine) -> String {
+    hex(&engine_hash(engine)[..8])
 }
 
 /// Why a cache entry was not used.
@@ -67,6 +79,8 @@ pub enum CacheReject {
     NotOurs(PathBuf),
     #[error("{0}: checksum mismatch (corrupted)")]
     Corrupted(PathBuf),
+    #[error("{path}: foreign entry: compiled from {what}")]
+    Foreign { path: PathBuf, what: String },
     #[error("{path}: refused by the engine: {reason}")]
     Incompatible { path: PathBuf, reason: String },
 }
@@ -75,21 +89,49 @@ pub enum CacheReject {
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    engine_hash: [u8; 32],
     engine_key: String,
 }
 
 impl CompileCache {
-    /// Opens (creating it, private to this user) the cache directory.
+    /// Opens the cache directory, creating it private to this user (0700).
+    /// Refuses a path that is not a directory, a directory another user owns
+    /// or can write to, and one this process cannot write to.
     pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+        let meta = fs::metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("not a directory"));
+        }
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me {
+                return Err(std::io::Error::other(format!(
+                    "owned by user {}, not by this user ({me})",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "other users can write to it (mode {:o}); `chmod 700` it",
+                    meta.mode() & 0o777
+                )));
+            }
         }
+        tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))?;
+        let engine_hash = engine_hash(engine);
         Ok(CompileCache {
             dir: dir.to_path_buf(),
-            engine_key: engine_key(engine),
+            engine_key: hex(&engine_hash[..8]),
+            engine_hash,
         })
     }
 
@@ -127,11 +169,12 @@ impl CompileCache {
         let Ok(bytes) = (unsafe { memmap2::Mmap::map(&file) }) else {
             return Ok(None);
         };
-        let result = verify(&path, &bytes).and_then(|payload| {
-            // SAFETY: `payload` comes from our own cache directory and its
-            // digest matches the one we wrote in front of it, so it is the
-            // unmodified output of `Component::serialize` from an engine with
-            // the same compatibility key (which `deserialize` checks again).
+        let result = self.verify(&path, digest, &bytes).and_then(|payload| {
+            // SAFETY: `payload` comes from our own private cache directory,
+            // its checksum matches, and its header says it was compiled from
+            // this very wasm by an engine with this compatibility hash (which
+            // `deserialize` checks again): it is the unmodified output of
+            // `Component::serialize` for this component.
             unsafe { Component::deserialize(engine, payload) }.map_err(|e| {
                 CacheReject::Incompatible {
                     path: path.clone(),
@@ -153,8 +196,12 @@ impl CompileCache {
         let payload = component.serialize().map_err(std::io::Error::other)?;
         let path = self.entry_path(digest);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let wasm = unhex(digest)
+            .ok_or_else(|| std::io::Error::other(format!("`{digest}` is not a content digest")))?;
         tmp.write_all(MAGIC)?;
-        tmp.write_all(blake3::hash(&payload).as_bytes())?;
+        tmp.write_all(&wasm)?;
+        tmp.write_all(&self.engine_hash)?;
+        tmp.write_all(checksum(&wasm, &self.engine_hash, &payload).as_bytes())?;
         tmp.write_all(&payload)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&path).map_err(|e| e.error)?;
@@ -162,13 +209,56 @@ impl CompileCache {
     }
 }
 
-fn verify<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], CacheReject> {
-    if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(CacheReject::NotOurs(path.to_path_buf()));
+impl CompileCache {
+    /// The payload of an entry, if the entry is intact and was compiled from
+    /// the wasm with `digest` by an engine like ours.
+    fn verify<'a>(
+        &self,
+        path: &Path,
+        digest: &str,
+        bytes: &'a [u8],
+    ) -> Result<&'a [u8], CacheReject> {
+        if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(CacheReject::NotOurs(path.to_path_buf()));
+        }
+        let (header, payload) = bytes[MAGIC.len()..].split_at(3 * 32);
+        let (wasm, rest) = header.split_at(32);
+        let (engine, sum) = rest.split_at(32);
+        if checksum(wasm, engine, payload).as_bytes().as_slice() != sum {
+            return Err(CacheReject::Corrupted(path.to_path_buf()));
+        }
+        if hex(wasm) != digest {
+            return Err(CacheReject::Foreign {
+                path: path.to_path_buf(),
+                what: format!("another component ({}…)", &hex(wasm)[..16]),
+            });
+        }
+        if engine != self.engine_hash {
+            return Err(CacheReject::Foreign {
+                path: path.to_path_buf(),
+                what: "an engine with other settings".to_string(),
+            });
+        }
+        Ok(payload)
     }
-    let (digest, payload) = bytes[MAGIC.len()..].split_at(32);
-    if blake3::hash(payload).as_bytes().as_slice() != digest {
-        return Err(CacheReject::Corrupted(path.to_path_buf()));
+}
+
+/// The checksum of an entry: its header fields and its payload.
+fn checksum(wasm: &[u8], engine: &[u8], payload: &[u8]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(wasm).update(engine).update(payload);
+    hasher.finalize()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
     }
-    Ok(payload)
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }

@@ -5,6 +5,7 @@
 
 use super::bindings::{host_api, wit};
 use super::state::{ExecutionState, MemoryState};
+use crate::text::escape_control;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io;
@@ -227,7 +228,8 @@ impl host_api::Host for StoreState {
             }
             return;
         }
-        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let message = escape_control(truncate(&message, MAX_LOG_MESSAGE));
+        let message = &*message;
         let plugin = &*self.plugin;
         match level {
             wit::LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
@@ -247,7 +249,8 @@ impl host_api::Host for StoreState {
         } else {
             0.0
         };
-        let note = truncate(&note, MAX_LOG_MESSAGE);
+        let note = escape_control(truncate(&note, MAX_LOG_MESSAGE));
+        let note = &*note;
         tracing::debug!(target: "plugin", plugin = %self.plugin, fraction, "progress: {note}");
         if let Some(events) = &self.context.events {
             events.progress(&self.plugin, fraction, note);
@@ -362,7 +365,8 @@ impl GuestOutput {
         for &b in data {
             if b == b'\n' || buf.line.len() >= MAX_LOG_MESSAGE {
                 let line = std::mem::take(&mut buf.line);
-                let text = String::from_utf8_lossy(&line);
+                let lossy = String::from_utf8_lossy(&line);
+                let text = escape_control(&lossy);
                 // stdout is the plugin talking; stderr is mostly what also ends
                 // up in a trap message (a panic), so it is quieter.
                 if self.stream == "stderr" {

@@ -7,6 +7,7 @@ use super::call::{CallContext, DirGrant, StoreState};
 use super::error::PluginError;
 use super::limits::{LimitOverrides, Limits};
 use super::runtime::{Compiled, LoadReport, PluginSettings, Pre, RuntimeInner, World};
+use crate::text::escape_control;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -410,7 +411,10 @@ impl Plugin {
         let message = match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => {
                 let fuel = self.inner.limits.fuel.unwrap_or(u64::MAX);
-                return self.timeout_error(&format!("the guest ran out of fuel ({fuel} units)"));
+                return PluginError::Timeout {
+                    limit: self.inner.limits.timeout,
+                    detail: format!("the guest ran out of fuel ({fuel} units)"),
+                };
             }
             Some(Trap::StackOverflow) => {
                 "stack overflow (the guest recursed too deeply)".to_string()
@@ -426,7 +430,7 @@ impl Plugin {
         let message = if stderr.is_empty() {
             message
         } else {
-            format!("{message}; guest stderr: {stderr}")
+            format!("{message}; guest stderr: {}", escape_control(&stderr))
         };
         PluginError::Trap { message }
     }
@@ -452,9 +456,9 @@ impl Plugin {
 
 fn guest_error(e: wit::PluginError) -> PluginError {
     match e {
-        wit::PluginError::InvalidInput(m) => PluginError::InvalidInput(m),
-        wit::PluginError::Retryable(m) => PluginError::Retryable(m),
-        wit::PluginError::Fatal(m) => PluginError::Fatal(m),
+        wit::PluginError::InvalidInput(m) => PluginError::InvalidInput(escape_control(&m).into()),
+        wit::PluginError::Retryable(m) => PluginError::Retryable(escape_control(&m).into()),
+        wit::PluginError::Fatal(m) => PluginError::Fatal(escape_control(&m).into()),
     }
 }
 

@@ -10,13 +10,20 @@
 //! [limits]
 //! memory_mb = 32
 //! timeout_ms = 2000
-//! [[dirs]]                 # directories lent to the plugin (relative to the folder)
-//! host = "data"
+//! [[dirs]]                 # directories lent to the plugin
+//! host = "data"            # relative to the plugins folder, and may not leave it
 //! guest = "/data"
 //! writable = false
 //! [config]                 # what the plugin's config() returns
 //! greeting = "hi"
 //! ```
+//!
+//! A manifest travels with a plugin, so it cannot grant what the operator did
+//! not: a relative `host` must stay inside the plugins folder (after `..` and
+//! symbolic links are resolved), and an absolute one is refused unless it lies
+//! in a directory the operator lists in `FLOWHOST_ALLOW_DIRS` (paths separated
+//! by `:`). Directories given with `--dir` on the command line are the
+//! operator's own and need no listing.
 
 use super::call::DirGrant;
 use super::error::PluginError;
@@ -72,14 +79,62 @@ impl Manifest {
         settings.grants = self
             .dirs
             .iter()
-            .map(|d| DirGrant {
-                host: dir.join(&d.host),
-                guest: d.guest.clone(),
-                writable: d.writable,
+            .map(|d| {
+                Ok(DirGrant {
+                    host: manifest_grant(name, dir, &d.host)?,
+                    guest: d.guest.clone(),
+                    writable: d.writable,
+                })
             })
-            .collect();
+            .collect::<Result<_, PluginError>>()?;
         Ok(settings)
     }
+}
+
+/// Directories the operator allows manifests to grant by absolute path.
+fn operator_allowed_dirs() -> Vec<PathBuf> {
+    std::env::var_os("FLOWHOST_ALLOW_DIRS")
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| p.is_absolute())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves the host side of a manifest grant and checks it against the rule
+/// in the module doc.
+fn manifest_grant(name: &str, folder: &Path, host: &Path) -> Result<PathBuf, PluginError> {
+    let refuse = |why: String| {
+        PluginError::load(format!(
+            "manifest of `{name}`: directory `{}` {why}",
+            host.display()
+        ))
+    };
+    let joined = folder.join(host);
+    let real =
+        std::fs::canonicalize(&joined).map_err(|e| refuse(format!("cannot be granted: {e}")))?;
+    if host.is_absolute() {
+        let allowed = operator_allowed_dirs()
+            .iter()
+            .any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a)));
+        if !allowed {
+            return Err(refuse(
+                "is an absolute path; the operator must allow it in FLOWHOST_ALLOW_DIRS".into(),
+            ));
+        }
+        return Ok(real);
+    }
+    let root = std::fs::canonicalize(folder)
+        .map_err(|e| refuse(format!("cannot be granted: {}: {e}", folder.display())))?;
+    if !real.starts_with(&root) {
+        return Err(refuse(format!(
+            "leaves the plugins folder {} (it is {})",
+            folder.display(),
+            real.display()
+        )));
+    }
+    Ok(real)
 }
 
 /// A plugin found on disk.
@@ -214,6 +269,42 @@ mod tests {
             err.contains("p.toml") && err.contains("line 3") && err.contains("memroy_mb"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn manifest_grants_stay_inside_the_plugins_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("plugins");
+        std::fs::create_dir_all(folder.join("data")).unwrap();
+        std::fs::create_dir_all(root.path().join("secret")).unwrap();
+        let grant = |host: &str| {
+            let m = Manifest {
+                dirs: vec![ManifestDir {
+                    host: PathBuf::from(host),
+                    guest: "/d".into(),
+                    writable: false,
+                }],
+                ..Default::default()
+            };
+            m.settings("p", &folder)
+        };
+        let ok = grant("data").unwrap();
+        assert_eq!(
+            ok.grants[0].host,
+            folder.join("data").canonicalize().unwrap()
+        );
+        let err = grant("../secret").unwrap_err().to_string();
+        assert!(err.contains("leaves the plugins folder"), "{err}");
+        let err = grant("data/../../secret").unwrap_err().to_string();
+        assert!(err.contains("leaves the plugins folder"), "{err}");
+        let err = grant("/etc").unwrap_err().to_string();
+        assert!(err.contains("FLOWHOST_ALLOW_DIRS"), "{err}");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.path().join("secret"), folder.join("link")).unwrap();
+            let err = grant("link").unwrap_err().to_string();
+            assert!(err.contains("leaves the plugins folder"), "{err}");
+        }
     }
 
     #[test]

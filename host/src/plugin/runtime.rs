@@ -64,8 +64,6 @@ pub enum RuntimeError {
         ceiling_mib: u64,
         reason: String,
     },
-    #[error("cannot open the compile cache at {path}: {reason}")]
-    Cache { path: PathBuf, reason: String },
 }
 
 /// Which world a component implements.
@@ -206,17 +204,22 @@ impl Runtime {
         };
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
         link(processor::Processor::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
-        let cache = match &config.cache_dir {
-            Some(dir) => {
-                Some(
-                    CompileCache::open(dir, &engine).map_err(|e| RuntimeError::Cache {
-                        path: dir.clone(),
-                        reason: e.to_string(),
-                    })?,
-                )
-            }
-            None => None,
-        };
+        // An unusable cache is not a reason to refuse every call: warn once
+        // and compile in memory.
+        let cache =
+            config
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| match CompileCache::open(dir, &engine) {
+                    Ok(cache) => Some(cache),
+                    Err(e) => {
+                        tracing::warn!(
+                            "compile cache {} is not used ({e}); plugins are compiled in memory",
+                            dir.display()
+                        );
+                        None
+                    }
+                });
         let ticker = Ticker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -267,7 +270,23 @@ impl Runtime {
         limits
             .validate(self.inner.config.memory_ceiling)
             .map_err(|e| PluginError::load(format!("limits of `{}`: {e}", settings.name)))?;
+        let mut guests = std::collections::HashSet::new();
         for grant in &settings.grants {
+            if Path::new(&grant.guest)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(PluginError::load(format!(
+                    "guest path `{}` of `{}` contains `..`",
+                    grant.guest, settings.name
+                )));
+            }
+            if !guests.insert(grant.guest.trim_end_matches('/')) {
+                return Err(PluginError::load(format!(
+                    "guest path `{}` of `{}` is granted twice",
+                    grant.guest, settings.name
+                )));
+            }
             if !grant.host.is_dir() {
                 return Err(PluginError::load(format!(
                     "granted directory {} does not exist or is not a directory",
