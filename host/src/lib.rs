@@ -10,12 +10,14 @@
 //! - [`engine`]: the state machine (resumable step function + local driver).
 //! - [`backend`]: checkpoints, results and signals (memory, SQLite).
 //! - [`worker`]: the job pool worker (claims, runs, completes, heartbeats).
-//! - [`text`]: "did you mean" suggestions.
+//! - [`text`]: "did you mean" suggestions, escaping outside text.
+//! - [`duration`]: bounded durations from outside, converted without panics.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
 
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod engine;
 pub mod expr;
 pub mod plugin;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 pub(super) struct GraphArgs {
     /// The machine config.
     machine: PathBuf,
+    /// Mermaid (for Markdown) or Graphviz dot.
     #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
     format: GraphFormat,
 }

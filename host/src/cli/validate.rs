@@ -14,12 +14,22 @@ pub(super) struct ValidateArgs {
     /// Machine config files (spec: flatmachine).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Also check that every plugin the configs name is in this folder
+    /// (default: $FLOWHOST_PLUGINS when set; without either, plugins are not looked up).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
 }
 
 pub(super) fn run(a: ValidateArgs) -> Result<ExitCode, CliError> {
+    let options = config::Options {
+        plugins_dir: a
+            .plugins
+            .clone()
+            .or_else(|| std::env::var_os("FLOWHOST_PLUGINS").map(PathBuf::from)),
+    };
     let mut bad = 0;
     for file in &a.files {
-        match config::load(file) {
+        match config::load_with(file, &options) {
             Ok(m) => println!(
                 "ok: {} (machine `{}`, {} states, starts at `{}`)",
                 file.display(),

@@ -106,10 +106,110 @@ impl LineIndex {
     }
 
     /// The first line (1-based) containing all of `needles`, anywhere.
+    /// The first line holding every needle, preferring one whose key is the
+    /// first needle (so `y` finds `y: ...`, not a line that merely contains a `y`).
     pub fn find(&self, needles: &[&str]) -> Option<usize> {
-        self.lines
-            .iter()
-            .position(|t| needles.iter().all(|n| t.contains(n)))
+        let has_all = |t: &String| needles.iter().all(|n| t.contains(n));
+        let keyed = needles.first().and_then(|first| {
+            self.lines
+                .iter()
+                .position(|t| key_of(t) == Some(first.trim_end_matches(':')) && has_all(t))
+        });
+        keyed
+            .or_else(|| self.lines.iter().position(has_all))
             .map(|i| i + 1)
+    }
+}
+
+/// The first line where flow collections (`[`, `{`) nest deeper than `max`,
+/// with the depth there. Skips quoted strings and comments; linear time.
+pub fn flow_depth_over(source: &str, max: usize) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut prev = ' ';
+    for c in source.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+            prev = c;
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        match (quote, c) {
+            (Some('"'), '"') if prev != '\\' => quote = None,
+            (Some('\''), '\'') => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > max {
+                    return Some((line, depth));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
+/// The text with the key on `line` (1-based) and the lines nested under it
+/// commented out, keeping the line count; `None` if that line is not a
+/// block-style key.
+pub fn comment_out_block(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = *lines.get(line.checked_sub(1)?)?;
+    key_of(first)?;
+    let own = indent(first);
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut inside = false;
+    for (i, l) in lines.iter().enumerate() {
+        if i + 1 == line {
+            inside = true;
+        } else if inside && is_content(l) && indent(l) <= own {
+            inside = false;
+        }
+        if inside {
+            out.push_str(&" ".repeat(indent(l)));
+            out.push('#');
+            out.push_str(l.trim_start());
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
+impl LineIndex {
+    /// Two lines holding `key:` at the same indentation in the same block,
+    /// the first at or after line `from` (1-based): where a duplicate key is.
+    pub fn same_key_twice(&self, from: usize, key: &str) -> Option<(usize, usize)> {
+        let mut found: Option<(usize, usize)> = None;
+        for i in from.checked_sub(1)?..self.lines.len() {
+            let l = &self.lines[i];
+            if !is_content(l) {
+                continue;
+            }
+            if let Some((_, own)) = found
+                && indent(l) < own
+            {
+                break;
+            }
+            if key_of(l) == Some(key) {
+                match found {
+                    None => found = Some((i + 1, indent(l))),
+                    Some((first, own)) if indent(l) == own => return Some((first, i + 1)),
+                    Some(_) => {}
+                }
+            }
+        }
+        None
     }
 }

@@ -76,8 +76,28 @@ impl Machine {
     }
 }
 
+/// What validation may look at besides the file itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The plugins folder, when known: every plugin a config names must be
+    /// there (as `<name>.wasm`).
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// Deepest nesting of flow collections (`[` / `{`) accepted in a config.
+/// YAML parsers slow down sharply with depth; real configs nest a few levels.
+pub const MAX_NESTING: usize = 64;
+
+/// Most unknown keys reported from one file (each costs a re-parse).
+const MAX_UNKNOWN_KEYS: usize = 32;
+
 /// Reads, parses and validates a machine config file.
 pub fn load(path: &Path) -> Result<Machine, ConfigErrors> {
+    load_with(path, &Options::default())
+}
+
+/// [`load`] with [`Options`].
+pub fn load_with(path: &Path, options: &Options) -> Result<Machine, ConfigErrors> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -86,20 +106,97 @@ pub fn load(path: &Path) -> Result<Machine, ConfigErrors> {
             message: format!("cannot read: {e}"),
         }])
     })?;
-    parse(path, &source)
+    parse_with(path, &source, options)
 }
 
 /// Parses and validates config text that came from `path`.
 pub fn parse(path: &Path, source: &str) -> Result<Machine, ConfigErrors> {
+    parse_with(path, source, &Options::default())
+}
+
+/// [`parse`] with [`Options`].
+pub fn parse_with(path: &Path, source: &str, options: &Options) -> Result<Machine, ConfigErrors> {
+    let error = |line: Option<usize>, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line,
+        state: None,
+        message,
+    };
+    // Refused in linear time, before a parser spends quadratic time on it.
+    if let Some((depth_line, depth)) = locate::flow_depth_over(source, MAX_NESTING) {
+        return Err(ConfigErrors(vec![error(
+            Some(depth_line),
+            format!("nested more than {MAX_NESTING} levels deep ({depth} at this line)"),
+        )]));
+    }
     let index = locate::LineIndex::new(source);
-    let file: MachineFile = serde_yaml::from_str(source)
-        .map_err(|e| ConfigErrors(vec![validate::serde_error(path, &index, &e)]))?;
-    let initial = validate::validate(path, &index, &file)?;
+    // Duplicate keys anywhere (serde would keep the last one silently).
+    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(source) {
+        let mut err = validate::serde_error(path, &index, &e);
+        let text = e.to_string();
+        let key = text
+            .split_once("duplicate entry with key ")
+            .map(|(_, rest)| rest)
+            .map(|rest| {
+                rest.split(" at line")
+                    .next()
+                    .unwrap_or(rest)
+                    .trim_matches('"')
+            });
+        if let (Some(key), Some(line)) = (key, err.line)
+            && let Some((first, second)) = index.same_key_twice(line, key)
+        {
+            err.line = Some(second);
+            err.state = index
+                .state_at(second)
+                .map(str::to_string)
+                .filter(|s| s != key);
+            err.message =
+                format!("duplicate key `{key}`: first at line {first}, again at line {second}");
+        }
+        return Err(ConfigErrors(vec![err]));
+    }
+    let file = deserialize(path, &index, source)?;
+    let initial = validate::validate(path, &index, &file, options)?;
     Ok(Machine {
         path: path.to_path_buf(),
         file,
         initial,
     })
+}
+
+/// Deserializes the schema; on unknown keys, reports every one of them (the
+/// key's block is commented out and the text parsed again, so the next one
+/// shows up), not just the first.
+fn deserialize(
+    path: &Path,
+    index: &locate::LineIndex,
+    source: &str,
+) -> Result<MachineFile, ConfigErrors> {
+    let mut text = source.to_string();
+    let mut errors = Vec::new();
+    loop {
+        match serde_yaml::from_str::<MachineFile>(&text) {
+            Ok(file) if errors.is_empty() => return Ok(file),
+            Ok(_) => return Err(ConfigErrors(errors)),
+            Err(e) => {
+                let unknown = e.to_string().starts_with("unknown field")
+                    || e.to_string().contains(": unknown field");
+                let err = validate::serde_error(path, index, &e);
+                let next = match (unknown, e.location()) {
+                    (true, Some(at)) if errors.len() < MAX_UNKNOWN_KEYS => {
+                        locate::comment_out_block(&text, at.line())
+                    }
+                    _ => None,
+                };
+                errors.push(err);
+                match next {
+                    Some(t) if t != text => text = t,
+                    _ => return Err(ConfigErrors(errors)),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 
 use super::locate::LineIndex;
 use super::schema::{ExecutionType, MachineFile, State, StateType};
-use super::{ConfigError, ConfigErrors};
+use super::{ConfigError, ConfigErrors, Options};
+use crate::duration;
 use crate::expr::Expressions;
 use crate::text::closest;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The error kinds `on_error` may route on (the plugin error kinds and `default`).
 pub const ERROR_KINDS: [&str; 10] = [
@@ -100,6 +101,7 @@ fn improve_unknown(detail: &str) -> String {
 struct Checker<'a> {
     path: &'a Path,
     index: &'a LineIndex,
+    plugins_dir: Option<&'a Path>,
     exprs: Expressions,
     errors: Vec<ConfigError>,
 }
@@ -112,6 +114,37 @@ impl Checker<'_> {
             state: state.map(str::to_string),
             message,
         });
+    }
+
+    /// Why a plugin name cannot be found in the plugins folder (when one is known).
+    fn missing_plugin(&self, name: &str) -> Option<String> {
+        let dir = self.plugins_dir?;
+        let found = if name.ends_with(".wasm") {
+            Path::new(name).is_file()
+        } else {
+            dir.join(format!("{name}.wasm")).is_file()
+        };
+        if found {
+            return None;
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                (path.extension()? == "wasm")
+                    .then(|| path.file_stem()?.to_str().map(str::to_string))?
+            })
+            .collect();
+        names.sort();
+        Some(format!(
+            "no plugin `{name}` in {}{}",
+            dir.display(),
+            match closest(name, &names) {
+                Some(near) => format!(" (did you mean `{near}`?)"),
+                None => String::new(),
+            }
+        ))
     }
 
     fn in_state(&mut self, state: &str, needles: &[&str], message: String) {
@@ -140,10 +173,12 @@ pub(super) fn validate(
     path: &Path,
     index: &LineIndex,
     file: &MachineFile,
+    options: &Options,
 ) -> Result<String, ConfigErrors> {
     let mut c = Checker {
         path,
         index,
+        plugins_dir: options.plugins_dir.as_deref(),
         exprs: Expressions::new(),
         errors: Vec::new(),
     };
@@ -378,6 +413,17 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             );
         }
     }
+    if let Some(items) = &s.foreach
+        && !matches!(items, Value::String(_) | Value::Array(_))
+    {
+        c.in_state(
+            name,
+            &["foreach"],
+            format!(
+                "`foreach` must be a template that gives a list (e.g. \"{{{{ context.items }}}}\") or a list, not {items}"
+            ),
+        );
+    }
     if s.foreach.is_some() && !matches!(&s.machine, Some(Value::String(_))) {
         c.in_state(
             name,
@@ -393,12 +439,15 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
         );
     }
     if let Some(t) = s.timeout
-        && !(t > 0.0 && t.is_finite())
+        && !(t > 0.0 && duration::from_secs(t).is_some())
     {
         c.in_state(
             name,
             &["timeout"],
-            format!("`timeout` must be a positive number of seconds, not {t}"),
+            format!(
+                "`timeout` must be a positive number of seconds up to {}, not {t:?}",
+                duration::max_text()
+            ),
         );
     }
     if s.max_concurrency == Some(0) {
@@ -415,12 +464,15 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             .backoffs
             .iter()
             .flatten()
-            .any(|b| !(*b >= 0.0 && b.is_finite()))
+            .any(|b| duration::from_secs(*b).is_none())
         {
             c.in_state(
                 name,
                 &["backoffs"],
-                "`execution.backoffs` must be seconds >= 0".into(),
+                format!(
+                    "`execution.backoffs` must be seconds from 0 to {}",
+                    duration::max_text()
+                ),
             );
         }
         if ex.jitter.is_some_and(|j| !(0.0..=1.0).contains(&j)) {
@@ -539,9 +591,12 @@ fn check_plugins<'a>(
 ) {
     for (alias, value) in plugins {
         let problem = match value {
-            Value::String(_) => None,
+            Value::String(name) => c.missing_plugin(name),
             Value::Object(m) => {
-                if !m.get("plugin").is_some_and(Value::is_string) {
+                let plugin = m.get("plugin").and_then(Value::as_str);
+                if let Some(why) = plugin.and_then(|n| c.missing_plugin(n)) {
+                    Some(why)
+                } else if plugin.is_none() {
                     Some("needs `plugin: <name>`".to_string())
                 } else if let Some(key) = m.keys().find(|k| !PLUGIN_KEYS.contains(&k.as_str())) {
                     let known: Vec<String> = PLUGIN_KEYS.iter().map(|s| s.to_string()).collect();
@@ -588,6 +643,30 @@ fn check_agents(c: &mut Checker<'_>, agents: &std::collections::BTreeMap<String,
     check_plugins(c, agents.iter().filter(|(_, v)| !v.is_string()), "agents");
 }
 
+/// The chain of machine files from `child` back to `root` (`root` is
+/// canonical), if `child` or a machine it includes at any depth is `root`.
+/// Unreadable files are skipped: they are reported where they are named.
+fn includes(root: &Path, child: &Path, seen: &mut Vec<PathBuf>) -> Option<Vec<PathBuf>> {
+    let real = std::fs::canonicalize(child).ok()?;
+    if real == root {
+        return Some(vec![real]);
+    }
+    if seen.contains(&real) {
+        return None;
+    }
+    seen.push(real.clone());
+    let file: MachineFile = serde_yaml::from_str(&std::fs::read_to_string(&real).ok()?).ok()?;
+    let dir = real.parent()?.to_path_buf();
+    file.data.machines.values().find_map(|value| {
+        let Value::String(rel) = value else {
+            return None;
+        };
+        let mut chain = includes(root, &dir.join(rel), seen)?;
+        chain.insert(0, real.clone());
+        Some(chain)
+    })
+}
+
 fn check_machines(
     c: &mut Checker<'_>,
     path: &Path,
@@ -601,6 +680,24 @@ fn check_machines(
                     c.top(
                         &[name.as_str(), rel.as_str()],
                         format!("machine `{name}`: no file `{rel}` next to this config"),
+                    );
+                } else if let Some(chain) = std::fs::canonicalize(path)
+                    .ok()
+                    .and_then(|root| includes(&root, &dir.join(rel), &mut Vec::new()))
+                {
+                    let names: Vec<String> = std::iter::once(path.to_path_buf())
+                        .chain(chain)
+                        .map(|p| {
+                            p.file_name()
+                                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                        })
+                        .collect();
+                    c.top(
+                        &[name.as_str(), rel.as_str()],
+                        format!(
+                            "machine `{name}` includes this machine again ({}): it would never finish loading",
+                            names.join(" → ")
+                        ),
                     );
                 }
             }

@@ -79,6 +79,13 @@ impl Library {
         &self.dir
     }
 
+    /// What config validation checks against: this library's plugins folder.
+    pub fn config_options(&self) -> config::Options {
+        config::Options {
+            plugins_dir: Some(self.dir.clone()),
+        }
+    }
+
     /// A plugin from a spec: `name` or `{plugin, version, sha256, config, limits, reuse}`.
     pub fn plugin(&self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
         let key = spec.to_string();
@@ -145,7 +152,8 @@ pub fn load_tree(file: &Path, library: &Library) -> Result<Arc<MachineDef>, Engi
             message: format!("cannot read: {e}"),
         }]))
     })?;
-    let machine = config::load(&file).map_err(EngineError::Config)?;
+    let options = library.config_options();
+    let machine = config::load_with(&file, &options).map_err(EngineError::Config)?;
     let source = MachineRef {
         file: file.clone(),
         path: vec![],
@@ -224,14 +232,15 @@ fn build(
                         path.display()
                     ))));
                 }
-                config::load(&path).map_err(EngineError::Config)?
+                config::load_with(&path, &library.config_options()).map_err(EngineError::Config)?
             }
             inline => {
                 let text = serde_yaml::to_string(inline).map_err(|e| {
                     EngineError::Invalid(at(&format!("inline machine `{name}`: {e}")))
                 })?;
                 let pseudo = machine.path.with_extension(format!("{name}.inline.yml"));
-                config::parse(&pseudo, &text).map_err(EngineError::Config)?
+                config::parse_with(&pseudo, &text, &library.config_options())
+                    .map_err(EngineError::Config)?
             }
         };
         stack.push(child.path.clone());

@@ -243,8 +243,15 @@ impl Expressions {
                     Form::Path(_, Some(expr)) => {
                         self.env.compile_expression(expr).map(|_| ()).map_err(fail)
                     }
-                    Form::Path(_, None) | Form::Literal => Ok(()),
-                }
+                    Form::Path(_, None) | Form::Literal => return Ok(()),
+                }?;
+                // In text, only what stands inside `{{ }}` and `{% %}` is code.
+                code_segments(s)
+                    .try_for_each(|code| self.no_unknown_names(code))
+                    .map_err(|message| ExprError::Template {
+                        template: s.clone(),
+                        message,
+                    })
             }
             Value::Array(items) => items.iter().try_for_each(|i| self.check_template(i)),
             Value::Object(map) => map.values().try_for_each(|v| self.check_template(v)),
@@ -252,19 +259,98 @@ impl Expressions {
         }
     }
 
+    /// Filters (`x | name`) and tests (`x is name`) a template or condition
+    /// names that this engine does not have. minijinja resolves them only when
+    /// it evaluates, so compiling alone would let a typo through to a run.
+    pub fn unknown_names(&self, source: &str) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let bytes = source.as_bytes();
+        let ident = |from: usize| {
+            let start = (from..bytes.len()).find(|&i| !bytes[i].is_ascii_whitespace())?;
+            let end = (start..bytes.len())
+                .find(|&i| !(bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_'))
+                .unwrap_or(bytes.len());
+            // A name runs to an ASCII boundary (`naïve` is not `na`).
+            if bytes.get(end).is_some_and(|b| !b.is_ascii()) {
+                return None;
+            }
+            let name = &source[start..end];
+            is_ident(&name).then_some((name, start))
+        };
+        let mut i = 0;
+        while i < bytes.len() {
+            let (probe, kind) = if bytes[i] == b'|' {
+                (ident(i + 1), minijinja::ErrorKind::UnknownFilter)
+            } else if bytes[i..].starts_with(b" is ") {
+                // `x is name`, `x is not name`
+                let after = match ident(i + 4) {
+                    Some(("not", at)) => ident(at + 3),
+                    other => other,
+                };
+                (after, minijinja::ErrorKind::UnknownTest)
+            } else {
+                (None, minijinja::ErrorKind::UnknownFilter)
+            };
+            if let Some((name, _)) = probe {
+                let expr = if kind == minijinja::ErrorKind::UnknownFilter {
+                    format!("none | {name}")
+                } else {
+                    format!("none is {name}")
+                };
+                let missing = self
+                    .env
+                    .compile_expression(&expr)
+                    .and_then(|e| e.eval(()))
+                    .is_err_and(|e| e.kind() == kind);
+                if missing && !unknown.iter().any(|u| u == name) {
+                    unknown.push(name.to_string());
+                }
+            }
+            i += 1;
+        }
+        unknown
+    }
+
     /// Checks that a condition compiles.
     pub fn check_condition(&self, condition: &str) -> Result<(), ExprError> {
         if condition.trim().is_empty() {
             return Ok(());
         }
+        let fail = |message| ExprError::Condition {
+            condition: condition.to_string(),
+            message,
+        };
         self.env
             .compile_expression(condition)
-            .map(|_| ())
-            .map_err(|e| ExprError::Condition {
-                condition: condition.to_string(),
-                message: describe(&e),
-            })
+            .map_err(|e| fail(describe(&e)))?;
+        self.no_unknown_names(condition).map_err(fail)
     }
+
+    fn no_unknown_names(&self, source: &str) -> Result<(), String> {
+        match self.unknown_names(source).as_slice() {
+            [] => Ok(()),
+            [one] => Err(format!("unknown filter or test `{one}`")),
+            many => Err(format!("unknown filters or tests `{}`", many.join("`, `"))),
+        }
+    }
+}
+
+/// The code inside `{{ ... }}` and `{% ... %}` of a template's text.
+fn code_segments(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let open = rest.find("{{").into_iter().chain(rest.find("{%")).min()?;
+        let close = if rest[open..].starts_with("{{") {
+            "}}"
+        } else {
+            "%}"
+        };
+        let body = &rest[open + 2..];
+        let end = body.find(close).unwrap_or(body.len());
+        let code = &body[..end];
+        rest = &body[(end + close.len()).min(body.len())..];
+        Some(code)
+    })
 }
 
 /// A minijinja value as JSON; undefined becomes null. A function or other

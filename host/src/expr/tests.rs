@@ -155,3 +155,26 @@ fn a_value_that_is_not_json_is_an_error_not_null() {
     );
     assert!(err.to_string().contains("not a JSON value"), "{err}");
 }
+
+#[test]
+fn unknown_filters_and_tests_are_found_without_evaluating() {
+    let e = Expressions::new();
+    assert_eq!(
+        e.unknown_names("{{ x | upper | nosuch }} é {{ y is odd }} {{ z is not nosuchtest }}"),
+        vec!["nosuch".to_string(), "nosuchtest".to_string()]
+    );
+    assert!(e.unknown_names("x is naïve or y | ünïcode").is_empty());
+    // Text outside `{{ }}` is not code: `a | b` there is just text.
+    assert!(
+        e.check_template(&json!("café | nosuch is odd: {{ x | fromjson }}"))
+            .is_ok()
+    );
+    assert!(e.check_condition("context.n is nosuchtest").is_err());
+    assert!(e.check_condition("context.items | length > 0").is_ok());
+    assert!(
+        e.check_template(&json!("{{ context.x | nosuchfilter }}"))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown filter or test `nosuchfilter`")
+    );
+}

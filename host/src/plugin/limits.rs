@@ -48,7 +48,7 @@ impl LimitOverrides {
         self.memory_mb.map(|m| m.saturating_mul(MIB))
     }
     fn timeout(&self) -> Option<Duration> {
-        self.timeout_ms.map(Duration::from_millis)
+        self.timeout_ms.map(crate::duration::clamp_millis)
     }
     fn output(&self) -> Option<u64> {
         self.output_mb.map(|m| m.saturating_mul(MIB))
