@@ -814,6 +814,18 @@ fn cli_bad_input_and_unknown_ids_are_clear_errors() {
         "{}",
         flowhost_e2e::stderr(&o)
     );
+    // Commands on stored work never create a database.
+    let o = flowhost_e2e::run(&cache, &["resume", "no-such-id", "--db", &db]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(flowhost_e2e::stderr(&o).contains("no such database"));
+    assert!(!std::path::Path::new(&db).exists());
+    drop(
+        flowhost::backend::SqliteBackend::open(
+            std::path::Path::new(&db),
+            flowhost::backend::Durability::Full,
+        )
+        .unwrap(),
+    );
     let o = flowhost_e2e::run(&cache, &["resume", "no-such-id", "--db", &db]);
     assert_eq!(o.status.code(), Some(2));
     assert!(flowhost_e2e::stderr(&o).contains("no execution `no-such-id`"));

@@ -3,6 +3,7 @@
 
 use flowhost::backend::{Durability, SqliteBackend, WorkPools, job_status};
 use flowhost_e2e::{flowhost, shared_cache, stderr};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_worker_processes_complete_2000_jobs_exactly_once() {
@@ -73,6 +74,14 @@ fn a_poisoned_job_keeps_its_error_and_requeue_brings_it_back() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     run(&["jobs", "push", "bad", "--input", r#"{"attack": "count"}"#]);
+    // Bad input would fail the same way again: poisoned at once, retries left or not.
+    run(&[
+        "jobs",
+        "push",
+        "bad",
+        "--input",
+        r#"{"attack": "guest_error", "kind": "invalid_input"}"#,
+    ]);
     // The retry waits a random 0–1 s backoff (full jitter) before attempt 2.
     let o = run(&[
         "worker",
@@ -92,11 +101,24 @@ fn a_poisoned_job_keeps_its_error_and_requeue_brings_it_back() {
         "{list}"
     );
     assert!(lines[1].contains("done"), "{list}");
+    assert!(
+        lines[2].contains("poisoned") && lines[2].contains("attempts 1/4"),
+        "invalid_input must not be retried: {list}"
+    );
+    // --json: one JSON object per job and line.
+    let json = String::from_utf8(run(&["jobs", "list", "bad", "--json"]).stdout).unwrap();
+    let jobs: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 3, "{json}");
+    assert_eq!(jobs[2]["status"], "poisoned");
+    assert_eq!(jobs[2]["attempts"], 1);
     let o = run(&["jobs", "requeue", "bad"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("requeued 1"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("requeued 2"));
     let list =
         String::from_utf8(run(&["jobs", "list", "bad", "--status", "pending"]).stdout).unwrap();
-    assert_eq!(list.lines().count(), 1, "{list}");
+    assert_eq!(list.lines().count(), 2, "{list}");
     // Bad input is refused without touching the pool.
     let o = run(&["jobs", "push", "bad", "--input", "{nope"]);
     assert_eq!(o.status.code(), Some(2));

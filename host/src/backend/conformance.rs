@@ -86,9 +86,69 @@ async fn suite(b: &dyn Backend) {
     assert_eq!(b.take_signal("b", "other").await.unwrap(), None);
 }
 
+fn owner(id: &str) -> Owner {
+    Owner {
+        id: id.into(),
+        pid: 1,
+        host: "h".into(),
+        started: 0,
+    }
+}
+
+/// One owner at a time; an expired lease or a known-dead holder can be taken
+/// over; every acquisition raises the token; a stale token renews nothing.
+async fn ownership_suite(b: &dyn Backend) {
+    let (a, other) = (owner("a"), owner("b"));
+    assert_eq!(b.lease("x").await.unwrap(), None);
+    let Claim::Acquired(first) = b.acquire("x", &a, 60_000, None).await.unwrap() else {
+        panic!("a free execution is acquired");
+    };
+    assert_eq!((first.token, first.owner.id.as_str()), (1, "a"));
+    let Claim::Held(held) = b.acquire("x", &other, 60_000, None).await.unwrap() else {
+        panic!("a live lease is not taken");
+    };
+    assert_eq!(held, first);
+    // The same owner again keeps it (with a new token).
+    let Claim::Acquired(again) = b.acquire("x", &a, 60_000, None).await.unwrap() else {
+        panic!("the holder re-acquires");
+    };
+    assert_eq!(again.token, 2);
+    assert!(
+        !b.renew("x", 1, 60_000).await.unwrap(),
+        "a stale token renews nothing"
+    );
+    assert!(b.renew("x", 2, 60_000).await.unwrap());
+    // A holder known dead is evicted by its token only.
+    assert!(matches!(
+        b.acquire("x", &other, 60_000, Some(1)).await.unwrap(),
+        Claim::Held(_)
+    ));
+    let Claim::Acquired(taken) = b.acquire("x", &other, 60_000, Some(2)).await.unwrap() else {
+        panic!("a dead holder is evicted");
+    };
+    assert_eq!((taken.token, taken.owner.id.as_str()), (3, "b"));
+    assert!(
+        !b.renew("x", 2, 60_000).await.unwrap(),
+        "the evicted holder lost it"
+    );
+    // Released: free for anyone, and the token keeps rising.
+    b.release("x", 3).await.unwrap();
+    assert!(!b.lease("x").await.unwrap().unwrap().live(now_ms()));
+    let Claim::Acquired(next) = b.acquire("x", &a, 0, None).await.unwrap() else {
+        panic!("a released execution is acquired");
+    };
+    assert_eq!(next.token, 4);
+    // A lease of zero has expired by the next look: anyone may take it.
+    let Claim::Acquired(expired) = b.acquire("x", &other, 60_000, None).await.unwrap() else {
+        panic!("an expired lease is taken over");
+    };
+    assert_eq!(expired.token, 5);
+}
+
 #[tokio::test]
 async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
+    ownership_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -98,6 +158,7 @@ async fn sqlite_backend_conforms_and_persists() {
     {
         let b = SqliteBackend::open(&path, Durability::Full).unwrap();
         suite(&b).await;
+        ownership_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();
@@ -120,6 +181,18 @@ async fn sqlite_refuses_a_missing_folder_and_a_newer_schema() {
     drop(conn);
     let e = SqliteBackend::open(&path, Durability::Full).err().unwrap();
     assert!(e.to_string().contains("newer than this flowhost"), "{e}");
+
+    // Reading commands never create a database; a directory is named as one.
+    let typo = dir.path().join("typo.db");
+    let e = SqliteBackend::open_existing(&typo, Durability::Full)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no such database"), "{e}");
+    assert!(!typo.exists(), "a read created a database");
+    let e = SqliteBackend::open(dir.path(), Durability::Full)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is a directory"), "{e}");
 }
 
 #[test]
@@ -192,20 +265,35 @@ async fn pools_suite(b: &dyn Backend) {
     let c1 = b.claim("p", "w3", 1, 60_000).await.unwrap();
     assert_eq!(c1[0].id, f);
     assert_eq!(
-        b.fail(f, c1[0].fence, "boom 1", no_wait).await.unwrap(),
+        b.fail(f, c1[0].fence, "boom 1", Some(no_wait))
+            .await
+            .unwrap(),
         FailOutcome::Retried
     );
     assert_eq!(
-        b.fail(f, c1[0].fence, "late", no_wait).await.unwrap(),
+        b.fail(f, c1[0].fence, "late", Some(no_wait)).await.unwrap(),
         FailOutcome::Rejected
     );
     let c2 = b.claim("p", "w3", 1, 60_000).await.unwrap();
     assert_eq!((c2[0].id, c2[0].error.as_deref()), (f, Some("boom 1")));
     assert_eq!(
-        b.fail(f, c2[0].fence, "boom 2", no_wait).await.unwrap(),
+        b.fail(f, c2[0].fence, "boom 2", Some(no_wait))
+            .await
+            .unwrap(),
         FailOutcome::Poisoned
     );
     let poisoned = b.job(f).await.unwrap().unwrap();
+    // A failure not worth retrying poisons at once, retries left or not.
+    let (g, _) = b.push("p", NewJob::new(json!({"n": 5}))).await.unwrap();
+    let c3 = b.claim("p", "w3", 1, 60_000).await.unwrap();
+    assert_eq!(c3[0].id, g);
+    assert_eq!(
+        b.fail(g, c3[0].fence, "bad input", None).await.unwrap(),
+        FailOutcome::Poisoned
+    );
+    assert_eq!(b.requeue("p", &[g]).await.unwrap(), 1);
+    let c4 = b.claim("p", "w3", 1, 60_000).await.unwrap();
+    assert!(b.complete(g, c4[0].fence, json!(1)).await.unwrap());
     assert_eq!(
         (poisoned.status.as_str(), poisoned.error.as_deref()),
         (POISONED, Some("boom 2"))

@@ -16,6 +16,7 @@ pub(super) struct Data {
     /// Job `id` is at index `id - 1`.
     pub(super) jobs: Vec<Job>,
     pub(super) workers: HashMap<String, WorkerInfo>,
+    pub(super) leases: HashMap<String, super::owners::Lease>,
 }
 
 impl Data {

@@ -112,7 +112,7 @@ impl WorkPools for MemoryBackend {
         id: i64,
         fence: u64,
         error: &str,
-        backoff: Backoff,
+        retry: Option<Backoff>,
     ) -> BackendResult<FailOutcome> {
         let mut d = self.lock();
         let Some(j) = d.current(id, fence) else {
@@ -122,14 +122,17 @@ impl WorkPools for MemoryBackend {
         j.error = Some(error.to_string());
         j.lease_until_ms = None;
         j.updated_ms = now;
-        if j.attempts > j.max_retries {
-            j.status = job_status::POISONED.into();
-            Ok(FailOutcome::Poisoned)
-        } else {
-            j.status = job_status::PENDING.into();
-            j.worker = None;
-            j.run_at_ms = now + backoff.delay_ms(j.attempts);
-            Ok(FailOutcome::Retried)
+        match retry.filter(|_| j.attempts <= j.max_retries) {
+            Some(backoff) => {
+                j.status = job_status::PENDING.into();
+                j.worker = None;
+                j.run_at_ms = now + backoff.delay_ms(j.attempts);
+                Ok(FailOutcome::Retried)
+            }
+            None => {
+                j.status = job_status::POISONED.into();
+                Ok(FailOutcome::Poisoned)
+            }
         }
     }
 

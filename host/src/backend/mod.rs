@@ -1,5 +1,5 @@
 //! Storage behind the engine and the workers: execution checkpoints, durable
-//! results, signals, job pools and the worker registry, as async traits with an in-memory implementation (tests,
+//! results, signals, execution ownership (leases), job pools and the worker registry, as async traits with an in-memory implementation (tests,
 //! `--memory`) and an embedded SQLite one (the default).
 //!
 //! The backend stores what the engine hands it without reading it: a
@@ -8,11 +8,13 @@
 
 mod memory;
 mod memory_pools;
+pub mod owners;
 pub mod pools;
 mod sqlite;
 mod sqlite_pools;
 
 pub use memory::MemoryBackend;
+pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{
     Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
 };
@@ -105,7 +107,7 @@ pub trait Signals: Send + Sync {
 }
 
 /// Everything the engine and the workers need from a store.
-pub trait Backend: Checkpoints + Results + Signals + WorkPools + Workers {
+pub trait Backend: Checkpoints + Results + Signals + WorkPools + Workers + Ownership {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;
     /// The database file another process can open, if there is one.

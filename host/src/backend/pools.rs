@@ -138,13 +138,14 @@ pub trait WorkPools: Send + Sync {
     async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool>;
     /// Marks the job done and keeps its result; false if the fence is stale.
     async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool>;
-    /// Retries the job after a backoff, or poisons it after `max_retries`.
+    /// Retries the job after a backoff, or poisons it after `max_retries`;
+    /// with no backoff (a failure not worth retrying) poisons it at once.
     async fn fail(
         &self,
         id: i64,
         fence: u64,
         error: &str,
-        backoff: Backoff,
+        retry: Option<Backoff>,
     ) -> BackendResult<FailOutcome>;
     /// Makes every job the worker holds claimable again; returns how many.
     async fn release_worker(&self, worker: &str) -> BackendResult<u64>;

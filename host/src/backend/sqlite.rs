@@ -93,6 +93,17 @@ CREATE TABLE workers (
     heartbeat_ms INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE owners (
+    execution  TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    started    INTEGER NOT NULL,
+    token      INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// How hard a commit waits for the disk.
@@ -183,8 +194,28 @@ fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
 }
 
 impl SqliteBackend {
+    /// Opens an existing database (for commands that only read, or act on
+    /// what is already stored): a missing file is an error, never a new
+    /// empty database.
+    pub fn open_existing(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
+        if !path.exists() {
+            return Err(BackendError::new(format!(
+                "{}: no such database (check --db or FLOWHOST_DB; commands that only read never create one)",
+                path.display()
+            )));
+        }
+        Self::open(path, durability)
+    }
+
     /// Opens (creating if needed) the database at `path`. The folder must exist.
     pub fn open(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
+        if path.is_dir() {
+            return Err(BackendError::new(format!(
+                "{} is a directory, not a database file (try {})",
+                path.display(),
+                path.join("flowhost.db").display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {

@@ -212,7 +212,7 @@ impl WorkPools for SqliteBackend {
         id: i64,
         fence: u64,
         error: &str,
-        backoff: Backoff,
+        retry: Option<Backoff>,
     ) -> BackendResult<FailOutcome> {
         let error = error.to_string();
         self.exec(move |c| {
@@ -228,14 +228,7 @@ impl WorkPools for SqliteBackend {
                 return serde_json::to_value(FailOutcome::Rejected).map_err(text);
             };
             let now = now_ms() as i64;
-            let outcome = if attempts > max_retries {
-                c.execute(
-                    "UPDATE jobs SET status = 'poisoned', error = ?1, lease_until_ms = NULL, updated_ms = ?2 WHERE id = ?3",
-                    params![error, now, id],
-                )
-                .map_err(text)?;
-                FailOutcome::Poisoned
-            } else {
+            let outcome = if let Some(backoff) = retry.filter(|_| attempts <= max_retries) {
                 let run_at = now + backoff.delay_ms(attempts as u32) as i64;
                 c.execute(
                     "UPDATE jobs SET status = 'pending', error = ?1, worker = NULL, lease_until_ms = NULL,
@@ -244,6 +237,13 @@ impl WorkPools for SqliteBackend {
                 )
                 .map_err(text)?;
                 FailOutcome::Retried
+            } else {
+                c.execute(
+                    "UPDATE jobs SET status = 'poisoned', error = ?1, lease_until_ms = NULL, updated_ms = ?2 WHERE id = ?3",
+                    params![error, now, id],
+                )
+                .map_err(text)?;
+                FailOutcome::Poisoned
             };
             serde_json::to_value(outcome).map_err(text)
         })

@@ -2,7 +2,7 @@
 //! and the worker registry in the store.
 
 use super::CliError;
-use super::run::StoreArgs;
+use super::run::{ReadStoreArgs, StoreArgs};
 use crate::backend::{NewJob, job_status};
 use crate::plugin::registry;
 use clap::{Args, Subcommand};
@@ -22,6 +22,7 @@ pub(super) enum JobsCommand {
 
 #[derive(Args)]
 pub(super) struct PushArgs {
+    /// The pool (created on first use).
     pool: String,
     /// The payload as JSON, or @file.json (default: {}; with --count, `{"n": i}`).
     #[arg(long, value_name = "JSON|@FILE")]
@@ -29,11 +30,13 @@ pub(super) struct PushArgs {
     /// Push this many jobs (payload `{"n": i}` unless --input is given).
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Higher priorities are claimed first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i64,
     /// Not claimable before this many milliseconds from now.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     delay: u64,
+    /// Failed attempts retried before the job is poisoned.
     #[arg(long, default_value_t = 3)]
     max_retries: u32,
     /// A second push with the same key returns the first job.
@@ -45,24 +48,32 @@ pub(super) struct PushArgs {
 
 #[derive(Args)]
 pub(super) struct ListArgs {
+    /// The pool.
     pool: String,
-    #[arg(long)]
+    /// Only jobs with this status.
+    #[arg(long, value_parser = STATUSES)]
     status: Option<String>,
+    /// Most jobs listed.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 #[derive(Args)]
 pub(super) struct PoolArgs {
+    /// The pool.
     pool: String,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 #[derive(Args)]
 pub(super) struct RequeueArgs {
+    /// The pool.
     pool: String,
     /// Only these jobs (repeatable).
     #[arg(long = "id")]
@@ -76,8 +87,11 @@ pub(super) struct WorkersArgs {
     /// Only workers of this pool.
     #[arg(long)]
     pool: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 fn store_error(e: crate::backend::BackendError) -> CliError {
@@ -100,7 +114,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
                 }
                 None => None,
             };
-            let backend = a.store.open()?;
+            let backend = a.store.open_or_create()?;
             let (mut created, mut first) = (0, None);
             for i in 0..a.count {
                 let job = NewJob {
@@ -128,20 +142,16 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::List(a) => {
-            if let Some(s) = &a.status
-                && !STATUSES.contains(&s.as_str())
-            {
-                return Err(CliError::Usage(format!(
-                    "--status `{s}`: expected one of {}",
-                    STATUSES.join(", ")
-                )));
-            }
             let backend = a.store.open()?;
             let jobs = backend
                 .jobs(&a.pool, a.status.as_deref(), a.limit)
                 .await
                 .map_err(store_error)?;
             for j in jobs {
+                if a.json {
+                    println!("{}", serde_json::to_string(&j).unwrap_or_default());
+                    continue;
+                }
                 let tail = match (&j.result, &j.error) {
                     (Some(r), _) => format!("result {r}"),
                     // One line per job: the error's first line.
@@ -172,7 +182,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Requeue(a) => {
-            let backend = a.store.open()?;
+            let backend = a.store.open_existing()?;
             let n = backend
                 .requeue(&a.pool, &a.ids)
                 .await
@@ -194,6 +204,10 @@ pub(super) async fn workers(a: WorkersArgs) -> Result<ExitCode, CliError> {
         eprintln!("no workers registered in {}", backend.describe());
     }
     for w in list {
+        if a.json {
+            println!("{}", serde_json::to_string(&w).unwrap_or_default());
+            continue;
+        }
         println!(
             "{}  {:<7}  pool {:<12} pid {:<7} last heartbeat {:.1}s ago",
             w.id,
@@ -226,6 +240,10 @@ pub(super) struct WorkerArgs {
     /// Exit once the pool has no pending or claimed jobs.
     #[arg(long)]
     exit_when_empty: bool,
+    /// Retry every failed job; by default failures that would fail again
+    /// (invalid_input, fatal, link, load) poison the job at once.
+    #[arg(long)]
+    retry_all: bool,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -241,7 +259,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     if a.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
     }
-    let backend = a.store.open()?;
+    let backend = a.store.open_or_create()?;
     let runtime = Arc::new(
         Runtime::new(a.runtime.runtime_config(false))
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
@@ -274,6 +292,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         lease: a.lease,
         heartbeat: a.heartbeat,
         exit_when_empty: a.exit_when_empty,
+        retry_all: a.retry_all,
         ..WorkerConfig::new(&a.pool)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -311,14 +330,15 @@ pub(super) struct ReaperArgs {
 
 /// `flowhost reaper`: marks silent workers lost and releases their jobs.
 pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
-    if !(a.stale_after.is_finite() && a.stale_after >= 0.0) {
-        return Err(CliError::Usage(
-            "--stale-after must be a number of seconds >= 0".into(),
-        ));
-    }
-    let backend = a.store.open()?;
+    let stale_after = crate::duration::from_secs(a.stale_after).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--stale-after must be seconds from 0 to {}",
+            crate::duration::max_text()
+        ))
+    })?;
+    let backend = a.store.open_existing()?;
     let lost = backend
-        .reap((a.stale_after * 1000.0) as u64)
+        .reap(stale_after.as_millis() as u64)
         .await
         .map_err(store_error)?;
     if lost.is_empty() {
@@ -332,6 +352,7 @@ pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
 
 #[derive(Args)]
 pub(super) struct CheckerArgs {
+    /// The pool to scale workers for.
     #[arg(long)]
     pool: String,
     /// Most workers the pool may have at once.
@@ -352,12 +373,7 @@ pub(super) struct CheckerArgs {
 /// `flowhost checker`: spawns `min(depth, max) − active` worker processes,
 /// each exiting when the pool is empty.
 pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
-    if a.store.is_memory() {
-        return Err(CliError::Usage(
-            "the checker spawns worker processes, which cannot share --memory; use --db".into(),
-        ));
-    }
-    let backend = a.store.open()?;
+    let backend = a.store.open_existing()?;
     let depth = backend.stats(&a.pool).await.map_err(store_error)?.depth();
     let active = backend
         .workers(Some(&a.pool))

@@ -87,7 +87,7 @@ struct RuntimeArgs {
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
     /// Plugin instances that may be alive at once.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
 }
 
@@ -168,26 +168,9 @@ fn loading<T>(name: &str, load: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+/// Parses a duration flag (see [`crate::duration::parse`]).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1e-3)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 250ms, 2s, 1m)"))?;
-    if !value.is_finite() || value <= 0.0 {
-        return Err(format!("`{text}`: a duration must be greater than zero"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
+    crate::duration::parse(text)
 }
 
 fn init_tracing(filter: Option<&str>, verbose: bool) {
@@ -214,6 +197,13 @@ fn init_tracing(filter: Option<&str>, verbose: bool) {
 
 /// Entry point of the `flowhost` binary.
 pub fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`flowhost executions | head -1`) instead of failing to print.
+    // SAFETY: called before any thread starts; SIG_DFL is always valid.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Plugin(c) => c.verbose(),
@@ -258,23 +248,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("0s").is_err());
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-    }
-
-    #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every command, flag and argument says what it is for.
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "flowhost", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

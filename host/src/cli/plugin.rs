@@ -54,14 +54,14 @@ pub(super) struct CallArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     timeout: Option<Duration>,
     /// Memory cap in MiB.
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     memory: Option<u64>,
     /// Fuel budget (deterministic CPU limit; switches the engine to fuel metering).
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", value_parser = clap::value_parser!(u64).range(1..))]
     fuel: Option<u64>,
     /// Lend a directory: HOST[:GUEST][:ro|:rw] (read-only unless :rw). Repeatable.
-    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]")]
-    dirs: Vec<String>,
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_grant)]
+    dirs: Vec<DirGrant>,
     /// Print timings and the state after the call to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -112,7 +112,7 @@ pub(super) struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     input_bytes: usize,
     /// Calls per measurement.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     iterations: usize,
     /// Measure timeout enforcement instead: give an input that never finishes
     /// and a limit, and see how far past the limit each call is stopped.
@@ -133,6 +133,18 @@ pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
         PluginCommand::List(a) => list(a).await,
         PluginCommand::Bench(a) => bench_cmd(a).await,
     }
+}
+
+/// A `--dir` grant whose host folder exists.
+fn parse_grant(spec: &str) -> Result<DirGrant, String> {
+    let grant = DirGrant::parse(spec)?;
+    if !grant.host.is_dir() {
+        return Err(format!(
+            "`{}` does not exist or is not a directory",
+            grant.host.display()
+        ));
+    }
+    Ok(grant)
 }
 
 fn runtime(args: &RuntimeArgs, fuel: bool) -> Result<Runtime, CliError> {
@@ -167,11 +179,7 @@ async fn call(a: CallArgs) -> Result<ExitCode, CliError> {
     }
     settings.limits.memory_mb = a.memory.or(settings.limits.memory_mb);
     settings.limits.fuel = a.fuel.or(settings.limits.fuel);
-    for spec in &a.dirs {
-        settings
-            .grants
-            .push(DirGrant::parse(spec).map_err(|e| CliError::Usage(format!("--dir {e}")))?);
-    }
+    settings.grants.extend(a.dirs.iter().cloned());
     let initial = match &a.state {
         None => Default::default(),
         Some(s) => match json_arg("--state", s)? {

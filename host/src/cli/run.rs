@@ -5,7 +5,7 @@ use super::{CliError, RuntimeArgs};
 use crate::backend::{
     Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
 };
-use crate::engine::{Engine, EngineError, Observer, Outcome, Status};
+use crate::engine::{Engine, EngineError, Observer, Outcome, Status, owner};
 use crate::plugin::{Runtime, registry};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Exit code of a run whose machine ended `failed`.
@@ -20,18 +21,33 @@ const EXECUTION_FAILED: u8 = 4;
 /// Exit code of a run that is parked waiting for a signal.
 const EXECUTION_WAITING: u8 = 5;
 
-/// Which store executions live in.
+/// The store of a command that writes: an SQLite database file.
 #[derive(Args, Clone)]
 pub(super) struct StoreArgs {
     /// SQLite database file (default: $FLOWHOST_DB, else .flowhost/flowhost.db).
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
-    /// Keep everything in memory (nothing survives the process).
-    #[arg(long, conflicts_with = "db", global = true)]
-    memory: bool,
     /// How hard SQLite commits wait for the disk.
-    #[arg(long, value_enum, default_value_t = SyncMode::Full, global = true)]
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     sync: SyncMode,
+}
+
+/// The store of a command that only reads: an existing database file.
+#[derive(Args, Clone)]
+pub(super) struct ReadStoreArgs {
+    /// SQLite database file (default: $FLOWHOST_DB, else .flowhost/flowhost.db); it must exist.
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+}
+
+/// The store of `run`: a database file, or memory for a run that ends with the process.
+#[derive(Args, Clone)]
+pub(super) struct RunStoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep everything in memory: nothing survives the process (no resume, no result later).
+    #[arg(long, conflicts_with = "db")]
+    memory: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -42,11 +58,21 @@ pub(super) enum SyncMode {
     Normal,
 }
 
-impl StoreArgs {
-    pub(super) fn is_memory(&self) -> bool {
-        self.memory
+/// The database path the flags or the environment name, and whether it is
+/// the default one.
+fn db_path(flag: &Option<PathBuf>) -> (PathBuf, bool) {
+    match (flag, std::env::var_os("FLOWHOST_DB")) {
+        (Some(p), _) => (p.clone(), false),
+        (None, Some(p)) => (PathBuf::from(p), false),
+        (None, None) => (PathBuf::from(".flowhost").join("flowhost.db"), true),
     }
+}
 
+fn store_error(e: crate::backend::BackendError) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+impl StoreArgs {
     /// The flags that open this same store from another process.
     pub(super) fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -60,28 +86,60 @@ impl StoreArgs {
         args
     }
 
+    fn durability(&self) -> Durability {
+        match self.sync {
+            SyncMode::Full => Durability::Full,
+            SyncMode::Normal => Durability::Normal,
+        }
+    }
+
+    /// Opens the database, creating it (and the default `.flowhost/` folder)
+    /// when it does not exist: for commands that add work.
+    pub(super) fn open_or_create(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (path, default) = db_path(&self.db);
+        if default && let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        SqliteBackend::open(&path, self.durability())
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(store_error)
+    }
+
+    /// Opens an existing database: for commands that act on stored work.
+    pub(super) fn open_existing(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (path, _) = db_path(&self.db);
+        SqliteBackend::open_existing(&path, self.durability())
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(store_error)
+    }
+}
+
+impl ReadStoreArgs {
+    /// Opens an existing database; never creates one.
     pub(super) fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (path, _) = db_path(&self.db);
+        SqliteBackend::open_existing(&path, Durability::Full)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(store_error)
+    }
+}
+
+impl RunStoreArgs {
+    fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
         if self.memory {
             return Ok(Arc::new(MemoryBackend::new()));
         }
-        let path = match (&self.db, std::env::var_os("FLOWHOST_DB")) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => PathBuf::from(p),
-            (None, None) => {
-                let dir = PathBuf::from(".flowhost");
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    CliError::Other(format!("cannot create {}: {e}", dir.display()))
-                })?;
-                dir.join("flowhost.db")
-            }
-        };
-        let durability = match self.sync {
-            SyncMode::Full => Durability::Full,
-            SyncMode::Normal => Durability::Normal,
-        };
-        SqliteBackend::open(&path, durability)
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| CliError::Other(e.to_string()))
+        self.store.open_or_create()
+    }
+
+    /// How to name this store in a `flowhost resume` hint.
+    fn resume_flags(&self) -> String {
+        self.store
+            .to_args()
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect()
     }
 }
 
@@ -93,7 +151,7 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "JSON|@FILE")]
     input: Option<String>,
     #[command(flatten)]
-    store: StoreArgs,
+    store: RunStoreArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
     /// Print the whole outcome (id, status, output) instead of just the output.
@@ -109,6 +167,7 @@ pub(super) struct ResumeArgs {
     store: StoreArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    /// Print the whole outcome (id, status, output) instead of just the output.
     #[arg(long)]
     json: bool,
 }
@@ -118,21 +177,25 @@ pub(super) struct StatusArgs {
     /// The execution id.
     id: String,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 #[derive(Args)]
 pub(super) struct ExecutionsArgs {
-    /// Only executions with this status (running, waiting, done, failed, cancelled).
-    #[arg(long)]
+    /// Only executions with this status.
+    #[arg(long, value_parser = ["running", "waiting", "done", "failed", "cancelled"])]
     status: Option<String>,
     /// Include child executions.
     #[arg(long)]
     all: bool,
+    /// Most executions listed.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 #[derive(Args)]
@@ -158,7 +221,7 @@ pub(super) struct ResultArgs {
     /// flowhost://<id>/result, flatagents://<id>/result or an execution id.
     uri: String,
     #[command(flatten)]
-    store: StoreArgs,
+    store: ReadStoreArgs,
 }
 
 /// An engine for one command, and its progress display (on a terminal).
@@ -167,8 +230,7 @@ struct Session {
     bars: Option<Arc<Bars>>,
 }
 
-fn engine(store: &StoreArgs, runtime: &RuntimeArgs) -> Result<Session, CliError> {
-    let backend = store.open()?;
+fn engine(backend: Arc<dyn Backend>, runtime: &RuntimeArgs) -> Result<Session, CliError> {
     let rt = Runtime::new(runtime.runtime_config(false))
         .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?;
     let dir = registry::plugins_dir(runtime.plugins.as_deref());
@@ -199,9 +261,6 @@ fn engine_error(e: EngineError) -> CliError {
 /// Prints an outcome: the output (or the whole outcome with --json) on
 /// stdout, the id and status on stderr.
 async fn report(session: &Session, o: &Outcome, json: bool) -> Result<ExitCode, CliError> {
-    if let Some(bars) = &session.bars {
-        bars.clear();
-    }
     let engine = &session.engine;
     if json {
         println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
@@ -239,25 +298,109 @@ async fn report(session: &Session, o: &Outcome, json: bool) -> Result<ExitCode, 
     })
 }
 
+/// Exit codes of a run stopped by SIGINT / SIGTERM after saving its checkpoint.
+const STOPPED_BY_SIGINT: u8 = 130;
+const STOPPED_BY_SIGTERM: u8 = 143;
+
+/// Listens for SIGINT and SIGTERM while executions run: the first asks the
+/// engine to stop at the next state boundary (the checkpoint is saved), the
+/// second exits at once. Returns the exit code of the signal received, if any.
+fn stop_on_signals(engine: &Arc<Engine>) -> Arc<AtomicU8> {
+    let received = Arc::new(AtomicU8::new(0));
+    let (engine, seen) = (engine.clone(), received.clone());
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let code = tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => STOPPED_BY_SIGTERM,
+                _ = tokio::signal::ctrl_c() => STOPPED_BY_SIGINT,
+            };
+            let name = if code == STOPPED_BY_SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            if seen.swap(code, Ordering::SeqCst) != 0 {
+                eprintln!("{name} again: exiting now (the last checkpoint stays resumable)");
+                std::process::exit(i32::from(code));
+            }
+            eprintln!("{name}: stopping after the current state (send it again to exit at once)");
+            engine.stop(format!("interrupted by {name}"));
+        }
+    });
+    received
+}
+
+/// Runs an execution for a command and reports how it ended. When it did
+/// not end (interrupted, or a store failure after it was stored), says how
+/// to continue it.
+async fn drive(
+    session: &Session,
+    root: &str,
+    resume_flags: Option<String>,
+    json: bool,
+    run: impl Future<Output = Result<Outcome, EngineError>>,
+) -> Result<ExitCode, CliError> {
+    let signal = stop_on_signals(&session.engine);
+    let result = run.await;
+    if let Some(bars) = &session.bars {
+        bars.clear();
+    }
+    let hint = |what: &str| match &resume_flags {
+        Some(flags) => eprintln!("{what}; continue it with: flowhost resume {root}{flags}"),
+        None => eprintln!("{what}; it was kept in memory (--memory), so it cannot be resumed"),
+    };
+    match result {
+        Ok(o) => report(session, &o, json).await,
+        Err(EngineError::Interrupted {
+            id,
+            state,
+            step,
+            reason,
+        }) => {
+            hint(&format!(
+                "execution {root} stopped ({reason}); {id} was at state `{state}`, step {step}, and its checkpoint is saved"
+            ));
+            let code = signal.load(Ordering::SeqCst);
+            Ok(ExitCode::from(if code == 0 { 1 } else { code }))
+        }
+        Err(e) => {
+            let stored = matches!(e, EngineError::Store(_))
+                && session
+                    .engine
+                    .backend()
+                    .load(root)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+            if stored {
+                hint(&format!("execution {root} is stored but did not finish"));
+            }
+            Err(engine_error(e))
+        }
+    }
+}
+
 pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
     let input = match &a.input {
         Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
         None => serde_json::json!({}),
     };
-    let session = engine(&a.store, &a.runtime)?;
-    let engine = &session.engine;
-    let outcome = engine
-        .start(&a.machine, input)
-        .await
-        .map_err(engine_error)?;
-    report(&session, &outcome, a.json).await
+    let session = engine(a.store.open()?, &a.runtime)?;
+    let engine = session.engine.clone();
+    let id = Engine::new_execution_id();
+    let flags = (!a.store.memory).then(|| a.store.resume_flags());
+    let run = engine.start_with_id(&a.machine, input, id.clone());
+    drive(&session, &id, flags, a.json, run).await
 }
 
 pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
-    let session = engine(&a.store, &a.runtime)?;
-    let engine = &session.engine;
-    let outcome = engine.resume(&a.id).await.map_err(engine_error)?;
-    report(&session, &outcome, a.json).await
+    let session = engine(a.store.open_existing()?, &a.runtime)?;
+    let engine = session.engine.clone();
+    let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
+    drive(&session, &a.id, Some(flags), a.json, engine.resume(&a.id)).await
 }
 
 pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
@@ -265,8 +408,8 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--data", arg).map_err(CliError::Usage)?,
         None => serde_json::Value::Null,
     };
-    let session = engine(&a.store, &a.runtime)?;
-    let engine = &session.engine;
+    let session = engine(a.store.open_existing()?, &a.runtime)?;
+    let engine = session.engine.clone();
     let rec = engine.load_record(&a.id).await.map_err(engine_error)?;
     if rec.status.is_terminal() {
         return Err(CliError::Usage(format!(
@@ -275,22 +418,39 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
             rec.status.as_str()
         )));
     }
+    match &rec.waiting_for {
+        Some(channel) if *channel != a.channel => eprintln!(
+            "warning: execution {} waits on `{channel}`, not `{}`; the signal is stored and read only if a later state waits on `{}`",
+            a.id, a.channel, a.channel
+        ),
+        None => eprintln!(
+            "warning: execution {} is not waiting for a signal (it is {}); the signal is stored for a later `wait_for: {}`",
+            a.id,
+            rec.status.as_str(),
+            a.channel
+        ),
+        Some(_) => {}
+    }
     engine
         .backend()
         .send_signal(&a.id, &a.channel, data)
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(store_error)?;
     eprintln!("signal `{}` sent to {}", a.channel, a.id);
     if a.no_resume {
         return Ok(ExitCode::SUCCESS);
     }
     // Continue from the root, so parents waiting on this execution continue too.
-    let mut root = rec;
-    while let Some(parent) = root.parent.clone() {
-        root = engine.load_record(&parent).await.map_err(engine_error)?;
-    }
-    let outcome = engine.resume(&root.id).await.map_err(engine_error)?;
-    report(&session, &outcome, false).await
+    let root = engine.root_of(&a.id).await.map_err(engine_error)?;
+    let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
+    drive(
+        &session,
+        &root.id,
+        Some(flags),
+        false,
+        engine.resume(&root.id),
+    )
+    .await
 }
 
 pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
@@ -298,16 +458,32 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
     let cp = backend
         .load(&a.id)
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?
+        .map_err(store_error)?
         .ok_or_else(|| {
             CliError::Usage(format!("no execution `{}` in {}", a.id, backend.describe()))
         })?;
     let record: serde_json::Value = serde_json::from_str(&cp.record)
         .map_err(|e| CliError::Other(format!("checkpoint of {} cannot be read: {e}", a.id)))?;
-    let result = backend
-        .read_result(&a.id)
-        .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+    let result = backend.read_result(&a.id).await.map_err(store_error)?;
+    // The lease is held on the tree's root.
+    let mut root = cp.clone();
+    while let Some(parent) = root.parent.clone() {
+        match backend.load(&parent).await.map_err(store_error)? {
+            Some(p) => root = p,
+            None => break,
+        }
+    }
+    let lease = backend.lease(&root.id).await.map_err(store_error)?;
+    let holder = owner::live_holder(lease.as_ref());
+    let now = crate::backend::now_ms();
+    let owner = holder.map(|l| {
+        serde_json::json!({
+            "pid": l.owner.pid,
+            "host": l.owner.host,
+            "lease_expires_in_ms": l.expires_ms.saturating_sub(now),
+        })
+    });
+    let active = matches!(cp.status.as_str(), "running");
     let view = serde_json::json!({
         "id": cp.id,
         "machine": cp.machine,
@@ -317,6 +493,8 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
         "parent": cp.parent,
         "created_ms": cp.created_ms,
         "updated_ms": cp.updated_ms,
+        "owner": owner,
+        "abandoned": active && holder.is_none(),
         "context": record.get("context"),
         "waiting_for": record.get("waiting_for"),
         "launches": record.get("launches"),
@@ -328,6 +506,12 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
         "{}",
         serde_json::to_string_pretty(&view).unwrap_or_default()
     );
+    if active && holder.is_none() {
+        eprintln!(
+            "execution {} is not being run by any process; `flowhost resume {}` continues it",
+            cp.id, root.id
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -341,15 +525,23 @@ pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> 
             limit: Some(a.limit),
         })
         .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(store_error)?;
     if list.is_empty() {
         eprintln!("no executions in {}", backend.describe());
     }
     for cp in list {
-        println!(
-            "{}  {:<9}  {:<20}  step {:<5} state {}",
-            cp.id, cp.status, cp.machine, cp.step, cp.state
-        );
+        if a.json {
+            let row = serde_json::json!({
+                "id": cp.id, "parent": cp.parent, "machine": cp.machine, "status": cp.status,
+                "state": cp.state, "step": cp.step, "created_ms": cp.created_ms, "updated_ms": cp.updated_ms,
+            });
+            println!("{row}");
+        } else {
+            println!(
+                "{}  {:<9}  {:<20}  step {:<5} state {}",
+                cp.id, cp.status, cp.machine, cp.step, cp.state
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -357,11 +549,7 @@ pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> 
 pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {
     let id = parse_result_uri(&a.uri).map_err(CliError::Usage)?;
     let backend = a.store.open()?;
-    match backend
-        .read_result(&id)
-        .await
-        .map_err(|e| CliError::Other(e.to_string()))?
-    {
+    match backend.read_result(&id).await.map_err(store_error)? {
         Some(r) => {
             println!(
                 "{}",

@@ -11,7 +11,6 @@ use crate::backend::{Backoff, FailOutcome, WorkerInfo, now_ms};
 use crate::plugin::{CallContext, World};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The actions of `DistributedWorkerHooks`.
 pub const BUILTIN_ACTIONS: [&str; 12] = [
@@ -125,7 +124,7 @@ impl Engine {
                         Ok(json!({"job_id": id, "completed": ok}))
                     } else {
                         let error = text(rec, "last_error", "failed");
-                        let outcome = b.fail(id, fence, &error, Backoff::default()).await.map_err(|e| e.to_string())?;
+                        let outcome = b.fail(id, fence, &error, Some(Backoff::default())).await.map_err(|e| e.to_string())?;
                         Ok(json!({"job_id": id, "outcome": outcome, "poisoned": outcome == FailOutcome::Poisoned}))
                     }
                 }
@@ -168,7 +167,7 @@ impl Engine {
                 }
                 "echo_delay" => {
                     let delay = number(rec, "delay_seconds", 0.0).clamp(0.0, 3600.0);
-                    tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+                    tokio::time::sleep(crate::duration::clamp_secs(delay)).await;
                     let payload = rec.input.get("job").cloned().unwrap_or_else(|| rec.input.clone());
                     let echo = self
                         .library

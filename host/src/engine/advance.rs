@@ -35,6 +35,8 @@ pub(super) struct Frame {
     pub def: Arc<MachineDef>,
     /// This execution's token, then its ancestors'.
     pub cancel: Vec<CancelToken>,
+    /// The stop request of the tree this execution belongs to (its lease).
+    pub stop: super::owner::Stop,
 }
 
 impl Frame {
@@ -43,8 +45,10 @@ impl Frame {
     }
 }
 
-/// Error kinds worth trying again under `execution: {type: retry}`.
-const RETRIED_KINDS: [&str; 5] = [
+/// Error kinds worth trying again under `execution: {type: retry}` (and by
+/// job workers): transient ones. `invalid_input`, `fatal`, `link` and `load`
+/// would fail the same way again.
+pub(crate) const RETRIED_KINDS: [&str; 5] = [
     "retryable",
     "timeout",
     "trap",
@@ -499,7 +503,7 @@ impl Engine {
                 let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
                 tracing::info!(execution = %rec.id, state = %rec.state, attempt = rec.attempt, kind = %f.kind, "retrying: {}", f.message);
                 rec.attempt += 1;
-                return Advance::Retry(Duration::from_secs_f64((base * factor).max(0.0)));
+                return Advance::Retry(crate::duration::clamp_secs(base * factor));
             }
         }
         if let Value::Object(ctx) = &mut rec.context {

@@ -87,6 +87,11 @@ impl Engine {
         self.load(&source.file)?.find(&source.path)
     }
 
+    /// A new execution id (time-ordered).
+    pub fn new_execution_id() -> String {
+        new_id()
+    }
+
     /// Starts a new execution of the machine in `file` and runs it until it
     /// finishes, fails or waits for a signal.
     pub async fn start(
@@ -94,23 +99,60 @@ impl Engine {
         file: &Path,
         input: Value,
     ) -> Result<Outcome, EngineError> {
+        self.start_with_id(file, input, new_id()).await
+    }
+
+    /// [`Engine::start`] with an id chosen by the caller, so the caller can
+    /// name the execution even when the run ends in an error.
+    pub async fn start_with_id(
+        self: &Arc<Self>,
+        file: &Path,
+        input: Value,
+        id: String,
+    ) -> Result<Outcome, EngineError> {
         let def = self.load(file)?;
-        let rec = self.new_record(&def, new_id(), None, input);
+        if self.backend.load(&id).await?.is_some() {
+            return Err(EngineError::Invalid(format!(
+                "execution `{id}` exists already; `flowhost resume {id}` continues it"
+            )));
+        }
+        let held = self.own(&id).await?;
+        let rec = self.new_record(&def, id, None, input);
         let frame = Frame {
             def,
             cancel: vec![CancelToken::default()],
+            stop: held.stop.clone(),
         };
-        self.drive(frame, rec, true).await
+        let result = self.drive(frame, rec, true).await;
+        self.disown(held).await;
+        result
     }
 
     /// Continues an execution from its latest checkpoint (also one that is
-    /// waiting and has received its signal).
+    /// waiting and has received its signal). The process must own the
+    /// execution's tree: resuming one that a live process runs is refused.
     pub async fn resume(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
-        let rec = self.load_record(id).await?;
+        let root = self.root_of(id).await?;
+        let held = self.own(&root.id).await?;
+        // Read again under the lease: the previous owner may have moved it on.
+        let result = match self.load_record(id).await {
+            Ok(rec) => self.resume_owned(rec, held.stop.clone()).await,
+            Err(e) => Err(e),
+        };
+        self.disown(held).await;
+        result
+    }
+
+    async fn resume_owned(
+        self: &Arc<Self>,
+        rec: Record,
+        stop: super::owner::Stop,
+    ) -> Result<Outcome, EngineError> {
         let def = self.def_of(&rec.source)?;
         let frame = Frame {
             def,
             cancel: vec![CancelToken::default()],
+            stop,
         };
         if rec.status.is_terminal() {
             // Launched children that did not finish are continued too.
@@ -119,6 +161,15 @@ impl Engine {
             return Ok(outcome(&rec));
         }
         self.drive(frame, rec, false).await
+    }
+
+    /// The root of an execution's tree (itself when it has no parent).
+    pub async fn root_of(&self, id: &str) -> Result<Record, EngineError> {
+        let mut root = self.load_record(id).await?;
+        while let Some(parent) = root.parent.clone() {
+            root = self.load_record(&parent).await?;
+        }
+        Ok(root)
     }
 
     /// The record of an execution.
@@ -132,16 +183,20 @@ impl Engine {
     }
 
     /// Waits until every launched (detached) execution started by this
-    /// engine has finished.
+    /// engine has finished, then gives up the leases they ran under.
     pub async fn wait_detached(&self) {
         loop {
             let handles: Vec<_> = std::mem::take(&mut *self.lock_detached());
             if handles.is_empty() {
-                return;
+                break;
             }
             for h in handles {
                 let _ = h.await;
             }
+        }
+        let held: Vec<_> = std::mem::take(&mut *self.lock_held());
+        for h in held {
+            self.release(h).await;
         }
     }
 
@@ -225,20 +280,7 @@ impl Engine {
             });
         let terminal = event == Event::MachineEnd;
         if terminal || (enabled && wanted) {
-            let record = serde_json::to_string(rec).map_err(|e| {
-                EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id))
-            })?;
-            let checkpoint = Checkpoint {
-                id: rec.id.clone(),
-                parent: rec.parent.clone(),
-                machine: rec.machine.clone(),
-                status: rec.status.as_str().to_string(),
-                state: rec.state.clone(),
-                step: rec.step,
-                created_ms: rec.created_ms,
-                updated_ms: now_ms(),
-                record,
-            };
+            let checkpoint = to_checkpoint(rec)?;
             // Checkpoints at the start, between states and at the end are
             // queued, not waited for: the writer applies them in order and
             // group-commits them, and a crash that loses the newest ones only
@@ -292,6 +334,16 @@ impl Engine {
             }
             rec.status = Status::Running;
             loop {
+                if let Some(reason) = self.stop_reason(&frame) {
+                    // Stored (and waited for) before anyone is told to resume.
+                    self.backend.save(to_checkpoint(&rec)?).await?;
+                    return Err(EngineError::Interrupted {
+                        id: rec.id.clone(),
+                        state: rec.state.clone(),
+                        step: rec.step,
+                        reason,
+                    });
+                }
                 let step = self.advance(&frame, &mut rec).await;
                 self.start_launches(&frame, &mut rec, false).await?;
                 match step {
@@ -301,7 +353,12 @@ impl Engine {
                             o.retry(&rec.id, &rec.state, rec.attempt, pause);
                         }
                         self.checkpoint(&def, &rec, Event::Execute).await?;
-                        tokio::time::sleep(pause).await;
+                        // A stop request cuts the pause short (checked at the top).
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = self.stop.requested() => {}
+                            _ = frame.stop.requested() => {}
+                        }
                     }
                     Advance::Children => {
                         self.checkpoint(&def, &rec, Event::Execute).await?;
@@ -326,6 +383,10 @@ impl Engine {
         })
     }
 
+    fn stop_reason(&self, frame: &Frame) -> Option<String> {
+        self.stop.reason().or_else(|| frame.stop.reason())
+    }
+
     /// Runs the pending children of the current state; fills in their
     /// outcomes. Returns the waiting child, if one waits for a signal.
     async fn run_children(
@@ -337,7 +398,7 @@ impl Engine {
             return Ok(None);
         };
         let state = frame.def.state(&rec.state)?;
-        let timeout = state.timeout.map(std::time::Duration::from_secs_f64);
+        let timeout = state.timeout.map(crate::duration::clamp_secs);
         let todo: VecDeque<usize> = (0..pending.children.len())
             .filter(|&i| pending.children[i].outcome.is_none())
             .collect();
@@ -419,10 +480,15 @@ impl Engine {
                     })?;
                 let mut cancel = vec![tokens[i].clone()];
                 cancel.extend(frame.cancel.iter().cloned());
+                let child_frame = Frame {
+                    def,
+                    cancel,
+                    stop: frame.stop.clone(),
+                };
                 let engine = self.clone();
                 let parent = parent.to_string();
                 running.spawn(async move {
-                    let result = engine.run_child(def, child, parent, cancel).await;
+                    let result = engine.run_child(child_frame, child, parent).await;
                     (i, result)
                 });
             }
@@ -484,15 +550,11 @@ impl Engine {
     /// Runs (or continues, or reads the result of) one child execution.
     async fn run_child(
         self: Arc<Self>,
-        def: Arc<MachineDef>,
+        frame: Frame,
         child: Child,
         parent: String,
-        cancel: Vec<CancelToken>,
     ) -> Result<Outcome, EngineError> {
-        let frame = Frame {
-            def: def.clone(),
-            cancel,
-        };
+        let def = frame.def.clone();
         match self.backend.load(&child.id).await? {
             Some(cp) => {
                 let rec = parse_record(&cp)?;
@@ -563,9 +625,11 @@ impl Engine {
             }
             let Some(child_rec) = child_rec else { continue };
             let engine = self.clone();
+            // Launched executions run under the lease of the tree that launched them.
             let frame = Frame {
                 def,
                 cancel: vec![CancelToken::default()],
+                stop: frame.stop.clone(),
             };
             let handle = tokio::spawn(async move {
                 let id = child_rec.id.clone();
@@ -580,6 +644,22 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn to_checkpoint(rec: &Record) -> Result<Checkpoint, EngineError> {
+    let record = serde_json::to_string(rec)
+        .map_err(|e| EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id)))?;
+    Ok(Checkpoint {
+        id: rec.id.clone(),
+        parent: rec.parent.clone(),
+        machine: rec.machine.clone(),
+        status: rec.status.as_str().to_string(),
+        state: rec.state.clone(),
+        step: rec.step,
+        created_ms: rec.created_ms,
+        updated_ms: now_ms(),
+        record,
+    })
 }
 
 /// The engine's record inside a stored checkpoint.

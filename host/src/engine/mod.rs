@@ -14,6 +14,7 @@ mod advance;
 pub mod bench;
 mod driver;
 pub mod machines;
+pub mod owner;
 pub mod record;
 
 pub use driver::Outcome;
@@ -43,6 +44,18 @@ pub enum EngineError {
     Store(#[from] BackendError),
     #[error("no execution `{0}` in this store")]
     NotFound(String),
+    /// Another live process runs this execution (its lease is in force).
+    #[error("{0}")]
+    Owned(String),
+    /// Stopped at a state boundary (a signal, a lost lease); the checkpoint is
+    /// stored and `resume` continues from it.
+    #[error("execution `{id}` stopped at state `{state}` (step {step}): {reason}")]
+    Interrupted {
+        id: String,
+        state: String,
+        step: u64,
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -64,6 +77,11 @@ impl EngineError {
             other => other,
         }
     }
+}
+
+/// Whether a failure of this kind is worth trying again.
+pub fn is_retried_kind(kind: &str) -> bool {
+    advance::RETRIED_KINDS.contains(&kind)
 }
 
 /// Progress of running executions, for progress bars and logs.
@@ -88,6 +106,10 @@ pub struct Engine {
     observer: Option<Arc<dyn Observer>>,
     trees: Mutex<HashMap<PathBuf, Arc<MachineDef>>>,
     detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Leases kept until launched executions finish.
+    held: Mutex<Vec<owner::Held>>,
+    /// Asks every execution of this engine to stop at its next state boundary.
+    stop: owner::Stop,
 }
 
 impl Engine {
@@ -99,6 +121,8 @@ impl Engine {
             observer: None,
             trees: Mutex::new(HashMap::new()),
             detached: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+            stop: owner::Stop::default(),
         }
     }
 
@@ -109,6 +133,12 @@ impl Engine {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Asks every running execution to stop at its next state boundary
+    /// (after saving its checkpoint); they end with [`EngineError::Interrupted`].
+    pub fn stop(&self, reason: impl Into<String>) {
+        self.stop.request(reason);
     }
 }
 

@@ -39,6 +39,9 @@ pub struct WorkerConfig {
     /// Stop when the pool has no pending or claimed jobs left.
     pub exit_when_empty: bool,
     pub backoff: Backoff,
+    /// Retry every failure, also kinds that would fail again
+    /// (`invalid_input`, `fatal`, ...); by default only transient kinds are.
+    pub retry_all: bool,
 }
 
 impl WorkerConfig {
@@ -51,6 +54,7 @@ impl WorkerConfig {
             poll: Duration::from_millis(2),
             exit_when_empty: false,
             backoff: Backoff::default(),
+            retry_all: false,
         }
     }
 }
@@ -241,7 +245,8 @@ async fn process(
     config: &WorkerConfig,
     job: &Job,
 ) -> Result<JobOutcome, BackendError> {
-    let result: Result<Value, String> = match processor {
+    // A failure is its kind (to decide on a retry) and its message.
+    let result: Result<Value, (String, String)> = match processor {
         Processor::Plugin(plugin) => {
             let meta = CallMeta {
                 execution_id: format!("job-{}", job.id),
@@ -258,19 +263,30 @@ async fn process(
                 .map_err(|e| {
                     let (kind, message) = (e.kind().to_string(), e.to_string());
                     if message.starts_with(&kind) {
-                        message
+                        (kind, message)
                     } else {
-                        format!("{kind}: {message}")
+                        let text = format!("{kind}: {message}");
+                        (kind, text)
                     }
                 })
         }
         Processor::Machine(engine, file) => match engine.start(file, job.payload.clone()).await {
             Ok(o) if o.status == Status::Done => Ok(o.output.unwrap_or(Value::Null)),
             Ok(o) => Err(match o.error {
-                Some(f) => format!("{}: state `{}`: {}", f.kind, f.state, f.message),
-                None => format!("the machine ended {}", o.status.as_str()),
+                Some(f) => {
+                    let text = format!("{}: state `{}`: {}", f.kind, f.state, f.message);
+                    (f.kind, text)
+                }
+                None => (
+                    "fatal".into(),
+                    format!("the machine ended {}", o.status.as_str()),
+                ),
             }),
-            Err(e) => Err(e.to_string()),
+            // A store hiccup may pass; a machine that cannot load will not.
+            Err(e @ crate::engine::EngineError::Store(_)) => {
+                Err(("retryable".into(), e.to_string()))
+            }
+            Err(e) => Err(("fatal".into(), e.to_string())),
         },
     };
     // The outcome is written with a few retries (a busy store); if it still
@@ -293,8 +309,14 @@ async fn process(
                         JobOutcome::Rejected
                     }
                 }),
-            Err(error) => backend
-                .fail(job.id, job.fence, error, config.backoff)
+            Err((kind, error)) => backend
+                .fail(
+                    job.id,
+                    job.fence,
+                    error,
+                    (config.retry_all || crate::engine::is_retried_kind(kind))
+                        .then_some(config.backoff),
+                )
                 .await
                 .map(|outcome| match outcome {
                     FailOutcome::Rejected => JobOutcome::Rejected,
