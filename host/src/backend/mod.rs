@@ -1,6 +1,7 @@
 //! Storage behind the engine and the workers: execution checkpoints, durable
-//! results, signals, execution ownership (leases), job pools and the worker registry, as async traits with an in-memory implementation (tests,
-//! `--memory`) and an embedded SQLite one (the default).
+//! results, signals, execution ownership (leases), job pools and the worker
+//! registry, as async traits with an in-memory implementation (tests,
+//! `run --memory`) and an embedded SQLite one (the default).
 //!
 //! The backend stores what the engine hands it without reading it: a
 //! checkpoint is a few indexed columns plus the engine's serialised record.

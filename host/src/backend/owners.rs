@@ -4,7 +4,7 @@
 //! so a holder can tell it lost the lease. Memory and SQLite implementations.
 
 use super::memory::MemoryBackend;
-use super::sqlite::{Op, SqliteBackend};
+use super::sqlite::SqliteBackend;
 use super::{BackendError, BackendResult, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -142,19 +142,6 @@ fn to_value<T: Serialize>(v: T) -> Result<Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
-impl SqliteBackend {
-    async fn owner_write<T: serde::de::DeserializeOwned>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<Value, String> + Send + 'static,
-    ) -> BackendResult<T> {
-        let value = self
-            .write(Op::Custom(Box::new(f)))
-            .await?
-            .unwrap_or(Value::Null);
-        serde_json::from_value(value).map_err(|e| BackendError::new(format!("internal: {e}")))
-    }
-}
-
 #[async_trait::async_trait]
 impl Ownership for SqliteBackend {
     async fn acquire(
@@ -166,7 +153,7 @@ impl Ownership for SqliteBackend {
     ) -> BackendResult<Claim> {
         let (execution, owner) = (execution.to_string(), owner.clone());
         let (acquired, lease): (bool, Lease) = self
-            .owner_write(move |tx| {
+            .exec(move |tx| {
                 let now = now_ms() as i64;
                 let expires = (now as u64).saturating_add(lease_ms).min(i64::MAX as u64) as i64;
                 let evict = evict.map_or(-1, |t| t as i64);
@@ -221,7 +208,7 @@ impl Ownership for SqliteBackend {
 
     async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool> {
         let execution = execution.to_string();
-        self.owner_write(move |tx| {
+        self.exec(move |tx| {
             let expires = now_ms().saturating_add(lease_ms).min(i64::MAX as u64) as i64;
             let n = tx
                 .execute(
@@ -236,7 +223,7 @@ impl Ownership for SqliteBackend {
 
     async fn release(&self, execution: &str, token: u64) -> BackendResult<()> {
         let execution = execution.to_string();
-        self.owner_write(move |tx| {
+        self.exec(move |tx| {
             tx.execute(
                 "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
                 params![execution, token as i64],

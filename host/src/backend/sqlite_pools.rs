@@ -66,7 +66,7 @@ fn text(e: impl std::fmt::Display) -> String {
 
 impl SqliteBackend {
     /// Runs `f` in the writer's transaction and converts its JSON result.
-    async fn exec<T: serde::de::DeserializeOwned>(
+    pub(super) async fn exec<T: serde::de::DeserializeOwned>(
         &self,
         f: impl FnOnce(&Connection) -> Result<Value, String> + Send + 'static,
     ) -> BackendResult<T> {

@@ -312,8 +312,14 @@ fn stop_on_signals(engine: &Arc<Engine>) -> Arc<AtomicU8> {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let code = tokio::select! {
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => STOPPED_BY_SIGTERM,
+                _ = sigterm => STOPPED_BY_SIGTERM,
                 _ = tokio::signal::ctrl_c() => STOPPED_BY_SIGINT,
             };
             let name = if code == STOPPED_BY_SIGINT {

@@ -6,7 +6,7 @@
 //! `machine.yml:14: state `extract`: transition to unknown state `dne` (did you mean `done`?)`.
 //! Validation collects all problems of a file instead of stopping at the first.
 //!
-//! Imports `expr` (to check templates and conditions) and nothing else.
+//! Imports `expr` (to check templates and conditions), `text` and `duration`.
 
 pub mod graph;
 mod locate;

@@ -1,13 +1,15 @@
 //! The state machine: one resumable step function ([`Engine::advance`] in
 //! `advance.rs`) over a serialisable [`Record`], and the local driver
 //! (`driver.rs`) that runs it, checkpoints it, and runs child executions as
-//! tokio tasks in this process.
+//! tokio tasks in this process. `owner.rs` gives every running execution tree
+//! one owner (a lease on its root) and carries stop requests, which the
+//! driver honours at state boundaries.
 //!
 //! Steps are at-least-once: a resumed execution re-enters the state it was
 //! in, and every plugin call carries the idempotency key
 //! `<execution-id>/<step>/<attempt>`.
 //!
-//! Imports `config`, `expr`, `plugin` and the `backend` traits.
+//! Imports `config`, `expr`, `plugin`, `duration` and the `backend` traits.
 
 mod actions;
 mod advance;
