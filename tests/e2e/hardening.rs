@@ -306,3 +306,39 @@ fn a_signal_on_another_channel_warns_which_one_is_awaited() {
         stderr(&o)
     );
 }
+
+/// A run that ends gives its lease up (the write is queued, and committed
+/// before the store closes), and the next run of the same tree takes token 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_run_gives_its_lease_up() {
+    use flowhost::backend::{Backend, Durability, Ownership, SqliteBackend};
+    use flowhost::engine::{Engine, Status};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.db");
+    let machine = dir.path().join("m.yml");
+    std::fs::write(
+        &machine,
+        "spec: flatmachine\ndata:\n  name: m\n  plugins: {e: echo}\n  states:\n    start: {type: initial, plugin: e, transitions: [{to: done}]}\n    done: {type: final}\n",
+    )
+    .unwrap();
+    let id = {
+        let backend: Arc<dyn Backend> =
+            Arc::new(SqliteBackend::open(&db, Durability::Full).unwrap());
+        let engine = Arc::new(Engine::new(
+            backend,
+            Arc::new(flowhost_e2e::runtime(Some(&shared_cache()))),
+            plugins_dir(),
+        ));
+        let o = engine.start(&machine, serde_json::json!({})).await.unwrap();
+        assert_eq!(o.status, Status::Done);
+        o.id
+    };
+    let store = SqliteBackend::open(&db, Durability::Full).unwrap();
+    let lease = store
+        .lease(&id)
+        .await
+        .unwrap()
+        .expect("the run held a lease");
+    assert_eq!((lease.token, lease.expires_ms), (1, 0), "{lease:?}");
+}

@@ -131,9 +131,9 @@ async fn ownership_suite(b: &dyn Backend) {
         !b.renew("x", 2, 60_000).await.unwrap(),
         "the evicted holder lost it"
     );
-    // Released: free for anyone, and the token keeps rising.
+    // Released (maybe queued; ordered before the next write): free for
+    // anyone although b's lease had 60 s to go, and the token keeps rising.
     b.release("x", 3).await.unwrap();
-    assert!(!b.lease("x").await.unwrap().unwrap().live(now_ms()));
     let Claim::Acquired(next) = b.acquire("x", &a, 0, None).await.unwrap() else {
         panic!("a released execution is acquired");
     };
@@ -143,6 +143,14 @@ async fn ownership_suite(b: &dyn Backend) {
         panic!("an expired lease is taken over");
     };
     assert_eq!(expired.token, 5);
+    // A new execution's lease: token 1, and it holds against others.
+    let fresh = b.acquire_new("y", &a, 60_000).await.unwrap();
+    assert_eq!(fresh.token, 1);
+    assert!(matches!(
+        b.acquire("y", &other, 60_000, None).await.unwrap(),
+        Claim::Held(l) if l.owner.id == "a"
+    ));
+    assert!(b.renew("y", 1, 60_000).await.unwrap());
 }
 
 #[tokio::test]

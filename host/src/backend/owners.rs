@@ -4,7 +4,7 @@
 //! so a holder can tell it lost the lease. Memory and SQLite implementations.
 
 use super::memory::MemoryBackend;
-use super::sqlite::SqliteBackend;
+use super::sqlite::{Op, SqliteBackend};
 use super::{BackendError, BackendResult, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,30 @@ pub trait Ownership: Send + Sync {
         lease_ms: u64,
         evict: Option<u64>,
     ) -> BackendResult<Claim>;
+    /// Takes the lease on an execution nobody else can know of yet (a new
+    /// id, before anything about it is stored), with token 1. Stores may
+    /// queue the write without waiting: it is ordered before everything the
+    /// caller writes next, so whoever sees the execution sees its lease. If a
+    /// lease on that id existed after all, the caller's first renewal fails
+    /// and it stops: never two owners.
+    async fn acquire_new(
+        &self,
+        execution: &str,
+        owner: &Owner,
+        lease_ms: u64,
+    ) -> BackendResult<Lease> {
+        match self.acquire(execution, owner, lease_ms, None).await? {
+            Claim::Acquired(lease) => Ok(lease),
+            Claim::Held(lease) => Err(BackendError::new(format!(
+                "execution `{}` is already owned by pid {} on {}",
+                execution, lease.owner.pid, lease.owner.host
+            ))),
+        }
+    }
     /// Extends the lease; `false` when `token` no longer holds it.
     async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool>;
     /// Gives the lease up (the token stays, so the next holder's is higher).
+    /// Stores may queue it without waiting; a lease not given up expires.
     async fn release(&self, execution: &str, token: u64) -> BackendResult<()>;
     /// The latest lease on `execution` (live or expired), if any.
     async fn lease(&self, execution: &str) -> BackendResult<Option<Lease>>;
@@ -206,6 +227,43 @@ impl Ownership for SqliteBackend {
         })
     }
 
+    async fn acquire_new(
+        &self,
+        execution: &str,
+        owner: &Owner,
+        lease_ms: u64,
+    ) -> BackendResult<Lease> {
+        let lease = Lease {
+            execution: execution.to_string(),
+            owner: owner.clone(),
+            token: 1,
+            expires_ms: now_ms().saturating_add(lease_ms),
+        };
+        let l = lease.clone();
+        self.send(
+            Op::Custom(Box::new(move |tx| {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO owners ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                         ON CONFLICT(execution) DO NOTHING"
+                    ),
+                    params![
+                        l.execution,
+                        l.owner.id,
+                        l.owner.pid as i64,
+                        l.owner.host,
+                        l.owner.started as i64,
+                        l.expires_ms.min(i64::MAX as u64) as i64
+                    ],
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Value::Null)
+            })),
+            None,
+        )?;
+        Ok(lease)
+    }
+
     async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool> {
         let execution = execution.to_string();
         self.exec(move |tx| {
@@ -223,15 +281,18 @@ impl Ownership for SqliteBackend {
 
     async fn release(&self, execution: &str, token: u64) -> BackendResult<()> {
         let execution = execution.to_string();
-        self.exec(move |tx| {
-            tx.execute(
-                "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
-                params![execution, token as i64],
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(Value::Null)
-        })
-        .await
+        // Queued, not waited for: the next write (or the writer's end) commits it.
+        self.send(
+            Op::Custom(Box::new(move |tx| {
+                tx.execute(
+                    "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
+                    params![execution, token as i64],
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Value::Null)
+            })),
+            None,
+        )
     }
 
     async fn lease(&self, execution: &str) -> BackendResult<Option<Lease>> {

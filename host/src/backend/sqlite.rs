@@ -136,7 +136,10 @@ type ErrorSlot = Arc<Mutex<Option<BackendError>>>;
 /// A [`Backend`] in one SQLite file.
 pub struct SqliteBackend {
     path: PathBuf,
-    writer: Mutex<mpsc::Sender<(Op, Reply)>>,
+    /// `None` once the backend is being dropped.
+    writer: Mutex<Option<mpsc::Sender<(Op, Reply)>>>,
+    /// Joined on drop, so queued writes are committed before the process ends.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The first failure of a deferred write, reported by the next write.
     deferred_error: ErrorSlot,
     reader: Mutex<Connection>,
@@ -232,13 +235,14 @@ impl SqliteBackend {
         let writer_path = path.to_path_buf();
         let deferred_error = ErrorSlot::default();
         let slot = deferred_error.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("flowhost-sqlite-writer".into())
             .spawn(move || write_loop(writer_conn, &writer_path, rx, &slot))
             .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
-            writer: Mutex::new(tx),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
             deferred_error,
             reader: Mutex::new(reader),
         })
@@ -248,7 +252,9 @@ impl SqliteBackend {
         &self.path
     }
 
-    fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
+    /// Queues a write; with no reply it is not waited for (a failure is
+    /// reported by the next write).
+    pub(super) fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
         if let Some(e) = self
             .deferred_error
             .lock()
@@ -260,6 +266,8 @@ impl SqliteBackend {
         self.writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or_else(|| BackendError::new("the database writer has stopped"))?
             .send((op, reply))
             .map_err(|_| BackendError::new("the database writer has stopped"))
     }
@@ -273,6 +281,22 @@ impl SqliteBackend {
 
     pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SqliteBackend {
+    /// Closes the writer's queue and waits until everything queued (deferred
+    /// checkpoints, released leases) is committed.
+    fn drop(&mut self) {
+        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
     }
 }
 

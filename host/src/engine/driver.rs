@@ -116,7 +116,7 @@ impl Engine {
                 "execution `{id}` exists already; `flowhost resume {id}` continues it"
             )));
         }
-        let held = self.own(&id).await?;
+        let held = self.own_new(&id).await?;
         let rec = self.new_record(&def, id, None, input);
         let frame = Frame {
             def,

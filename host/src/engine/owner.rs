@@ -119,6 +119,16 @@ fn owned_message(lease: &Lease) -> String {
 }
 
 impl Engine {
+    /// Takes the lease on a new execution (an id nobody else knows yet).
+    pub(super) async fn own_new(&self, root: &str) -> Result<Held, EngineError> {
+        let lease_ms = LEASE.as_millis() as u64;
+        let lease = self
+            .backend
+            .acquire_new(root, this_process(), lease_ms)
+            .await?;
+        Ok(self.hold(lease))
+    }
+
     /// Takes the lease on an execution tree's root for this process, taking
     /// over from a holder on this host whose process is gone.
     pub(super) async fn own(&self, root: &str) -> Result<Held, EngineError> {
@@ -139,6 +149,13 @@ impl Engine {
                 Claim::Held(lease) => return Err(EngineError::Owned(owned_message(&lease))),
             }
         };
+        Ok(self.hold(lease))
+    }
+
+    /// Renews a lease in the background; a lost one stops the tree.
+    fn hold(&self, lease: Lease) -> Held {
+        let lease_ms = LEASE.as_millis() as u64;
+        let root = lease.execution.as_str();
         let stop = Stop::default();
         let renewer = {
             let (backend, stop) = (self.backend.clone(), stop.clone());
@@ -163,12 +180,12 @@ impl Engine {
                 }
             })
         };
-        Ok(Held {
+        Held {
             execution: root.to_string(),
             token: lease.token,
             stop,
             renewer,
-        })
+        }
     }
 
     /// Gives a lease up now, or once this engine's launched executions have
@@ -181,8 +198,10 @@ impl Engine {
         self.release(held).await;
     }
 
-    pub(super) async fn release(&self, held: Held) {
+    pub(super) async fn release(&self, mut held: Held) {
         held.renewer.abort();
+        // Wait until the renewal task is gone: no renewal after the release.
+        let _ = (&mut held.renewer).await;
         if let Err(e) = self.backend.release(&held.execution, held.token).await {
             tracing::warn!(execution = %held.execution, "cannot release the lease (it expires by itself): {e}");
         }
