@@ -279,6 +279,15 @@ impl Expressions {
         };
         let mut i = 0;
         while i < bytes.len() {
+            // String literals are data: `"a|b"` names no filter.
+            if let quote @ (b'"' | b'\'') = bytes[i] {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                continue;
+            }
             let (probe, kind) = if bytes[i] == b'|' {
                 (ident(i + 1), minijinja::ErrorKind::UnknownFilter)
             } else if bytes[i..].starts_with(b" is ") {

@@ -164,6 +164,14 @@ fn unknown_filters_and_tests_are_found_without_evaluating() {
         vec!["nosuch".to_string(), "nosuchtest".to_string()]
     );
     assert!(e.unknown_names("x is naïve or y | ünïcode").is_empty());
+    assert!(
+        e.unknown_names(r#"x ~ "a|b is c" ~ 'd | e\' | f'"#)
+            .is_empty()
+    );
+    assert_eq!(
+        e.unknown_names(r#""a|b" | nosuch"#),
+        vec!["nosuch".to_string()]
+    );
     // Text outside `{{ }}` is not code: `a | b` there is just text.
     assert!(
         e.check_template(&json!("café | nosuch is odd: {{ x | fromjson }}"))
