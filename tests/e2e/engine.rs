@@ -647,12 +647,21 @@ async fn a_killed_run_resumes_to_the_same_output() {
     let expected: Value = serde_json::from_slice(&clean.stdout).unwrap();
     assert_eq!(expected["n"], 150);
 
-    // Kill at a random step between 5 and 140, seen in the database itself.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    let kill_at = 5 + nanos % 136;
+    // Kill at a seeded random step between 5 and 140, seen in the database
+    // itself. FLOWHOST_CRASH_SEED=<seed> replays a failure.
+    let seed: u64 = std::env::var("FLOWHOST_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+        });
+    let kill_at = 5 + seed % 136;
+    eprintln!(
+        "crash test: seed {seed}, kill at step {kill_at} (replay: FLOWHOST_CRASH_SEED={seed})"
+    );
     let db = dir.path().join("crash.db");
     let mut child = flowhost_e2e::flowhost(&cache)
         .args(args("crash.db"))
@@ -681,6 +690,8 @@ async fn a_killed_run_resumes_to_the_same_output() {
     let cp = store.load(&id).await.unwrap().unwrap();
     assert_eq!(cp.status, "running", "killed mid-run at step {}", cp.step);
     drop(store);
+    // States entered are logged at debug with their step: the resumed run
+    // must start at the checkpointed step, not at the machine's first state.
     let resumed = flowhost_e2e::flowhost(&cache)
         .args([
             "resume",
@@ -690,15 +701,25 @@ async fn a_killed_run_resumes_to_the_same_output() {
             "--plugins",
             &plugins.display().to_string(),
         ])
+        .env("FLOWHOST_LOG", "error,flowhost::cli::run=debug")
         .output()
         .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        flowhost_e2e::stderr(&resumed)
+    let log = flowhost_e2e::stderr(&resumed);
+    assert!(resumed.status.success(), "seed {seed}: {log}");
+    let first_step: u64 = log
+        .lines()
+        .find(|l| l.contains(" state") && l.contains("step="))
+        .and_then(|l| l.split("step=").nth(1))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("seed {seed}: no state line in the resume's log: {log}"));
+    assert_eq!(
+        first_step, cp.step,
+        "seed {seed}: the resume started at step {first_step}, the checkpoint says {}",
+        cp.step
     );
     let output: Value = serde_json::from_slice(&resumed.stdout).unwrap();
-    assert_eq!(output, expected, "killed at step {}", cp.step);
+    assert_eq!(output, expected, "seed {seed}: killed at step {}", cp.step);
 }
 
 #[tokio::test]
