@@ -83,7 +83,9 @@ pub trait Ownership: Send + Sync {
     /// Extends the lease; `false` when `token` no longer holds it.
     async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool>;
     /// Gives the lease up (the token stays, so the next holder's is higher).
-    /// Stores may queue it without waiting; a lease not given up expires.
+    /// Stores may apply it with their next write rather than at once (SQLite
+    /// does, or when it closes); until then the lease looks held, and it
+    /// expires by itself in any case.
     async fn release(&self, execution: &str, token: u64) -> BackendResult<()>;
     /// The latest lease on `execution` (live or expired), if any.
     async fn lease(&self, execution: &str) -> BackendResult<Option<Lease>>;
@@ -240,27 +242,25 @@ impl Ownership for SqliteBackend {
             expires_ms: now_ms().saturating_add(lease_ms),
         };
         let l = lease.clone();
-        self.send(
-            Op::Custom(Box::new(move |tx| {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO owners ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+        // Goes to the writer with the caller's next write (its first checkpoint).
+        self.send_lazy(Op::Custom(Box::new(move |tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO owners ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
                          ON CONFLICT(execution) DO NOTHING"
-                    ),
-                    params![
-                        l.execution,
-                        l.owner.id,
-                        l.owner.pid as i64,
-                        l.owner.host,
-                        l.owner.started as i64,
-                        l.expires_ms.min(i64::MAX as u64) as i64
-                    ],
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(Value::Null)
-            })),
-            None,
-        )?;
+                ),
+                params![
+                    l.execution,
+                    l.owner.id,
+                    l.owner.pid as i64,
+                    l.owner.host,
+                    l.owner.started as i64,
+                    l.expires_ms.min(i64::MAX as u64) as i64
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        })));
         Ok(lease)
     }
 
@@ -281,18 +281,17 @@ impl Ownership for SqliteBackend {
 
     async fn release(&self, execution: &str, token: u64) -> BackendResult<()> {
         let execution = execution.to_string();
-        // Queued, not waited for: the next write (or the writer's end) commits it.
-        self.send(
-            Op::Custom(Box::new(move |tx| {
-                tx.execute(
-                    "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
-                    params![execution, token as i64],
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(Value::Null)
-            })),
-            None,
-        )
+        // Needs no commit of its own: it goes with the next write, or when
+        // the store closes (a lease not given up expires by itself).
+        self.send_lazy(Op::Custom(Box::new(move |tx| {
+            tx.execute(
+                "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
+                params![execution, token as i64],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        })));
+        Ok(())
     }
 
     async fn lease(&self, execution: &str) -> BackendResult<Option<Lease>> {

@@ -140,6 +140,9 @@ pub struct SqliteBackend {
     writer: Mutex<Option<mpsc::Sender<(Op, Reply)>>>,
     /// Joined on drop, so queued writes are committed before the process ends.
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes that need no commit of their own (a released lease): they go
+    /// to the writer ahead of the next write, or when the store closes.
+    lazy: Mutex<Vec<Op>>,
     /// The first failure of a deferred write, reported by the next write.
     deferred_error: ErrorSlot,
     reader: Mutex<Connection>,
@@ -243,6 +246,7 @@ impl SqliteBackend {
             path: path.to_path_buf(),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(writer_thread)),
+            lazy: Mutex::new(Vec::new()),
             deferred_error,
             reader: Mutex::new(reader),
         })
@@ -263,13 +267,23 @@ impl SqliteBackend {
         {
             return Err(e);
         }
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .ok_or_else(|| BackendError::new("the database writer has stopped"))?
-            .send((op, reply))
-            .map_err(|_| BackendError::new("the database writer has stopped"))
+        let stopped = || BackendError::new("the database writer has stopped");
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = writer.as_ref().ok_or_else(stopped)?;
+        for lazy in self.take_lazy() {
+            writer.send((lazy, None)).map_err(|_| stopped())?;
+        }
+        writer.send((op, reply)).map_err(|_| stopped())
+    }
+
+    /// Queues a write that needs no commit of its own: it is applied, in
+    /// order, with the next write (or when the store closes).
+    pub(super) fn send_lazy(&self, op: Op) {
+        self.lazy.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+    }
+
+    fn take_lazy(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.lazy.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub(super) async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
@@ -288,7 +302,12 @@ impl Drop for SqliteBackend {
     /// Closes the writer's queue and waits until everything queued (deferred
     /// checkpoints, released leases) is committed.
     fn drop(&mut self) {
-        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            for lazy in self.take_lazy() {
+                let _ = writer.send((lazy, None));
+            }
+        }
         if let Some(thread) = self
             .writer_thread
             .lock()
