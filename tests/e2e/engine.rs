@@ -336,6 +336,37 @@ async fn parallel_machines_settled_fail_and_any_takes_the_first_success() {
     assert_eq!(out["items"], json!({"v": 11}));
 }
 
+/// `continue_on_partial`: a failed child is data in the output, not a failed
+/// state (Agentainer's continue_on_partial).
+#[tokio::test]
+async fn continue_on_partial_keeps_every_childs_output_or_error() {
+    let f = Fixture::new();
+    let yaml = fanout_yaml("settled", 8).replace(
+        "      mode: settled\n      output_to_context: {both:",
+        "      mode: settled\n      continue_on_partial: true\n      output_to_context: {both:",
+    );
+    assert!(yaml.contains("continue_on_partial"), "{yaml}");
+    let o = f.run("partial.yml", &yaml, json!({"items": [1]})).await;
+    let out = done(&o);
+    assert_eq!(
+        out["both"]["ok"],
+        json!({"ok": true, "output": {"v": 1}}),
+        "{out}"
+    );
+    let bad = &out["both"]["bad"];
+    assert_eq!(
+        (&bad["ok"], &bad["error"]["kind"]),
+        (&json!(false), &json!("fatal")),
+        "{out}"
+    );
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("broken"),
+        "{out}"
+    );
+    // A fan-out without the option keeps its plain outputs.
+    assert_eq!(out["items"], json!({"k1": {"v": 11}}));
+}
+
 #[tokio::test]
 async fn foreach_keys_outputs_and_max_concurrency_bounds_started_children() {
     let f = Fixture::new();

@@ -128,6 +128,10 @@ pub struct State {
     pub key: Option<String>,
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Fan-out states: finish with every child's output or error as data
+    /// (`{ok, output}` / `{ok, error}`) instead of failing on a failed child.
+    #[serde(default)]
+    pub continue_on_partial: Option<bool>,
     /// Seconds.
     #[serde(default)]
     pub timeout: Option<f64>,

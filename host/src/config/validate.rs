@@ -3,7 +3,7 @@
 //! flexible keys, templates and conditions, and settings.
 
 use super::locate::LineIndex;
-use super::schema::{ExecutionType, MachineFile, State, StateType};
+use super::schema::{ExecutionType, MachineFile, Mode, State, StateType};
 use super::{ConfigError, ConfigErrors, Options};
 use crate::duration;
 use crate::expr::Expressions;
@@ -423,6 +423,22 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
                 "`foreach` must be a template that gives a list (e.g. \"{{{{ context.items }}}}\") or a list, not {items}"
             ),
         );
+    }
+    if s.continue_on_partial.is_some() {
+        if s.machine.is_none() {
+            c.in_state(
+                name,
+                &["continue_on_partial"],
+                "`continue_on_partial` applies to states that run child machines (`machine`, `foreach`)".into(),
+            );
+        } else if s.mode == Some(Mode::Any) {
+            c.in_state(
+                name,
+                &["continue_on_partial"],
+                "`continue_on_partial` has no effect with `mode: any` (the first success decides)"
+                    .into(),
+            );
+        }
     }
     if s.foreach.is_some() && !matches!(&s.machine, Some(Value::String(_))) {
         c.in_state(

@@ -345,6 +345,7 @@ impl Engine {
         Pending {
             shape,
             any: state.mode == Some(Mode::Any),
+            partial: state.continue_on_partial == Some(true),
             max_concurrency: max,
             children,
         }
@@ -683,6 +684,18 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
     {
         return Ok(Work::Output(done(c).unwrap_or(Value::Null), None));
     }
+    if p.partial {
+        // Every child's outcome as data: `{ok: true, output}` or `{ok: false, error}`.
+        let slot = |c: &Child| match &c.outcome {
+            Some(ChildOutcome::Done(v)) => json!({"ok": true, "output": v}),
+            Some(ChildOutcome::Failed(f)) => json!({"ok": false, "error": f}),
+            Some(ChildOutcome::Cancelled) | None => json!({
+                "ok": false,
+                "error": {"kind": "cancelled", "message": "the child execution was cancelled", "state": ""}
+            }),
+        };
+        return Ok(Work::Output(shaped(p, slot), None));
+    }
     let failures: Vec<&Failure> = p
         .children
         .iter()
@@ -721,31 +734,27 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
             state,
         ));
     }
-    let output = match p.shape {
-        Shape::Single => p.children.first().and_then(done).unwrap_or(Value::Null),
-        Shape::List => Value::Array(
-            p.children
-                .iter()
-                .map(|c| done(c).unwrap_or(Value::Null))
-                .collect(),
-        ),
+    let output = shaped(p, |c| done(c).unwrap_or(Value::Null));
+    Ok(Work::Output(output, None))
+}
+
+/// The children's values in the state's output shape: the first one, a
+/// list, a map by machine name, or a map by `key`.
+fn shaped(p: &Pending, value: impl Fn(&Child) -> Value) -> Value {
+    match p.shape {
+        Shape::Single => p.children.first().map(&value).unwrap_or(Value::Null),
+        Shape::List => Value::Array(p.children.iter().map(&value).collect()),
         Shape::ByName => Value::Object(
             p.children
                 .iter()
-                .map(|c| (c.machine.clone(), done(c).unwrap_or(Value::Null)))
+                .map(|c| (c.machine.clone(), value(c)))
                 .collect(),
         ),
         Shape::ByKey => Value::Object(
             p.children
                 .iter()
-                .map(|c| {
-                    (
-                        c.key.clone().unwrap_or_default(),
-                        done(c).unwrap_or(Value::Null),
-                    )
-                })
+                .map(|c| (c.key.clone().unwrap_or_default(), value(c)))
                 .collect(),
         ),
-    };
-    Ok(Work::Output(output, None))
+    }
 }

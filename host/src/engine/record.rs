@@ -83,6 +83,9 @@ pub struct Pending {
     pub shape: Shape,
     /// `any`: the first child to finish well decides; the rest are cancelled.
     pub any: bool,
+    /// `continue_on_partial`: failed children are data, not a failed state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     pub max_concurrency: usize,
     pub children: Vec<Child>,
 }
