@@ -126,9 +126,19 @@ pub async fn run(
                     .map(|(k, v)| (*k, *v))
                     .collect();
                 for (job, fence) in jobs {
-                    let _ = backend
+                    match backend
                         .extend_lease(job, fence, config.lease.as_millis() as u64)
-                        .await;
+                        .await
+                    {
+                        Ok(true) => {}
+                        // Another worker claimed it (this one was paused past
+                        // the lease): stop extending, and its outcome is not written.
+                        Ok(false) => {
+                            tracing::warn!(worker = %id, job, "lost the lease on the job: another worker claimed it; this worker's outcome will not be written");
+                            held.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+                        }
+                        Err(e) => tracing::warn!(worker = %id, job, "cannot extend the lease: {e}"),
+                    }
                 }
             }
         })
@@ -182,7 +192,7 @@ pub async fn run(
                 held.clone(),
             );
             running.spawn(async move {
-                let outcome = process(&backend, &processor, &config, &job).await;
+                let outcome = process(&backend, &processor, &config, &job, &held).await;
                 held.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&job.id);
@@ -244,6 +254,7 @@ async fn process(
     processor: &Processor,
     config: &WorkerConfig,
     job: &Job,
+    held: &Mutex<HashMap<i64, u64>>,
 ) -> Result<JobOutcome, BackendError> {
     // A failure is its kind (to decide on a retry) and its message.
     let result: Result<Value, (String, String)> = match processor {
@@ -289,6 +300,16 @@ async fn process(
             Err(e) => Err(("fatal".into(), e.to_string())),
         },
     };
+    // A lease the heartbeat found lost: another worker owns the job now.
+    let still_held =
+        held.lock().unwrap_or_else(|p| p.into_inner()).get(&job.id) == Some(&job.fence);
+    if !still_held {
+        tracing::warn!(
+            job = job.id,
+            "outcome not written: the lease was lost to another worker"
+        );
+        return Ok(JobOutcome::Rejected);
+    }
     // The outcome is written with a few retries (a busy store); if it still
     // cannot be written, the lease runs out and the job runs again elsewhere.
     let mut pause = Duration::from_millis(10);
