@@ -110,6 +110,8 @@ pub struct Engine {
     detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Leases kept until launched executions finish.
     held: Mutex<Vec<owner::Held>>,
+    /// Every lease this engine holds, renewed by one task.
+    leases: owner::Leases,
     /// Asks every execution of this engine to stop at its next state boundary.
     stop: owner::Stop,
 }
@@ -124,6 +126,7 @@ impl Engine {
             trees: Mutex::new(HashMap::new()),
             detached: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            leases: owner::Leases::default(),
             stop: owner::Stop::default(),
         }
     }

@@ -5,8 +5,9 @@
 //! Also the stop request a driver checks at every state boundary.
 
 use super::{Engine, EngineError};
-use crate::backend::{Claim, Lease, Owner, now_ms};
-use std::sync::{Arc, Mutex, OnceLock};
+use crate::backend::{Backend, Claim, Lease, Owner, now_ms};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// How long a lease lasts without renewal.
@@ -101,12 +102,76 @@ pub(super) struct Held {
     pub execution: String,
     pub token: u64,
     pub stop: Stop,
-    renewer: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Held {
+/// The leases an engine holds (root → token and the tree's stop request),
+/// all renewed by one background task, started with the first lease. (One
+/// task per lease cost a spawn and an abort per run.)
+#[derive(Default)]
+pub(super) struct Leases {
+    held: Arc<Mutex<HashMap<String, (u64, Stop)>>>,
+    renewer: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Leases {
     fn drop(&mut self) {
-        self.renewer.abort();
+        if let Some(task) = self.renewer.get() {
+            task.abort();
+        }
+    }
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Stop)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every [`RENEW_EVERY`], renews each held lease; a lease another process
+/// took stops its tree. Ends when the engine (its map or store) is gone.
+async fn renew_all(held: Weak<Mutex<HashMap<String, (u64, Stop)>>>, backend: Weak<dyn Backend>) {
+    let lease_ms = LEASE.as_millis() as u64;
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let (Some(held), Some(backend)) = (held.upgrade(), backend.upgrade()) else {
+            return;
+        };
+        let leases: Vec<(String, u64)> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, (token, _))| (k.clone(), *token))
+            .collect();
+        for (execution, token) in leases {
+            let renewed = backend.renew(&execution, token, lease_ms).await;
+            let released_meanwhile = {
+                let mut map = held.lock().unwrap_or_else(|p| p.into_inner());
+                let current = map.get(&execution).filter(|(t, _)| *t == token).cloned();
+                match (renewed, current) {
+                    (Ok(true), Some(_)) | (Ok(false), None) => false,
+                    (Ok(true), None) => true,
+                    (Ok(false), Some((_, stop))) => {
+                        map.remove(&execution);
+                        tracing::error!(
+                            execution,
+                            "lost ownership: another process took this execution over"
+                        );
+                        stop.request(format!(
+                            "lost ownership of `{execution}`: another process took it over"
+                        ));
+                        false
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(execution, "cannot renew the lease: {e}");
+                        false
+                    }
+                }
+            };
+            // Released while it was being renewed: give it up again.
+            if released_meanwhile {
+                let _ = backend.release(&execution, token).await;
+            }
+        }
     }
 }
 
@@ -152,39 +217,20 @@ impl Engine {
         Ok(self.hold(lease))
     }
 
-    /// Renews a lease in the background; a lost one stops the tree.
+    /// Keeps a lease renewed in the background; a lost one stops the tree.
     fn hold(&self, lease: Lease) -> Held {
-        let lease_ms = LEASE.as_millis() as u64;
-        let root = lease.execution.as_str();
         let stop = Stop::default();
-        let renewer = {
-            let (backend, stop) = (self.backend.clone(), stop.clone());
-            let (execution, token) = (root.to_string(), lease.token);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(RENEW_EVERY).await;
-                    match backend.renew(&execution, token, lease_ms).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::error!(
-                                execution,
-                                "lost ownership: another process took this execution over"
-                            );
-                            stop.request(format!(
-                                "lost ownership of `{execution}`: another process took it over"
-                            ));
-                            return;
-                        }
-                        Err(e) => tracing::warn!(execution, "cannot renew the lease: {e}"),
-                    }
-                }
-            })
-        };
+        self.leases
+            .lock()
+            .insert(lease.execution.clone(), (lease.token, stop.clone()));
+        self.leases.renewer.get_or_init(|| {
+            let held = Arc::downgrade(&self.leases.held);
+            tokio::spawn(renew_all(held, Arc::downgrade(&self.backend)))
+        });
         Held {
-            execution: root.to_string(),
+            execution: lease.execution,
             token: lease.token,
             stop,
-            renewer,
         }
     }
 
@@ -198,10 +244,16 @@ impl Engine {
         self.release(held).await;
     }
 
-    pub(super) async fn release(&self, mut held: Held) {
-        held.renewer.abort();
-        // Wait until the renewal task is gone: no renewal after the release.
-        let _ = (&mut held.renewer).await;
+    pub(super) async fn release(&self, held: Held) {
+        {
+            let mut map = self.leases.lock();
+            if map
+                .get(&held.execution)
+                .is_some_and(|(t, _)| *t == held.token)
+            {
+                map.remove(&held.execution);
+            }
+        }
         if let Err(e) = self.backend.release(&held.execution, held.token).await {
             tracing::warn!(execution = %held.execution, "cannot release the lease (it expires by itself): {e}");
         }
@@ -230,6 +282,48 @@ mod tests {
         assert!(
             !holder_gone(&elsewhere),
             "a holder on another host cannot be judged"
+        );
+    }
+
+    fn engine(backend: Arc<dyn Backend>) -> Arc<Engine> {
+        let runtime = crate::plugin::Runtime::new(crate::plugin::RuntimeConfig {
+            cache_dir: None,
+            max_instances: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        Arc::new(Engine::new(backend, Arc::new(runtime), "plugins".into()))
+    }
+
+    /// The renewer keeps a lease alive, and a lease another process took
+    /// stops the tree that held it. Time is tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_taken_over_stops_the_tree_at_the_next_renewal() {
+        let backend: Arc<dyn Backend> = Arc::new(crate::backend::MemoryBackend::new());
+        let e = engine(backend.clone());
+        let held = e.own_new("root").await.unwrap();
+        tokio::time::sleep(RENEW_EVERY * 3).await;
+        assert_eq!(held.stop.reason(), None, "renewed, not lost");
+        let thief = Owner {
+            id: "thief".into(),
+            ..this_process().clone()
+        };
+        let claim = backend
+            .acquire("root", &thief, 60_000, Some(held.token))
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Acquired(_)));
+        held.stop.requested().await;
+        let reason = held.stop.reason().unwrap();
+        assert!(reason.contains("lost ownership of `root`"), "{reason}");
+        // Released leases are no longer renewed.
+        let other = e.own_new("other").await.unwrap();
+        e.release(other).await;
+        tokio::time::sleep(RENEW_EVERY * 2).await;
+        let lease = backend.lease("other").await.unwrap().unwrap();
+        assert_eq!(
+            lease.expires_ms, 0,
+            "a released lease was renewed: {lease:?}"
         );
     }
 
