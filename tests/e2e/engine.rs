@@ -721,6 +721,14 @@ async fn a_killed_run_resumes_to_the_same_output() {
     let cp = store.load(&id).await.unwrap().unwrap();
     assert_eq!(cp.status, "running", "killed mid-run at step {}", cp.step);
     drop(store);
+    // The execution is pinned to the definition it started with: a machine
+    // file edited since changes nothing.
+    let edited = LONG.replace(
+        r#"output: {n: "{{ context.n }}", acc: "{{ context.acc }}"}"#,
+        "output: {edited: true}",
+    );
+    assert_ne!(edited, LONG);
+    std::fs::write(&machine, edited).unwrap();
     // States entered are logged at debug with their step: the resumed run
     // must start at the checkpointed step, not at the machine's first state.
     let resumed = flowhost_e2e::flowhost(&cache)

@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod definitions;
 mod engine;
 mod failures;
 mod hardening;

@@ -153,10 +153,31 @@ async fn ownership_suite(b: &dyn Backend) {
     assert!(b.renew("y", 1, 60_000).await.unwrap());
 }
 
+async fn definitions_suite(b: &dyn Backend) {
+    assert_eq!(b.get_definition("d1").await.unwrap(), None);
+    b.put_definition("d1", "first").await.unwrap();
+    // A digest names one text: a second put under it changes nothing.
+    b.put_definition("d1", "second").await.unwrap();
+    b.put_definition("d2", "other").await.unwrap();
+    // A waited-for write covers the deferred puts before it.
+    b.save(checkpoint("after-put", None, "running", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get_definition("d1").await.unwrap().as_deref(),
+        Some("first")
+    );
+    assert_eq!(
+        b.get_definition("d2").await.unwrap().as_deref(),
+        Some("other")
+    );
+}
+
 #[tokio::test]
 async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
     ownership_suite(&MemoryBackend::new()).await;
+    definitions_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -167,11 +188,16 @@ async fn sqlite_backend_conforms_and_persists() {
         let b = SqliteBackend::open(&path, Durability::Full).unwrap();
         suite(&b).await;
         ownership_suite(&b).await;
+        definitions_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();
     assert_eq!(b.load("a").await.unwrap().unwrap().step, 7);
     assert!(b.read_result("a").await.unwrap().is_some());
+    assert_eq!(
+        b.get_definition("d1").await.unwrap().as_deref(),
+        Some("first")
+    );
 }
 
 #[tokio::test]

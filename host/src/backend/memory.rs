@@ -2,7 +2,8 @@
 
 use super::pools::{Job, WorkerInfo, job_status};
 use super::{
-    Backend, BackendResult, Checkpoint, Checkpoints, ListFilter, Results, Signals, StoredResult,
+    Backend, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter, Results, Signals,
+    StoredResult,
 };
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +14,7 @@ pub(super) struct Data {
     checkpoints: HashMap<String, Checkpoint>,
     results: HashMap<String, StoredResult>,
     signals: HashMap<(String, String), VecDeque<Value>>,
+    definitions: HashMap<String, String>,
     /// Job `id` is at index `id - 1`.
     pub(super) jobs: Vec<Job>,
     pub(super) workers: HashMap<String, WorkerInfo>,
@@ -116,6 +118,21 @@ impl Signals for MemoryBackend {
             .signals
             .get_mut(&(id.to_string(), channel.to_string()))
             .and_then(VecDeque::pop_front))
+    }
+}
+
+#[async_trait::async_trait]
+impl Definitions for MemoryBackend {
+    async fn put_definition(&self, digest: &str, body: &str) -> BackendResult<()> {
+        self.lock()
+            .definitions
+            .entry(digest.to_string())
+            .or_insert_with(|| body.to_string());
+        Ok(())
+    }
+
+    async fn get_definition(&self, digest: &str) -> BackendResult<Option<String>> {
+        Ok(self.lock().definitions.get(digest).cloned())
     }
 }
 

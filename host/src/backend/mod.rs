@@ -1,10 +1,11 @@
 //! Storage behind the engine and the workers: execution checkpoints, durable
-//! results, signals, execution ownership (leases), job pools and the worker
+//! results, signals, pinned machine definitions, execution ownership (leases), job pools and the worker
 //! registry, as async traits with an in-memory implementation (tests,
 //! `run --memory`) and an embedded SQLite one (the default).
 //!
 //! The backend stores what the engine hands it without reading it: a
-//! checkpoint is a few indexed columns plus the engine's serialised record.
+//! checkpoint is a few indexed columns plus the engine's serialised record,
+//! a pinned machine definition is text under its digest.
 //! Imports nothing else from flowhost.
 
 mod memory;
@@ -107,8 +108,22 @@ pub trait Signals: Send + Sync {
     async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>>;
 }
 
+/// Machine definitions that executions are pinned to, stored once under
+/// their content digest (the engine computes it; the store keeps the text).
+#[async_trait::async_trait]
+pub trait Definitions: Send + Sync {
+    /// Stores `body` under `digest` unless something is stored there already.
+    /// Like [`Checkpoints::save_deferred`] it is not waited for: it is stored
+    /// before any write made after it, and a failure is reported by a later
+    /// write.
+    async fn put_definition(&self, digest: &str, body: &str) -> BackendResult<()>;
+    async fn get_definition(&self, digest: &str) -> BackendResult<Option<String>>;
+}
+
 /// Everything the engine and the workers need from a store.
-pub trait Backend: Checkpoints + Results + Signals + WorkPools + Workers + Ownership {
+pub trait Backend:
+    Checkpoints + Results + Signals + Definitions + WorkPools + Workers + Ownership
+{
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;
     /// The database file another process can open, if there is one.

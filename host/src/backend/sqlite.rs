@@ -4,8 +4,8 @@
 //! checkpoint at once share one fsync). Reads go to a separate connection.
 
 use super::{
-    Backend, BackendError, BackendResult, Checkpoint, Checkpoints, ListFilter, Results, Signals,
-    StoredResult, now_ms,
+    Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
+    Results, Signals, StoredResult, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -104,6 +104,13 @@ CREATE TABLE owners (
     expires_ms INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE definitions (
+    digest     TEXT PRIMARY KEY,
+    body       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// How hard a commit waits for the disk.
@@ -125,6 +132,7 @@ pub(super) enum Op {
     WriteResult(String, StoredResult),
     SendSignal(String, String, String),
     TakeSignal(String, String),
+    PutDefinition(String, String),
     Custom(Custom),
 }
 
@@ -332,7 +340,7 @@ fn write_loop(
         }
         None => {
             if let Err(e) = result {
-                tracing::error!("deferred checkpoint not written: {e}");
+                tracing::error!("deferred write (checkpoint or definition) failed: {e}");
                 deferred_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -423,6 +431,14 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                 "INSERT INTO signals (execution, channel, data, sent_ms) VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut s| s.execute(params![id, channel, data, now_ms() as i64]))
+            .map_err(&err)?;
+            Ok(None)
+        }
+        Op::PutDefinition(digest, body) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO definitions (digest, body, created_ms) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![digest, body, now_ms() as i64]))
             .map_err(&err)?;
             Ok(None)
         }
@@ -555,6 +571,23 @@ impl Signals for SqliteBackend {
     async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>> {
         self.write(Op::TakeSignal(id.to_string(), channel.to_string()))
             .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Definitions for SqliteBackend {
+    async fn put_definition(&self, digest: &str, body: &str) -> BackendResult<()> {
+        self.send(
+            Op::PutDefinition(digest.to_string(), body.to_string()),
+            None,
+        )
+    }
+
+    async fn get_definition(&self, digest: &str) -> BackendResult<Option<String>> {
+        self.reader()
+            .prepare_cached("SELECT body FROM definitions WHERE digest = ?1")
+            .and_then(|mut s| s.query_row(params![digest], |r| r.get(0)).optional())
+            .map_err(db_error(&self.path))
     }
 }
 

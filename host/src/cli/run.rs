@@ -5,7 +5,7 @@ use super::{CliError, RuntimeArgs};
 use crate::backend::{
     Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
 };
-use crate::engine::{Engine, EngineError, Observer, Outcome, Status, owner};
+use crate::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status, owner};
 use crate::plugin::{Runtime, registry};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -170,6 +170,11 @@ pub(super) struct ResumeArgs {
     /// Print the whole outcome (id, status, output) instead of just the output.
     #[arg(long)]
     json: bool,
+    /// Continue on the machine files and plugins as they are now instead of
+    /// the definition the execution started with (its current state must
+    /// still exist). Without it, a changed plugin is refused.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(Args)]
@@ -254,6 +259,9 @@ fn engine_error(e: EngineError) -> CliError {
         EngineError::Config(errors) => CliError::Config(errors.to_string()),
         EngineError::Plugin { context, error } => CliError::Plugin { context, error },
         EngineError::NotFound(_) => CliError::Usage(e.to_string()),
+        EngineError::Changed(m) => CliError::Other(format!(
+            "{m}\nthe execution runs the definition it started with; `flowhost resume --upgrade` continues it on what is installed now"
+        )),
         other => CliError::Other(other.to_string()),
     }
 }
@@ -406,7 +414,9 @@ pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
     let session = engine(a.store.open_existing()?, &a.runtime)?;
     let engine = session.engine.clone();
     let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
-    drive(&session, &a.id, Some(flags), a.json, engine.resume(&a.id)).await
+    let options = ResumeOptions { upgrade: a.upgrade };
+    let run = engine.resume_with(&a.id, options);
+    drive(&session, &a.id, Some(flags), a.json, run).await
 }
 
 pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
@@ -497,6 +507,7 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
         "state": cp.state,
         "step": cp.step,
         "parent": cp.parent,
+        "definition": record.get("definition"),
         "created_ms": cp.created_ms,
         "updated_ms": cp.updated_ms,
         "owner": owner,

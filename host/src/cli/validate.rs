@@ -26,6 +26,7 @@ pub(super) fn run(a: ValidateArgs) -> Result<ExitCode, CliError> {
             .plugins
             .clone()
             .or_else(|| std::env::var_os("FLOWHOST_PLUGINS").map(PathBuf::from)),
+        pinned: false,
     };
     let mut bad = 0;
     for file in &a.files {

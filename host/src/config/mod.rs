@@ -82,6 +82,9 @@ pub struct Options {
     /// The plugins folder, when known: every plugin a config names must be
     /// there (as `<name>.wasm`).
     pub plugins_dir: Option<PathBuf>,
+    /// The config comes from a pinned definition, which holds its child
+    /// machines' files: they are not looked for on disk.
+    pub pinned: bool,
 }
 
 /// Deepest nesting of flow collections (`[` / `{`) accepted in a config.

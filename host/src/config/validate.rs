@@ -102,6 +102,8 @@ struct Checker<'a> {
     path: &'a Path,
     index: &'a LineIndex,
     plugins_dir: Option<&'a Path>,
+    /// Child machine files are not on disk to check (see [`Options::pinned`]).
+    pinned: bool,
     exprs: Expressions,
     errors: Vec<ConfigError>,
 }
@@ -179,6 +181,7 @@ pub(super) fn validate(
         path,
         index,
         plugins_dir: options.plugins_dir.as_deref(),
+        pinned: options.pinned,
         exprs: Expressions::new(),
         errors: Vec::new(),
     };
@@ -691,6 +694,7 @@ fn check_machines(
     let dir = path.parent().unwrap_or(Path::new("."));
     for (name, value) in machines {
         match value {
+            Value::String(_) if c.pinned => {}
             Value::String(rel) => {
                 if !dir.join(rel).is_file() {
                     c.top(

@@ -33,6 +33,8 @@ pub(super) enum Advance {
 #[derive(Clone)]
 pub(super) struct Frame {
     pub def: Arc<MachineDef>,
+    /// Digest of the definition the execution's tree is pinned to.
+    pub definition: Arc<str>,
     /// This execution's token, then its ancestors'.
     pub cancel: Vec<CancelToken>,
     /// The stop request of the tree this execution belongs to (its lease).

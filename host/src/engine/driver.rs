@@ -4,14 +4,14 @@
 //! finished execution's result to the store.
 
 use super::advance::{Advance, Frame};
-use super::record::{Child, ChildOutcome, Failure, MachineRef, Record, Status};
-use super::{Engine, EngineError, MachineDef, machines};
+use super::record::{Child, ChildOutcome, Failure, Record, Status};
+use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
 use crate::backend::{Checkpoint, StoredResult, now_ms};
 use crate::plugin::{CancelToken, HookEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -64,27 +64,90 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// How [`Engine::resume_with`] treats the execution's pinned definition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumeOptions {
+    /// Continue on the machine files and plugins as they are now (pinning
+    /// them anew) instead of the definition the execution started with. The
+    /// state the execution is in must still exist.
+    pub upgrade: bool,
+}
+
 impl Engine {
     /// Loads (once) the machine tree of a root file.
     pub fn load(&self, file: &Path) -> Result<Arc<MachineDef>, EngineError> {
+        Ok(self.load_root(file)?.1.def)
+    }
+
+    fn load_root(&self, file: &Path) -> Result<(PathBuf, Tree), EngineError> {
         let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-        if let Some(def) = self.lock_trees().get(&key) {
+        if let Some(tree) = self.lock_trees().by_file.get(&key) {
+            return Ok((key, tree.clone()));
+        }
+        let (def, definition) = machines::load_tree(file, &self.library)?;
+        let (digest, body) = definition.encode()?;
+        let tree = Tree {
+            def,
+            digest: digest.clone().into(),
+            unstored: Some(body.into()),
+        };
+        let mut trees = self.lock_trees();
+        trees.by_digest.entry(digest).or_insert(tree.def.clone());
+        trees.by_file.insert(key.clone(), tree.clone());
+        Ok((key, tree))
+    }
+
+    /// Loads a root file's tree and stores its definition (once per engine),
+    /// so executions can be pinned to it.
+    async fn pin_file(&self, file: &Path) -> Result<(Arc<MachineDef>, Arc<str>), EngineError> {
+        let (key, tree) = self.load_root(file)?;
+        if let Some(body) = &tree.unstored {
+            // Queued ahead of the first checkpoint that names it.
+            self.backend.put_definition(&tree.digest, body).await?;
+            if let Some(t) = self.lock_trees().by_file.get_mut(&key) {
+                t.unstored = None;
+            }
+        }
+        Ok((tree.def, tree.digest))
+    }
+
+    /// The tree a stored definition pins.
+    async fn pinned(&self, digest: &str) -> Result<Arc<MachineDef>, EngineError> {
+        if let Some(def) = self.lock_trees().by_digest.get(digest) {
             return Ok(def.clone());
         }
-        let def = machines::load_tree(file, &self.library)?;
-        self.lock_trees().insert(key, def.clone());
+        let body = self.backend.get_definition(digest).await?.ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "the machine definition {} this execution runs is not in {}",
+                definition::short(digest),
+                self.backend.describe()
+            ))
+        })?;
+        let pinned = Definition::decode(digest, &body)?;
+        let def = machines::load_pinned(&pinned, &self.library)?;
+        self.lock_trees()
+            .by_digest
+            .insert(digest.to_string(), def.clone());
         Ok(def)
     }
 
-    fn lock_trees(
+    /// The machine an execution runs and the digest of its tree's definition:
+    /// the pinned one, or with `upgrade` (and for records from before
+    /// definitions were pinned) the root file as it is now.
+    async fn def_of(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::path::PathBuf, Arc<MachineDef>>>
-    {
-        self.trees.lock().unwrap_or_else(|p| p.into_inner())
+        rec: &Record,
+        upgrade: bool,
+    ) -> Result<(Arc<MachineDef>, Arc<str>), EngineError> {
+        let (root, digest) = match &rec.definition {
+            Some(d) if !upgrade => (self.pinned(d).await?, Arc::from(d.as_str())),
+            _ => self.pin_file(&rec.source.file).await?,
+        };
+        Ok((root.find(&rec.source.path)?, digest))
     }
 
-    fn def_of(&self, source: &MachineRef) -> Result<Arc<MachineDef>, EngineError> {
-        self.load(&source.file)?.find(&source.path)
+    fn lock_trees(&self) -> std::sync::MutexGuard<'_, Trees> {
+        self.trees.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new execution id (time-ordered).
@@ -110,16 +173,17 @@ impl Engine {
         input: Value,
         id: String,
     ) -> Result<Outcome, EngineError> {
-        let def = self.load(file)?;
+        let (def, definition) = self.pin_file(file).await?;
         if self.backend.load(&id).await?.is_some() {
             return Err(EngineError::Invalid(format!(
                 "execution `{id}` exists already; `flowhost resume {id}` continues it"
             )));
         }
         let held = self.own_new(&id).await?;
-        let rec = self.new_record(&def, id, None, input);
+        let rec = self.new_record(&def, &definition, id, None, input);
         let frame = Frame {
             def,
+            definition,
             cancel: vec![CancelToken::default()],
             stop: held.stop.clone(),
         };
@@ -131,12 +195,24 @@ impl Engine {
     /// Continues an execution from its latest checkpoint (also one that is
     /// waiting and has received its signal). The process must own the
     /// execution's tree: resuming one that a live process runs is refused.
+    /// It runs the definition it started with: machine files edited or
+    /// deleted since change nothing, and a plugin replaced since is refused
+    /// ([`EngineError::Changed`]).
     pub async fn resume(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
+        self.resume_with(id, ResumeOptions::default()).await
+    }
+
+    /// [`Engine::resume`] with [`ResumeOptions`].
+    pub async fn resume_with(
+        self: &Arc<Self>,
+        id: &str,
+        options: ResumeOptions,
+    ) -> Result<Outcome, EngineError> {
         let root = self.root_of(id).await?;
         let held = self.own(&root.id).await?;
         // Read again under the lease: the previous owner may have moved it on.
         let result = match self.load_record(id).await {
-            Ok(rec) => self.resume_owned(rec, held.stop.clone()).await,
+            Ok(rec) => self.resume_owned(rec, held.stop.clone(), options).await,
             Err(e) => Err(e),
         };
         self.disown(held).await;
@@ -147,10 +223,20 @@ impl Engine {
         self: &Arc<Self>,
         rec: Record,
         stop: super::owner::Stop,
+        options: ResumeOptions,
     ) -> Result<Outcome, EngineError> {
-        let def = self.def_of(&rec.source)?;
+        let (def, definition) = self.def_of(&rec, options.upgrade).await?;
+        if options.upgrade && !rec.status.is_terminal() && def.state(&rec.state).is_err() {
+            return Err(EngineError::Invalid(format!(
+                "cannot upgrade execution `{}`: machine `{}` as it is now has no state `{}`, where the execution is",
+                rec.id,
+                def.config.name(),
+                rec.state
+            )));
+        }
         let frame = Frame {
             def,
+            definition,
             cancel: vec![CancelToken::default()],
             stop,
         };
@@ -215,6 +301,7 @@ impl Engine {
     fn new_record(
         &self,
         def: &Arc<MachineDef>,
+        definition: &str,
         id: String,
         parent: Option<String>,
         input: Value,
@@ -226,6 +313,7 @@ impl Engine {
             parent,
             machine: def.config.name().to_string(),
             source: def.source.clone(),
+            definition: Some(definition.to_string()),
             status: Status::Running,
             state: def.config.initial.clone(),
             step: 1,
@@ -319,6 +407,10 @@ impl Engine {
     ) -> Boxed<'_, Result<Outcome, EngineError>> {
         Box::pin(async move {
             let def = frame.def.clone();
+            if rec.definition.as_deref() != Some(&*frame.definition) {
+                // Pinned anew (an upgrade, or a record from before pinning).
+                rec.definition = Some(frame.definition.to_string());
+            }
             if fresh {
                 if rec.status == Status::Running
                     && let Err(f) = self.fire(&frame, &mut rec, HookEvent::MachineStart).await
@@ -482,6 +574,7 @@ impl Engine {
                 cancel.extend(frame.cancel.iter().cloned());
                 let child_frame = Frame {
                     def,
+                    definition: frame.definition.clone(),
                     cancel,
                     stop: frame.stop.clone(),
                 };
@@ -564,7 +657,8 @@ impl Engine {
                 self.drive(frame, rec, false).await
             }
             None => {
-                let rec = self.new_record(&def, child.id, Some(parent), child.input);
+                let rec =
+                    self.new_record(&def, &frame.definition, child.id, Some(parent), child.input);
                 self.drive(frame, rec, true).await
             }
         }
@@ -610,6 +704,7 @@ impl Engine {
                 None => {
                     let r = self.new_record(
                         &def,
+                        &frame.definition,
                         launch.id.clone(),
                         Some(rec.id.clone()),
                         launch.input.clone(),
@@ -628,6 +723,7 @@ impl Engine {
             // Launched executions run under the lease of the tree that launched them.
             let frame = Frame {
                 def,
+                definition: frame.definition.clone(),
                 cancel: vec![CancelToken::default()],
                 stop: frame.stop.clone(),
             };

@@ -1,9 +1,11 @@
 //! Loading a machine and everything it needs before it runs: its child
 //! machines (files next to it or inline), the plugins its states, agents and
 //! hooks name, with the limits its states set. A problem anywhere in the tree
-//! is reported before the first state runs.
+//! is reported before the first state runs. A tree is read from disk (and
+//! yields the [`Definition`] that pins it) or from a pinned definition.
 
 use super::EngineError;
+use super::definition::{Definition, PinnedFile};
 use super::record::MachineRef;
 use crate::config::{self, Machine, State};
 use crate::plugin::{LimitOverrides, Plugin, Runtime, World, registry};
@@ -63,7 +65,7 @@ impl MachineDef {
 pub struct Library {
     runtime: Arc<Runtime>,
     dir: PathBuf,
-    loaded: Mutex<HashMap<String, Plugin>>,
+    loaded: Mutex<HashMap<String, (String, Plugin)>>,
 }
 
 impl Library {
@@ -83,11 +85,17 @@ impl Library {
     pub fn config_options(&self) -> config::Options {
         config::Options {
             plugins_dir: Some(self.dir.clone()),
+            pinned: false,
         }
     }
 
     /// A plugin from a spec: `name` or `{plugin, version, sha256, config, limits, reuse}`.
     pub fn plugin(&self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
+        self.named_plugin(spec, world).map(|(_, plugin)| plugin)
+    }
+
+    /// [`Library::plugin`] with the plugin's name.
+    fn named_plugin(&self, spec: &Value, world: World) -> Result<(String, Plugin), EngineError> {
         let key = spec.to_string();
         if let Some(p) = self.lock().get(&key) {
             return Ok(p.clone());
@@ -133,32 +141,137 @@ impl Library {
         } else {
             plugin.tightened(&limits)
         };
-        self.lock().insert(key, plugin.clone());
-        Ok(plugin)
+        self.lock().insert(key, (name.to_string(), plugin.clone()));
+        Ok((name.to_string(), plugin))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Plugin>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Plugin)>> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Loads a machine file and its whole tree.
-pub fn load_tree(file: &Path, library: &Library) -> Result<Arc<MachineDef>, EngineError> {
-    let file = std::fs::canonicalize(file).map_err(|e| {
-        EngineError::Config(config::ConfigErrors(vec![config::ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            state: None,
-            message: format!("cannot read: {e}"),
-        }]))
-    })?;
-    let options = library.config_options();
-    let machine = config::load_with(&file, &options).map_err(EngineError::Config)?;
+/// Walks a machine tree: reads its configs, loads its plugins, and notes
+/// what a [`Definition`] pins.
+struct Loader<'a> {
+    library: &'a Library,
+    /// Where config texts come from: a pinned definition, or (when `None`)
+    /// the disk, collecting what was read into `read`.
+    pinned: Option<&'a Definition>,
+    read: Vec<PinnedFile>,
+    /// Plugin name → content digest of every plugin loaded.
+    plugins: BTreeMap<String, String>,
+    /// The files of the machines being built, to refuse a tree that includes itself.
+    stack: Vec<PathBuf>,
+}
+
+impl Loader<'_> {
+    /// The config of the machine at `path` in the tree, read from `file`.
+    fn machine(&mut self, path: &[String], file: &Path) -> Result<Machine, EngineError> {
+        let options = self.options();
+        match self.pinned {
+            None => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| config_error(file, format!("cannot read: {e}")))?;
+                let machine =
+                    config::parse_with(file, &text, &options).map_err(EngineError::Config)?;
+                self.read.push(PinnedFile {
+                    path: path.to_vec(),
+                    file: file.to_path_buf(),
+                    text,
+                });
+                Ok(machine)
+            }
+            Some(def) => {
+                let pinned = def.file(path).ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "the pinned definition of {} has no config for machine `{}`",
+                        def.root.display(),
+                        path.join(".")
+                    ))
+                })?;
+                config::parse_with(&pinned.file, &pinned.text, &options)
+                    .map_err(EngineError::Config)
+            }
+        }
+    }
+
+    fn options(&self) -> config::Options {
+        config::Options {
+            pinned: self.pinned.is_some(),
+            ..self.library.config_options()
+        }
+    }
+
+    fn plugin(&mut self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
+        let (name, plugin) = self.library.named_plugin(spec, world)?;
+        self.plugins.insert(name, plugin.digest().to_string());
+        Ok(plugin)
+    }
+}
+
+fn config_error(file: &Path, message: String) -> EngineError {
+    EngineError::Config(config::ConfigErrors(vec![config::ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        state: None,
+        message,
+    }]))
+}
+
+/// Loads a machine file and its whole tree from disk, with the definition
+/// that pins it.
+pub fn load_tree(
+    file: &Path,
+    library: &Library,
+) -> Result<(Arc<MachineDef>, Definition), EngineError> {
+    let file =
+        std::fs::canonicalize(file).map_err(|e| config_error(file, format!("cannot read: {e}")))?;
+    let mut loader = Loader {
+        library,
+        pinned: None,
+        read: Vec::new(),
+        plugins: BTreeMap::new(),
+        stack: vec![file.clone()],
+    };
+    let machine = loader.machine(&[], &file)?;
     let source = MachineRef {
         file: file.clone(),
         path: vec![],
     };
-    build(machine, source, &[], false, library, &mut vec![file])
+    let def = build(machine, source, &[], false, &mut loader)?;
+    let definition = Definition {
+        root: file,
+        files: loader.read,
+        plugins: loader.plugins,
+    };
+    Ok((def, definition))
+}
+
+/// Loads the tree a definition pins. Plugins come from the plugins folder
+/// and must be the ones pinned: a changed plugin is refused, naming it and
+/// both digests.
+pub fn load_pinned(
+    definition: &Definition,
+    library: &Library,
+) -> Result<Arc<MachineDef>, EngineError> {
+    let mut loader = Loader {
+        library,
+        pinned: Some(definition),
+        read: Vec::new(),
+        plugins: BTreeMap::new(),
+        stack: vec![definition.root.clone()],
+    };
+    let machine = loader.machine(&[], &definition.root)?;
+    let source = MachineRef {
+        file: definition.root.clone(),
+        path: vec![],
+    };
+    let def = build(machine, source, &[], false, &mut loader)?;
+    let changed = definition.changed_plugins(&loader.plugins);
+    if !changed.is_empty() {
+        return Err(EngineError::Changed(changed.join("; ")));
+    }
+    Ok(def)
 }
 
 fn build(
@@ -166,8 +279,7 @@ fn build(
     source: MachineRef,
     inherited: &[Plugin],
     inherited_builtins: bool,
-    library: &Library,
-    stack: &mut Vec<PathBuf>,
+    loader: &mut Loader<'_>,
 ) -> Result<Arc<MachineDef>, EngineError> {
     let data = machine.data();
     let at = |what: &str| format!("{}: {what}", machine.path.display());
@@ -180,13 +292,13 @@ fn build(
     // Hooks: the ancestors', then this machine's.
     let mut hooks = inherited.to_vec();
     for spec in [&data.hooks, &data.lifecycle_hooks].into_iter().flatten() {
-        hooks.extend(hook_plugins(spec, data, library).map_err(|e| e.context(&at("hooks")))?);
+        hooks.extend(hook_plugins(spec, data, loader).map_err(|e| e.context(&at("hooks")))?);
     }
     let mut state_hooks = HashMap::new();
     let mut runners = HashMap::new();
     for (name, state) in &data.states {
         if let Some(spec) = &state.hooks {
-            let list = hook_plugins(spec, data, library)
+            let list = hook_plugins(spec, data, loader)
                 .map_err(|e| e.context(&at(&format!("state `{name}`: hooks"))))?;
             state_hooks.insert(name.clone(), list);
         }
@@ -202,7 +314,7 @@ fn build(
                 .map(|alias| (plugin_spec(&data.plugins, alias), World::Step))
         };
         if let Some((spec, world)) = runner {
-            let mut plugin = library
+            let mut plugin = loader
                 .plugin(&spec, world)
                 .map_err(|e| e.context(&at(&format!("state `{name}`"))))?;
             if let Some(secs) = state.timeout {
@@ -222,37 +334,31 @@ fn build(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     for (name, value) in &data.machines {
+        let child_source = source.child(name);
         let child = match value {
             Value::String(rel) => {
                 let path = dir.join(rel);
                 let path = std::fs::canonicalize(&path).unwrap_or(path);
-                if stack.contains(&path) {
+                if loader.stack.contains(&path) {
                     return Err(EngineError::Invalid(at(&format!(
                         "machine `{name}` ({}) includes itself through its children",
                         path.display()
                     ))));
                 }
-                config::load_with(&path, &library.config_options()).map_err(EngineError::Config)?
+                loader.machine(&child_source.path, &path)?
             }
             inline => {
                 let text = serde_yaml::to_string(inline).map_err(|e| {
                     EngineError::Invalid(at(&format!("inline machine `{name}`: {e}")))
                 })?;
                 let pseudo = machine.path.with_extension(format!("{name}.inline.yml"));
-                config::parse_with(&pseudo, &text, &library.config_options())
+                config::parse_with(&pseudo, &text, &loader.options())
                     .map_err(EngineError::Config)?
             }
         };
-        stack.push(child.path.clone());
-        let def = build(
-            child,
-            source.child(name),
-            &hooks,
-            builtin_actions,
-            library,
-            stack,
-        )?;
-        stack.pop();
+        loader.stack.push(child.path.clone());
+        let def = build(child, child_source, &hooks, builtin_actions, loader)?;
+        loader.stack.pop();
         children.insert(name.clone(), def);
     }
 
@@ -287,18 +393,18 @@ fn plugin_spec(plugins: &BTreeMap<String, Value>, alias: &str) -> Value {
 fn hook_plugins(
     spec: &Value,
     data: &config::MachineData,
-    library: &Library,
+    loader: &mut Loader<'_>,
 ) -> Result<Vec<Plugin>, EngineError> {
     match spec {
         Value::Array(items) => {
             let mut all = Vec::new();
             for item in items {
-                all.extend(hook_plugins(item, data, library)?);
+                all.extend(hook_plugins(item, data, loader)?);
             }
             Ok(all)
         }
         Value::String(alias) => Ok(vec![
-            library.plugin(&plugin_spec(&data.plugins, alias), World::Hook)?,
+            loader.plugin(&plugin_spec(&data.plugins, alias), World::Hook)?,
         ]),
         Value::Object(m) => {
             if let Some(class) = m.get("class").and_then(Value::as_str) {
@@ -307,7 +413,7 @@ fn hook_plugins(
                     return Ok(vec![]);
                 }
                 return Ok(vec![
-                    library.plugin(&plugin_spec(&data.plugins, class), World::Hook)?,
+                    loader.plugin(&plugin_spec(&data.plugins, class), World::Hook)?,
                 ]);
             }
             let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -315,7 +421,7 @@ fn hook_plugins(
             if let (Some(args), Value::String(n)) = (m.get("args"), &spec) {
                 spec = serde_json::json!({"plugin": n, "config": args});
             }
-            Ok(vec![library.plugin(&spec, World::Hook)?])
+            Ok(vec![loader.plugin(&spec, World::Hook)?])
         }
         other => Err(EngineError::Invalid(format!("bad hooks entry {other}"))),
     }

@@ -1,7 +1,8 @@
 //! The state machine: one resumable step function ([`Engine::advance`] in
 //! `advance.rs`) over a serialisable [`Record`], and the local driver
 //! (`driver.rs`) that runs it, checkpoints it, and runs child executions as
-//! tokio tasks in this process. `owner.rs` gives every running execution tree
+//! tokio tasks in this process. Every execution is pinned to the
+//! [`Definition`] it started with (`definition.rs`; loaded by `machines.rs`). `owner.rs` gives every running execution tree
 //! one owner (a lease on its root) and carries stop requests, which the
 //! driver honours at state boundaries.
 //!
@@ -14,12 +15,14 @@
 mod actions;
 mod advance;
 pub mod bench;
+pub mod definition;
 mod driver;
 pub mod machines;
 pub mod owner;
 pub mod record;
 
-pub use driver::Outcome;
+pub use definition::Definition;
+pub use driver::{Outcome, ResumeOptions};
 pub use machines::{Library, MachineDef};
 pub use record::{Failure, MachineRef, Record, Status};
 
@@ -49,6 +52,10 @@ pub enum EngineError {
     /// Another live process runs this execution (its lease is in force).
     #[error("{0}")]
     Owned(String),
+    /// A plugin of the execution's pinned definition is no longer the one
+    /// installed (`resume --upgrade` continues on what is installed now).
+    #[error("{0}")]
+    Changed(String),
     /// Stopped at a state boundary (a signal, a lost lease); the checkpoint is
     /// stored and `resume` continues from it.
     #[error("execution `{id}` stopped at state `{state}` (step {step}): {reason}")]
@@ -100,13 +107,30 @@ pub trait Observer: Send + Sync {
     fn fanout_done(&self, _id: &str, _state: &str) {}
 }
 
+/// Machine trees this engine has loaded, by root file and by the digest of
+/// their pinned definition.
+#[derive(Default)]
+struct Trees {
+    by_file: HashMap<PathBuf, Tree>,
+    by_digest: HashMap<String, Arc<MachineDef>>,
+}
+
+/// A loaded root and its pinned definition.
+#[derive(Clone)]
+struct Tree {
+    def: Arc<MachineDef>,
+    digest: Arc<str>,
+    /// The encoded definition, until this engine has stored it.
+    unstored: Option<Arc<str>>,
+}
+
 /// Runs machines against one store with one plugin runtime.
 pub struct Engine {
     backend: Arc<dyn Backend>,
     library: Library,
     exprs: Expressions,
     observer: Option<Arc<dyn Observer>>,
-    trees: Mutex<HashMap<PathBuf, Arc<MachineDef>>>,
+    trees: Mutex<Trees>,
     detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Leases kept until launched executions finish.
     held: Mutex<Vec<owner::Held>>,
@@ -123,7 +147,7 @@ impl Engine {
             library: Library::new(runtime, plugins_dir),
             exprs: Expressions::new(),
             observer: None,
-            trees: Mutex::new(HashMap::new()),
+            trees: Mutex::new(Trees::default()),
             detached: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             leases: owner::Leases::default(),

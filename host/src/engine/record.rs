@@ -129,6 +129,11 @@ pub struct Record {
     pub parent: Option<String>,
     pub machine: String,
     pub source: MachineRef,
+    /// Digest of the pinned [`Definition`](super::Definition) the execution
+    /// runs (absent in records written before definitions were pinned: those
+    /// are pinned when they are next resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
     pub status: Status,
     pub state: String,
     /// States entered so far (the current one included).
