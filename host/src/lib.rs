@@ -10,6 +10,7 @@
 //! - [`engine`]: the state machine (resumable step function + local driver).
 //! - [`backend`]: checkpoints, results and signals (memory, SQLite).
 //! - [`worker`]: the job pool worker (claims, runs, completes, heartbeats).
+//! - [`failure`]: the kinds of failure (plugin error kinds and the engine's).
 //! - [`text`]: "did you mean" suggestions, escaping outside text.
 //! - [`duration`]: bounded durations from outside, converted without panics.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod duration;
 pub mod engine;
 pub mod expr;
+pub mod failure;
 pub mod plugin;
 pub mod text;
 pub mod worker;

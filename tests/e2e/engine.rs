@@ -474,6 +474,26 @@ async fn on_error_routes_by_kind_with_last_error_in_context() {
     assert_eq!(o.status, Status::Failed);
     let e = o.error.unwrap();
     assert_eq!((e.kind.as_str(), e.state.as_str()), ("trap", "call"));
+
+    // The engine's own kinds route too: no transition matched.
+    let o = f
+        .run(
+            "no_transition.yml",
+            r#"spec: flatmachine
+data:
+  name: stuck
+  states:
+    start:
+      type: initial
+      on_error: {no_transition: nowhere}
+      transitions: [{condition: "input.go == true", to: end}]
+    nowhere: {type: final, output: {route: "{{ context.last_error_type }}"}}
+    end: {type: final}
+"#,
+            json!({"go": false}),
+        )
+        .await;
+    assert_eq!(done(&o)["route"], "no_transition");
 }
 
 #[tokio::test]
@@ -522,7 +542,7 @@ data:
         .run("r3.yml", &yaml(1, "fatal", "[0.01, 0.01]"), json!({}))
         .await;
     let e = o.error.unwrap();
-    assert_eq!(e.kind, "fatal");
+    assert_eq!(e.kind.as_str(), "fatal");
     assert!(e.message.contains("attempt 1"), "{e:?}");
 }
 
@@ -545,7 +565,7 @@ data:
         )
         .await;
     assert_eq!(o.status, Status::Failed);
-    assert_eq!(o.error.unwrap().kind, "max_steps");
+    assert_eq!(o.error.unwrap().kind.as_str(), "max_steps");
 }
 
 #[tokio::test]

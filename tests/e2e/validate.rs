@@ -52,13 +52,31 @@ fn validate_reports_every_problem_with_file_line_and_state() {
 }
 
 #[test]
-fn on_error_accepts_every_plugin_error_kind() {
-    // config may not import plugin, so it keeps its own list; this keeps the
-    // two from drifting apart.
+fn on_error_accepts_every_kind_a_state_can_fail_with() {
+    use flowhost::failure::FailureKind;
+    let yaml = |kind: &str| {
+        format!(
+            "spec: flatmachine\ndata:\n  states:\n    start:\n      type: initial\n      on_error: {{{kind}: end}}\n      transitions: [{{to: end}}]\n    end: {{type: final}}\n"
+        )
+    };
+    // Every plugin error kind is a failure kind.
     for kind in flowhost::plugin::ErrorKind::ALL {
+        assert_eq!(FailureKind::from(kind).as_str(), kind.as_str());
+    }
+    for kind in FailureKind::ALL.into_iter().filter(|k| k.is_routable()) {
+        let parsed = flowhost::config::parse(std::path::Path::new("m.yml"), &yaml(kind.as_str()));
         assert!(
-            flowhost::config::ERROR_KINDS.contains(&kind.as_str()),
-            "on_error does not accept `{kind}`"
+            parsed.is_ok(),
+            "on_error refuses `{kind}`: {:?}",
+            parsed.err()
         );
     }
+    let e = flowhost::config::parse(std::path::Path::new("m.yml"), &yaml("max_steps"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`max_steps` ends the execution"), "{e}");
+    let e = flowhost::config::parse(std::path::Path::new("m.yml"), &yaml("timout"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean `timeout`"), "{e}");
 }

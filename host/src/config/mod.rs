@@ -6,7 +6,8 @@
 //! `machine.yml:14: state `extract`: transition to unknown state `dne` (did you mean `done`?)`.
 //! Validation collects all problems of a file instead of stopping at the first.
 //!
-//! Imports `expr` (to check templates and conditions), `text` and `duration`.
+//! Imports `expr` (to check templates and conditions), `text`, `duration`
+//! and `failure`.
 
 pub mod graph;
 mod locate;
@@ -14,7 +15,6 @@ pub mod schema;
 mod validate;
 
 pub use schema::{MachineData, MachineFile, State, StateType, Transition};
-pub use validate::ERROR_KINDS;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -7,23 +7,10 @@ use super::schema::{ExecutionType, MachineFile, Mode, State, StateType};
 use super::{ConfigError, ConfigErrors, Options};
 use crate::duration;
 use crate::expr::Expressions;
+use crate::failure::FailureKind;
 use crate::text::closest;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-/// The error kinds `on_error` may route on (the plugin error kinds and `default`).
-pub const ERROR_KINDS: [&str; 10] = [
-    "timeout",
-    "out_of_memory",
-    "trap",
-    "invalid_input",
-    "retryable",
-    "fatal",
-    "invalid_output",
-    "link",
-    "load",
-    "default",
-];
 
 const CHECKPOINT_EVENTS: [&str; 6] = [
     "machine_start",
@@ -532,12 +519,23 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
 }
 
 fn check_on_error(c: &mut Checker<'_>, names: &[String], name: &str, on_error: &Value) {
-    let kinds: Vec<String> = ERROR_KINDS.iter().map(|k| k.to_string()).collect();
+    let kinds: Vec<String> = FailureKind::ALL
+        .into_iter()
+        .filter(|k| k.is_routable())
+        .map(|k| k.to_string())
+        .chain(["default".to_string()])
+        .collect();
     let targets: Vec<&str> = match on_error {
         Value::String(target) => vec![target.as_str()],
         Value::Object(map) => {
             for kind in map.keys() {
-                if !kinds.contains(kind) {
+                if let Some(k) = FailureKind::parse(kind).filter(|k| !k.is_routable()) {
+                    c.in_state(
+                        name,
+                        &[kind],
+                        format!("`on_error`: `{k}` ends the execution; it cannot be routed"),
+                    );
+                } else if !kinds.contains(kind) {
                     c.in_state(
                         name,
                         &[kind],

@@ -65,7 +65,7 @@ impl Engine {
         }
         let state = rec.state.clone();
         let fail = |m: String| Failure {
-            kind: "fatal".into(),
+            kind: crate::failure::FailureKind::Fatal,
             message: format!("action `{action}`: {m}"),
             state: state.clone(),
         };

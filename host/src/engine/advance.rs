@@ -6,6 +6,7 @@ use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape
 use super::{Engine, MachineDef};
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{State, StateType};
+use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState, Plugin};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -47,20 +48,9 @@ impl Frame {
     }
 }
 
-/// Error kinds worth trying again under `execution: {type: retry}` (and by
-/// job workers): transient ones. `invalid_input`, `fatal`, `link` and `load`
-/// would fail the same way again.
-pub(crate) const RETRIED_KINDS: [&str; 5] = [
-    "retryable",
-    "timeout",
-    "trap",
-    "out_of_memory",
-    "invalid_output",
-];
-
-fn failure(kind: &str, message: impl Into<String>, state: &str) -> Failure {
+fn failure(kind: FailureKind, message: impl Into<String>, state: &str) -> Failure {
     Failure {
-        kind: kind.to_string(),
+        kind,
         message: message.into(),
         state: state.to_string(),
     }
@@ -95,7 +85,12 @@ impl Engine {
         let name = rec.state.clone();
         let state = match def.state(&name) {
             Ok(s) => s,
-            Err(e) => return self.terminal(rec, failure("invalid_config", e.to_string(), &name)),
+            Err(e) => {
+                return self.terminal(
+                    rec,
+                    failure(FailureKind::InvalidConfig, e.to_string(), &name),
+                );
+            }
         };
         if frame.cancelled() {
             rec.status = Status::Cancelled;
@@ -105,7 +100,7 @@ impl Engine {
             && rec.step > max
         {
             let f = failure(
-                "max_steps",
+                FailureKind::MaxSteps,
                 format!("more than settings.max_steps = {max} states were entered"),
                 &name,
             );
@@ -159,7 +154,7 @@ impl Engine {
             with_vars(rec, &mut Value::Null, |vars| {
                 self.exprs.render(template, vars)
             })
-            .map_err(|e| failure("template", e.to_string(), &name))
+            .map_err(|e| failure(FailureKind::Template, e.to_string(), &name))
         };
         if let Some(launch) = &state.launch {
             let shared = match &state.launch_input {
@@ -206,7 +201,7 @@ impl Engine {
             keep_state(rec, &kv);
             return result
                 .map(|(o, n)| Work::Output(o, n))
-                .map_err(|e| failure(e.kind().as_str(), e.to_string(), &name));
+                .map_err(|e| failure(e.kind().into(), e.to_string(), &name));
         }
 
         if let Some(action) = &state.action {
@@ -220,7 +215,7 @@ impl Engine {
             let items = render(rec, foreach)?;
             let Value::Array(items) = items else {
                 return Err(failure(
-                    "invalid_input",
+                    FailureKind::InvalidInput,
                     format!("`foreach` must give a list, got {}", kind_of(&items)),
                     &name,
                 ));
@@ -237,7 +232,7 @@ impl Engine {
                 with_vars(rec, &mut output, |vars| {
                     let Some(map) = vars.as_object_mut() else {
                         return Err(failure(
-                            "internal",
+                            FailureKind::Fatal,
                             "template variables are not a map",
                             &name,
                         ));
@@ -263,10 +258,11 @@ impl Engine {
                             unreachable!()
                         };
                         *map = back;
-                        let input = input.map_err(|e| failure("template", e.to_string(), &name))?;
+                        let input = input
+                            .map_err(|e| failure(FailureKind::Template, e.to_string(), &name))?;
                         let key = key
                             .transpose()
-                            .map_err(|e| failure("template", e.to_string(), &name))?;
+                            .map_err(|e| failure(FailureKind::Template, e.to_string(), &name))?;
                         out.push((input, key));
                     }
                     map.remove(&as_name);
@@ -322,7 +318,7 @@ impl Engine {
             return match self.backend.take_signal(&rec.id, &channel).await {
                 Ok(Some(data)) => Ok(Work::Output(data, None)),
                 Ok(None) => Ok(Work::Wait(channel)),
-                Err(e) => Err(failure("store", e.to_string(), &name)),
+                Err(e) => Err(failure(FailureKind::Store, e.to_string(), &name)),
             };
         }
 
@@ -370,7 +366,7 @@ impl Engine {
         let hooks = self.hooks_of(frame, &name);
         if hooks.is_empty() {
             return Err(failure(
-                "invalid_input",
+                FailureKind::InvalidInput,
                 format!(
                     "action `{action}`: no hook plugin handles actions in this machine (add one under data.hooks)"
                 ),
@@ -408,7 +404,7 @@ impl Engine {
                             self.exprs
                                 .render(t, vars)
                                 .map(|v| (k.clone(), v))
-                                .map_err(|e| failure("template", e.to_string(), &name))
+                                .map_err(|e| failure(FailureKind::Template, e.to_string(), &name))
                         })
                         .collect()
                 });
@@ -441,7 +437,9 @@ impl Engine {
                         Some(c) => match self.exprs.condition(c, vars) {
                             Ok(true) => return Ok(Some(t.to.clone())),
                             Ok(false) => {}
-                            Err(e) => return Err(failure("template", e.to_string(), &name)),
+                            Err(e) => {
+                                return Err(failure(FailureKind::Template, e.to_string(), &name));
+                            }
                         },
                     }
                 }
@@ -450,7 +448,7 @@ impl Engine {
             .and_then(|t| {
                 t.ok_or_else(|| {
                     failure(
-                        "no_transition",
+                        FailureKind::NoTransition,
                         "no transition matched and none is unconditional",
                         &name,
                     )
@@ -463,7 +461,7 @@ impl Engine {
         };
         if !frame.def.config.data().states.contains_key(&target) {
             let f = failure(
-                "invalid_output",
+                FailureKind::InvalidOutput,
                 format!("the step chose unknown state `{target}`"),
                 &name,
             );
@@ -498,7 +496,7 @@ impl Engine {
         rec.pending = None;
         if let Some(ex) = &state.execution
             && ex.kind == ExecutionType::Retry
-            && RETRIED_KINDS.contains(&f.kind.as_str())
+            && f.kind.is_retried()
         {
             let backoffs = ex.backoffs.clone().unwrap_or_else(|| vec![1.0, 2.0, 4.0]);
             if let Some(base) = backoffs.get(rec.attempt.saturating_sub(1) as usize) {
@@ -511,11 +509,14 @@ impl Engine {
         }
         if let Value::Object(ctx) = &mut rec.context {
             ctx.insert("last_error".into(), Value::String(f.message.clone()));
-            ctx.insert("last_error_type".into(), Value::String(f.kind.clone()));
+            ctx.insert(
+                "last_error_type".into(),
+                Value::String(f.kind.as_str().into()),
+            );
         }
         let event = HookEvent::Error(crate::plugin::ErrorInfo {
             state: f.state.clone(),
-            kind: f.kind.clone(),
+            kind: f.kind.as_str().to_string(),
             message: f.message.clone(),
         });
         let states = &frame.def.config.data().states;
@@ -526,7 +527,7 @@ impl Engine {
         let routed = redirect.or_else(|| match &state.on_error {
             Some(Value::String(target)) => Some(target.clone()),
             Some(Value::Object(map)) => map
-                .get(&f.kind)
+                .get(f.kind.as_str())
                 .or_else(|| map.get("default"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
@@ -561,7 +562,7 @@ impl Engine {
         }
         let output = match &state.output {
             Some(t) => with_vars(rec, &mut Value::Null, |vars| self.exprs.render(t, vars))
-                .map_err(|e| failure("template", e.to_string(), &name)),
+                .map_err(|e| failure(FailureKind::Template, e.to_string(), &name)),
             None => Ok(rec.context.clone()),
         };
         let output = match output {
@@ -603,7 +604,7 @@ impl Engine {
             keep_state(rec, &kv);
             let result = result.map_err(|e| {
                 failure(
-                    e.kind().as_str(),
+                    e.kind().into(),
                     format!("hook `{}`: {e}", hook.name()),
                     &rec.state,
                 )
@@ -714,7 +715,7 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
             .map(|c| c.id.clone())
             .unwrap_or_default();
         return Err(failure(
-            &first.kind,
+            first.kind,
             format!(
                 "{} of {} child executions failed; first: {which} in state `{}`: {}",
                 failures.len(),
@@ -731,7 +732,7 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
         && !p.any
     {
         return Err(failure(
-            "cancelled",
+            FailureKind::Cancelled,
             "a child execution was cancelled",
             state,
         ));

@@ -7,6 +7,7 @@ use super::advance::{Advance, Frame};
 use super::record::{Child, ChildOutcome, Failure, Record, Status};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
 use crate::backend::{Checkpoint, StoredResult, now_ms};
+use crate::failure::FailureKind;
 use crate::plugin::{CancelToken, HookEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -339,7 +340,7 @@ impl Engine {
                 Err(e) => {
                     rec.status = Status::Failed;
                     rec.error = Some(Failure {
-                        kind: "template".into(),
+                        kind: FailureKind::Template,
                         message: format!("context.{key}: {e}"),
                         state: rec.state.clone(),
                     });
@@ -523,7 +524,7 @@ impl Engine {
                     }
                     for c in pending.children.iter_mut().filter(|c| c.outcome.is_none()) {
                         c.outcome = Some(ChildOutcome::Failed(Failure {
-                            kind: "timeout".into(),
+                            kind: FailureKind::Timeout,
                             message: format!(
                                 "children did not finish within the state's timeout of {}s",
                                 limit.as_secs_f64()
@@ -611,7 +612,7 @@ impl Engine {
                         Status::Done => ChildOutcome::Done(o.output.unwrap_or(Value::Null)),
                         Status::Cancelled => ChildOutcome::Cancelled,
                         _ => ChildOutcome::Failed(o.error.unwrap_or(Failure {
-                            kind: "fatal".into(),
+                            kind: FailureKind::Fatal,
                             message: "failed without an error".into(),
                             state: String::new(),
                         })),

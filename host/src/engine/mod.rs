@@ -10,7 +10,8 @@
 //! in, and every plugin call carries the idempotency key
 //! `<execution-id>/<step>/<attempt>`.
 //!
-//! Imports `config`, `expr`, `plugin`, `duration` and the `backend` traits.
+//! Imports `config`, `expr`, `plugin`, `duration`, `failure` and the
+//! `backend` traits.
 
 mod actions;
 mod advance;
@@ -86,11 +87,6 @@ impl EngineError {
             other => other,
         }
     }
-}
-
-/// Whether a failure of this kind is worth trying again.
-pub fn is_retried_kind(kind: &str) -> bool {
-    advance::RETRIED_KINDS.contains(&kind)
 }
 
 /// Progress of running executions, for progress bars and logs.

@@ -1,6 +1,7 @@
 //! The serialisable execution record: everything needed to continue an
 //! execution in another process. Checkpoints store it as JSON.
 
+use crate::failure::FailureKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -53,12 +54,10 @@ impl Status {
     }
 }
 
-/// Why a state or an execution failed. `kind` is a plugin error kind
-/// (`timeout`, `trap`, ...) or an engine one (`template`, `max_steps`,
-/// `store`, `cancelled`).
+/// Why a state or an execution failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
-    pub kind: String,
+    pub kind: FailureKind,
     pub message: String,
     pub state: String,
 }

@@ -97,6 +97,23 @@ impl ErrorKind {
     }
 }
 
+impl From<ErrorKind> for crate::failure::FailureKind {
+    fn from(kind: ErrorKind) -> Self {
+        use crate::failure::FailureKind as F;
+        match kind {
+            ErrorKind::InvalidInput => F::InvalidInput,
+            ErrorKind::Retryable => F::Retryable,
+            ErrorKind::Fatal => F::Fatal,
+            ErrorKind::Timeout => F::Timeout,
+            ErrorKind::OutOfMemory => F::OutOfMemory,
+            ErrorKind::Trap => F::Trap,
+            ErrorKind::InvalidOutput => F::InvalidOutput,
+            ErrorKind::Link => F::Link,
+            ErrorKind::Load => F::Load,
+        }
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -7,7 +7,8 @@
 //! ([`Plugin`]), the plugins folder and manifests ([`registry`]), and golden
 //! tests and benchmarks of single plugins ([`golden`], [`bench`]).
 //!
-//! Imports nothing else from flowhost: the engine hands in execution state
+//! Imports only the leaf modules `text`, `duration` and `failure` (its error
+//! kinds convert into failure kinds): the engine hands in execution state
 //! through the [`ExecutionState`] trait.
 
 pub mod bench;

@@ -4,10 +4,11 @@
 //! with the claim's fencing token. On shutdown it stops claiming, finishes
 //! what it holds, releases anything left and deregisters.
 //!
-//! Imports `engine`, `plugin` and the `backend` traits.
+//! Imports `engine`, `plugin`, `failure` and the `backend` traits.
 
 use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo, now_ms};
 use crate::engine::{Engine, Status};
+use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, Plugin};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -257,7 +258,7 @@ async fn process(
     held: &Mutex<HashMap<i64, u64>>,
 ) -> Result<JobOutcome, BackendError> {
     // A failure is its kind (to decide on a retry) and its message.
-    let result: Result<Value, (String, String)> = match processor {
+    let result: Result<Value, (FailureKind, String)> = match processor {
         Processor::Plugin(plugin) => {
             let meta = CallMeta {
                 execution_id: format!("job-{}", job.id),
@@ -272,8 +273,8 @@ async fn process(
                 .process(&meta, &job.payload, &CallContext::default())
                 .await
                 .map_err(|e| {
-                    let (kind, message) = (e.kind().to_string(), e.to_string());
-                    if message.starts_with(&kind) {
+                    let (kind, message) = (FailureKind::from(e.kind()), e.to_string());
+                    if message.starts_with(kind.as_str()) {
                         (kind, message)
                     } else {
                         let text = format!("{kind}: {message}");
@@ -289,15 +290,15 @@ async fn process(
                     (f.kind, text)
                 }
                 None => (
-                    "fatal".into(),
+                    FailureKind::Fatal,
                     format!("the machine ended {}", o.status.as_str()),
                 ),
             }),
             // A store hiccup may pass; a machine that cannot load will not.
             Err(e @ crate::engine::EngineError::Store(_)) => {
-                Err(("retryable".into(), e.to_string()))
+                Err((FailureKind::Retryable, e.to_string()))
             }
-            Err(e) => Err(("fatal".into(), e.to_string())),
+            Err(e) => Err((FailureKind::Fatal, e.to_string())),
         },
     };
     // A lease the heartbeat found lost: another worker owns the job now.
@@ -335,8 +336,7 @@ async fn process(
                     job.id,
                     job.fence,
                     error,
-                    (config.retry_all || crate::engine::is_retried_kind(kind))
-                        .then_some(config.backoff),
+                    (config.retry_all || kind.is_retried()).then_some(config.backoff),
                 )
                 .await
                 .map(|outcome| match outcome {
