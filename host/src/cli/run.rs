@@ -674,66 +674,87 @@ pub(super) struct BenchArgs {
     /// Runs of the linear machine per store.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-    /// Items of the foreach machine.
-    #[arg(long, default_value_t = 1000)]
-    items: usize,
+    /// Items of the foreach machine; several sizes (comma-separated) show
+    /// whether the time per item grows with the fan-out.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+    items: Vec<usize>,
     /// The processor every state calls.
     #[arg(long, default_value = "echo")]
     plugin: String,
-    /// Calls one warm instance serves (0 = a fresh instance per call).
-    #[arg(long, default_value_t = 1000)]
+    /// Calls one warm instance serves in the "warm" rows ("fresh" rows use a
+    /// new instance per call).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     reuse: u32,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
-/// `flowhost bench engine`: states/s and items/s on memory and SQLite stores.
+/// `flowhost bench engine`: states/s and items/s on memory and SQLite
+/// stores, with a warm (reused) and a fresh plugin instance per call.
 pub(super) async fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
     use crate::engine::bench;
+    if a.items.contains(&0) || a.states == 0 || a.runs == 0 {
+        return Err(CliError::Usage(
+            "--states, --runs and every --items size must be at least 1".into(),
+        ));
+    }
     let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
-    let (linear, foreach) = bench::write_machines(dir.path(), a.states, &a.plugin, a.reuse)
-        .map_err(|e| CliError::Other(format!("cannot write the benchmark machines: {e}")))?;
+    let mut machines = Vec::new();
+    for (label, reuse) in [("warm", a.reuse), ("fresh", 0)] {
+        let sub = dir.path().join(label);
+        let written = std::fs::create_dir(&sub)
+            .and_then(|()| bench::write_machines(&sub, a.states, &a.plugin, reuse))
+            .map_err(|e| CliError::Other(format!("cannot write the benchmark machines: {e}")))?;
+        machines.push((label, written));
+    }
     let rt = Arc::new(
         Runtime::new(a.runtime.runtime_config(false))
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let plugins = registry::plugins_dir(a.runtime.plugins.as_deref());
     println!(
-        "engine benchmark: plugin `{}` (reuse {}), linear {} states x {} runs, foreach {} items",
-        a.plugin, a.reuse, a.states, a.runs, a.items
+        "engine benchmark: plugin `{}`, linear {} states x {} runs; warm = one instance serves {} calls, fresh = a new instance per call",
+        a.plugin, a.states, a.runs, a.reuse
     );
+    let mut header = format!(
+        "  {:<20} {:<9} {:>16}",
+        "store", "instance", "linear states/s"
+    );
+    for n in &a.items {
+        header.push_str(&format!(" {:>22}", format!("foreach {n} items/s")));
+    }
+    println!("{header}");
     let stores: [(&str, Option<Durability>); 3] = [
         ("memory", None),
         ("sqlite sync=normal", Some(Durability::Normal)),
         ("sqlite sync=full", Some(Durability::Full)),
     ];
     for (label, durability) in stores {
-        let backend: Arc<dyn Backend> = match durability {
-            None => Arc::new(MemoryBackend::new()),
-            Some(d) => Arc::new(
-                SqliteBackend::open(
-                    &dir.path()
-                        .join(format!("{label}.db").replace([' ', '='], "-")),
-                    d,
-                )
-                .map_err(|e| CliError::Other(e.to_string()))?,
-            ),
-        };
-        let engine = Arc::new(Engine::new(backend, rt.clone(), plugins.clone()));
-        let l = bench::linear(&engine, &linear, a.states, a.runs)
-            .await
-            .map_err(engine_error)?;
-        let f = bench::foreach(&engine, &foreach, a.items)
-            .await
-            .map_err(engine_error)?;
-        println!(
-            "  {label:<20} linear {:>9.0} states/s ({:.2?} for {})   foreach {:>8.0} items/s ({:.2?})",
-            l.per_second(),
-            l.elapsed,
-            l.units,
-            f.per_second(),
-            f.elapsed
-        );
+        for (instance, (linear, foreach)) in &machines {
+            let backend: Arc<dyn Backend> = match durability {
+                None => Arc::new(MemoryBackend::new()),
+                Some(d) => Arc::new(
+                    SqliteBackend::open(
+                        &dir.path()
+                            .join(format!("{label}-{instance}.db").replace([' ', '='], "-")),
+                        d,
+                    )
+                    .map_err(|e| CliError::Other(e.to_string()))?,
+                ),
+            };
+            let engine = Arc::new(Engine::new(backend, rt.clone(), plugins.clone()));
+            let l = bench::linear(&engine, linear, a.states, a.runs)
+                .await
+                .map_err(engine_error)?;
+            let mut row = format!("  {label:<20} {instance:<9} {:>16.0}", l.per_second());
+            for &n in &a.items {
+                let f = bench::foreach(&engine, foreach, n)
+                    .await
+                    .map_err(engine_error)?;
+                row.push_str(&format!(" {:>22.0}", f.per_second()));
+            }
+            println!("{row}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
