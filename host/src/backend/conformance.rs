@@ -215,6 +215,7 @@ async fn sqlite_refuses_a_missing_folder_and_a_newer_schema() {
     drop(conn);
     let e = SqliteBackend::open(&path, Durability::Full).err().unwrap();
     assert!(e.to_string().contains("newer than this flowhost"), "{e}");
+    assert_eq!(e.kind, StoreErrorKind::Incompatible);
 
     // Reading commands never create a database; a directory is named as one.
     let typo = dir.path().join("typo.db");
@@ -222,11 +223,59 @@ async fn sqlite_refuses_a_missing_folder_and_a_newer_schema() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("no such database"), "{e}");
+    assert_eq!(e.kind, StoreErrorKind::NotFound);
     assert!(!typo.exists(), "a read created a database");
     let e = SqliteBackend::open(dir.path(), Durability::Full)
         .err()
         .unwrap();
     assert!(e.to_string().contains("is a directory"), "{e}");
+}
+
+#[tokio::test]
+async fn sqlite_errors_say_what_kind_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a database.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
+    let e = SqliteBackend::open(&junk, Durability::Full).err().unwrap();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+
+    // A full database (its page limit stands in for a full disk): the write
+    // fails as `Full`, what was stored before stays, and writing works again
+    // once there is room.
+    let path = dir.path().join("full.db");
+    let b = SqliteBackend::open(&path, Durability::Full).unwrap();
+    b.save(checkpoint("kept", None, "running", 1))
+        .await
+        .unwrap();
+    let pages: i64 = b
+        .exec(|c| {
+            let n: i64 = c
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(super::sqlite_pools::fault)?;
+            c.execute_batch(&format!("PRAGMA max_page_count = {n}"))
+                .map_err(super::sqlite_pools::fault)?;
+            Ok(json!(n))
+        })
+        .await
+        .unwrap();
+    let mut big = checkpoint("big", None, "running", 2);
+    big.record = "x".repeat(1 << 20);
+    let e = b.save(big.clone()).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Full, "{e}");
+    assert!(e.to_string().contains("free space"), "{e}");
+    assert_eq!(b.load("kept").await.unwrap().unwrap().id, "kept");
+    assert_eq!(b.load("big").await.unwrap(), None);
+    let _: Value = b
+        .exec(move |c| {
+            c.execute_batch(&format!("PRAGMA max_page_count = {}", pages * 1000))
+                .map_err(super::sqlite_pools::fault)?;
+            Ok(Value::Null)
+        })
+        .await
+        .unwrap();
+    b.save(big).await.unwrap();
+    assert_eq!(b.load("big").await.unwrap().unwrap().record.len(), 1 << 20);
 }
 
 #[test]

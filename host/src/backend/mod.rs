@@ -26,14 +26,70 @@ use serde::Serialize;
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A failure of the store itself (I/O, a corrupt database, a closed writer).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store: {0}")]
-pub struct BackendError(pub String);
+/// A failure of the store itself. Callers decide by its [`StoreErrorKind`];
+/// a stale fence or a lost lease is not an error but an answer (`false`,
+/// [`FailOutcome::Rejected`], [`Claim::Held`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store: {message}")]
+pub struct BackendError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+/// What kind of store failure it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The database named does not exist (commands that read never create one).
+    NotFound,
+    /// Another process held the database's lock for longer than the store waits.
+    Busy,
+    /// The disk (or the database's size limit) is full: nothing was written.
+    Full,
+    /// The database file is damaged or not a database; stored text is not
+    /// what was written.
+    Corrupt,
+    /// The database is newer than this flowhost, or a file is not usable as
+    /// one (a directory, a missing folder, no WAL).
+    Incompatible,
+    /// The database or its folder cannot be written.
+    ReadOnly,
+    /// Anything else: an I/O error, a stopped writer.
+    Io,
+}
+
+impl StoreErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::NotFound => "not_found",
+            StoreErrorKind::Busy => "busy",
+            StoreErrorKind::Full => "full",
+            StoreErrorKind::Corrupt => "corrupt",
+            StoreErrorKind::Incompatible => "incompatible",
+            StoreErrorKind::ReadOnly => "read_only",
+            StoreErrorKind::Io => "io",
+        }
+    }
+}
 
 impl BackendError {
+    /// An [`StoreErrorKind::Io`] error.
     pub fn new(message: impl Into<String>) -> Self {
-        BackendError(message.into())
+        Self::of(StoreErrorKind::Io, message)
+    }
+
+    pub fn of(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The same error with where it happened in front of its message.
+    pub fn at(self, place: impl std::fmt::Display) -> Self {
+        BackendError {
+            kind: self.kind,
+            message: format!("{place}: {}", self.message),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::memory::MemoryBackend;
 use super::sqlite::{Op, SqliteBackend};
+use super::sqlite_pools::fault;
 use super::{BackendError, BackendResult, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -161,8 +162,8 @@ fn row_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     })
 }
 
-fn to_value<T: Serialize>(v: T) -> Result<Value, String> {
-    serde_json::to_value(v).map_err(|e| e.to_string())
+fn to_value<T: Serialize>(v: T) -> BackendResult<Value> {
+    serde_json::to_value(v).map_err(fault)
 }
 
 #[async_trait::async_trait]
@@ -206,7 +207,7 @@ impl Ownership for SqliteBackend {
                         )
                         .optional()
                     })
-                    .map_err(|e| e.to_string())?;
+                    .map_err(fault)?;
                 match got {
                     Some(lease) => to_value((true, lease)),
                     None => {
@@ -216,7 +217,7 @@ impl Ownership for SqliteBackend {
                                 params![execution],
                                 row_lease,
                             )
-                            .map_err(|e| e.to_string())?;
+                            .map_err(fault)?;
                         to_value((false, held))
                     }
                 }
@@ -258,7 +259,7 @@ impl Ownership for SqliteBackend {
                     l.expires_ms.min(i64::MAX as u64) as i64
                 ],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(fault)?;
             Ok(Value::Null)
         })));
         Ok(lease)
@@ -273,7 +274,7 @@ impl Ownership for SqliteBackend {
                     "UPDATE owners SET expires_ms = ?1 WHERE execution = ?2 AND token = ?3",
                     params![expires, execution, token as i64],
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(fault)?;
             Ok(Value::Bool(n == 1))
         })
         .await
@@ -288,7 +289,7 @@ impl Ownership for SqliteBackend {
                 "UPDATE owners SET expires_ms = 0 WHERE execution = ?1 AND token = ?2",
                 params![execution, token as i64],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(fault)?;
             Ok(Value::Null)
         })));
         Ok(())
@@ -303,6 +304,6 @@ impl Ownership for SqliteBackend {
             row_lease,
         )
         .optional()
-        .map_err(|e| BackendError::new(format!("{}: {e}", self.path().display())))
+        .map_err(|e| fault(e).at(self.path().display()))
     }
 }

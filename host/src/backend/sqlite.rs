@@ -5,7 +5,7 @@
 
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
-    Results, Signals, StoredResult, now_ms,
+    Results, Signals, StoreErrorKind, StoredResult, now_ms,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -125,7 +125,7 @@ pub enum Durability {
 
 /// A write the job pool and worker code composes itself; its result travels
 /// back as JSON.
-pub(super) type Custom = Box<dyn FnOnce(&Connection) -> Result<Value, String> + Send>;
+pub(super) type Custom = Box<dyn FnOnce(&Connection) -> BackendResult<Value> + Send>;
 
 pub(super) enum Op {
     Save(Checkpoint),
@@ -156,8 +156,39 @@ pub struct SqliteBackend {
     reader: Mutex<Connection>,
 }
 
+/// The kind of an SQLite failure.
+fn classify(e: &rusqlite::Error) -> StoreErrorKind {
+    use rusqlite::ffi::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreErrorKind::Busy,
+        Some(C::DiskFull | C::TooBig) => StoreErrorKind::Full,
+        Some(C::DatabaseCorrupt | C::NotADatabase) => StoreErrorKind::Corrupt,
+        Some(C::ReadOnly) => StoreErrorKind::ReadOnly,
+        Some(_) => StoreErrorKind::Io,
+        // A stored value that does not read back as what was written.
+        None if matches!(
+            e,
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..)
+        ) =>
+        {
+            StoreErrorKind::Corrupt
+        }
+        None => StoreErrorKind::Io,
+    }
+}
+
+/// An SQLite failure as a store error of its kind.
+pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
+    let kind = classify(&e);
+    let mut message = e.to_string();
+    if kind == StoreErrorKind::Full {
+        message.push_str(" (free space; nothing of this write was stored)");
+    }
+    BackendError::of(kind, message)
+}
+
 fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
-    move |e| BackendError::new(format!("{}: {e}", path.display()))
+    move |e| sql_error(e).at(path.display())
 }
 
 fn open_connection(path: &Path, durability: Durability) -> BackendResult<Connection> {
@@ -168,10 +199,13 @@ fn open_connection(path: &Path, durability: Durability) -> BackendResult<Connect
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(&err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(BackendError::new(format!(
-            "{}: cannot switch to WAL mode (got `{mode}`)",
-            path.display()
-        )));
+        return Err(BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{}: cannot switch to WAL mode (got `{mode}`)",
+                path.display()
+            ),
+        ));
     }
     let sync = match durability {
         Durability::Full => "FULL",
@@ -193,11 +227,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(&err)? as usize;
     if version > MIGRATIONS.len() {
-        return Err(BackendError::new(format!(
-            "{}: the database is at schema version {version}, newer than this flowhost knows ({}); upgrade flowhost",
-            path.display(),
-            MIGRATIONS.len()
-        )));
+        return Err(BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{}: the database is at schema version {version}, newer than this flowhost knows ({}); upgrade flowhost",
+                path.display(),
+                MIGRATIONS.len()
+            ),
+        ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql).map_err(&err)?;
@@ -213,10 +250,13 @@ impl SqliteBackend {
     /// empty database.
     pub fn open_existing(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
         if !path.exists() {
-            return Err(BackendError::new(format!(
-                "{}: no such database (check --db or FLOWHOST_DB; commands that only read never create one)",
-                path.display()
-            )));
+            return Err(BackendError::of(
+                StoreErrorKind::NotFound,
+                format!(
+                    "{}: no such database (check --db or FLOWHOST_DB; commands that only read never create one)",
+                    path.display()
+                ),
+            ));
         }
         Self::open(path, durability)
     }
@@ -224,20 +264,26 @@ impl SqliteBackend {
     /// Opens (creating if needed) the database at `path`. The folder must exist.
     pub fn open(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
         if path.is_dir() {
-            return Err(BackendError::new(format!(
-                "{} is a directory, not a database file (try {})",
-                path.display(),
-                path.join("flowhost.db").display()
-            )));
+            return Err(BackendError::of(
+                StoreErrorKind::Incompatible,
+                format!(
+                    "{} is a directory, not a database file (try {})",
+                    path.display(),
+                    path.join("flowhost.db").display()
+                ),
+            ));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {
-            return Err(BackendError::new(format!(
-                "{}: the folder {} does not exist",
-                path.display(),
-                dir.display()
-            )));
+            return Err(BackendError::of(
+                StoreErrorKind::NotFound,
+                format!(
+                    "{}: the folder {} does not exist",
+                    path.display(),
+                    dir.display()
+                ),
+            ));
         }
         let mut writer_conn = open_connection(path, durability)?;
         migrate(&mut writer_conn, path)?;
@@ -367,8 +413,13 @@ fn write_loop(
                 // Each write in its own savepoint: one that fails leaves no trace.
                 let sp = tx.savepoint().map_err(&err)?;
                 let result = apply(&sp, op, path);
-                if result.is_ok() {
-                    sp.commit().map_err(&err)?;
+                match result {
+                    Ok(_) => sp.commit().map_err(&err)?,
+                    // Some failures (a full disk) make SQLite roll back the
+                    // whole transaction: the batch is lost, and every write
+                    // in it is told why.
+                    Err(e) if sp.is_autocommit() => return Err(e),
+                    Err(_) => {}
                 }
                 results.push(result);
             }
@@ -442,9 +493,7 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             .map_err(&err)?;
             Ok(None)
         }
-        Op::Custom(f) => f(tx)
-            .map(Some)
-            .map_err(|m| BackendError::new(format!("{}: {m}", path.display()))),
+        Op::Custom(f) => f(tx).map(Some).map_err(|e| e.at(path.display())),
         Op::TakeSignal(id, channel) => {
             let row: Option<(i64, String)> = tx
                 .query_row(
@@ -460,7 +509,10 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             tx.execute("DELETE FROM signals WHERE seq = ?1", params![seq])
                 .map_err(&err)?;
             serde_json::from_str(&data).map(Some).map_err(|e| {
-                BackendError::new(format!("{}: signal {seq} is not JSON: {e}", path.display()))
+                BackendError::of(
+                    StoreErrorKind::Corrupt,
+                    format!("{}: signal {seq} is not JSON: {e}", path.display()),
+                )
             })
         }
     }

@@ -7,7 +7,7 @@ use super::pools::{
     Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
 };
 use super::sqlite::{Op, SqliteBackend};
-use super::{BackendError, BackendResult, now_ms};
+use super::{BackendError, BackendResult, StoreErrorKind, now_ms};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
@@ -60,15 +60,32 @@ fn row_worker(r: &Row<'_>) -> rusqlite::Result<WorkerInfo> {
     })
 }
 
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// A failure inside a job or worker write, as a store error of its kind.
+pub(super) trait Fault {
+    fn fault(self) -> BackendError;
+}
+
+impl Fault for rusqlite::Error {
+    fn fault(self) -> BackendError {
+        super::sqlite::sql_error(self)
+    }
+}
+
+impl Fault for serde_json::Error {
+    fn fault(self) -> BackendError {
+        BackendError::of(StoreErrorKind::Corrupt, format!("stored JSON: {self}"))
+    }
+}
+
+pub(super) fn fault(e: impl Fault) -> BackendError {
+    e.fault()
 }
 
 impl SqliteBackend {
     /// Runs `f` in the writer's transaction and converts its JSON result.
     pub(super) async fn exec<T: serde::de::DeserializeOwned>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<Value, String> + Send + 'static,
+        f: impl FnOnce(&Connection) -> BackendResult<Value> + Send + 'static,
     ) -> BackendResult<T> {
         let value = self
             .write(Op::Custom(Box::new(f)))
@@ -78,7 +95,7 @@ impl SqliteBackend {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> BackendResult<T> {
-        f(&self.reader()).map_err(|e| BackendError::new(format!("{}: {e}", self.path().display())))
+        f(&self.reader()).map_err(|e| fault(e).at(self.path().display()))
     }
 }
 
@@ -102,7 +119,7 @@ impl WorkPools for SqliteBackend {
                         |r| r.get(0),
                     )
                     .optional()
-                    .map_err(text)?;
+                    .map_err(fault)?;
                 if let Some(id) = existing {
                     return Ok(json!([id, false]));
                 }
@@ -123,7 +140,7 @@ impl WorkPools for SqliteBackend {
                     now
                 ])
             })
-            .map_err(text)?;
+            .map_err(fault)?;
             Ok(json!([c.last_insert_rowid(), true]))
         })
         .await
@@ -169,13 +186,13 @@ impl WorkPools for SqliteBackend {
                     ORDER BY priority DESC, run_at_ms, id LIMIT ?5)
                  RETURNING {JOB_COLUMNS}"
             );
-            let mut stmt = c.prepare_cached(&sql).map_err(text)?;
+            let mut stmt = c.prepare_cached(&sql).map_err(fault)?;
             let rows = stmt
                 .query_map(params![worker, now, lease_ms as i64, pool, n], row_job)
-                .map_err(text)?;
-            let mut jobs: Vec<Job> = rows.collect::<Result<_, _>>().map_err(text)?;
+                .map_err(fault)?;
+            let mut jobs: Vec<Job> = rows.collect::<Result<_, _>>().map_err(fault)?;
             jobs.sort_by_key(|j| (-j.priority, j.run_at_ms, j.id));
-            serde_json::to_value(jobs).map_err(text)
+            serde_json::to_value(jobs).map_err(fault)
         })
         .await
     }
@@ -187,7 +204,7 @@ impl WorkPools for SqliteBackend {
                     "UPDATE jobs SET lease_until_ms = ?1 WHERE id = ?2 AND fence = ?3 AND status = 'claimed'",
                     params![(now_ms() + lease_ms) as i64, id, fence as i64],
                 )
-                .map_err(text)?;
+                .map_err(fault)?;
             Ok(json!(n == 1))
         })
         .await
@@ -201,7 +218,7 @@ impl WorkPools for SqliteBackend {
                      WHERE id = ?3 AND fence = ?4 AND status = 'claimed'",
                 )
                 .and_then(|mut s| s.execute(params![result.to_string(), now_ms() as i64, id, fence as i64]))
-                .map_err(text)?;
+                .map_err(fault)?;
             Ok(json!(n == 1))
         })
         .await
@@ -223,9 +240,9 @@ impl WorkPools for SqliteBackend {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
-                .map_err(text)?;
+                .map_err(fault)?;
             let Some((attempts, max_retries)) = row else {
-                return serde_json::to_value(FailOutcome::Rejected).map_err(text);
+                return serde_json::to_value(FailOutcome::Rejected).map_err(fault);
             };
             let now = now_ms() as i64;
             let outcome = if let Some(backoff) = retry.filter(|_| attempts <= max_retries) {
@@ -235,17 +252,17 @@ impl WorkPools for SqliteBackend {
                         run_at_ms = ?2, updated_ms = ?3 WHERE id = ?4",
                     params![error, run_at, now, id],
                 )
-                .map_err(text)?;
+                .map_err(fault)?;
                 FailOutcome::Retried
             } else {
                 c.execute(
                     "UPDATE jobs SET status = 'poisoned', error = ?1, lease_until_ms = NULL, updated_ms = ?2 WHERE id = ?3",
                     params![error, now, id],
                 )
-                .map_err(text)?;
+                .map_err(fault)?;
                 FailOutcome::Poisoned
             };
-            serde_json::to_value(outcome).map_err(text)
+            serde_json::to_value(outcome).map_err(fault)
         })
         .await
     }
@@ -258,7 +275,7 @@ impl WorkPools for SqliteBackend {
                     &release_sql("worker = ?2"),
                     params![now_ms() as i64, worker],
                 )
-                .map_err(text)?;
+                .map_err(fault)?;
             Ok(json!(n))
         })
         .await
@@ -272,13 +289,13 @@ impl WorkPools for SqliteBackend {
             let sql = "UPDATE jobs SET status = 'pending', attempts = 0, worker = NULL, lease_until_ms = NULL,
                          run_at_ms = ?1, updated_ms = ?1 WHERE pool = ?2 AND status = 'poisoned'";
             let n = if ids.is_empty() {
-                c.execute(sql, params![now, pool]).map_err(text)?
+                c.execute(sql, params![now, pool]).map_err(fault)?
             } else {
                 let mut n = 0;
                 for id in &ids {
                     n += c
                         .execute(&format!("{sql} AND id = ?3"), params![now, pool, id])
-                        .map_err(text)?;
+                        .map_err(fault)?;
                 }
                 n
             };
@@ -345,7 +362,7 @@ impl Workers for SqliteBackend {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![w.id, w.pool, w.pid, w.host, w.status, w.started_ms as i64, w.heartbeat_ms as i64],
             )
-            .map_err(text)?;
+            .map_err(fault)?;
             Ok(Value::Null)
         })
         .await
@@ -360,7 +377,7 @@ impl Workers for SqliteBackend {
                     "UPDATE workers SET heartbeat_ms = ?1 WHERE id = ?2 AND status = 'active'",
                     params![now_ms() as i64, id],
                 )
-                .map_err(text)?;
+                .map_err(fault)?;
             Ok(json!(n == 1))
         })
         .await
@@ -373,7 +390,7 @@ impl Workers for SqliteBackend {
                 "UPDATE workers SET status = ?1 WHERE id = ?2",
                 params![status, id],
             )
-            .map_err(text)?;
+            .map_err(fault)?;
             Ok(Value::Null)
         })
         .await
@@ -397,14 +414,14 @@ impl Workers for SqliteBackend {
             let cutoff = now - stale_after_ms as i64;
             let mut stmt = c
                 .prepare("UPDATE workers SET status = 'lost' WHERE status = 'active' AND heartbeat_ms < ?1 RETURNING id")
-                .map_err(text)?;
+                .map_err(fault)?;
             let ids: Vec<String> = stmt
                 .query_map(params![cutoff], |r| r.get(0))
-                .map_err(text)?
+                .map_err(fault)?
                 .collect::<Result<_, _>>()
-                .map_err(text)?;
+                .map_err(fault)?;
             for id in &ids {
-                c.execute(&release_sql("worker = ?2"), params![now, id]).map_err(text)?;
+                c.execute(&release_sql("worker = ?2"), params![now, id]).map_err(fault)?;
             }
             Ok(json!(ids))
         })
