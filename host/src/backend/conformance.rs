@@ -2,6 +2,7 @@
 
 use super::*;
 use serde_json::json;
+use std::sync::Arc;
 
 fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Checkpoint {
     Checkpoint {
@@ -171,6 +172,72 @@ async fn definitions_suite(b: &dyn Backend) {
         b.get_definition("d2").await.unwrap().as_deref(),
         Some("other")
     );
+}
+
+/// Time-driven behaviour, with the store's clock moved by hand: leases
+/// expire, delayed jobs come due, expired claims are claimable again, and
+/// silent workers are reaped, exactly when the clock says so.
+async fn clock_suite(b: &dyn Backend, clock: &ManualClock) {
+    let (a, other) = (owner("a"), owner("b"));
+    assert!(matches!(
+        b.acquire("t", &a, 1_000, None).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+    clock.advance(999);
+    assert!(matches!(
+        b.acquire("t", &other, 1_000, None).await.unwrap(),
+        Claim::Held(_)
+    ));
+    clock.advance(1);
+    assert!(matches!(
+        b.acquire("t", &other, 1_000, None).await.unwrap(),
+        Claim::Acquired(l) if l.owner.id == "b"
+    ));
+
+    let mut delayed = NewJob::new(json!({"n": 1}));
+    delayed.delay_ms = 5_000;
+    let (id, _) = b.push("timed", delayed).await.unwrap();
+    clock.advance(4_999);
+    assert!(b.claim("timed", "w1", 1, 100).await.unwrap().is_empty());
+    clock.advance(1);
+    let first = b.claim("timed", "w1", 1, 100).await.unwrap();
+    assert_eq!(first.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+    clock.advance(99);
+    assert!(b.claim("timed", "w2", 1, 100).await.unwrap().is_empty());
+    clock.advance(1);
+    let second = b.claim("timed", "w2", 1, 100).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(second[0].fence > first[0].fence);
+    assert!(!b.complete(id, first[0].fence, json!(1)).await.unwrap());
+
+    let now = clock.now_ms();
+    let info = |id: &str| WorkerInfo {
+        id: id.into(),
+        pool: "timed".into(),
+        pid: 1,
+        host: "h".into(),
+        status: "active".into(),
+        started_ms: now,
+        heartbeat_ms: now,
+    };
+    b.register(info("quiet")).await.unwrap();
+    b.register(info("alive")).await.unwrap();
+    clock.advance(10_000);
+    assert!(b.heartbeat("alive").await.unwrap());
+    clock.advance(1);
+    assert_eq!(b.reap(10_000).await.unwrap(), ["quiet"]);
+}
+
+#[tokio::test]
+async fn backends_decide_time_by_their_clock() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    clock_suite(&MemoryBackend::new().with_clock(clock.clone()), &clock).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let b = SqliteBackend::open(&dir.path().join("clock.db"), Durability::Normal)
+        .unwrap()
+        .with_clock(clock.clone());
+    clock_suite(&b, &clock).await;
 }
 
 #[tokio::test]

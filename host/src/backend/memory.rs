@@ -1,5 +1,6 @@
 //! The in-memory backend: everything in one process, gone when it exits.
 
+use super::clock::{Clock, SystemClock};
 use super::pools::{Job, WorkerInfo, job_status};
 use super::{
     Backend, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter, Results, Signals,
@@ -7,7 +8,7 @@ use super::{
 };
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Default)]
 pub(super) struct Data {
@@ -32,14 +33,29 @@ impl Data {
 }
 
 /// An in-memory [`Backend`].
-#[derive(Default)]
 pub struct MemoryBackend {
     data: Mutex<Data>,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend {
+            data: Mutex::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Decides time by `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Data> {
@@ -139,5 +155,8 @@ impl Definitions for MemoryBackend {
 impl Backend for MemoryBackend {
     fn describe(&self) -> String {
         "memory".into()
+    }
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 }

@@ -1,16 +1,16 @@
 //! Job pools and workers in memory.
 
+use super::BackendResult;
 use super::memory::MemoryBackend;
 use super::pools::{
     Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
 };
-use super::{BackendResult, now_ms};
 use serde_json::Value;
 
 fn claimable(j: &Job, pool: &str, now: u64) -> bool {
     j.pool == pool
         && ((j.status == job_status::PENDING && j.run_at_ms <= now)
-            || (j.status == job_status::CLAIMED && j.lease_until_ms.is_some_and(|l| l < now)))
+            || (j.status == job_status::CLAIMED && j.lease_until_ms.is_some_and(|l| l <= now)))
 }
 
 fn release(j: &mut Job, now: u64) {
@@ -32,7 +32,7 @@ impl WorkPools for MemoryBackend {
         {
             return Ok((existing.id, false));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let id = d.jobs.len() as i64 + 1;
         d.jobs.push(Job {
             id,
@@ -63,7 +63,7 @@ impl WorkPools for MemoryBackend {
         lease_ms: u64,
     ) -> BackendResult<Vec<Job>> {
         let mut d = self.lock();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut order: Vec<usize> = (0..d.jobs.len())
             .filter(|&i| claimable(&d.jobs[i], pool, now))
             .collect();
@@ -86,7 +86,7 @@ impl WorkPools for MemoryBackend {
         let mut d = self.lock();
         Ok(match d.current(id, fence) {
             Some(j) => {
-                j.lease_until_ms = Some(now_ms() + lease_ms);
+                j.lease_until_ms = Some(self.clock.now_ms() + lease_ms);
                 true
             }
             None => false,
@@ -100,7 +100,7 @@ impl WorkPools for MemoryBackend {
                 j.status = job_status::DONE.into();
                 j.result = Some(result);
                 j.lease_until_ms = None;
-                j.updated_ms = now_ms();
+                j.updated_ms = self.clock.now_ms();
                 true
             }
             None => false,
@@ -118,7 +118,7 @@ impl WorkPools for MemoryBackend {
         let Some(j) = d.current(id, fence) else {
             return Ok(FailOutcome::Rejected);
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         j.error = Some(error.to_string());
         j.lease_until_ms = None;
         j.updated_ms = now;
@@ -138,7 +138,7 @@ impl WorkPools for MemoryBackend {
 
     async fn release_worker(&self, worker: &str) -> BackendResult<u64> {
         let mut d = self.lock();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut n = 0;
         for j in d
             .jobs
@@ -153,7 +153,7 @@ impl WorkPools for MemoryBackend {
 
     async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
         let mut d = self.lock();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut n = 0;
         for j in d.jobs.iter_mut().filter(|j| {
             j.pool == pool
@@ -214,7 +214,7 @@ impl Workers for MemoryBackend {
         let mut d = self.lock();
         Ok(match d.workers.get_mut(id) {
             Some(w) if w.status == "active" => {
-                w.heartbeat_ms = now_ms();
+                w.heartbeat_ms = self.clock.now_ms();
                 true
             }
             _ => false,
@@ -241,7 +241,7 @@ impl Workers for MemoryBackend {
     }
 
     async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let lost: Vec<String> = {
             let mut d = self.lock();
             let ids: Vec<String> = d

@@ -8,6 +8,7 @@
 //! a pinned machine definition is text under its digest.
 //! Imports nothing else from flowhost.
 
+pub mod clock;
 mod memory;
 mod memory_pools;
 pub mod owners;
@@ -15,6 +16,7 @@ pub mod pools;
 mod sqlite;
 mod sqlite_pools;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{
@@ -24,7 +26,6 @@ pub use sqlite::{Durability, SqliteBackend};
 
 use serde::Serialize;
 use serde_json::Value;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A failure of the store itself. Callers decide by its [`StoreErrorKind`];
 /// a stale fence or a lost lease is not an error but an answer (`false`,
@@ -182,18 +183,20 @@ pub trait Backend:
 {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;
+    /// The clock the store decides time by; the engine and workers use it too.
+    fn clock(&self) -> &dyn Clock {
+        &SystemClock
+    }
     /// The database file another process can open, if there is one.
     fn db_path(&self) -> Option<std::path::PathBuf> {
         None
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, by the system clock (for what no
+/// store decides: messages, benchmarks).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemClock.now_ms()
 }
 
 /// The execution id named by `flowhost://<id>/result`, `flatagents://<id>/result`

@@ -6,7 +6,7 @@
 use super::memory::MemoryBackend;
 use super::sqlite::{Op, SqliteBackend};
 use super::sqlite_pools::fault;
-use super::{BackendError, BackendResult, now_ms};
+use super::{BackendError, BackendResult};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -101,7 +101,7 @@ impl Ownership for MemoryBackend {
         lease_ms: u64,
         evict: Option<u64>,
     ) -> BackendResult<Claim> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut data = self.lock();
         let current = data.leases.get(execution);
         if let Some(l) = current
@@ -125,7 +125,7 @@ impl Ownership for MemoryBackend {
         let mut data = self.lock();
         match data.leases.get_mut(execution) {
             Some(l) if l.token == token => {
-                l.expires_ms = now_ms().saturating_add(lease_ms);
+                l.expires_ms = self.clock.now_ms().saturating_add(lease_ms);
                 Ok(true)
             }
             _ => Ok(false),
@@ -175,10 +175,11 @@ impl Ownership for SqliteBackend {
         lease_ms: u64,
         evict: Option<u64>,
     ) -> BackendResult<Claim> {
+        let clock = self.clock.clone();
         let (execution, owner) = (execution.to_string(), owner.clone());
         let (acquired, lease): (bool, Lease) = self
             .exec(move |tx| {
-                let now = now_ms() as i64;
+                let now = clock.now_ms() as i64;
                 let expires = (now as u64).saturating_add(lease_ms).min(i64::MAX as u64) as i64;
                 let evict = evict.map_or(-1, |t| t as i64);
                 let sql = format!(
@@ -236,11 +237,12 @@ impl Ownership for SqliteBackend {
         owner: &Owner,
         lease_ms: u64,
     ) -> BackendResult<Lease> {
+        let clock = self.clock.clone();
         let lease = Lease {
             execution: execution.to_string(),
             owner: owner.clone(),
             token: 1,
-            expires_ms: now_ms().saturating_add(lease_ms),
+            expires_ms: clock.now_ms().saturating_add(lease_ms),
         };
         let l = lease.clone();
         // Goes to the writer with the caller's next write (its first checkpoint).
@@ -266,9 +268,10 @@ impl Ownership for SqliteBackend {
     }
 
     async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool> {
+        let clock = self.clock.clone();
         let execution = execution.to_string();
         self.exec(move |tx| {
-            let expires = now_ms().saturating_add(lease_ms).min(i64::MAX as u64) as i64;
+            let expires = clock.now_ms().saturating_add(lease_ms).min(i64::MAX as u64) as i64;
             let n = tx
                 .execute(
                     "UPDATE owners SET expires_ms = ?1 WHERE execution = ?2 AND token = ?3",

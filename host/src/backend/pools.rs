@@ -126,7 +126,8 @@ pub trait WorkPools: Send + Sync {
     /// existing job had the same idempotency key).
     async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)>;
     /// Claims up to `n` claimable jobs (pending and due, or claimed with an
-    /// expired lease), highest priority first, in one atomic step.
+    /// expired lease: one whose end is now or past, as with execution
+    /// leases), highest priority first, in one atomic step.
     async fn claim(
         &self,
         pool: &str,

@@ -3,9 +3,10 @@
 //! arrived while the previous commit was running (so many executions that
 //! checkpoint at once share one fsync). Reads go to a separate connection.
 
+use super::clock::{Clock, SystemClock};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
-    Results, Signals, StoreErrorKind, StoredResult, now_ms,
+    Results, Signals, StoreErrorKind, StoredResult,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -130,9 +131,11 @@ pub(super) type Custom = Box<dyn FnOnce(&Connection) -> BackendResult<Value> + S
 pub(super) enum Op {
     Save(Checkpoint),
     WriteResult(String, StoredResult),
-    SendSignal(String, String, String),
+    /// Execution, channel, data, sent at (ms).
+    SendSignal(String, String, String, u64),
     TakeSignal(String, String),
-    PutDefinition(String, String),
+    /// Digest, body, stored at (ms).
+    PutDefinition(String, String, u64),
     Custom(Custom),
 }
 
@@ -154,6 +157,7 @@ pub struct SqliteBackend {
     /// The first failure of a deferred write, reported by the next write.
     deferred_error: ErrorSlot,
     reader: Mutex<Connection>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 /// The kind of an SQLite failure.
@@ -303,7 +307,14 @@ impl SqliteBackend {
             lazy: Mutex::new(Vec::new()),
             deferred_error,
             reader: Mutex::new(reader),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Decides time by `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -477,19 +488,19 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             .map_err(&err)?;
             Ok(None)
         }
-        Op::SendSignal(id, channel, data) => {
+        Op::SendSignal(id, channel, data, sent_ms) => {
             tx.prepare_cached(
                 "INSERT INTO signals (execution, channel, data, sent_ms) VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut s| s.execute(params![id, channel, data, now_ms() as i64]))
+            .and_then(|mut s| s.execute(params![id, channel, data, sent_ms as i64]))
             .map_err(&err)?;
             Ok(None)
         }
-        Op::PutDefinition(digest, body) => {
+        Op::PutDefinition(digest, body, at_ms) => {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO definitions (digest, body, created_ms) VALUES (?1, ?2, ?3)",
             )
-            .and_then(|mut s| s.execute(params![digest, body, now_ms() as i64]))
+            .and_then(|mut s| s.execute(params![digest, body, at_ms as i64]))
             .map_err(&err)?;
             Ok(None)
         }
@@ -615,6 +626,7 @@ impl Signals for SqliteBackend {
             id.to_string(),
             channel.to_string(),
             data.to_string(),
+            self.clock.now_ms(),
         ))
         .await
         .map(|_| ())
@@ -629,8 +641,9 @@ impl Signals for SqliteBackend {
 #[async_trait::async_trait]
 impl Definitions for SqliteBackend {
     async fn put_definition(&self, digest: &str, body: &str) -> BackendResult<()> {
+        let at = self.clock.now_ms();
         self.send(
-            Op::PutDefinition(digest.to_string(), body.to_string()),
+            Op::PutDefinition(digest.to_string(), body.to_string(), at),
             None,
         )
     }
@@ -646,6 +659,9 @@ impl Definitions for SqliteBackend {
 impl Backend for SqliteBackend {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
+    }
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
     fn db_path(&self) -> Option<PathBuf> {
         Some(std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()))

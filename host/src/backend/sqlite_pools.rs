@@ -7,7 +7,7 @@ use super::pools::{
     Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
 };
 use super::sqlite::{Op, SqliteBackend};
-use super::{BackendError, BackendResult, StoreErrorKind, now_ms};
+use super::{BackendError, BackendResult, StoreErrorKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
@@ -109,6 +109,7 @@ fn release_sql(filter: &str) -> String {
 #[async_trait::async_trait]
 impl WorkPools for SqliteBackend {
     async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
+        let clock = self.clock.clone();
         let pool = pool.to_string();
         self.exec(move |c| {
             if let Some(key) = &job.idempotency_key {
@@ -124,7 +125,7 @@ impl WorkPools for SqliteBackend {
                     return Ok(json!([id, false]));
                 }
             }
-            let now = now_ms() as i64;
+            let now = clock.now_ms() as i64;
             c.prepare_cached(
                 "INSERT INTO jobs (pool, payload, status, priority, run_at_ms, max_retries, idempotency_key, created_ms, updated_ms)
                  VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?7)",
@@ -153,13 +154,14 @@ impl WorkPools for SqliteBackend {
         n: u32,
         lease_ms: u64,
     ) -> BackendResult<Vec<Job>> {
+        let clock = self.clock.clone();
         // An idle pool is seen by the reader (no write lock, no transaction
         // for the writer), so idle workers can poll often.
-        let now = now_ms() as i64;
+        let now = clock.now_ms() as i64;
         let any = self.read(|c| {
             c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'pending' AND run_at_ms <= ?2)
-                     OR EXISTS (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'claimed' AND lease_until_ms < ?2)",
+                     OR EXISTS (SELECT 1 FROM jobs WHERE pool = ?1 AND status = 'claimed' AND lease_until_ms <= ?2)",
             )?
             .query_row(params![pool, now], |r| r.get::<_, bool>(0))
         })?;
@@ -168,7 +170,7 @@ impl WorkPools for SqliteBackend {
         }
         let (pool, worker) = (pool.to_string(), worker.to_string());
         self.exec(move |c| {
-            let now = now_ms() as i64;
+            let now = clock.now_ms() as i64;
             let sql = format!(
                 "UPDATE jobs SET status = 'claimed', worker = ?1, lease_until_ms = ?2 + ?3,
                     attempts = attempts + 1, fence = fence + 1, updated_ms = ?2
@@ -181,7 +183,7 @@ impl WorkPools for SqliteBackend {
                         UNION ALL
                         SELECT id, priority, run_at_ms FROM (
                             SELECT id, priority, run_at_ms FROM jobs
-                            WHERE pool = ?4 AND status = 'claimed' AND lease_until_ms < ?2
+                            WHERE pool = ?4 AND status = 'claimed' AND lease_until_ms <= ?2
                             ORDER BY priority DESC, run_at_ms, id LIMIT ?5))
                     ORDER BY priority DESC, run_at_ms, id LIMIT ?5)
                  RETURNING {JOB_COLUMNS}"
@@ -198,11 +200,12 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool> {
+        let clock = self.clock.clone();
         self.exec(move |c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET lease_until_ms = ?1 WHERE id = ?2 AND fence = ?3 AND status = 'claimed'",
-                    params![(now_ms() + lease_ms) as i64, id, fence as i64],
+                    params![(clock.now_ms() + lease_ms) as i64, id, fence as i64],
                 )
                 .map_err(fault)?;
             Ok(json!(n == 1))
@@ -211,13 +214,14 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool> {
+        let clock = self.clock.clone();
         self.exec(move |c| {
             let n = c
                 .prepare_cached(
                     "UPDATE jobs SET status = 'done', result = ?1, lease_until_ms = NULL, updated_ms = ?2
                      WHERE id = ?3 AND fence = ?4 AND status = 'claimed'",
                 )
-                .and_then(|mut s| s.execute(params![result.to_string(), now_ms() as i64, id, fence as i64]))
+                .and_then(|mut s| s.execute(params![result.to_string(), clock.now_ms() as i64, id, fence as i64]))
                 .map_err(fault)?;
             Ok(json!(n == 1))
         })
@@ -231,6 +235,7 @@ impl WorkPools for SqliteBackend {
         error: &str,
         retry: Option<Backoff>,
     ) -> BackendResult<FailOutcome> {
+        let clock = self.clock.clone();
         let error = error.to_string();
         self.exec(move |c| {
             let row: Option<(i64, i64)> = c
@@ -244,7 +249,7 @@ impl WorkPools for SqliteBackend {
             let Some((attempts, max_retries)) = row else {
                 return serde_json::to_value(FailOutcome::Rejected).map_err(fault);
             };
-            let now = now_ms() as i64;
+            let now = clock.now_ms() as i64;
             let outcome = if let Some(backoff) = retry.filter(|_| attempts <= max_retries) {
                 let run_at = now + backoff.delay_ms(attempts as u32) as i64;
                 c.execute(
@@ -268,12 +273,13 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn release_worker(&self, worker: &str) -> BackendResult<u64> {
+        let clock = self.clock.clone();
         let worker = worker.to_string();
         self.exec(move |c| {
             let n = c
                 .execute(
                     &release_sql("worker = ?2"),
-                    params![now_ms() as i64, worker],
+                    params![clock.now_ms() as i64, worker],
                 )
                 .map_err(fault)?;
             Ok(json!(n))
@@ -282,10 +288,11 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
+        let clock = self.clock.clone();
         let pool = pool.to_string();
         let ids = ids.to_vec();
         self.exec(move |c| {
-            let now = now_ms() as i64;
+            let now = clock.now_ms() as i64;
             let sql = "UPDATE jobs SET status = 'pending', attempts = 0, worker = NULL, lease_until_ms = NULL,
                          run_at_ms = ?1, updated_ms = ?1 WHERE pool = ?2 AND status = 'poisoned'";
             let n = if ids.is_empty() {
@@ -370,12 +377,13 @@ impl Workers for SqliteBackend {
     }
 
     async fn heartbeat(&self, id: &str) -> BackendResult<bool> {
+        let clock = self.clock.clone();
         let id = id.to_string();
         self.exec(move |c| {
             let n = c
                 .execute(
                     "UPDATE workers SET heartbeat_ms = ?1 WHERE id = ?2 AND status = 'active'",
-                    params![now_ms() as i64, id],
+                    params![clock.now_ms() as i64, id],
                 )
                 .map_err(fault)?;
             Ok(json!(n == 1))
@@ -409,8 +417,9 @@ impl Workers for SqliteBackend {
     }
 
     async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>> {
+        let clock = self.clock.clone();
         self.exec(move |c| {
-            let now = now_ms() as i64;
+            let now = clock.now_ms() as i64;
             let cutoff = now - stale_after_ms as i64;
             let mut stmt = c
                 .prepare("UPDATE workers SET status = 'lost' WHERE status = 'active' AND heartbeat_ms < ?1 RETURNING id")

@@ -195,7 +195,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
 
 pub(super) async fn workers(a: WorkersArgs) -> Result<ExitCode, CliError> {
     let backend = a.store.open()?;
-    let now = crate::backend::now_ms();
+    let now = backend.clock().now_ms();
     let list = backend
         .workers(a.pool.as_deref())
         .await

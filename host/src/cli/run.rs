@@ -490,8 +490,8 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
         }
     }
     let lease = backend.lease(&root.id).await.map_err(store_error)?;
-    let holder = owner::live_holder(lease.as_ref());
-    let now = crate::backend::now_ms();
+    let now = backend.clock().now_ms();
+    let holder = owner::live_holder(lease.as_ref(), now);
     let owner = holder.map(|l| {
         serde_json::json!({
             "pid": l.owner.pid,

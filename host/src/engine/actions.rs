@@ -7,7 +7,7 @@
 
 use super::record::{Failure, Record};
 use super::{Engine, MachineDef};
-use crate::backend::{Backoff, FailOutcome, WorkerInfo, now_ms};
+use crate::backend::{Backoff, FailOutcome, WorkerInfo};
 use crate::plugin::{CallContext, World};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -81,7 +81,7 @@ impl Engine {
                             ctx.insert("worker_id".into(), json!(id));
                         }
                     }
-                    let now = now_ms();
+                    let now = self.now();
                     b.register(WorkerInfo {
                         id: id.clone(),
                         pool: pool.clone(),
@@ -152,7 +152,7 @@ impl Engine {
                 "spawn_workers" => self.spawn_workers(def, rec, &pool),
                 "list_stale_workers" => {
                     let threshold = (number(rec, "stale_threshold_seconds", 60.0) * 1000.0) as u64;
-                    let now = now_ms();
+                    let now = self.now();
                     let stale: Vec<String> = b.workers(Some(&pool)).await.map_err(|e| e.to_string())?
                         .into_iter()
                         .filter(|w| w.status == "active" && now.saturating_sub(w.heartbeat_ms) > threshold)

@@ -620,7 +620,7 @@ impl Engine {
     }
 
     fn meta(&self, _frame: &Frame, rec: &Record, plugin: &Plugin) -> CallMeta {
-        let deadline = crate::backend::now_ms() + plugin.limits().timeout.as_millis() as u64;
+        let deadline = self.now() + plugin.limits().timeout.as_millis() as u64;
         CallMeta {
             idempotency_key: format!("{}/{}/{}", rec.id, rec.step, rec.attempt),
             execution_id: rec.id.clone(),

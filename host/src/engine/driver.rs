@@ -6,7 +6,7 @@
 use super::advance::{Advance, Frame};
 use super::record::{Child, ChildOutcome, Failure, Record, Status};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
-use crate::backend::{Checkpoint, StoredResult, now_ms};
+use crate::backend::{Checkpoint, StoredResult};
 use crate::failure::FailureKind;
 use crate::plugin::{CancelToken, HookEvent};
 use serde::Serialize;
@@ -145,6 +145,11 @@ impl Engine {
             _ => self.pin_file(&rec.source.file).await?,
         };
         Ok((root.find(&rec.source.path)?, digest))
+    }
+
+    /// Now, by the store's clock.
+    pub(super) fn now(&self) -> u64 {
+        self.backend.clock().now_ms()
     }
 
     fn lock_trees(&self) -> std::sync::MutexGuard<'_, Trees> {
@@ -307,7 +312,7 @@ impl Engine {
         parent: Option<String>,
         input: Value,
     ) -> Record {
-        let now = now_ms();
+        let now = self.now();
         let data = def.config.data();
         let mut rec = Record {
             id,
@@ -369,7 +374,7 @@ impl Engine {
             });
         let terminal = event == Event::MachineEnd;
         if terminal || (enabled && wanted) {
-            let checkpoint = to_checkpoint(rec)?;
+            let checkpoint = to_checkpoint(rec, self.now())?;
             // Checkpoints at the start, between states and at the end are
             // queued, not waited for: the writer applies them in order and
             // group-commits them, and a crash that loses the newest ones only
@@ -392,7 +397,7 @@ impl Engine {
             let result = StoredResult {
                 status: status.to_string(),
                 value,
-                written_ms: now_ms(),
+                written_ms: self.now(),
             };
             self.backend.write_result(&rec.id, result).await?;
         }
@@ -429,7 +434,7 @@ impl Engine {
             loop {
                 if let Some(reason) = self.stop_reason(&frame) {
                     // Stored (and waited for) before anyone is told to resume.
-                    self.backend.save(to_checkpoint(&rec)?).await?;
+                    self.backend.save(to_checkpoint(&rec, self.now())?).await?;
                     return Err(EngineError::Interrupted {
                         id: rec.id.clone(),
                         state: rec.state.clone(),
@@ -743,7 +748,7 @@ impl Engine {
     }
 }
 
-fn to_checkpoint(rec: &Record) -> Result<Checkpoint, EngineError> {
+fn to_checkpoint(rec: &Record, now_ms: u64) -> Result<Checkpoint, EngineError> {
     let record = serde_json::to_string(rec)
         .map_err(|e| EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id)))?;
     Ok(Checkpoint {
@@ -754,7 +759,7 @@ fn to_checkpoint(rec: &Record) -> Result<Checkpoint, EngineError> {
         state: rec.state.clone(),
         step: rec.step,
         created_ms: rec.created_ms,
-        updated_ms: now_ms(),
+        updated_ms: now_ms,
         record,
     })
 }

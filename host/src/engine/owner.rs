@@ -5,7 +5,7 @@
 //! Also the stop request a driver checks at every state boundary.
 
 use super::{Engine, EngineError};
-use crate::backend::{Backend, Claim, Lease, Owner, now_ms};
+use crate::backend::{Backend, Claim, Lease, Owner};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -93,8 +93,8 @@ pub fn holder_gone(owner: &Owner) -> bool {
 }
 
 /// Whether an execution tree is being run right now, by whom.
-pub fn live_holder(lease: Option<&Lease>) -> Option<&Lease> {
-    lease.filter(|l| l.live(now_ms()) && !holder_gone(&l.owner))
+pub fn live_holder(lease: Option<&Lease>, now_ms: u64) -> Option<&Lease> {
+    lease.filter(|l| l.live(now_ms) && !holder_gone(&l.owner))
 }
 
 /// A lease this process holds, renewed in the background until released.
@@ -175,8 +175,8 @@ async fn renew_all(held: Weak<Mutex<HashMap<String, (u64, Stop)>>>, backend: Wea
     }
 }
 
-fn owned_message(lease: &Lease) -> String {
-    let left = lease.expires_ms.saturating_sub(now_ms()).div_ceil(1000);
+fn owned_message(lease: &Lease, now_ms: u64) -> String {
+    let left = lease.expires_ms.saturating_sub(now_ms).div_ceil(1000);
     format!(
         "execution `{}` is being run by pid {} on {}; its lease expires in {left}s unless that process renews it (stop that process, or wait for it to finish)",
         lease.execution, lease.owner.pid, lease.owner.host
@@ -211,7 +211,9 @@ impl Engine {
                     );
                     evict = Some(lease.token);
                 }
-                Claim::Held(lease) => return Err(EngineError::Owned(owned_message(&lease))),
+                Claim::Held(lease) => {
+                    return Err(EngineError::Owned(owned_message(&lease, self.now())));
+                }
             }
         };
         Ok(self.hold(lease))

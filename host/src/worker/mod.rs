@@ -6,7 +6,7 @@
 //!
 //! Imports `engine`, `plugin`, `failure` and the `backend` traits.
 
-use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo, now_ms};
+use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo};
 use crate::engine::{Engine, Status};
 use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, Plugin};
@@ -94,7 +94,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerReport, WorkerError> {
     let id = format!("worker-{}", uuid::Uuid::now_v7());
-    let now = now_ms();
+    let now = backend.clock().now_ms();
     backend
         .register(WorkerInfo {
             id: id.clone(),
@@ -267,7 +267,7 @@ async fn process(
                 step: 1,
                 attempt: job.attempts,
                 idempotency_key: format!("job-{}/{}", job.id, job.attempts),
-                deadline_ms: now_ms() + plugin.limits().timeout.as_millis() as u64,
+                deadline_ms: backend.clock().now_ms() + plugin.limits().timeout.as_millis() as u64,
             };
             plugin
                 .process(&meta, &job.payload, &CallContext::default())
