@@ -170,9 +170,10 @@ impl Engine {
                     tokio::time::sleep(crate::duration::clamp_secs(delay)).await;
                     let payload = rec.input.get("job").cloned().unwrap_or_else(|| rec.input.clone());
                     let echo = self
-                        .library
-                        .plugin(&json!("echo"), World::Processor)
-                        .map_err(|e| e.to_string())?;
+                        .runners
+                        .load(&json!("echo"), World::Processor)
+                        .map_err(|e| e.to_string())?
+                        .runner;
                     let meta = crate::plugin::standalone_meta(&rec.state);
                     let out = echo.process(&meta, &payload, &CallContext::default()).await.map_err(|e| e.to_string())?;
                     Ok(json!({"processed": out}))
@@ -201,6 +202,10 @@ impl Engine {
             .backend
             .db_path()
             .ok_or("spawned workers need a database file (not --memory)")?;
+        let plugins = self
+            .runners
+            .plugins_dir()
+            .ok_or("spawned workers need a plugins folder")?;
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find the flowhost binary: {e}"))?;
         let mut spawned = Vec::new();
@@ -213,7 +218,7 @@ impl Engine {
                 .args(["--input", &input.to_string(), "--db"])
                 .arg(&db)
                 .arg("--plugins")
-                .arg(self.library.plugins_dir())
+                .arg(plugins)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .spawn()

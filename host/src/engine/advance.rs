@@ -3,11 +3,12 @@
 //! driver can checkpoint it and any process can continue from there.
 
 use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape, Status};
+use super::runner::Runner;
 use super::{Engine, MachineDef};
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{State, StateType};
 use crate::failure::FailureKind;
-use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState, Plugin};
+use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +187,7 @@ impl Engine {
         };
 
         if let Some(plugin) = frame.def.runners.get(&name) {
-            let meta = self.meta(frame, rec, plugin);
+            let meta = self.meta(rec, plugin.as_ref());
             let (ctx, kv) = self.call_context(frame, rec);
             let result = if state.step.is_some() {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
@@ -579,7 +580,7 @@ impl Engine {
 
     /// Hook plugins in effect in the current state: the machine's (with its
     /// ancestors'), then the state's own.
-    fn hooks_of(&self, frame: &Frame, state: &str) -> Vec<Plugin> {
+    fn hooks_of(&self, frame: &Frame, state: &str) -> Vec<Arc<dyn Runner>> {
         let mut hooks = frame.def.hooks.clone();
         if let Some(own) = frame.def.state_hooks.get(state) {
             hooks.extend(own.iter().cloned());
@@ -598,7 +599,7 @@ impl Engine {
         let hooks = self.hooks_of(frame, &rec.state);
         let mut redirect = None;
         for hook in hooks {
-            let meta = self.meta(frame, rec, &hook);
+            let meta = self.meta(rec, hook.as_ref());
             let (ctx, kv) = self.call_context(frame, rec);
             let result = hook.on_event(&event, &meta, &rec.context, &ctx).await;
             keep_state(rec, &kv);
@@ -619,8 +620,8 @@ impl Engine {
         Ok(redirect)
     }
 
-    fn meta(&self, _frame: &Frame, rec: &Record, plugin: &Plugin) -> CallMeta {
-        let deadline = self.now() + plugin.limits().timeout.as_millis() as u64;
+    fn meta(&self, rec: &Record, runner: &dyn Runner) -> CallMeta {
+        let deadline = self.now() + runner.timeout().as_millis() as u64;
         CallMeta {
             idempotency_key: format!("{}/{}/{}", rec.id, rec.step, rec.attempt),
             execution_id: rec.id.clone(),

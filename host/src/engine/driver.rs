@@ -85,7 +85,7 @@ impl Engine {
         if let Some(tree) = self.lock_trees().by_file.get(&key) {
             return Ok((key, tree.clone()));
         }
-        let (def, definition) = machines::load_tree(file, &self.library)?;
+        let (def, definition) = machines::load_tree(file, &*self.runners)?;
         let (digest, body) = definition.encode()?;
         let tree = Tree {
             def,
@@ -125,7 +125,7 @@ impl Engine {
             ))
         })?;
         let pinned = Definition::decode(digest, &body)?;
-        let def = machines::load_pinned(&pinned, &self.library)?;
+        let def = machines::load_pinned(&pinned, &*self.runners)?;
         self.lock_trees()
             .by_digest
             .insert(digest.to_string(), def.clone());

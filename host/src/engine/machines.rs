@@ -7,6 +7,7 @@
 use super::EngineError;
 use super::definition::{Definition, PinnedFile};
 use super::record::MachineRef;
+use super::runner::{Loaded, Runner, Runners};
 use crate::config::{self, Machine, State};
 use crate::plugin::{LimitOverrides, Plugin, Runtime, World, registry};
 use serde_json::Value;
@@ -24,11 +25,11 @@ pub struct MachineDef {
     /// `data.machines`, loaded.
     pub children: BTreeMap<String, Arc<MachineDef>>,
     /// What each state runs (plugin, agent or step), with the state's limits.
-    pub runners: HashMap<String, Plugin>,
-    /// Hook plugins in effect for this machine: every ancestor's, then its own.
-    pub hooks: Vec<Plugin>,
-    /// Hook plugins of single states (`states.<name>.hooks`).
-    pub state_hooks: HashMap<String, Vec<Plugin>>,
+    pub runners: HashMap<String, Arc<dyn Runner>>,
+    /// Hooks in effect for this machine: every ancestor's, then its own.
+    pub hooks: Vec<Arc<dyn Runner>>,
+    /// Hooks of single states (`states.<name>.hooks`).
+    pub state_hooks: HashMap<String, Vec<Arc<dyn Runner>>>,
     /// The machine (or an ancestor) names `DistributedWorkerHooks`: the
     /// built-in work-pool actions are available.
     pub builtin_actions: bool,
@@ -74,18 +75,6 @@ impl Library {
             runtime,
             dir,
             loaded: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn plugins_dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// What config validation checks against: this library's plugins folder.
-    pub fn config_options(&self) -> config::Options {
-        config::Options {
-            plugins_dir: Some(self.dir.clone()),
-            pinned: false,
         }
     }
 
@@ -150,10 +139,25 @@ impl Library {
     }
 }
 
+impl Runners for Library {
+    fn load(&self, spec: &Value, world: World) -> Result<Loaded, EngineError> {
+        let (name, plugin) = self.named_plugin(spec, world)?;
+        Ok(Loaded {
+            name,
+            digest: plugin.digest().to_string(),
+            runner: Arc::new(plugin),
+        })
+    }
+
+    fn plugins_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+}
+
 /// Walks a machine tree: reads its configs, loads its plugins, and notes
 /// what a [`Definition`] pins.
 struct Loader<'a> {
-    library: &'a Library,
+    runners: &'a dyn Runners,
     /// Where config texts come from: a pinned definition, or (when `None`)
     /// the disk, collecting what was read into `read`.
     pinned: Option<&'a Definition>,
@@ -197,15 +201,15 @@ impl Loader<'_> {
 
     fn options(&self) -> config::Options {
         config::Options {
+            plugins_dir: self.runners.plugins_dir().map(Path::to_path_buf),
             pinned: self.pinned.is_some(),
-            ..self.library.config_options()
         }
     }
 
-    fn plugin(&mut self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
-        let (name, plugin) = self.library.named_plugin(spec, world)?;
-        self.plugins.insert(name, plugin.digest().to_string());
-        Ok(plugin)
+    fn plugin(&mut self, spec: &Value, world: World) -> Result<Arc<dyn Runner>, EngineError> {
+        let loaded = self.runners.load(spec, world)?;
+        self.plugins.insert(loaded.name, loaded.digest);
+        Ok(loaded.runner)
     }
 }
 
@@ -222,12 +226,12 @@ fn config_error(file: &Path, message: String) -> EngineError {
 /// that pins it.
 pub fn load_tree(
     file: &Path,
-    library: &Library,
+    runners: &dyn Runners,
 ) -> Result<(Arc<MachineDef>, Definition), EngineError> {
     let file =
         std::fs::canonicalize(file).map_err(|e| config_error(file, format!("cannot read: {e}")))?;
     let mut loader = Loader {
-        library,
+        runners,
         pinned: None,
         read: Vec::new(),
         plugins: BTreeMap::new(),
@@ -252,10 +256,10 @@ pub fn load_tree(
 /// both digests.
 pub fn load_pinned(
     definition: &Definition,
-    library: &Library,
+    runners: &dyn Runners,
 ) -> Result<Arc<MachineDef>, EngineError> {
     let mut loader = Loader {
-        library,
+        runners,
         pinned: Some(definition),
         read: Vec::new(),
         plugins: BTreeMap::new(),
@@ -277,7 +281,7 @@ pub fn load_pinned(
 fn build(
     machine: Machine,
     source: MachineRef,
-    inherited: &[Plugin],
+    inherited: &[Arc<dyn Runner>],
     inherited_builtins: bool,
     loader: &mut Loader<'_>,
 ) -> Result<Arc<MachineDef>, EngineError> {
@@ -318,10 +322,7 @@ fn build(
                 .plugin(&spec, world)
                 .map_err(|e| e.context(&at(&format!("state `{name}`"))))?;
             if let Some(secs) = state.timeout {
-                plugin = plugin.tightened(&LimitOverrides {
-                    timeout_ms: Some((secs * 1000.0).ceil().max(1.0) as u64),
-                    ..Default::default()
-                });
+                plugin = plugin.with_timeout(crate::duration::clamp_secs(secs));
             }
             runners.insert(name.clone(), plugin);
         }
@@ -394,7 +395,7 @@ fn hook_plugins(
     spec: &Value,
     data: &config::MachineData,
     loader: &mut Loader<'_>,
-) -> Result<Vec<Plugin>, EngineError> {
+) -> Result<Vec<Arc<dyn Runner>>, EngineError> {
     match spec {
         Value::Array(items) => {
             let mut all = Vec::new();

@@ -2,7 +2,10 @@
 //! `advance.rs`) over a serialisable [`Record`], and the local driver
 //! (`driver.rs`) that runs it, checkpoints it, and runs child executions as
 //! tokio tasks in this process. Every execution is pinned to the
-//! [`Definition`] it started with (`definition.rs`; loaded by `machines.rs`). `owner.rs` gives every running execution tree
+//! [`Definition`] it started with (`definition.rs`; loaded by `machines.rs`).
+//! States, hooks and steps run through the [`Runner`] trait (`runner.rs`):
+//! loaded plugins in production, fakes in the engine's unit tests
+//! (`tests.rs`), which need no `.wasm` file. `owner.rs` gives every running execution tree
 //! one owner (a lease on its root) and carries stop requests, which the
 //! driver honours at state boundaries.
 //!
@@ -21,11 +24,13 @@ mod driver;
 pub mod machines;
 pub mod owner;
 pub mod record;
+pub mod runner;
 
 pub use definition::Definition;
 pub use driver::{Outcome, ResumeOptions};
 pub use machines::{Library, MachineDef};
 pub use record::{Failure, MachineRef, Record, Status};
+pub use runner::{Loaded, Runner, Runners};
 
 use crate::backend::{Backend, BackendError};
 use crate::config::ConfigErrors;
@@ -123,7 +128,7 @@ struct Tree {
 /// Runs machines against one store with one plugin runtime.
 pub struct Engine {
     backend: Arc<dyn Backend>,
-    library: Library,
+    runners: Arc<dyn Runners>,
     exprs: Expressions,
     observer: Option<Arc<dyn Observer>>,
     trees: Mutex<Trees>,
@@ -137,10 +142,16 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine whose machines run the plugins of `plugins_dir`.
     pub fn new(backend: Arc<dyn Backend>, runtime: Arc<Runtime>, plugins_dir: PathBuf) -> Engine {
+        Engine::with_runners(backend, Arc::new(Library::new(runtime, plugins_dir)))
+    }
+
+    /// An engine whose machines run what `runners` gives (fakes in tests).
+    pub fn with_runners(backend: Arc<dyn Backend>, runners: Arc<dyn Runners>) -> Engine {
         Engine {
             backend,
-            library: Library::new(runtime, plugins_dir),
+            runners,
             exprs: Expressions::new(),
             observer: None,
             trees: Mutex::new(Trees::default()),

@@ -1,1 +1,650 @@
+//! Engine unit tests with fake runners: no `.wasm` file, no plugin runtime.
+//! Each decision the engine takes about an execution is covered here: the
+//! initial context and start hooks, the checkpoint policy, retries with
+//! backoff (on tokio's paused clock), routing by failure kind, fan-in of
+//! child outcomes, cancellation of the losers of `mode: any`, the launch
+//! outbox, parking on a channel, and pinned definitions.
 
+use super::*;
+use crate::backend::{Checkpoints, MemoryBackend, Results, Signals};
+use crate::failure::FailureKind;
+use crate::plugin::{CallContext, CallMeta, HookEvent, HookResult, PluginError, StepOutput, World};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+type Behaviour =
+    dyn Fn(&CallMeta, &Value, &CallContext) -> Result<Value, PluginError> + Send + Sync + 'static;
+
+/// A processor or hook whose behaviour is a closure; it records its calls.
+struct Fake {
+    name: String,
+    behaviour: Box<Behaviour>,
+    calls: Mutex<Vec<(CallMeta, Value)>>,
+    /// For hooks: the events seen, and the context to set on `machine_start`.
+    events: Mutex<Vec<String>>,
+    start_context: Option<Value>,
+    /// A call answered with [`WAIT_FOR_CANCEL`] saw its cancellation.
+    cancel_seen: std::sync::atomic::AtomicBool,
+}
+
+/// Returned by a behaviour: the call runs until it is cancelled.
+const WAIT_FOR_CANCEL: &str = "wait for cancel";
+
+impl Fake {
+    fn new(
+        name: &str,
+        f: impl Fn(&CallMeta, &Value, &CallContext) -> Result<Value, PluginError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Arc<Fake> {
+        Arc::new(Fake {
+            name: name.into(),
+            behaviour: Box::new(f),
+            calls: Mutex::default(),
+            events: Mutex::default(),
+            start_context: None,
+            cancel_seen: Default::default(),
+        })
+    }
+
+    fn hook(name: &str, start_context: Value) -> Arc<Fake> {
+        Arc::new(Fake {
+            name: name.into(),
+            behaviour: Box::new(|_, v, _| Ok(v.clone())),
+            calls: Mutex::default(),
+            events: Mutex::default(),
+            start_context: Some(start_context),
+            cancel_seen: Default::default(),
+        })
+    }
+
+    fn calls(&self) -> Vec<(CallMeta, Value)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for Fake {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+    fn with_timeout(&self, _limit: Duration) -> Arc<dyn Runner> {
+        unimplemented!("no test sets a state timeout on a fake")
+    }
+    async fn process(
+        &self,
+        meta: &CallMeta,
+        input: &Value,
+        ctx: &CallContext,
+    ) -> Result<Value, PluginError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((meta.clone(), input.clone()));
+        let result = (self.behaviour)(meta, input, ctx);
+        if matches!(&result, Ok(v) if v == WAIT_FOR_CANCEL) {
+            while !ctx.cancel.is_cancelled() {
+                tokio::task::yield_now().await;
+            }
+            self.cancel_seen
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(PluginError::Retryable("cancelled".into()));
+        }
+        result
+    }
+    async fn run(
+        &self,
+        meta: &CallMeta,
+        context: &Value,
+        ctx: &CallContext,
+    ) -> Result<StepOutput, PluginError> {
+        let output = self.process(meta, context, ctx).await?;
+        let next = output
+            .get("next")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(StepOutput { output, next })
+    }
+    async fn on_event(
+        &self,
+        event: &HookEvent,
+        _meta: &CallMeta,
+        _context: &Value,
+        _ctx: &CallContext,
+    ) -> Result<HookResult, PluginError> {
+        let name = match event {
+            HookEvent::MachineStart => "machine_start".to_string(),
+            HookEvent::MachineEnd => "machine_end".to_string(),
+            HookEvent::StateEnter(s) => format!("enter {s}"),
+            HookEvent::StateExit(s) => format!("exit {s}"),
+            HookEvent::Action(a) => format!("action {a}"),
+            HookEvent::Transition(t) => format!("transition {}->{}", t.from, t.to),
+            HookEvent::Error(e) => format!("error {}", e.kind),
+        };
+        self.events.lock().unwrap().push(name);
+        let context = match event {
+            HookEvent::MachineStart => self.start_context.clone(),
+            _ => None,
+        };
+        Ok(HookResult {
+            context,
+            redirect: None,
+        })
+    }
+}
+
+/// Fakes by plugin name; a name may be changed to another digest to stand
+/// for a replaced plugin.
+#[derive(Default)]
+struct Fakes {
+    runners: Mutex<HashMap<String, (Arc<Fake>, String)>>,
+}
+
+impl Fakes {
+    fn add(&self, fake: Arc<Fake>) -> Arc<Fake> {
+        let digest = format!("{:0>64}", fake.name.len());
+        self.runners
+            .lock()
+            .unwrap()
+            .insert(fake.name.clone(), (fake.clone(), digest));
+        fake
+    }
+
+    fn set_digest(&self, name: &str, digest: &str) {
+        if let Some(entry) = self.runners.lock().unwrap().get_mut(name) {
+            entry.1 = digest.to_string();
+        }
+    }
+}
+
+impl Runners for Fakes {
+    fn load(&self, spec: &Value, _world: World) -> Result<Loaded, EngineError> {
+        let name = match spec {
+            Value::String(s) => s.clone(),
+            other => other
+                .get("plugin")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let runners = self.runners.lock().unwrap();
+        let (fake, digest) = runners
+            .get(&name)
+            .ok_or_else(|| EngineError::Invalid(format!("no fake `{name}`")))?;
+        Ok(Loaded {
+            name,
+            digest: digest.clone(),
+            runner: fake.clone(),
+        })
+    }
+    fn plugins_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+#[derive(Default)]
+struct Retries(Mutex<Vec<(u32, Duration)>>);
+
+impl Observer for Retries {
+    fn retry(&self, _id: &str, _state: &str, attempt: u32, pause: Duration) {
+        self.0.lock().unwrap().push((attempt, pause));
+    }
+}
+
+struct World_ {
+    dir: tempfile::TempDir,
+    backend: Arc<MemoryBackend>,
+    fakes: Arc<Fakes>,
+    retries: Arc<Retries>,
+    engine: Arc<Engine>,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+fn world() -> World_ {
+    let backend = Arc::new(MemoryBackend::new());
+    let fakes = Arc::new(Fakes::default());
+    let retries = Arc::new(Retries::default());
+    let engine =
+        Engine::with_runners(backend.clone(), fakes.clone()).with_observer(retries.clone());
+    World_ {
+        dir: tempfile::tempdir().unwrap(),
+        backend,
+        fakes,
+        retries,
+        engine: Arc::new(engine),
+        runs: Default::default(),
+    }
+}
+
+impl World_ {
+    fn file(&self, name: &str, yaml: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    /// Starts `yaml` (each run from a file of its own: an engine loads a
+    /// root file once).
+    async fn run(&self, yaml: &str, input: Value) -> Outcome {
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = self.file(&format!("m{n}.yml"), yaml);
+        self.engine.start(&path, input).await.unwrap()
+    }
+}
+
+fn echo(name: &str) -> Arc<Fake> {
+    Fake::new(name, |_, v, _| Ok(v.clone()))
+}
+
+fn output(o: &Outcome) -> &Value {
+    assert_eq!(o.status, Status::Done, "{o:#?}");
+    o.output.as_ref().unwrap()
+}
+
+#[tokio::test]
+async fn the_initial_context_comes_from_the_input_and_start_hooks_may_replace_it() {
+    let w = world();
+    w.fakes.add(echo("p"));
+    let hook = w
+        .fakes
+        .add(Fake::hook("h", json!({"from_hook": true, "x": "hooked"})));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {p: p, h: h}
+  context: {x: "{{ input.a }}-ctx"}
+  STATES_HOOKS
+  states:
+    s: {type: initial, plugin: p, input: {x: "{{ context.x }}"}, output_to_context: {seen: "{{ output.x }}"}, transitions: [{to: end}]}
+    end: {type: final, output: {seen: "{{ context.seen }}", hooked: "{{ context.from_hook }}"}}
+"#;
+    let o = w
+        .run(&yaml.replace("STATES_HOOKS", ""), json!({"a": 1}))
+        .await;
+    assert_eq!(output(&o), &json!({"seen": "1-ctx", "hooked": null}));
+
+    let o = w
+        .run(&yaml.replace("STATES_HOOKS", "hooks: h"), json!({"a": 1}))
+        .await;
+    assert_eq!(output(&o), &json!({"seen": "hooked", "hooked": true}));
+    let events = hook.events.lock().unwrap().clone();
+    assert_eq!(events.first().map(String::as_str), Some("machine_start"));
+    assert_eq!(events.last().map(String::as_str), Some("machine_end"));
+    assert!(
+        events.contains(&"transition s->end".to_string()),
+        "{events:?}"
+    );
+
+    // A context template that cannot render fails the execution at its start.
+    let o = w
+        .run(
+            "spec: flatmachine\ndata:\n  context: {x: \"{{ input.a | fromjson }}\"}\n  states:\n    s: {type: initial, transitions: [{to: end}]}\n    end: {type: final}\n",
+            json!({"a": "not json"}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.error.unwrap().kind, FailureKind::Template);
+}
+
+#[tokio::test]
+async fn checkpoints_follow_the_machines_policy() {
+    // The processor of the second state looks at what is stored right then.
+    let w = world();
+    let backend = w.backend.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    w.fakes.add(Fake::new("look", move |meta, _, _| {
+        let id = meta.execution_id.clone();
+        let stored = futures_lite_block(backend.load(&id)).ok().flatten();
+        record
+            .lock()
+            .unwrap()
+            .push(stored.map(|c| (c.state, c.step)));
+        Ok(json!({}))
+    }));
+    let yaml = |policy: &str| {
+        format!(
+            "spec: flatmachine\ndata:\n  plugins: {{look: look}}\n{policy}  states:\n    a: {{type: initial, transitions: [{{to: b}}]}}\n    b: {{plugin: look, transitions: [{{to: end}}]}}\n    end: {{type: final}}\n"
+        )
+    };
+    // Default: a checkpoint after every state, so `b` is stored when it runs.
+    let o = w.run(&yaml(""), json!({})).await;
+    output(&o);
+    // Only at the end: nothing is stored while the machine runs.
+    let o2 = w
+        .run(
+            &yaml("  persistence: {enabled: true, checkpoint_on: [machine_end]}\n"),
+            json!({}),
+        )
+        .await;
+    output(&o2);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(("b".to_string(), 2)), None],
+        "stored while `b` ran"
+    );
+    // The end is always stored, with the result.
+    let end = w.backend.load(&o2.id).await.unwrap().unwrap();
+    assert_eq!((end.status.as_str(), end.state.as_str()), ("done", "end"));
+    assert!(w.backend.read_result(&o2.id).await.unwrap().is_some());
+}
+
+/// Runs a future that completes without waiting (the memory backend's).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the memory backend does not wait"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_after_each_backoff_others_are_not() {
+    let w = world();
+    let flaky = w.fakes.add(Fake::new("flaky", |meta, _, _| {
+        if meta.attempt < 3 {
+            Err(PluginError::Retryable(format!("attempt {}", meta.attempt)))
+        } else {
+            Ok(json!({"attempt": meta.attempt}))
+        }
+    }));
+    let started = tokio::time::Instant::now();
+    let o = w
+        .run(
+            r#"spec: flatmachine
+data:
+  plugins: {flaky: flaky}
+  states:
+    s:
+      type: initial
+      plugin: flaky
+      execution: {type: retry, backoffs: [5, 10, 20]}
+      output_to_context: {attempt: "{{ output.attempt }}"}
+      transitions: [{to: end}]
+    end: {type: final, output: {attempt: "{{ context.attempt }}"}}
+"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(output(&o), &json!({"attempt": 3}));
+    // Two pauses, as the backoffs say, measured on tokio's clock.
+    assert_eq!(
+        *w.retries.0.lock().unwrap(),
+        [(2, Duration::from_secs(5)), (3, Duration::from_secs(10))]
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(15));
+    // Every attempt had its own idempotency key.
+    let keys: Vec<String> = flaky
+        .calls()
+        .iter()
+        .map(|(m, _)| m.idempotency_key.clone())
+        .collect();
+    assert_eq!(keys, [1, 2, 3].map(|a| format!("{}/1/{a}", o.id)).to_vec());
+
+    // invalid_input would fail the same way again: no retry.
+    w.fakes.add(Fake::new("strict", |_, _, _| {
+        Err(PluginError::InvalidInput("no".into()))
+    }));
+    let o = w
+        .run(
+            "spec: flatmachine\ndata:\n  plugins: {strict: strict}\n  states:\n    s: {type: initial, plugin: strict, execution: {type: retry, backoffs: [5]}, transitions: [{to: end}]}\n    end: {type: final}\n",
+            json!({}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.error.unwrap().kind, FailureKind::InvalidInput);
+    assert_eq!(w.retries.0.lock().unwrap().len(), 2, "no new retry");
+}
+
+#[tokio::test]
+async fn failures_route_by_kind_and_unrouted_ones_end_the_execution() {
+    let w = world();
+    w.fakes.add(Fake::new("boom", |_, _, _| {
+        Err(PluginError::Fatal("boom".into()))
+    }));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {boom: boom}
+  settings: {max_steps: 10}
+  states:
+    s:
+      type: initial
+      plugin: boom
+      on_error: {fatal: caught, default: other}
+      transitions: [{to: end}]
+    caught:
+      transitions: [{condition: "context.never == true", to: end}]
+      on_error: {no_transition: stuck}
+    stuck: {type: final, output: {kinds: "{{ context.last_error_type }}"}}
+    other: {type: final}
+    end: {type: final}
+"#;
+    let o = w.run(yaml, json!({})).await;
+    assert_eq!(output(&o), &json!({"kinds": "no_transition"}));
+
+    // A loop is ended by max_steps, which no on_error can route.
+    let o = w
+        .run(
+            "spec: flatmachine\ndata:\n  settings: {max_steps: 5}\n  states:\n    a: {type: initial, transitions: [{to: b}]}\n    b: {transitions: [{to: a}]}\n    end: {type: final}\n",
+            json!({}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    let e = o.error.unwrap();
+    assert_eq!(e.kind, FailureKind::MaxSteps);
+}
+
+const FANOUT: &str = r#"spec: flatmachine
+data:
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {v: "{{ context.v }}"}}
+  states:
+    fan:
+      type: initial
+      foreach: "{{ input.items }}"
+      as: x
+      machine: child
+      input: {v: "{{ x }}"}
+      MODE
+      output_to_context: {all: "{{ output }}"}
+      on_error: failed
+      transitions: [{to: end}]
+    failed: {type: final, output: {failed: "{{ context.last_error }}"}}
+    end: {type: final, output: {all: "{{ context.all }}"}}
+"#;
+
+#[tokio::test]
+async fn fan_in_collects_child_outcomes_in_item_order() {
+    let w = world();
+    w.fakes
+        .add(Fake::new("item", |_, input, _| match input["v"].as_i64() {
+            Some(3) => Err(PluginError::Fatal("three".into())),
+            Some(v) => Ok(json!({"v": v * 10})),
+            None => Err(PluginError::InvalidInput("no v".into())),
+        }));
+    let o = w
+        .run(&FANOUT.replace("MODE", ""), json!({"items": [1, 2, 4]}))
+        .await;
+    assert_eq!(
+        output(&o),
+        &json!({"all": [{"v": 10}, {"v": 20}, {"v": 40}]})
+    );
+    // Each child is an execution of its own, stored with its parent.
+    let child = w
+        .backend
+        .load(&format!("{}:1:2", o.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.parent.as_deref(), Some(o.id.as_str()));
+
+    // One failed child fails the state (routed by on_error here)...
+    let o = w
+        .run(&FANOUT.replace("MODE", ""), json!({"items": [1, 3]}))
+        .await;
+    let failed = output(&o)["failed"].as_str().unwrap().to_string();
+    assert!(
+        failed.contains("1 of 2 child executions failed"),
+        "{failed}"
+    );
+    // ...unless the state keeps partial results.
+    let o = w
+        .run(
+            &FANOUT.replace("MODE", "continue_on_partial: true"),
+            json!({"items": [1, 3]}),
+        )
+        .await;
+    let all = &output(&o)["all"];
+    assert_eq!(all[0], json!({"ok": true, "output": {"v": 10}}));
+    assert_eq!(all[1]["ok"], false);
+    assert_eq!(all[1]["error"]["kind"], "fatal");
+}
+
+#[tokio::test]
+async fn mode_any_takes_the_first_success_and_cancels_the_others() {
+    let w = world();
+    let item = w.fakes.add(Fake::new("item", move |_, input, _| {
+        if input["v"] == 1 {
+            Ok(json!({"v": "fast"}))
+        } else {
+            // The slow one runs until it is cancelled.
+            Ok(json!(WAIT_FOR_CANCEL))
+        }
+    }));
+    let yaml = r#"spec: flatmachine
+data:
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {v: "{{ context.v }}"}}
+  states:
+    race:
+      type: initial
+      machine: [child, child]
+      MACHINE_INPUTS
+      mode: any
+      output_to_context: {winner: "{{ output.v }}"}
+      transitions: [{to: end}]
+    end: {type: final, output: {winner: "{{ context.winner }}"}}
+"#;
+    // Two children of the same machine with different inputs: as a foreach.
+    let yaml = yaml
+        .replace("machine: [child, child]\n      MACHINE_INPUTS\n", "foreach: \"{{ input.items }}\"\n      as: x\n      machine: child\n      input: {v: \"{{ x }}\"}\n");
+    let o = w.run(&yaml, json!({"items": [2, 1]})).await;
+    assert_eq!(output(&o), &json!({"winner": "fast"}));
+    assert!(
+        item.cancel_seen.load(std::sync::atomic::Ordering::SeqCst),
+        "the slower child saw its cancellation"
+    );
+}
+
+#[tokio::test]
+async fn launches_go_through_the_outbox_and_run_on_their_own() {
+    let w = world();
+    w.fakes.add(echo("p"));
+    let o = w
+        .run(
+            r#"spec: flatmachine
+data:
+  machines:
+    side:
+      spec: flatmachine
+      data:
+        plugins: {p: p}
+        states:
+          s: {type: initial, plugin: p, input: {got: "{{ input.n }}"}, output_to_context: {got: "{{ output.got }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {got: "{{ context.got }}"}}
+  states:
+    start:
+      type: initial
+      launch: side
+      launch_input: {n: 7}
+      transitions: [{to: end}]
+    end: {type: final, output: {done: true}}
+"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(output(&o), &json!({"done": true}));
+    // The parent's record lists the launch as started (the outbox).
+    let parent: Record =
+        serde_json::from_str(&w.backend.load(&o.id).await.unwrap().unwrap().record).unwrap();
+    assert_eq!(parent.launches.len(), 1);
+    assert!(parent.launches[0].started);
+    w.engine.wait_detached().await;
+    let launched = &parent.launches[0].id;
+    let result = w.backend.read_result(launched).await.unwrap().unwrap();
+    assert_eq!(result.value, json!({"got": 7}));
+}
+
+#[tokio::test]
+async fn a_waiting_execution_parks_on_its_channel_and_a_signal_continues_it() {
+    let w = world();
+    let yaml = r#"spec: flatmachine
+data:
+  states:
+    ask: {type: initial, wait_for: "answer-{{ input.n }}", output_to_context: {by: "{{ output.by }}"}, transitions: [{to: end}]}
+    end: {type: final, output: {by: "{{ context.by }}"}}
+"#;
+    let o = w.run(yaml, json!({"n": 4})).await;
+    assert_eq!(o.status, Status::Waiting);
+    assert_eq!(o.waiting.unwrap().channel, "answer-4");
+    // Resuming without a signal parks it again.
+    let again = w.engine.resume(&o.id).await.unwrap();
+    assert_eq!(again.status, Status::Waiting);
+    w.backend
+        .send_signal(&o.id, "answer-4", json!({"by": "ada"}))
+        .await
+        .unwrap();
+    let done = w.engine.resume(&o.id).await.unwrap();
+    assert_eq!(output(&done), &json!({"by": "ada"}));
+}
+
+#[tokio::test]
+async fn resume_runs_the_pinned_definition_and_refuses_a_changed_runner() {
+    let w = world();
+    w.fakes.add(echo("p"));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {p: p}
+  states:
+    ask: {type: initial, wait_for: go, transitions: [{to: work}]}
+    work: {plugin: p, input: {v: 1}, transitions: [{to: end}]}
+    end: {type: final, output: {version: 1}}
+"#;
+    let o = w.run(yaml, json!({})).await;
+    assert_eq!(o.status, Status::Waiting);
+    // The file changes and then disappears: the execution keeps its own.
+    let path = w.file("m0.yml", &yaml.replace("version: 1", "version: 2"));
+    std::fs::remove_file(&path).unwrap();
+    // A fresh engine (another process) on the same store.
+    let fresh = Arc::new(Engine::with_runners(w.backend.clone(), w.fakes.clone()));
+    w.fakes.set_digest("p", &"f".repeat(64));
+    w.backend.send_signal(&o.id, "go", json!({})).await.unwrap();
+    let e = fresh.resume(&o.id).await.unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Changed(m) if m.contains("plugin `p` changed")),
+        "{e}"
+    );
+    w.fakes.set_digest("p", &format!("{:0>64}", 1));
+    let done = fresh.resume(&o.id).await.unwrap();
+    assert_eq!(output(&done), &json!({"version": 1}));
+}
