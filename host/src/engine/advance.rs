@@ -1,6 +1,7 @@
-//! The step function: given a record, do the current state's work and move
-//! the record on. Everything it decides is written into the record, so the
-//! driver can checkpoint it and any process can continue from there.
+//! The work of one state: given a record, run the current state's action
+//! and move the record on (routing, retries, fan-out, waits). Everything it
+//! decides is written into the record, so any process can continue from
+//! there; `step.rs` wraps it with what must be saved and what comes next.
 
 use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape, Status};
 use super::runner::Runner;

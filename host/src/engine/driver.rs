@@ -1,16 +1,17 @@
-//! The local driver: runs the step function in a loop, checkpoints the
-//! record at the configured events, runs children as tokio tasks (bounded by
-//! `max_concurrency`), starts launched executions detached, and writes every
-//! finished execution's result to the store.
+//! The local driver: carries out what each [`Step`] asks — saves the record
+//! (awaited or queued, as the step says), creates launched executions from
+//! the outbox and starts them detached, runs children as tokio tasks
+//! (bounded by `max_concurrency`), sleeps before retries, parks. It decides
+//! nothing about an execution's course; that is `step.rs`.
 
-use super::advance::{Advance, Frame};
-use super::record::{Child, ChildOutcome, Failure, Record, Status};
+use super::advance::Frame;
+use super::record::{Child, Failure, Pending, Record, Status};
+use super::step::{self, Next, Save, Settled, Step};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
 use crate::backend::{Checkpoint, StoredResult};
-use crate::failure::FailureKind;
-use crate::plugin::{CancelToken, HookEvent};
+use crate::plugin::CancelToken;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -38,28 +39,6 @@ pub struct Waiting {
 }
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Checkpoint events (`persistence.checkpoint_on`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Event {
-    MachineStart,
-    Execute,
-    /// After a state wrote launches to the outbox (a waited-for save).
-    Outbox,
-    Waiting,
-    MachineEnd,
-}
-
-impl Event {
-    fn name(self) -> &'static str {
-        match self {
-            Event::MachineStart => "machine_start",
-            Event::Execute | Event::Outbox => "execute",
-            Event::Waiting => "waiting",
-            Event::MachineEnd => "machine_end",
-        }
-    }
-}
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -304,107 +283,39 @@ impl Engine {
         self.detached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn new_record(
-        &self,
-        def: &Arc<MachineDef>,
-        definition: &str,
-        id: String,
-        parent: Option<String>,
-        input: Value,
-    ) -> Record {
-        let now = self.now();
-        let data = def.config.data();
-        let mut rec = Record {
-            id,
-            parent,
-            machine: def.config.name().to_string(),
-            source: def.source.clone(),
-            definition: Some(definition.to_string()),
-            status: Status::Running,
-            state: def.config.initial.clone(),
-            step: 1,
-            attempt: 1,
-            input,
-            context: json!({}),
-            kv: Default::default(),
-            pending: None,
-            launches: vec![],
-            waiting_for: None,
-            output: None,
-            error: None,
-            created_ms: now,
-        };
-        // The initial context is rendered against the input.
-        let vars = json!({"input": rec.input, "context": {}});
-        let mut context = serde_json::Map::new();
-        for (key, template) in &data.context {
-            match self.exprs.render(template, &vars) {
-                Ok(v) => {
-                    context.insert(key.clone(), v);
-                }
-                Err(e) => {
-                    rec.status = Status::Failed;
-                    rec.error = Some(Failure {
-                        kind: FailureKind::Template,
-                        message: format!("context.{key}: {e}"),
-                        state: rec.state.clone(),
-                    });
-                }
+    /// Carries out a step's save: the checkpoint (queued or awaited), and
+    /// for a finished execution the result.
+    async fn save(&self, rec: &Record, save: Save) -> Result<(), EngineError> {
+        match save {
+            Save::Nothing => {}
+            Save::Queued => {
+                self.backend
+                    .save_deferred(to_checkpoint(rec, self.now())?)
+                    .await?
             }
-        }
-        rec.context = Value::Object(context);
-        rec
-    }
-
-    /// Saves the record if the machine checkpoints at this event. The final
-    /// checkpoint is always written, with the result.
-    async fn checkpoint(
-        &self,
-        def: &MachineDef,
-        rec: &Record,
-        event: Event,
-    ) -> Result<(), EngineError> {
-        let persistence = def.config.data().persistence.as_ref();
-        let enabled = persistence.and_then(|p| p.enabled).unwrap_or(true);
-        let wanted = persistence
-            .and_then(|p| p.checkpoint_on.as_ref())
-            .is_none_or(|on| {
-                on.iter()
-                    .any(|e| e == event.name() || (event == Event::Execute && e == "state_exit"))
-            });
-        let terminal = event == Event::MachineEnd;
-        if terminal || (enabled && wanted) {
-            let checkpoint = to_checkpoint(rec, self.now())?;
-            // Checkpoints at the start, between states and at the end are
-            // queued, not waited for: the writer applies them in order and
-            // group-commits them, and a crash that loses the newest ones only
-            // means re-running those states (steps are at-least-once).
-            // Waiting and a launch's outbox are waited for, and so is the end's
-            // result (below), which covers everything queued before them.
-            match event {
-                Event::MachineStart | Event::Execute | Event::MachineEnd => {
-                    self.backend.save_deferred(checkpoint).await?
-                }
-                Event::Outbox | Event::Waiting => self.backend.save(checkpoint).await?,
+            Save::Awaited => self.backend.save(to_checkpoint(rec, self.now())?).await?,
+            Save::Final => {
+                self.backend
+                    .save_deferred(to_checkpoint(rec, self.now())?)
+                    .await?;
+                let (status, value) = match (&rec.status, &rec.output, &rec.error) {
+                    (Status::Done, Some(o), _) => ("done", o.clone()),
+                    (_, _, Some(e)) => ("failed", serde_json::to_value(e).unwrap_or(Value::Null)),
+                    (s, _, _) => (s.as_str(), Value::Null),
+                };
+                let result = StoredResult {
+                    status: status.to_string(),
+                    value,
+                    written_ms: self.now(),
+                };
+                self.backend.write_result(&rec.id, result).await?;
             }
-        }
-        if terminal {
-            let (status, value) = match (&rec.status, &rec.output, &rec.error) {
-                (Status::Done, Some(o), _) => ("done", o.clone()),
-                (_, _, Some(e)) => ("failed", serde_json::to_value(e).unwrap_or(Value::Null)),
-                (s, _, _) => (s.as_str(), Value::Null),
-            };
-            let result = StoredResult {
-                status: status.to_string(),
-                value,
-                written_ms: self.now(),
-            };
-            self.backend.write_result(&rec.id, result).await?;
         }
         Ok(())
     }
 
-    /// Runs an execution until it finishes, fails or waits.
+    /// Runs an execution until it finishes, fails or waits: steps it and
+    /// carries out what each step says.
     fn drive(
         self: &Arc<Self>,
         frame: Frame,
@@ -412,29 +323,51 @@ impl Engine {
         fresh: bool,
     ) -> Boxed<'_, Result<Outcome, EngineError>> {
         Box::pin(async move {
-            let def = frame.def.clone();
             if rec.definition.as_deref() != Some(&*frame.definition) {
                 // Pinned anew (an upgrade, or a record from before pinning).
                 rec.definition = Some(frame.definition.to_string());
             }
-            if fresh {
-                if rec.status == Status::Running
-                    && let Err(f) = self.fire(&frame, &mut rec, HookEvent::MachineStart).await
-                {
-                    rec.status = Status::Failed;
-                    rec.error = Some(f);
+            let mut step = if fresh {
+                self.begin(&frame, &mut rec).await
+            } else {
+                Step {
+                    save: Save::Nothing,
+                    outbox: false,
+                    next: Next::Continue,
                 }
-                if rec.status.is_terminal() {
-                    self.checkpoint(&def, &rec, Event::MachineEnd).await?;
-                    return Ok(outcome(&rec));
-                }
-                self.checkpoint(&def, &rec, Event::MachineStart).await?;
-            }
-            rec.status = Status::Running;
+            };
             loop {
+                if step.outbox {
+                    self.start_launches(&frame, &mut rec, false).await?;
+                }
+                self.save(&rec, step.save).await?;
+                match step.next {
+                    Next::Continue => {}
+                    Next::Retry(pause) => {
+                        if let Some(o) = &self.observer {
+                            o.retry(&rec.id, &rec.state, rec.attempt, pause);
+                        }
+                        // A stop request cuts the pause short (checked below).
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = self.stop.requested() => {}
+                            _ = frame.stop.requested() => {}
+                        }
+                    }
+                    Next::Children => {
+                        if let Some(waiting) = self.run_children(&frame, &mut rec).await? {
+                            let park = self.park_on_child(&frame, &mut rec);
+                            self.save(&rec, park.save).await?;
+                            let mut o = outcome(&rec);
+                            o.waiting = Some(waiting);
+                            return Ok(o);
+                        }
+                    }
+                    Next::Park | Next::End => return Ok(outcome(&rec)),
+                }
                 if let Some(reason) = self.stop_reason(&frame) {
                     // Stored (and waited for) before anyone is told to resume.
-                    self.backend.save(to_checkpoint(&rec, self.now())?).await?;
+                    self.save(&rec, Save::Awaited).await?;
                     return Err(EngineError::Interrupted {
                         id: rec.id.clone(),
                         state: rec.state.clone(),
@@ -442,41 +375,7 @@ impl Engine {
                         reason,
                     });
                 }
-                let step = self.advance(&frame, &mut rec).await;
-                self.start_launches(&frame, &mut rec, false).await?;
-                match step {
-                    Advance::Continue => self.checkpoint(&def, &rec, Event::Execute).await?,
-                    Advance::Retry(pause) => {
-                        if let Some(o) = &self.observer {
-                            o.retry(&rec.id, &rec.state, rec.attempt, pause);
-                        }
-                        self.checkpoint(&def, &rec, Event::Execute).await?;
-                        // A stop request cuts the pause short (checked at the top).
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
-                            _ = self.stop.requested() => {}
-                            _ = frame.stop.requested() => {}
-                        }
-                    }
-                    Advance::Children => {
-                        self.checkpoint(&def, &rec, Event::Execute).await?;
-                        if let Some(waiting) = self.run_children(&frame, &mut rec).await? {
-                            rec.status = Status::Waiting;
-                            self.checkpoint(&def, &rec, Event::Waiting).await?;
-                            let mut o = outcome(&rec);
-                            o.waiting = Some(waiting);
-                            return Ok(o);
-                        }
-                    }
-                    Advance::Wait => {
-                        self.checkpoint(&def, &rec, Event::Waiting).await?;
-                        return Ok(outcome(&rec));
-                    }
-                    Advance::Done | Advance::Failed => {
-                        self.checkpoint(&def, &rec, Event::MachineEnd).await?;
-                        return Ok(outcome(&rec));
-                    }
-                }
+                step = self.step(&frame, &mut rec).await;
             }
         })
     }
@@ -485,8 +384,9 @@ impl Engine {
         self.stop.reason().or_else(|| frame.stop.reason())
     }
 
-    /// Runs the pending children of the current state; fills in their
-    /// outcomes. Returns the waiting child, if one waits for a signal.
+    /// Runs the pending children of the current state; settles their
+    /// outcomes into the fan-out. Returns the waiting child, if one waits
+    /// for a signal.
     async fn run_children(
         self: &Arc<Self>,
         frame: &Frame,
@@ -508,35 +408,20 @@ impl Engine {
             .iter()
             .map(|_| CancelToken::default())
             .collect();
-        let run = self.run_set(
-            frame,
-            &mut pending.children,
-            &tokens,
-            todo,
-            pending.max_concurrency,
-            pending.any,
-            &rec.id,
-            &rec.state,
-        );
+        let run = self.run_set(frame, &mut pending, &tokens, todo, &rec.id, &rec.state);
         let result = match timeout {
             None => run.await,
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(r) => r,
                 Err(_) => {
-                    // Stop the children; their outcomes say they were cancelled.
+                    // Stop the children; their outcomes say they timed out.
                     for t in &tokens {
                         t.cancel();
                     }
-                    for c in pending.children.iter_mut().filter(|c| c.outcome.is_none()) {
-                        c.outcome = Some(ChildOutcome::Failed(Failure {
-                            kind: FailureKind::Timeout,
-                            message: format!(
-                                "children did not finish within the state's timeout of {}s",
-                                limit.as_secs_f64()
-                            ),
-                            state: rec.state.clone(),
-                        }));
-                    }
+                    step::give_up(
+                        &mut pending,
+                        Some(&step::children_timed_out(&rec.state, limit)),
+                    );
                     Ok(None)
                 }
             },
@@ -548,15 +433,13 @@ impl Engine {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the children in `todo`, at most `max_concurrency` at once.
     async fn run_set(
         self: &Arc<Self>,
         frame: &Frame,
-        children: &mut [Child],
+        pending: &mut Pending,
         tokens: &[CancelToken],
         mut todo: VecDeque<usize>,
-        max: usize,
-        any: bool,
         parent: &str,
         state: &str,
     ) -> Result<Option<Waiting>, EngineError> {
@@ -565,9 +448,9 @@ impl Engine {
         let mut error = None;
         let mut decided = false;
         loop {
-            while running.len() < max && !decided {
+            while running.len() < pending.max_concurrency && !decided {
                 let Some(i) = todo.pop_front() else { break };
-                let child = children[i].clone();
+                let child = pending.children[i].clone();
                 let def = frame
                     .def
                     .children
@@ -606,39 +489,28 @@ impl Engine {
                 o.child_finished(parent, state);
             }
             match result {
-                Ok(o) if o.status == Status::Waiting => {
-                    waiting.get_or_insert(o.waiting.unwrap_or(Waiting {
-                        execution: o.id,
-                        channel: String::new(),
-                    }));
-                }
-                Ok(o) => {
-                    let out = match o.status {
-                        Status::Done => ChildOutcome::Done(o.output.unwrap_or(Value::Null)),
-                        Status::Cancelled => ChildOutcome::Cancelled,
-                        _ => ChildOutcome::Failed(o.error.unwrap_or(Failure {
-                            kind: FailureKind::Fatal,
-                            message: "failed without an error".into(),
-                            state: String::new(),
-                        })),
-                    };
-                    if any && matches!(out, ChildOutcome::Done(_)) && !decided {
+                Ok(o) => match step::settle(pending, i, &o) {
+                    Settled::Recorded => {}
+                    Settled::Decided => {
                         decided = true;
                         for t in tokens {
                             t.cancel();
                         }
                     }
-                    children[i].outcome = Some(out);
-                }
+                    Settled::Waiting => {
+                        waiting.get_or_insert(o.waiting.unwrap_or(Waiting {
+                            execution: o.id,
+                            channel: String::new(),
+                        }));
+                    }
+                },
                 Err(e) => {
                     error.get_or_insert(e);
                 }
             }
         }
         if decided {
-            for c in children.iter_mut().filter(|c| c.outcome.is_none()) {
-                c.outcome = Some(ChildOutcome::Cancelled);
-            }
+            step::give_up(pending, None);
         }
         match error {
             Some(e) => Err(e),
@@ -670,9 +542,11 @@ impl Engine {
         }
     }
 
-    /// Starts launched executions of the record that have not started (or,
-    /// with `unfinished`, also continues started ones that have not finished).
-    /// They run detached: nobody waits for them but [`Engine::wait_detached`].
+    /// The launch outbox: stores the record with its launches before any
+    /// launched execution exists, creates their records, marks them started
+    /// and stores that. They run detached: nobody waits for them but
+    /// [`Engine::wait_detached`]. With `unfinished`, launched executions that
+    /// started but have not finished are continued too (a resume).
     async fn start_launches(
         self: &Arc<Self>,
         frame: &Frame,
@@ -683,8 +557,9 @@ impl Engine {
             return Ok(());
         }
         if rec.launches.iter().any(|l| !l.started) {
-            // The outbox is stored before any launched execution exists.
-            self.checkpoint(&frame.def, rec, Event::Outbox).await?;
+            // Whatever the checkpoint policy: the outbox is the record of
+            // which launches exist.
+            self.save(rec, Save::Awaited).await?;
         }
         let mut changed = false;
         for i in 0..rec.launches.len() {
@@ -716,7 +591,7 @@ impl Engine {
                         launch.input.clone(),
                     );
                     // The child's own record exists before the parent says it started.
-                    self.checkpoint(&def, &r, Event::MachineStart).await?;
+                    self.save(&r, Save::Queued).await?;
                     Some(r)
                 }
             };
@@ -742,7 +617,7 @@ impl Engine {
             self.lock_detached().push(handle);
         }
         if changed {
-            self.checkpoint(&frame.def, rec, Event::Outbox).await?;
+            self.save(rec, Save::Awaited).await?;
         }
         Ok(())
     }

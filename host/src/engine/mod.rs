@@ -1,7 +1,9 @@
-//! The state machine: one resumable step function ([`Engine::advance`] in
-//! `advance.rs`) over a serialisable [`Record`], and the local driver
-//! (`driver.rs`) that runs it, checkpoints it, and runs child executions as
-//! tokio tasks in this process. Every execution is pinned to the
+//! The state machine over a serialisable [`Record`]: the driver-free step
+//! (`step.rs`: [`Engine::begin`] / `Engine::step` return what to save, what
+//! to launch and what comes next, as data), the work of one state
+//! (`advance.rs`), and the local driver (`driver.rs`) that only carries a
+//! step's effects out: it saves, runs child executions as tokio tasks in
+//! this process, sleeps for retries, honours stop requests. Every execution is pinned to the
 //! [`Definition`] it started with (`definition.rs`; loaded by `machines.rs`).
 //! States, hooks and steps run through the [`Runner`] trait (`runner.rs`):
 //! loaded plugins in production, fakes in the engine's unit tests
@@ -25,6 +27,7 @@ pub mod machines;
 pub mod owner;
 pub mod record;
 pub mod runner;
+mod step;
 
 pub use definition::Definition;
 pub use driver::{Outcome, ResumeOptions};
