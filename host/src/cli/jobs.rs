@@ -274,17 +274,9 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         })?;
         Processor::Machine(engine, file)
     } else {
-        let located =
-            registry::locate(&a.processor, &dir).map_err(CliError::plugin("--processor"))?;
-        let settings = located
-            .settings()
-            .map_err(CliError::plugin(&located.name))?;
         let plugin = runtime
-            .load_file(&located.wasm, settings)
-            .map_err(CliError::plugin(&located.name))?;
-        plugin
-            .expect_world(World::Processor)
-            .map_err(CliError::plugin(&located.name))?;
+            .load_named(&a.processor, &dir, World::Processor, |_| {})
+            .map_err(CliError::plugin(format!("--processor {}", a.processor)))?;
         Processor::Plugin(plugin)
     };
     let config = WorkerConfig {

@@ -1,8 +1,7 @@
 //! The state diagram of a machine config as Mermaid or Graphviz DOT, with
 //! child machines drawn inside the states that run them.
 
-use super::{Machine, StateType};
-use serde_json::Value;
+use super::{ChildMachine, Machine, OnError, StateType};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -54,67 +53,34 @@ fn children(
     machine: &Machine,
     state: &super::State,
 ) -> Vec<(String, &'static str, Option<Machine>)> {
-    let mut names = Vec::new();
-    let mut push = |v: &Value, how: &'static str| match v {
-        Value::String(s) => names.push((s.clone(), how)),
-        Value::Array(items) => {
-            for i in items {
-                match i {
-                    Value::String(s) => names.push((s.clone(), how)),
-                    Value::Object(m) => {
-                        if let Some(n) = m.get("name").and_then(Value::as_str) {
-                            names.push((n.to_string(), how));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        _ => {}
+    let how = if state.foreach.is_some() {
+        "foreach"
+    } else {
+        "machine"
     };
-    if let Some(m) = &state.machine {
-        push(
-            m,
-            if state.foreach.is_some() {
-                "foreach"
-            } else {
-                "machine"
-            },
-        );
-    }
-    if let Some(l) = &state.launch {
-        push(l, "launch");
-    }
-    names
-        .into_iter()
-        .map(|(name, how)| {
-            let child = load_child(machine, &name);
-            (name, how, child)
+    let run = state.machine.iter().flat_map(|m| m.list());
+    run.map(|c| (c, how))
+        .chain(state.launch.iter().map(|c| (c, "launch")))
+        .map(|(child, how)| {
+            let def = load_child(machine, &child.machine);
+            (child.machine.clone(), how, def)
         })
         .collect()
 }
 
 fn load_child(machine: &Machine, name: &str) -> Option<Machine> {
     match machine.data().machines.get(name)? {
-        Value::String(rel) => {
+        ChildMachine::File(rel) => {
             let dir = machine.path.parent().unwrap_or(Path::new("."));
             super::load(&dir.join(rel)).ok()
         }
-        inline => {
-            let text = serde_yaml::to_string(inline).ok()?;
-            super::parse(&machine.path, &text).ok()
-        }
+        ChildMachine::Inline(text) => super::parse(&machine.path, text).ok(),
     }
 }
 
 fn label(state: &super::State) -> Option<String> {
-    if let Some(p) = state
-        .plugin
-        .as_ref()
-        .or(state.agent.as_ref())
-        .or(state.step.as_ref())
-    {
-        return Some(format!("runs {p}"));
+    if let Some(runs) = &state.runs {
+        return Some(format!("runs {}", runs.name));
     }
     if let Some(a) = &state.action {
         return Some(format!("action {a}"));
@@ -173,15 +139,19 @@ fn mermaid(machine: &Machine, prefix: &str, depth: usize, out: &mut String) {
     }
 }
 
-fn on_error_targets(on_error: &Option<Value>) -> Vec<(String, String)> {
-    match on_error {
-        Some(Value::String(t)) => vec![("any".into(), t.clone())],
-        Some(Value::Object(m)) => m
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|t| (k.clone(), t.to_string())))
-            .collect(),
-        _ => vec![],
+/// `(kind, target)` of every `on_error` route; the default route is `any`
+/// when it is the only one, else `default`.
+fn on_error_targets(on_error: &OnError) -> Vec<(String, String)> {
+    let mut routes: Vec<(String, String)> = on_error
+        .by_kind
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.clone()))
+        .collect();
+    if let Some(t) = &on_error.default {
+        let kind = if routes.is_empty() { "any" } else { "default" };
+        routes.push((kind.into(), t.clone()));
     }
+    routes
 }
 
 fn dot(machine: &Machine, prefix: &str, depth: usize, out: &mut String) {

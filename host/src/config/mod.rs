@@ -6,15 +6,24 @@
 //! `machine.yml:14: state `extract`: transition to unknown state `dne` (did you mean `done`?)`.
 //! Validation collects all problems of a file instead of stopping at the first.
 //!
+//! `schema` is the serde form of the YAML; validation turns it into the
+//! typed [`model`], the only form the rest of the host sees.
+//!
 //! Imports `expr` (to check templates and conditions), `text`, `duration`
 //! and `failure`.
 
 pub mod graph;
 mod locate;
+pub mod model;
 pub mod schema;
 mod validate;
 
-pub use schema::{MachineData, MachineFile, State, StateType, Transition};
+pub use model::{
+    ChildMachine, ChildSpec, Children, Data, Hook, OnError, PluginLimits, PluginSpec, RunKind,
+    Runs, State,
+};
+pub use schema::{MachineFile, StateType, Transition};
+pub use validate::BUILTIN_HOOKS_CLASS;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -62,17 +71,18 @@ impl fmt::Display for ConfigErrors {
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub path: PathBuf,
-    pub file: MachineFile,
+    /// The typed model of the file's `data`.
+    pub data: Data,
     /// The state the machine starts in.
     pub initial: String,
 }
 
 impl Machine {
     pub fn name(&self) -> &str {
-        self.file.data.name.as_deref().unwrap_or("unnamed-machine")
+        self.data.name.as_deref().unwrap_or("unnamed-machine")
     }
-    pub fn data(&self) -> &MachineData {
-        &self.file.data
+    pub fn data(&self) -> &Data {
+        &self.data
     }
 }
 
@@ -160,10 +170,10 @@ pub fn parse_with(path: &Path, source: &str, options: &Options) -> Result<Machin
         return Err(ConfigErrors(vec![err]));
     }
     let file = deserialize(path, &index, source)?;
-    let initial = validate::validate(path, &index, &file, options)?;
+    let (initial, data) = validate::validate(path, &index, file, options)?;
     Ok(Machine {
         path: path.to_path_buf(),
-        file,
+        data,
         initial,
     })
 }

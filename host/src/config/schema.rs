@@ -3,8 +3,10 @@
 //!
 //! Fixed-shape parts are typed structs with `deny_unknown_fields`, so a typo
 //! is an error. Parts with several accepted shapes (agents, machines, plugins,
-//! hooks, `machine:`, `on_error`) stay JSON values here and are interpreted by
-//! validation, which can say exactly what shape was expected.
+//! hooks, `machine:`, `launch:`, `on_error`) stay JSON values here; validation
+//! reads them once, says exactly what shape was expected, and turns them
+//! into the typed [`model`](super::model). Nothing outside `config` reads
+//! this form.
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -156,7 +158,7 @@ pub struct State {
     pub output: Option<Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transition {
     #[serde(default)]
@@ -171,7 +173,7 @@ pub enum ExecutionType {
     Retry,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Execution {
     #[serde(rename = "type")]

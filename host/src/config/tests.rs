@@ -211,3 +211,91 @@ fn unreadable_and_non_yaml_files_are_errors_not_panics() {
     let e = &errors("spec: [unclosed")[0];
     assert!(e.line.is_some(), "{e}");
 }
+
+#[test]
+fn validation_hands_out_the_typed_model() {
+    let m = check(GOOD).unwrap();
+    let data = m.data();
+    assert_eq!(data.hooks, [Hook::BuiltinWorkerActions]);
+    assert_eq!(
+        data.machines.get("child"),
+        Some(&ChildMachine::File("./child.yml".into()))
+    );
+    let summarizer = &data.plugins["summarizer"];
+    assert_eq!(summarizer.plugin, "text");
+    assert_eq!(summarizer.limits.timeout_ms, Some(500));
+    assert_eq!(
+        summarizer.config,
+        Some(serde_json::json!({"max_sentences": 2}))
+    );
+    let start = &data.states["start"];
+    let runs = start.runs.as_ref().unwrap();
+    assert_eq!((runs.kind, runs.name.as_str()), (RunKind::Agent, "worker"));
+    assert_eq!(runs.spec, PluginSpec::named("text"));
+    assert_eq!(
+        start.on_error.target(crate::failure::FailureKind::Timeout),
+        Some("failed")
+    );
+    assert_eq!(
+        start
+            .on_error
+            .target(crate::failure::FailureKind::NoTransition),
+        Some("failed"),
+        "default catches every other routable kind"
+    );
+    let fan_out = &data.states["fan_out"];
+    assert_eq!(
+        fan_out.machine,
+        Some(Children::One(ChildSpec {
+            machine: "child".into(),
+            input: None
+        }))
+    );
+}
+
+#[test]
+fn child_lists_hooks_and_on_error_forms_become_one_type_each() {
+    let yaml = GOOD
+        .replace(
+            "      foreach: \"{{ context.tasks }}\"\n      as: task\n      machine: child\n",
+            "      machine: [child, {name: child, input: {n: 1}}]\n      launch: child\n      hooks: [{name: text, args: {a: 1}}, {file: x.py, class: text}]\n      on_error: failed\n",
+        );
+    let m = check(&yaml).unwrap();
+    let fan_out = &m.data().states["fan_out"];
+    let children = fan_out.machine.as_ref().unwrap();
+    assert!(matches!(children, Children::Parallel(_)));
+    assert_eq!(children.list()[1].input, Some(serde_json::json!({"n": 1})));
+    assert_eq!(fan_out.launch.len(), 1);
+    assert_eq!(
+        fan_out.on_error,
+        OnError {
+            by_kind: vec![],
+            default: Some("failed".into())
+        }
+    );
+    let text_with_args = PluginSpec {
+        config: Some(serde_json::json!({"a": 1})),
+        ..PluginSpec::named("text")
+    };
+    assert_eq!(
+        fan_out.hooks,
+        [
+            Hook::Plugin(text_with_args),
+            Hook::Plugin(PluginSpec::named("text"))
+        ]
+    );
+}
+
+#[test]
+fn an_on_error_route_must_name_a_state() {
+    let yaml = GOOD.replace(
+        "on_error: {timeout: failed, default: failed}",
+        "on_error: {timeout: [failed]}",
+    );
+    let e = errors(&yaml);
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("`timeout` must name a state")),
+        "{e:?}"
+    );
+}

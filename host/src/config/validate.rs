@@ -1,8 +1,14 @@
 //! Checks a parsed machine config before anything runs, collecting every
 //! problem: references (states, agents, plugins, machines), the shapes of the
-//! flexible keys, templates and conditions, and settings.
+//! flexible keys, templates and conditions, and settings. A config with no
+//! problem comes out as the typed [`model`](super::model): the flexible keys
+//! are read here and nowhere else.
 
 use super::locate::LineIndex;
+use super::model;
+use super::model::{
+    ChildMachine, ChildSpec, Children, Data, Hook, OnError, PluginLimits, PluginSpec, RunKind, Runs,
+};
 use super::schema::{ExecutionType, MachineFile, Mode, State, StateType};
 use super::{ConfigError, ConfigErrors, Options};
 use crate::duration;
@@ -10,6 +16,7 @@ use crate::expr::Expressions;
 use crate::failure::FailureKind;
 use crate::text::closest;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const CHECKPOINT_EVENTS: [&str; 6] = [
@@ -21,7 +28,6 @@ const CHECKPOINT_EVENTS: [&str; 6] = [
     "waiting",
 ];
 const PLUGIN_KEYS: [&str; 6] = ["plugin", "version", "sha256", "config", "limits", "reuse"];
-const LIMIT_KEYS: [&str; 4] = ["memory_mb", "timeout_ms", "fuel", "output_mb"];
 
 /// A did-you-mean suffix for `word` among `names`.
 fn hint(word: &str, names: &[String]) -> String {
@@ -157,13 +163,13 @@ impl Checker<'_> {
     }
 }
 
-/// Validates the file; returns the initial state's name.
+/// Validates the file; returns the initial state's name and the typed model.
 pub(super) fn validate(
     path: &Path,
     index: &LineIndex,
-    file: &MachineFile,
+    owned: MachineFile,
     options: &Options,
-) -> Result<String, ConfigErrors> {
+) -> Result<(String, Data), ConfigErrors> {
     let mut c = Checker {
         path,
         index,
@@ -172,6 +178,7 @@ pub(super) fn validate(
         exprs: Expressions::new(),
         errors: Vec::new(),
     };
+    let file = &owned;
     let data = &file.data;
 
     if file.spec != "flatmachine" {
@@ -206,15 +213,16 @@ pub(super) fn validate(
     for (key, value) in &data.context {
         c.template(None, key, value);
     }
-    check_plugins(&mut c, data.plugins.iter(), "plugins");
-    check_agents(&mut c, &data.agents);
-    check_machines(&mut c, path, &data.machines);
-    for (key, hooks) in [
+    let plugins = check_plugins(&mut c, data.plugins.iter(), "plugins");
+    let agents = check_agents(&mut c, &data.agents);
+    let machines = check_machines(&mut c, path, &data.machines);
+    let mut hooks = Vec::new();
+    for (key, spec) in [
         ("hooks", &data.hooks),
         ("lifecycle_hooks", &data.lifecycle_hooks),
     ] {
-        if let Some(h) = hooks
-            && let Err(why) = hooks_shape(h)
+        if let Some(spec) = spec
+            && let Err(why) = read_hooks(spec, &plugins, &mut hooks)
         {
             c.top(&[key], format!("`{key}`: {why}"));
         }
@@ -253,12 +261,35 @@ pub(super) fn validate(
 
     let names: Vec<String> = data.states.keys().cloned().collect();
     let initial = initial_state(&mut c, file);
+    let known = Known {
+        states: &names,
+        plugins: &plugins,
+        agents: &agents,
+        plugin_names: data.plugins.keys().cloned().collect(),
+        agent_names: data.agents.keys().cloned().collect(),
+        machines: data.machines.keys().cloned().collect(),
+    };
+    let mut states = indexmap::IndexMap::new();
     for (name, state) in &data.states {
-        check_state(&mut c, file, &names, name, state);
+        if let Some(s) = check_state(&mut c, &known, name, state) {
+            states.insert(name.clone(), s);
+        }
     }
 
     if c.errors.is_empty() {
-        Ok(initial.unwrap_or_default())
+        let data = owned.data;
+        let model = Data {
+            name: data.name,
+            context: data.context,
+            agents,
+            machines,
+            plugins,
+            states,
+            settings: data.settings,
+            persistence: data.persistence,
+            hooks,
+        };
+        Ok((initial.unwrap_or_default(), model))
     } else {
         c.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ConfigErrors(c.errors))
@@ -302,8 +333,27 @@ fn initial_state(c: &mut Checker<'_>, file: &MachineFile) -> Option<String> {
         .or_else(|| states.keys().next().cloned())
 }
 
-fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: &str, s: &State) {
-    let data = &file.data;
+/// What a state may refer to.
+struct Known<'a> {
+    states: &'a [String],
+    /// Specs of the plugins and agents declared without a problem.
+    plugins: &'a BTreeMap<String, PluginSpec>,
+    agents: &'a BTreeMap<String, PluginSpec>,
+    /// Every name declared (a bad spec is reported where it is declared).
+    plugin_names: Vec<String>,
+    agent_names: Vec<String>,
+    machines: Vec<String>,
+}
+
+/// Checks a state; the typed state when it has no problem.
+fn check_state(
+    c: &mut Checker<'_>,
+    known: &Known<'_>,
+    name: &str,
+    s: &State,
+) -> Option<model::State> {
+    let before = c.errors.len();
+    let names = known.states;
     let is_final = s.kind == Some(StateType::Final);
     if is_final && !s.transitions.is_empty() {
         c.in_state(
@@ -349,9 +399,9 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             "a state runs at most one of `agent`, `plugin`, `step`".into(),
         );
     }
-    let agents: Vec<String> = data.agents.keys().cloned().collect();
-    let plugins: Vec<String> = data.plugins.keys().cloned().collect();
-    let machines: Vec<String> = data.machines.keys().cloned().collect();
+    let agents = &known.agent_names;
+    let plugins = &known.plugin_names;
+    let machines = &known.machines;
     if let Some(agent) = &s.agent
         && !agents.contains(agent)
     {
@@ -378,27 +428,52 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             );
         }
     }
-    let mut children = Vec::new();
-    if let Some(m) = &s.machine {
-        match machine_names(m) {
-            Ok(list) => children.extend(list.into_iter().map(|n| ("machine", n))),
-            Err(why) => c.in_state(name, &["machine:"], format!("`machine`: {why}")),
-        }
-    }
-    if let Some(l) = &s.launch {
-        match machine_names(l) {
-            Ok(list) => children.extend(list.into_iter().map(|n| ("launch", n))),
-            Err(why) => c.in_state(name, &["launch:"], format!("`launch`: {why}")),
-        }
-    }
-    for (key, child) in children {
-        if !machines.contains(&child) {
+    let runs = [
+        (RunKind::Plugin, &s.plugin, known.plugins),
+        (RunKind::Agent, &s.agent, known.agents),
+        (RunKind::Step, &s.step, known.plugins),
+    ]
+    .into_iter()
+    .find_map(|(kind, alias, specs)| {
+        let name = alias.as_ref()?;
+        Some(Runs {
+            kind,
+            name: name.clone(),
+            spec: specs.get(name)?.clone(),
+        })
+    });
+    let machine = match &s.machine {
+        None => None,
+        Some(m) => match read_children(m) {
+            Ok(list) if m.is_array() => Some(Children::Parallel(list)),
+            Ok(mut list) => list.pop().map(Children::One),
+            Err(why) => {
+                c.in_state(name, &["machine:"], format!("`machine`: {why}"));
+                None
+            }
+        },
+    };
+    let launch = match &s.launch {
+        None => Vec::new(),
+        Some(l) => read_children(l).unwrap_or_else(|why| {
+            c.in_state(name, &["launch:"], format!("`launch`: {why}"));
+            Vec::new()
+        }),
+    };
+    let named = machine
+        .iter()
+        .flat_map(|m| m.list())
+        .map(|child| ("machine", child))
+        .chain(launch.iter().map(|child| ("launch", child)));
+    for (key, child) in named {
+        let child = &child.machine;
+        if !machines.contains(child) {
             c.in_state(
                 name,
-                &[key, &child],
+                &[key, child],
                 format!(
                     "unknown machine `{child}`{}; machines are declared under data.machines",
-                    hint(&child, &machines)
+                    hint(child, machines)
                 ),
             );
         }
@@ -430,7 +505,7 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             );
         }
     }
-    if s.foreach.is_some() && !matches!(&s.machine, Some(Value::String(_))) {
+    if s.foreach.is_some() && !matches!(machine, Some(Children::One(_))) {
         c.in_state(
             name,
             &["foreach"],
@@ -489,11 +564,13 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
             );
         }
     }
-    if let Some(on_error) = &s.on_error {
-        check_on_error(c, names, name, on_error);
-    }
+    let on_error = match &s.on_error {
+        Some(on_error) => check_on_error(c, names, name, on_error),
+        None => OnError::default(),
+    };
+    let mut hooks = Vec::new();
     if let Some(h) = &s.hooks
-        && let Err(why) = hooks_shape(h)
+        && let Err(why) = read_hooks(h, known.plugins, &mut hooks)
     {
         c.in_state(name, &["hooks"], format!("`hooks`: {why}"));
     }
@@ -516,9 +593,33 @@ fn check_state(c: &mut Checker<'_>, file: &MachineFile, names: &[String], name: 
     for (key, value) in s.output_to_context.iter().flatten() {
         c.template(Some(name), key, value);
     }
+    (c.errors.len() == before).then(|| model::State {
+        kind: s.kind,
+        action: s.action.clone(),
+        hooks,
+        runs,
+        execution: s.execution.clone(),
+        machine,
+        foreach: s.foreach.clone(),
+        as_name: s.as_name.clone(),
+        key: s.key.clone(),
+        mode: s.mode,
+        continue_on_partial: s.continue_on_partial.unwrap_or(false),
+        timeout: s.timeout,
+        max_concurrency: s.max_concurrency,
+        input: s.input.clone(),
+        output_to_context: s.output_to_context.clone(),
+        launch,
+        launch_input: s.launch_input.clone(),
+        wait_for: s.wait_for.clone(),
+        on_error,
+        transitions: s.transitions.clone(),
+        output: s.output.clone(),
+    })
 }
 
-fn check_on_error(c: &mut Checker<'_>, names: &[String], name: &str, on_error: &Value) {
+fn check_on_error(c: &mut Checker<'_>, names: &[String], name: &str, on_error: &Value) -> OnError {
+    let mut routes = OnError::default();
     let kinds: Vec<String> = FailureKind::ALL
         .into_iter()
         .filter(|k| k.is_routable())
@@ -526,16 +627,31 @@ fn check_on_error(c: &mut Checker<'_>, names: &[String], name: &str, on_error: &
         .chain(["default".to_string()])
         .collect();
     let targets: Vec<&str> = match on_error {
-        Value::String(target) => vec![target.as_str()],
+        Value::String(target) => {
+            routes.default = Some(target.clone());
+            vec![target.as_str()]
+        }
         Value::Object(map) => {
-            for kind in map.keys() {
-                if let Some(k) = FailureKind::parse(kind).filter(|k| !k.is_routable()) {
+            for (kind, target) in map {
+                let Some(target) = target.as_str() else {
+                    c.in_state(
+                        name,
+                        &[kind],
+                        format!("`on_error`: `{kind}` must name a state, not {target}"),
+                    );
+                    continue;
+                };
+                if kind == "default" {
+                    routes.default = Some(target.to_string());
+                } else if let Some(k) = FailureKind::parse(kind).filter(|k| k.is_routable()) {
+                    routes.by_kind.push((k, target.to_string()));
+                } else if let Some(k) = FailureKind::parse(kind) {
                     c.in_state(
                         name,
                         &[kind],
                         format!("`on_error`: `{k}` ends the execution; it cannot be routed"),
                     );
-                } else if !kinds.contains(kind) {
+                } else {
                     c.in_state(
                         name,
                         &[kind],
@@ -569,17 +685,23 @@ fn check_on_error(c: &mut Checker<'_>, names: &[String], name: &str, on_error: &
             );
         }
     }
+    routes
 }
 
-/// `name`, `[a, b]` or `[{name, input}, ...]` → the machine names.
-fn machine_names(value: &Value) -> Result<Vec<String>, String> {
+/// `name`, `[a, b]` or `[{name, input}, ...]` → the children.
+fn read_children(value: &Value) -> Result<Vec<ChildSpec>, String> {
     let one = |v: &Value| match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Object(m) => m
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| "a child given as a map needs a `name`".to_string()),
+        Value::String(s) => Ok(ChildSpec {
+            machine: s.clone(),
+            input: None,
+        }),
+        Value::Object(m) => match m.get("name") {
+            Some(Value::String(name)) => Ok(ChildSpec {
+                machine: name.clone(),
+                input: m.get("input").cloned(),
+            }),
+            _ => Err("a child given as a map needs a `name`".to_string()),
+        },
         other => Err(format!("expected a machine name, got {other}")),
     };
     match value {
@@ -588,65 +710,146 @@ fn machine_names(value: &Value) -> Result<Vec<String>, String> {
     }
 }
 
-/// Hook plugin name(s), the legacy `{file, class}`, or `{name, args}`.
-fn hooks_shape(value: &Value) -> Result<(), String> {
-    match value {
-        Value::String(_) => Ok(()),
-        Value::Array(items) => items.iter().try_for_each(hooks_shape),
-        Value::Object(m) if m.get("class").is_some_and(Value::is_string) => Ok(()),
-        Value::Object(m) if m.get("name").is_some_and(Value::is_string) => Ok(()),
-        _ => Err(
-            "expected a hook plugin name, a list of them, `{file, class}` or `{name, args}`".into(),
-        ),
-    }
+/// Hook plugin name(s), the legacy `{file, class}`, or `{name, args}`,
+/// each resolved through `data.plugins` (a name not declared there is a
+/// plugin's own name) and added to `out`.
+fn read_hooks(
+    value: &Value,
+    plugins: &BTreeMap<String, PluginSpec>,
+    out: &mut Vec<Hook>,
+) -> Result<(), String> {
+    let resolve = |alias: &str| {
+        plugins
+            .get(alias)
+            .cloned()
+            .unwrap_or_else(|| PluginSpec::named(alias))
+    };
+    let hook = match value {
+        Value::Array(items) => {
+            return items
+                .iter()
+                .try_for_each(|item| read_hooks(item, plugins, out));
+        }
+        Value::String(alias) => Hook::Plugin(resolve(alias)),
+        Value::Object(m) => match (m.get("class"), m.get("name")) {
+            (Some(Value::String(class)), _) if class == BUILTIN_HOOKS_CLASS => {
+                Hook::BuiltinWorkerActions
+            }
+            (Some(Value::String(class)), _) => Hook::Plugin(resolve(class)),
+            (_, Some(Value::String(name))) => {
+                let mut spec = resolve(name);
+                if let Some(args) = m.get("args") {
+                    spec.config = Some(args.clone());
+                }
+                Hook::Plugin(spec)
+            }
+            _ => return Err(HOOKS_SHAPE.into()),
+        },
+        _ => return Err(HOOKS_SHAPE.into()),
+    };
+    out.push(hook);
+    Ok(())
 }
 
+const HOOKS_SHAPE: &str =
+    "expected a hook plugin name, a list of them, `{file, class}` or `{name, args}`";
+
+/// The built-in hooks of the seed's distributed worker.
+pub const BUILTIN_HOOKS_CLASS: &str = "DistributedWorkerHooks";
+
+/// Checks `data.plugins` (or `data.agents`); the specs without a problem.
 fn check_plugins<'a>(
     c: &mut Checker<'_>,
     plugins: impl Iterator<Item = (&'a String, &'a Value)>,
     section: &str,
-) {
+) -> BTreeMap<String, PluginSpec> {
+    let mut specs = BTreeMap::new();
     for (alias, value) in plugins {
-        let problem = match value {
-            Value::String(name) => c.missing_plugin(name),
-            Value::Object(m) => {
-                let plugin = m.get("plugin").and_then(Value::as_str);
-                if let Some(why) = plugin.and_then(|n| c.missing_plugin(n)) {
-                    Some(why)
-                } else if plugin.is_none() {
-                    Some("needs `plugin: <name>`".to_string())
-                } else if let Some(key) = m.keys().find(|k| !PLUGIN_KEYS.contains(&k.as_str())) {
-                    let known: Vec<String> = PLUGIN_KEYS.iter().map(|s| s.to_string()).collect();
-                    Some(format!("unknown key `{key}`{}", hint(key, &known)))
-                } else {
-                    m.get("limits").and_then(limits_problem)
-                }
-            }
-            _ => Some("expected a plugin name or `{plugin, config, limits, ...}`".to_string()),
+        let name = match value {
+            Value::Object(m) => m.get("plugin").and_then(Value::as_str),
+            other => other.as_str(),
         };
-        if let Some(why) = problem {
-            c.top(&[alias.as_str(), ":"], format!("{section}.{alias}: {why}"));
+        let spec = match name.and_then(|n| c.missing_plugin(n)) {
+            Some(why) => Err(why),
+            None => read_plugin(value),
+        };
+        match spec {
+            Ok(spec) => {
+                specs.insert(alias.clone(), spec);
+            }
+            Err(why) => c.top(&[alias.as_str(), ":"], format!("{section}.{alias}: {why}")),
         }
     }
+    specs
 }
 
-fn limits_problem(limits: &Value) -> Option<String> {
-    let Value::Object(m) = limits else {
-        return Some("`limits` must be a map".into());
+/// `name` or `{plugin, version, sha256, config, limits, reuse}`.
+fn read_plugin(value: &Value) -> Result<PluginSpec, String> {
+    let m = match value {
+        Value::String(name) => return Ok(PluginSpec::named(name)),
+        Value::Object(m) => m,
+        _ => return Err("expected a plugin name or `{plugin, config, limits, ...}`".to_string()),
     };
-    for (key, value) in m {
-        if !LIMIT_KEYS.contains(&key.as_str()) {
-            let known: Vec<String> = LIMIT_KEYS.iter().map(|s| s.to_string()).collect();
-            return Some(format!("unknown limit `{key}`{}", hint(key, &known)));
-        }
-        if value.as_u64().is_none_or(|n| n == 0) {
-            return Some(format!("limit `{key}` must be a positive whole number"));
-        }
+    let Some(Value::String(plugin)) = m.get("plugin") else {
+        return Err("needs `plugin: <name>`".to_string());
+    };
+    if let Some(key) = m.keys().find(|k| !PLUGIN_KEYS.contains(&k.as_str())) {
+        let known: Vec<String> = PLUGIN_KEYS.iter().map(|s| s.to_string()).collect();
+        return Err(format!("unknown key `{key}`{}", hint(key, &known)));
     }
-    None
+    let text = |key: &str| match m.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`{key}` must be a string, not {other}")),
+    };
+    let reuse = match m.get("reuse") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("`reuse` must be a whole number, not {v}"))?,
+        ),
+    };
+    Ok(PluginSpec {
+        plugin: plugin.clone(),
+        version: text("version")?,
+        sha256: text("sha256")?,
+        config: m.get("config").cloned(),
+        limits: m
+            .get("limits")
+            .map(read_limits)
+            .transpose()?
+            .unwrap_or_default(),
+        reuse,
+    })
 }
 
-fn check_agents(c: &mut Checker<'_>, agents: &std::collections::BTreeMap<String, Value>) {
+fn read_limits(limits: &Value) -> Result<PluginLimits, String> {
+    let Value::Object(m) = limits else {
+        return Err("`limits` must be a map".into());
+    };
+    let mut out = PluginLimits::default();
+    for (key, value) in m {
+        let n = value.as_u64().filter(|n| *n > 0);
+        if !PluginLimits::KEYS.contains(&key.as_str()) {
+            let known: Vec<String> = PluginLimits::KEYS.iter().map(|s| s.to_string()).collect();
+            return Err(format!("unknown limit `{key}`{}", hint(key, &known)));
+        }
+        match n {
+            Some(n) => {
+                out.set(key, n);
+            }
+            None => return Err(format!("limit `{key}` must be a positive whole number")),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks `data.agents`; the agents (each a plugin) without a problem.
+fn check_agents(
+    c: &mut Checker<'_>,
+    agents: &BTreeMap<String, Value>,
+) -> BTreeMap<String, PluginSpec> {
     for (name, value) in agents {
         if let Value::String(path) = value {
             c.top(
@@ -657,7 +860,7 @@ fn check_agents(c: &mut Checker<'_>, agents: &std::collections::BTreeMap<String,
             );
         }
     }
-    check_plugins(c, agents.iter().filter(|(_, v)| !v.is_string()), "agents");
+    check_plugins(c, agents.iter().filter(|(_, v)| !v.is_string()), "agents")
 }
 
 /// The chain of machine files from `child` back to `root` (`root` is
@@ -684,15 +887,19 @@ fn includes(root: &Path, child: &Path, seen: &mut Vec<PathBuf>) -> Option<Vec<Pa
     })
 }
 
+/// Checks `data.machines`; the child machines without a problem.
 fn check_machines(
     c: &mut Checker<'_>,
     path: &Path,
-    machines: &std::collections::BTreeMap<String, Value>,
-) {
+    machines: &BTreeMap<String, Value>,
+) -> BTreeMap<String, ChildMachine> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = BTreeMap::new();
     for (name, value) in machines {
         match value {
-            Value::String(_) if c.pinned => {}
+            Value::String(rel) if c.pinned => {
+                out.insert(name.clone(), ChildMachine::File(rel.clone()));
+            }
             Value::String(rel) => {
                 if !dir.join(rel).is_file() {
                     c.top(
@@ -717,13 +924,24 @@ fn check_machines(
                             names.join(" → ")
                         ),
                     );
+                } else {
+                    out.insert(name.clone(), ChildMachine::File(rel.clone()));
                 }
             }
-            Value::Object(m) if m.contains_key("data") => {}
+            Value::Object(m) if m.contains_key("data") => match serde_yaml::to_string(value) {
+                Ok(text) => {
+                    out.insert(name.clone(), ChildMachine::Inline(text));
+                }
+                Err(e) => c.top(
+                    &[name.as_str(), ":"],
+                    format!("machine `{name}`: the inline machine cannot be read: {e}"),
+                ),
+            },
             _ => c.top(
                 &[name.as_str(), ":"],
                 format!("machine `{name}`: expected a file path or an inline machine"),
             ),
         }
     }
+    out
 }

@@ -171,7 +171,7 @@ impl Engine {
                     let payload = rec.input.get("job").cloned().unwrap_or_else(|| rec.input.clone());
                     let echo = self
                         .runners
-                        .load(&json!("echo"), World::Processor)
+                        .load(&crate::config::PluginSpec::named("echo"), World::Processor)
                         .map_err(|e| e.to_string())?
                         .runner;
                     let meta = crate::plugin::standalone_meta(&rec.state);

@@ -7,7 +7,7 @@ use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape
 use super::runner::Runner;
 use super::{Engine, MachineDef};
 use crate::config::schema::{ExecutionType, Mode};
-use crate::config::{State, StateType};
+use crate::config::{Children, State, StateType};
 use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState};
 use serde_json::{Map, Value, json};
@@ -158,23 +158,23 @@ impl Engine {
             })
             .map_err(|e| failure(FailureKind::Template, e.to_string(), &name))
         };
-        if let Some(launch) = &state.launch {
+        if !state.launch.is_empty() {
             let shared = match &state.launch_input {
                 Some(t) => render(rec, t)?,
                 None => json!({}),
             };
-            for (i, (machine, own)) in machine_list(launch).into_iter().enumerate() {
+            for (i, child) in state.launch.iter().enumerate() {
                 let id = format!("{}:{}:L{i}", rec.id, rec.step);
                 if rec.launches.iter().any(|l| l.id == id) {
                     continue;
                 }
-                let input = match own {
-                    Some(t) => render(rec, &t)?,
+                let input = match &child.input {
+                    Some(t) => render(rec, t)?,
                     None => shared.clone(),
                 };
                 rec.launches.push(Launch {
                     id,
-                    machine,
+                    machine: child.machine.clone(),
                     input,
                     started: false,
                 });
@@ -190,7 +190,7 @@ impl Engine {
         if let Some(plugin) = frame.def.runners.get(&name) {
             let meta = self.meta(rec, plugin.as_ref());
             let (ctx, kv) = self.call_context(frame, rec);
-            let result = if state.step.is_some() {
+            let result = if state.is_step() {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
                 plugin
                     .run(&meta, &arg, &ctx)
@@ -222,10 +222,11 @@ impl Engine {
                     &name,
                 ));
             };
-            let machine = machine_list(state.machine.as_ref().unwrap_or(&Value::Null))
-                .into_iter()
-                .next()
-                .map(|m| m.0)
+            let machine = state
+                .machine
+                .as_ref()
+                .and_then(|m| m.list().first())
+                .map(|c| c.machine.clone())
                 .unwrap_or_default();
             let as_name = state.as_name.clone().unwrap_or_else(|| "item".to_string());
             let mut children = Vec::with_capacity(items.len());
@@ -289,21 +290,20 @@ impl Engine {
         }
 
         if let Some(machine) = &state.machine {
-            let list = machine_list(machine);
-            let shape = if machine.is_array() {
-                Shape::ByName
-            } else {
-                Shape::Single
+            let shape = match machine {
+                Children::One(_) => Shape::Single,
+                Children::Parallel(_) => Shape::ByName,
             };
+            let list = machine.list();
             let mut children = Vec::with_capacity(list.len());
-            for (i, (child, own_input)) in list.into_iter().enumerate() {
-                let input = match own_input {
-                    Some(t) => render(rec, &t)?,
+            for (i, child) in list.iter().enumerate() {
+                let input = match &child.input {
+                    Some(t) => render(rec, t)?,
                     None => input.clone().unwrap_or_else(|| json!({})),
                 };
                 children.push(Child {
                     id: self.child_id(rec, i),
-                    machine: child,
+                    machine: child.machine.clone(),
                     input,
                     key: None,
                     outcome: None,
@@ -345,7 +345,7 @@ impl Engine {
         Pending {
             shape,
             any: state.mode == Some(Mode::Any),
-            partial: state.continue_on_partial == Some(true),
+            partial: state.continue_on_partial,
             max_concurrency: max,
             children,
         }
@@ -526,15 +526,7 @@ impl Engine {
             Ok(r) => r.filter(|r| states.contains_key(r)),
             Err(hook_failure) => return self.terminal(rec, hook_failure),
         };
-        let routed = redirect.or_else(|| match &state.on_error {
-            Some(Value::String(target)) => Some(target.clone()),
-            Some(Value::Object(map)) => map
-                .get(f.kind.as_str())
-                .or_else(|| map.get("default"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        });
+        let routed = redirect.or_else(|| state.on_error.target(f.kind).map(str::to_string));
         match routed {
             Some(target) if states.contains_key(&target) => {
                 tracing::info!(execution = %rec.id, state = %rec.state, kind = %f.kind, to = %target, "error routed by on_error: {}", f.message);
@@ -649,22 +641,6 @@ impl Engine {
 /// Copies the execution state a call may have changed back into the record.
 fn keep_state(rec: &mut Record, state: &MemoryState) {
     rec.kv = state.snapshot();
-}
-
-/// `name`, `[a, b]`, `[{name, input}]` → (name, own input template).
-fn machine_list(value: &Value) -> Vec<(String, Option<Value>)> {
-    let one = |v: &Value| match v {
-        Value::String(s) => Some((s.clone(), None)),
-        Value::Object(m) => m
-            .get("name")
-            .and_then(Value::as_str)
-            .map(|n| (n.to_string(), m.get("input").cloned())),
-        _ => None,
-    };
-    match value {
-        Value::Array(items) => items.iter().filter_map(one).collect(),
-        other => one(other).into_iter().collect(),
-    }
 }
 
 fn kind_of(v: &Value) -> &'static str {

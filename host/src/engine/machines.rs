@@ -8,15 +8,11 @@ use super::EngineError;
 use super::definition::{Definition, PinnedFile};
 use super::record::MachineRef;
 use super::runner::{Loaded, Runner, Runners};
-use crate::config::{self, Machine, State};
-use crate::plugin::{LimitOverrides, Plugin, Runtime, World, registry};
-use serde_json::Value;
+use crate::config::{self, ChildMachine, Hook, Machine, PluginLimits, PluginSpec, RunKind, State};
+use crate::plugin::{LimitOverrides, Plugin, Runtime, World};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// The built-in hooks of the seed's distributed worker.
-pub const BUILTIN_HOOKS_CLASS: &str = "DistributedWorkerHooks";
 
 /// A machine ready to run.
 pub struct MachineDef {
@@ -66,7 +62,7 @@ impl MachineDef {
 pub struct Library {
     runtime: Arc<Runtime>,
     dir: PathBuf,
-    loaded: Mutex<HashMap<String, (String, Plugin)>>,
+    loaded: Mutex<HashMap<String, Plugin>>,
 }
 
 impl Library {
@@ -78,72 +74,58 @@ impl Library {
         }
     }
 
-    /// A plugin from a spec: `name` or `{plugin, version, sha256, config, limits, reuse}`.
-    pub fn plugin(&self, spec: &Value, world: World) -> Result<Plugin, EngineError> {
-        self.named_plugin(spec, world).map(|(_, plugin)| plugin)
-    }
-
-    /// [`Library::plugin`] with the plugin's name.
-    fn named_plugin(&self, spec: &Value, world: World) -> Result<(String, Plugin), EngineError> {
-        let key = spec.to_string();
+    /// The plugin a spec names, loaded once per spec.
+    pub fn plugin(&self, spec: &PluginSpec, world: World) -> Result<Plugin, EngineError> {
+        let key = serde_json::to_string(spec).unwrap_or_else(|_| spec.plugin.clone());
         if let Some(p) = self.lock().get(&key) {
             return Ok(p.clone());
         }
-        let (name, extra) = match spec {
-            Value::String(name) => (name.as_str(), None),
-            Value::Object(m) => (
-                m.get("plugin").and_then(Value::as_str).ok_or_else(|| {
-                    EngineError::Invalid(format!("plugin spec {spec} has no `plugin` name"))
-                })?,
-                Some(m),
-            ),
-            other => return Err(EngineError::Invalid(format!("bad plugin spec {other}"))),
-        };
-        let located = registry::locate(name, &self.dir).map_err(EngineError::plugin(name))?;
-        let mut settings = located.settings().map_err(EngineError::plugin(name))?;
-        let mut limits = LimitOverrides::default();
-        if let Some(m) = extra {
-            if let Some(config) = m.get("config") {
-                settings.config = config.clone();
-            }
-            if let Some(reuse) = m.get("reuse").and_then(Value::as_u64) {
-                settings.reuse = reuse.min(u32::MAX as u64) as u32;
-            }
-            if let Some(sha) = m.get("sha256").and_then(Value::as_str) {
-                settings.sha256 = Some(sha.to_string());
-            }
-            if let Some(l) = m.get("limits") {
-                limits = serde_json::from_value(l.clone())
-                    .map_err(|e| EngineError::Invalid(format!("limits of plugin `{name}`: {e}")))?;
-            }
-        }
+        let name = spec.plugin.as_str();
         let plugin = self
             .runtime
-            .load_file(&located.wasm, settings)
-            .map_err(EngineError::plugin(name))?;
-        plugin
-            .expect_world(world)
+            .load_named(name, &self.dir, world, |settings| {
+                if let Some(config) = &spec.config {
+                    settings.config = config.clone();
+                }
+                if let Some(reuse) = spec.reuse {
+                    settings.reuse = reuse;
+                }
+                if let Some(sha) = &spec.sha256 {
+                    settings.sha256 = Some(sha.clone());
+                }
+            })
             .map_err(EngineError::plugin(name))?;
         // A machine config may tighten a plugin's limits, never widen them.
+        let limits = overrides(&spec.limits);
         let plugin = if limits == LimitOverrides::default() {
             plugin
         } else {
             plugin.tightened(&limits)
         };
-        self.lock().insert(key, (name.to_string(), plugin.clone()));
-        Ok((name.to_string(), plugin))
+        self.lock().insert(key, plugin.clone());
+        Ok(plugin)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Plugin)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Plugin>> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// A config's `limits:` as the plugin runtime takes them.
+fn overrides(limits: &PluginLimits) -> LimitOverrides {
+    LimitOverrides {
+        memory_mb: limits.memory_mb,
+        timeout_ms: limits.timeout_ms,
+        fuel: limits.fuel,
+        output_mb: limits.output_mb,
+    }
+}
+
 impl Runners for Library {
-    fn load(&self, spec: &Value, world: World) -> Result<Loaded, EngineError> {
-        let (name, plugin) = self.named_plugin(spec, world)?;
+    fn load(&self, spec: &PluginSpec, world: World) -> Result<Loaded, EngineError> {
+        let plugin = self.plugin(spec, world)?;
         Ok(Loaded {
-            name,
+            name: spec.plugin.clone(),
             digest: plugin.digest().to_string(),
             runner: Arc::new(plugin),
         })
@@ -206,7 +188,7 @@ impl Loader<'_> {
         }
     }
 
-    fn plugin(&mut self, spec: &Value, world: World) -> Result<Arc<dyn Runner>, EngineError> {
+    fn plugin(&mut self, spec: &PluginSpec, world: World) -> Result<Arc<dyn Runner>, EngineError> {
         let loaded = self.runners.load(spec, world)?;
         self.plugins.insert(loaded.name, loaded.digest);
         Ok(loaded.runner)
@@ -287,39 +269,26 @@ fn build(
 ) -> Result<Arc<MachineDef>, EngineError> {
     let data = machine.data();
     let at = |what: &str| format!("{}: {what}", machine.path.display());
-    let builtin_actions = inherited_builtins
-        || [&data.hooks, &data.lifecycle_hooks]
-            .into_iter()
-            .flatten()
-            .any(names_builtin_hooks);
+    let builtin_actions = inherited_builtins || data.hooks.contains(&Hook::BuiltinWorkerActions);
 
     // Hooks: the ancestors', then this machine's.
     let mut hooks = inherited.to_vec();
-    for spec in [&data.hooks, &data.lifecycle_hooks].into_iter().flatten() {
-        hooks.extend(hook_plugins(spec, data, loader).map_err(|e| e.context(&at("hooks")))?);
-    }
+    hooks.extend(hook_plugins(&data.hooks, loader).map_err(|e| e.context(&at("hooks")))?);
     let mut state_hooks = HashMap::new();
     let mut runners = HashMap::new();
     for (name, state) in &data.states {
-        if let Some(spec) = &state.hooks {
-            let list = hook_plugins(spec, data, loader)
+        if !state.hooks.is_empty() {
+            let list = hook_plugins(&state.hooks, loader)
                 .map_err(|e| e.context(&at(&format!("state `{name}`: hooks"))))?;
             state_hooks.insert(name.clone(), list);
         }
-        let runner = if let Some(alias) = &state.plugin {
-            Some((plugin_spec(&data.plugins, alias), World::Processor))
-        } else if let Some(agent) = &state.agent {
-            let spec = data.agents.get(agent).cloned().unwrap_or(Value::Null);
-            Some((spec, World::Processor))
-        } else {
-            state
-                .step
-                .as_ref()
-                .map(|alias| (plugin_spec(&data.plugins, alias), World::Step))
-        };
-        if let Some((spec, world)) = runner {
+        if let Some(runs) = &state.runs {
+            let world = match runs.kind {
+                RunKind::Plugin | RunKind::Agent => World::Processor,
+                RunKind::Step => World::Step,
+            };
             let mut plugin = loader
-                .plugin(&spec, world)
+                .plugin(&runs.spec, world)
                 .map_err(|e| e.context(&at(&format!("state `{name}`"))))?;
             if let Some(secs) = state.timeout {
                 plugin = plugin.with_timeout(crate::duration::clamp_secs(secs));
@@ -337,7 +306,7 @@ fn build(
     for (name, value) in &data.machines {
         let child_source = source.child(name);
         let child = match value {
-            Value::String(rel) => {
+            ChildMachine::File(rel) => {
                 let path = dir.join(rel);
                 let path = std::fs::canonicalize(&path).unwrap_or(path);
                 if loader.stack.contains(&path) {
@@ -348,13 +317,9 @@ fn build(
                 }
                 loader.machine(&child_source.path, &path)?
             }
-            inline => {
-                let text = serde_yaml::to_string(inline).map_err(|e| {
-                    EngineError::Invalid(at(&format!("inline machine `{name}`: {e}")))
-                })?;
+            ChildMachine::Inline(text) => {
                 let pseudo = machine.path.with_extension(format!("{name}.inline.yml"));
-                config::parse_with(&pseudo, &text, &loader.options())
-                    .map_err(EngineError::Config)?
+                config::parse_with(&pseudo, text, &loader.options()).map_err(EngineError::Config)?
             }
         };
         loader.stack.push(child.path.clone());
@@ -374,56 +339,16 @@ fn build(
     }))
 }
 
-/// Whether a hooks spec (or one in its list) is `{class: DistributedWorkerHooks}`.
-fn names_builtin_hooks(spec: &Value) -> bool {
-    match spec {
-        Value::Array(items) => items.iter().any(names_builtin_hooks),
-        Value::Object(m) => m.get("class").and_then(Value::as_str) == Some(BUILTIN_HOOKS_CLASS),
-        _ => false,
-    }
-}
-
-/// `plugin: alias` → the `data.plugins` entry, or the alias itself as a plugin name.
-fn plugin_spec(plugins: &BTreeMap<String, Value>, alias: &str) -> Value {
-    plugins
-        .get(alias)
-        .cloned()
-        .unwrap_or_else(|| Value::String(alias.to_string()))
-}
-
+/// The plugins of a hook list (the built-in worker actions are no plugin).
 fn hook_plugins(
-    spec: &Value,
-    data: &config::MachineData,
+    hooks: &[Hook],
     loader: &mut Loader<'_>,
 ) -> Result<Vec<Arc<dyn Runner>>, EngineError> {
-    match spec {
-        Value::Array(items) => {
-            let mut all = Vec::new();
-            for item in items {
-                all.extend(hook_plugins(item, data, loader)?);
-            }
-            Ok(all)
+    let mut all = Vec::new();
+    for hook in hooks {
+        if let Hook::Plugin(spec) = hook {
+            all.push(loader.plugin(spec, World::Hook)?);
         }
-        Value::String(alias) => Ok(vec![
-            loader.plugin(&plugin_spec(&data.plugins, alias), World::Hook)?,
-        ]),
-        Value::Object(m) => {
-            if let Some(class) = m.get("class").and_then(Value::as_str) {
-                if class == BUILTIN_HOOKS_CLASS {
-                    // The seed's worker hooks are built into the host as actions.
-                    return Ok(vec![]);
-                }
-                return Ok(vec![
-                    loader.plugin(&plugin_spec(&data.plugins, class), World::Hook)?,
-                ]);
-            }
-            let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
-            let mut spec = plugin_spec(&data.plugins, name);
-            if let (Some(args), Value::String(n)) = (m.get("args"), &spec) {
-                spec = serde_json::json!({"plugin": n, "config": args});
-            }
-            Ok(vec![loader.plugin(&spec, World::Hook)?])
-        }
-        other => Err(EngineError::Invalid(format!("bad hooks entry {other}"))),
     }
+    Ok(all)
 }

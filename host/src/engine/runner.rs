@@ -4,6 +4,7 @@
 //! engine unit tests give fakes, so the step is tested without any `.wasm`.
 
 use super::EngineError;
+use crate::config::PluginSpec;
 use crate::plugin::{
     CallContext, CallMeta, HookEvent, HookResult, LimitOverrides, Plugin, PluginError, StepOutput,
     World,
@@ -56,9 +57,8 @@ pub struct Loaded {
 
 /// Where a machine tree's runners come from.
 pub trait Runners: Send + Sync {
-    /// The runner a spec names: `name` or `{plugin, version, sha256,
-    /// config, limits, reuse}`, to be used as `world`.
-    fn load(&self, spec: &Value, world: World) -> Result<Loaded, EngineError>;
+    /// The runner a plugin spec names, to be used as `world`.
+    fn load(&self, spec: &PluginSpec, world: World) -> Result<Loaded, EngineError>;
     /// The plugins folder names are checked against (and that spawned
     /// processes are given), when there is one.
     fn plugins_dir(&self) -> Option<&Path>;

@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::backend::{Checkpoints, MemoryBackend, Results, Signals};
+use crate::config::PluginSpec;
 use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, HookEvent, HookResult, PluginError, StepOutput, World};
 use serde_json::{Value, json};
@@ -165,15 +166,8 @@ impl Fakes {
 }
 
 impl Runners for Fakes {
-    fn load(&self, spec: &Value, _world: World) -> Result<Loaded, EngineError> {
-        let name = match spec {
-            Value::String(s) => s.clone(),
-            other => other
-                .get("plugin")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        };
+    fn load(&self, spec: &PluginSpec, _world: World) -> Result<Loaded, EngineError> {
+        let name = spec.plugin.clone();
         let runners = self.runners.lock().unwrap();
         let (fake, digest) = runners
             .get(&name)

@@ -243,6 +243,24 @@ impl Runtime {
     }
 
     /// Loads a plugin from a `.wasm` component file.
+    /// The plugin `spec` (a name in `dir` or a `.wasm` path) with its
+    /// manifest's settings, changed by `adjust`, checked to be a `world`
+    /// plugin: the one way the engine and the commands load a plugin by name.
+    pub fn load_named(
+        &self,
+        spec: &str,
+        dir: &Path,
+        world: super::World,
+        adjust: impl FnOnce(&mut PluginSettings),
+    ) -> Result<Plugin, PluginError> {
+        let located = super::registry::locate(spec, dir)?;
+        let mut settings = located.settings()?;
+        adjust(&mut settings);
+        let plugin = self.load_file(&located.wasm, settings)?;
+        plugin.expect_world(world)?;
+        Ok(plugin)
+    }
+
     pub fn load_file(&self, path: &Path, settings: PluginSettings) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(path)
             .map_err(|e| PluginError::load(format!("cannot read {}: {e}", path.display())))?;
