@@ -410,7 +410,7 @@ fn check_state(
             &["agent:"],
             format!(
                 "unknown agent `{agent}`{}; agents are declared under data.agents",
-                hint(agent, &agents)
+                hint(agent, agents)
             ),
         );
     }
@@ -423,7 +423,7 @@ fn check_state(
                 &[key],
                 format!(
                     "unknown plugin `{alias}`{}; plugins are declared under data.plugins",
-                    hint(alias, &plugins)
+                    hint(alias, plugins)
                 ),
             );
         }
