@@ -13,6 +13,7 @@
 //! - [`failure`]: the kinds of failure (plugin error kinds and the engine's).
 //! - [`text`]: "did you mean" suggestions, escaping outside text.
 //! - [`duration`]: bounded durations from outside, converted without panics.
+//! - [`spawn`]: starting worker processes on the same store.
 //! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
 
 pub mod backend;
@@ -23,5 +24,6 @@ pub mod engine;
 pub mod expr;
 pub mod failure;
 pub mod plugin;
+pub mod spawn;
 pub mod text;
 pub mod worker;

@@ -611,7 +611,7 @@ data:
     f.engine.wait_detached().await;
     let child = format!("{}:1:L0", o.id);
     let cp = f.backend.load(&child).await.unwrap().unwrap();
-    assert_eq!(cp.status, "waiting");
+    assert_eq!(cp.status, Status::Waiting);
     assert_eq!(f.backend.read_result(&child).await.unwrap(), None);
 
     f.backend
@@ -739,7 +739,12 @@ async fn a_killed_run_resumes_to_the_same_output() {
 
     let store = SqliteBackend::open(&db, Durability::Normal).unwrap();
     let cp = store.load(&id).await.unwrap().unwrap();
-    assert_eq!(cp.status, "running", "killed mid-run at step {}", cp.step);
+    assert_eq!(
+        cp.status,
+        Status::Running,
+        "killed mid-run at step {}",
+        cp.step
+    );
     drop(store);
     // The execution is pinned to the definition it started with: a machine
     // file edited since changes nothing.

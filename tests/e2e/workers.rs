@@ -1,7 +1,7 @@
 //! Job pools through the real binary: several worker processes share one
 //! SQLite database.
 
-use flowhost::backend::{Durability, SqliteBackend, WorkPools, job_status};
+use flowhost::backend::{Durability, JobStatus, SqliteBackend, WorkPools, WorkerStatus};
 use flowhost_e2e::{flowhost, shared_cache, stderr};
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ async fn four_worker_processes_complete_2000_jobs_exactly_once() {
     let jobs = store.jobs("p", None, 5000).await.unwrap();
     assert_eq!(jobs.len(), 2000);
     for j in &jobs {
-        assert_eq!(j.status, job_status::DONE, "{j:?}");
+        assert_eq!(j.status, JobStatus::Done, "{j:?}");
         // Claimed once: no job was ever handed to two workers.
         assert_eq!((j.attempts, j.fence), (1, 1), "{j:?}");
         assert_eq!(
@@ -167,7 +167,7 @@ async fn claimed_by(store: &SqliteBackend, id: i64) -> String {
             "job {id} was never claimed"
         );
         if let Some(j) = store.job(id).await.unwrap()
-            && j.status == job_status::CLAIMED
+            && j.status == JobStatus::Claimed
             && let Some(w) = j.worker
         {
             return w;
@@ -237,7 +237,7 @@ async fn a_killed_workers_job_completes_on_another_worker() {
     let second = worker(&cache, &db).wait_with_output().unwrap();
     assert!(second.status.success(), "{}", stderr(&second));
     let job = store.job(id).await.unwrap().unwrap();
-    assert_eq!((job.status.as_str(), job.attempts), (job_status::DONE, 2));
+    assert_eq!((job.status, job.attempts), (JobStatus::Done, 2));
     assert_eq!(job.result.unwrap()["attempt"], 2);
     let workers = String::from_utf8(
         flowhost(&cache)
@@ -265,7 +265,7 @@ async fn a_zombie_worker_cannot_overwrite_the_newer_result() {
     let second = worker(&cache, &db).wait_with_output().unwrap();
     assert!(second.status.success(), "{}", stderr(&second));
     let done = store.job(id).await.unwrap().unwrap();
-    assert_eq!((done.status.as_str(), done.attempts), (job_status::DONE, 2));
+    assert_eq!((done.status, done.attempts), (JobStatus::Done, 2));
     signal(zombie.id(), "-CONT");
     let out = zombie.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -321,7 +321,10 @@ async fn the_checker_spawns_workers_up_to_the_max() {
         let workers = flowhost::backend::Workers::workers(&store, Some("p"))
             .await
             .unwrap();
-        if stats.done == 10 && workers.len() == 3 && workers.iter().all(|w| w.status == "stopped") {
+        if stats.done == 10
+            && workers.len() == 3
+            && workers.iter().all(|w| w.status == WorkerStatus::Stopped)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -381,7 +384,7 @@ async fn the_seed_distributed_worker_machines_run_with_builtin_hooks() {
         loop {
             let done = store.stats("default").await.unwrap().done;
             let workers = store.workers(Some("default")).await.unwrap();
-            if done == 2 * round && workers.iter().all(|w| w.status == "stopped") {
+            if done == 2 * round && workers.iter().all(|w| w.status == WorkerStatus::Stopped) {
                 break;
             }
             assert!(
@@ -406,7 +409,7 @@ async fn the_seed_distributed_worker_machines_run_with_builtin_hooks() {
             pool: "default".into(),
             pid: 1,
             host: "h".into(),
-            status: "active".into(),
+            status: WorkerStatus::Active,
             started_ms: now - 60_000,
             heartbeat_ms: now - 30_000,
         })
@@ -460,7 +463,7 @@ async fn a_process_holding_the_write_lock_stalls_workers_without_harm() {
     assert_eq!(jobs.len(), 300);
     assert!(
         jobs.iter()
-            .all(|j| j.status == job_status::DONE && j.attempts == 1),
+            .all(|j| j.status == JobStatus::Done && j.attempts == 1),
         "no job lost or claimed twice"
     );
 }
@@ -478,10 +481,10 @@ async fn sigterm_finishes_the_job_in_hand_and_deregisters() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("finishing the jobs in hand"));
     let job = store.job(id).await.unwrap().unwrap();
-    assert_eq!((job.status.as_str(), job.attempts), (job_status::DONE, 1));
+    assert_eq!((job.status, job.attempts), (JobStatus::Done, 1));
     let workers = flowhost::backend::Workers::workers(&store, Some("p"))
         .await
         .unwrap();
     let me = workers.iter().find(|w| w.id == worker_id).unwrap();
-    assert_eq!(me.status, "stopped");
+    assert_eq!(me.status, WorkerStatus::Stopped);
 }

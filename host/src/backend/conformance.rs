@@ -9,7 +9,7 @@ fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Che
         id: id.into(),
         parent: parent.map(str::to_string),
         machine: "m".into(),
-        status: status.into(),
+        status: ExecutionStatus::parse(status).expect("a status"),
         state: "s".into(),
         step: 1,
         created_ms: created,
@@ -38,7 +38,7 @@ async fn suite(b: &dyn Backend) {
     let roots = b
         .list(&ListFilter {
             roots_only: true,
-            status: Some("done".into()),
+            status: Some(ExecutionStatus::Done),
             ..Default::default()
         })
         .await
@@ -56,7 +56,7 @@ async fn suite(b: &dyn Backend) {
 
     assert_eq!(b.read_result("a").await.unwrap(), None);
     let result = StoredResult {
-        status: "done".into(),
+        status: ExecutionStatus::Done,
         value: json!({"n": [1, 2]}),
         written_ms: 5,
     };
@@ -68,7 +68,10 @@ async fn suite(b: &dyn Backend) {
         .await
         .unwrap();
     b.send_signal("d", "flush", json!(null)).await.unwrap();
-    assert_eq!(b.load("d").await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        b.load("d").await.unwrap().unwrap().status,
+        ExecutionStatus::Running
+    );
 
     assert_eq!(b.take_signal("a", "go").await.unwrap(), None);
     b.send_signal("a", "go", json!(1)).await.unwrap();
@@ -81,7 +84,10 @@ async fn suite(b: &dyn Backend) {
         .await
         .unwrap();
     b.send_signal("d", "flush", json!(null)).await.unwrap();
-    assert_eq!(b.load("d").await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        b.load("d").await.unwrap().unwrap().status,
+        ExecutionStatus::Running
+    );
 
     assert_eq!(b.take_signal("a", "go").await.unwrap(), None);
     assert_eq!(b.take_signal("b", "other").await.unwrap(), None);
@@ -216,7 +222,7 @@ async fn clock_suite(b: &dyn Backend, clock: &ManualClock) {
         pool: "timed".into(),
         pid: 1,
         host: "h".into(),
-        status: "active".into(),
+        status: WorkerStatus::Active,
         started_ms: now,
         heartbeat_ms: now,
     };
@@ -355,7 +361,7 @@ fn result_uris() {
 }
 
 async fn pools_suite(b: &dyn Backend) {
-    use super::pools::job_status::*;
+    use JobStatus::{Done as DONE, Pending as PENDING, Poisoned as POISONED};
     let no_wait = Backoff {
         base_ms: 0,
         max_ms: 0,
@@ -396,7 +402,7 @@ async fn pools_suite(b: &dyn Backend) {
     );
     let stored = b.job(a).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status.as_str(), stored.result),
+        (stored.status, stored.result),
         (DONE, Some(json!({"ok": true})))
     );
 
@@ -445,13 +451,13 @@ async fn pools_suite(b: &dyn Backend) {
     let c4 = b.claim("p", "w3", 1, 60_000).await.unwrap();
     assert!(b.complete(g, c4[0].fence, json!(1)).await.unwrap());
     assert_eq!(
-        (poisoned.status.as_str(), poisoned.error.as_deref()),
+        (poisoned.status, poisoned.error.as_deref()),
         (POISONED, Some("boom 2"))
     );
     assert_eq!(b.jobs("p", Some(POISONED), 10).await.unwrap().len(), 1);
     assert_eq!(b.requeue("p", &[]).await.unwrap(), 1);
     let back = b.job(f).await.unwrap().unwrap();
-    assert_eq!((back.status.as_str(), back.attempts), (PENDING, 0));
+    assert_eq!((back.status, back.attempts), (PENDING, 0));
 
     // An expired lease makes a job claimable by someone else.
     let (e, _) = b.push("lease", NewJob::new(json!(null))).await.unwrap();
@@ -474,7 +480,7 @@ async fn pools_suite(b: &dyn Backend) {
         pool: "p".into(),
         pid: 1,
         host: "h".into(),
-        status: "active".into(),
+        status: WorkerStatus::Active,
         started_ms: now - 20_000,
         heartbeat_ms: beat,
     };

@@ -1,7 +1,8 @@
 //! The in-memory backend: everything in one process, gone when it exits.
 
 use super::clock::{Clock, SystemClock};
-use super::pools::{Job, WorkerInfo, job_status};
+use super::pools::{Job, WorkerInfo};
+use super::status::JobStatus;
 use super::{
     Backend, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter, Results, Signals,
     StoredResult,
@@ -28,7 +29,7 @@ impl Data {
         self.jobs
             .iter_mut()
             .find(|j| j.id == id)
-            .filter(|j| j.fence == fence && j.status == job_status::CLAIMED)
+            .filter(|j| j.fence == fence && j.status == JobStatus::Claimed)
     }
 }
 

@@ -2,19 +2,18 @@
 
 use super::BackendResult;
 use super::memory::MemoryBackend;
-use super::pools::{
-    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
-};
+use super::pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
+use super::status::{JobStatus, WorkerStatus};
 use serde_json::Value;
 
 fn claimable(j: &Job, pool: &str, now: u64) -> bool {
     j.pool == pool
-        && ((j.status == job_status::PENDING && j.run_at_ms <= now)
-            || (j.status == job_status::CLAIMED && j.lease_until_ms.is_some_and(|l| l <= now)))
+        && ((j.status == JobStatus::Pending && j.run_at_ms <= now)
+            || (j.status == JobStatus::Claimed && j.lease_until_ms.is_some_and(|l| l <= now)))
 }
 
 fn release(j: &mut Job, now: u64) {
-    j.status = job_status::PENDING.into();
+    j.status = JobStatus::Pending;
     j.worker = None;
     j.lease_until_ms = None;
     j.updated_ms = now;
@@ -38,7 +37,7 @@ impl WorkPools for MemoryBackend {
             id,
             pool: pool.into(),
             payload: job.payload,
-            status: job_status::PENDING.into(),
+            status: JobStatus::Pending,
             priority: job.priority,
             run_at_ms: now + job.delay_ms,
             attempts: 0,
@@ -71,7 +70,7 @@ impl WorkPools for MemoryBackend {
         let mut claimed = Vec::new();
         for i in order.into_iter().take(n as usize) {
             let j = &mut d.jobs[i];
-            j.status = job_status::CLAIMED.into();
+            j.status = JobStatus::Claimed;
             j.worker = Some(worker.into());
             j.lease_until_ms = Some(now + lease_ms);
             j.attempts += 1;
@@ -97,7 +96,7 @@ impl WorkPools for MemoryBackend {
         let mut d = self.lock();
         Ok(match d.current(id, fence) {
             Some(j) => {
-                j.status = job_status::DONE.into();
+                j.status = JobStatus::Done;
                 j.result = Some(result);
                 j.lease_until_ms = None;
                 j.updated_ms = self.clock.now_ms();
@@ -124,13 +123,13 @@ impl WorkPools for MemoryBackend {
         j.updated_ms = now;
         match retry.filter(|_| j.attempts <= j.max_retries) {
             Some(backoff) => {
-                j.status = job_status::PENDING.into();
+                j.status = JobStatus::Pending;
                 j.worker = None;
                 j.run_at_ms = now + backoff.delay_ms(j.attempts);
                 Ok(FailOutcome::Retried)
             }
             None => {
-                j.status = job_status::POISONED.into();
+                j.status = JobStatus::Poisoned;
                 Ok(FailOutcome::Poisoned)
             }
         }
@@ -143,7 +142,7 @@ impl WorkPools for MemoryBackend {
         for j in d
             .jobs
             .iter_mut()
-            .filter(|j| j.status == job_status::CLAIMED && j.worker.as_deref() == Some(worker))
+            .filter(|j| j.status == JobStatus::Claimed && j.worker.as_deref() == Some(worker))
         {
             release(j, now);
             n += 1;
@@ -157,7 +156,7 @@ impl WorkPools for MemoryBackend {
         let mut n = 0;
         for j in d.jobs.iter_mut().filter(|j| {
             j.pool == pool
-                && j.status == job_status::POISONED
+                && j.status == JobStatus::Poisoned
                 && (ids.is_empty() || ids.contains(&j.id))
         }) {
             release(j, now);
@@ -172,11 +171,11 @@ impl WorkPools for MemoryBackend {
         let d = self.lock();
         let mut s = PoolStats::default();
         for j in d.jobs.iter().filter(|j| j.pool == pool) {
-            match j.status.as_str() {
-                job_status::PENDING => s.pending += 1,
-                job_status::CLAIMED => s.claimed += 1,
-                job_status::DONE => s.done += 1,
-                _ => s.poisoned += 1,
+            match j.status {
+                JobStatus::Pending => s.pending += 1,
+                JobStatus::Claimed => s.claimed += 1,
+                JobStatus::Done => s.done += 1,
+                JobStatus::Poisoned => s.poisoned += 1,
             }
         }
         Ok(s)
@@ -189,7 +188,7 @@ impl WorkPools for MemoryBackend {
     async fn jobs(
         &self,
         pool: &str,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         limit: usize,
     ) -> BackendResult<Vec<Job>> {
         Ok(self
@@ -213,7 +212,7 @@ impl Workers for MemoryBackend {
     async fn heartbeat(&self, id: &str) -> BackendResult<bool> {
         let mut d = self.lock();
         Ok(match d.workers.get_mut(id) {
-            Some(w) if w.status == "active" => {
+            Some(w) if w.status == WorkerStatus::Active => {
                 w.heartbeat_ms = self.clock.now_ms();
                 true
             }
@@ -221,9 +220,9 @@ impl Workers for MemoryBackend {
         })
     }
 
-    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()> {
+    async fn set_worker_status(&self, id: &str, status: WorkerStatus) -> BackendResult<()> {
         if let Some(w) = self.lock().workers.get_mut(id) {
-            w.status = status.into();
+            w.status = status;
         }
         Ok(())
     }
@@ -248,13 +247,14 @@ impl Workers for MemoryBackend {
                 .workers
                 .values()
                 .filter(|w| {
-                    w.status == "active" && now.saturating_sub(w.heartbeat_ms) > stale_after_ms
+                    w.status == WorkerStatus::Active
+                        && now.saturating_sub(w.heartbeat_ms) > stale_after_ms
                 })
                 .map(|w| w.id.clone())
                 .collect();
             for id in &ids {
                 if let Some(w) = d.workers.get_mut(id) {
-                    w.status = "lost".into();
+                    w.status = WorkerStatus::Lost;
                 }
             }
             ids

@@ -15,14 +15,14 @@ pub mod owners;
 pub mod pools;
 mod sqlite;
 mod sqlite_pools;
+pub mod status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
-pub use pools::{
-    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
-};
+pub use pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
 pub use sqlite::{Durability, SqliteBackend};
+pub use status::{ExecutionStatus, JobStatus, WorkerStatus};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -102,8 +102,7 @@ pub struct Checkpoint {
     pub id: String,
     pub parent: Option<String>,
     pub machine: String,
-    /// `running`, `waiting`, `done`, `failed`, `cancelled`.
-    pub status: String,
+    pub status: ExecutionStatus,
     pub state: String,
     pub step: u64,
     /// Milliseconds since the Unix epoch.
@@ -116,7 +115,7 @@ pub struct Checkpoint {
 /// Which executions to list.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    pub status: Option<String>,
+    pub status: Option<ExecutionStatus>,
     pub machine: Option<String>,
     /// Only executions without a parent.
     pub roots_only: bool,
@@ -127,7 +126,7 @@ pub struct ListFilter {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredResult {
     /// `done` or `failed`.
-    pub status: String,
+    pub status: ExecutionStatus,
     /// The output (done) or `{kind, message, state}` (failed).
     pub value: Value,
     pub written_ms: u64,
@@ -186,10 +185,6 @@ pub trait Backend:
     /// The clock the store decides time by; the engine and workers use it too.
     fn clock(&self) -> &dyn Clock {
         &SystemClock
-    }
-    /// The database file another process can open, if there is one.
-    fn db_path(&self) -> Option<std::path::PathBuf> {
-        None
     }
 }
 

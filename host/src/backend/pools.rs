@@ -7,6 +7,7 @@
 //! claimed again) cannot overwrite the newer outcome.
 
 use super::BackendResult;
+use super::status::{JobStatus, WorkerStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -36,20 +37,12 @@ impl NewJob {
     }
 }
 
-/// `pending`, `claimed`, `done`, `poisoned`.
-pub mod job_status {
-    pub const PENDING: &str = "pending";
-    pub const CLAIMED: &str = "claimed";
-    pub const DONE: &str = "done";
-    pub const POISONED: &str = "poisoned";
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: i64,
     pub pool: String,
     pub payload: Value,
-    pub status: String,
+    pub status: JobStatus,
     pub priority: i64,
     pub run_at_ms: u64,
     /// Claims so far (the current one included).
@@ -155,8 +148,12 @@ pub trait WorkPools: Send + Sync {
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats>;
     async fn job(&self, id: i64) -> BackendResult<Option<Job>>;
     /// Jobs of a pool, oldest first.
-    async fn jobs(&self, pool: &str, status: Option<&str>, limit: usize)
-    -> BackendResult<Vec<Job>>;
+    async fn jobs(
+        &self,
+        pool: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> BackendResult<Vec<Job>>;
 }
 
 /// A registered worker.
@@ -166,8 +163,7 @@ pub struct WorkerInfo {
     pub pool: String,
     pub pid: u32,
     pub host: String,
-    /// `active`, `stopped`, `lost`.
-    pub status: String,
+    pub status: WorkerStatus,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
 }
@@ -177,7 +173,7 @@ pub trait Workers: Send + Sync {
     async fn register(&self, worker: WorkerInfo) -> BackendResult<()>;
     /// Records a heartbeat now; false if the worker is unknown or not active.
     async fn heartbeat(&self, id: &str) -> BackendResult<bool>;
-    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()>;
+    async fn set_worker_status(&self, id: &str, status: WorkerStatus) -> BackendResult<()>;
     async fn workers(&self, pool: Option<&str>) -> BackendResult<Vec<WorkerInfo>>;
     /// Active workers whose last heartbeat is older than `stale_after_ms`
     /// become `lost`, and their jobs claimable again. Returns their ids.

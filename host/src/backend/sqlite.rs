@@ -181,6 +181,33 @@ fn classify(e: &rusqlite::Error) -> StoreErrorKind {
     }
 }
 
+/// Statuses are stored as their spelling; one that does not read back is a
+/// conversion failure (so: `corrupt`).
+macro_rules! status_as_text {
+    ($($t:ty),*) => {$(
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = v.as_str()?;
+                <$t>::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown status `{text}` (expected one of {})", <$t>::spellings()).into(),
+                    )
+                })
+            }
+        }
+    )*};
+}
+status_as_text!(
+    super::ExecutionStatus,
+    super::JobStatus,
+    super::WorkerStatus
+);
+
 /// An SQLite failure as a store error of its kind.
 pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
     let kind = classify(&e);
@@ -594,7 +621,7 @@ impl Results for SqliteBackend {
     }
 
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
-        let row: Option<(String, String, i64)> = self
+        let row: Option<(super::ExecutionStatus, String, i64)> = self
             .reader()
             .prepare_cached("SELECT status, value, written_ms FROM results WHERE id = ?1")
             .and_then(|mut s| {
@@ -662,8 +689,5 @@ impl Backend for SqliteBackend {
     }
     fn clock(&self) -> &dyn Clock {
         &*self.clock
-    }
-    fn db_path(&self) -> Option<PathBuf> {
-        Some(std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()))
     }
 }

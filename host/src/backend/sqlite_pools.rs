@@ -3,10 +3,9 @@
 //! `UPDATE … WHERE status = 'pending' … RETURNING`, so two processes can never
 //! claim the same job.
 
-use super::pools::{
-    Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers, job_status,
-};
+use super::pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
 use super::sqlite::{Op, SqliteBackend};
+use super::status::{JobStatus, WorkerStatus};
 use super::{BackendError, BackendResult, StoreErrorKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
@@ -318,15 +317,15 @@ impl WorkPools for SqliteBackend {
             )?;
             let mut s = PoolStats::default();
             let rows = stmt.query_map(params![pool], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                Ok((r.get::<_, JobStatus>(0)?, r.get::<_, i64>(1)? as u64))
             })?;
             for row in rows {
                 let (status, n) = row?;
-                match status.as_str() {
-                    job_status::PENDING => s.pending = n,
-                    job_status::CLAIMED => s.claimed = n,
-                    job_status::DONE => s.done = n,
-                    _ => s.poisoned += n,
+                match status {
+                    JobStatus::Pending => s.pending = n,
+                    JobStatus::Claimed => s.claimed = n,
+                    JobStatus::Done => s.done = n,
+                    JobStatus::Poisoned => s.poisoned = n,
                 }
             }
             Ok(s)
@@ -347,7 +346,7 @@ impl WorkPools for SqliteBackend {
     async fn jobs(
         &self,
         pool: &str,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         limit: usize,
     ) -> BackendResult<Vec<Job>> {
         self.read(|c| {
@@ -391,8 +390,8 @@ impl Workers for SqliteBackend {
         .await
     }
 
-    async fn set_worker_status(&self, id: &str, status: &str) -> BackendResult<()> {
-        let (id, status) = (id.to_string(), status.to_string());
+    async fn set_worker_status(&self, id: &str, status: WorkerStatus) -> BackendResult<()> {
+        let id = id.to_string();
         self.exec::<Value>(move |c| {
             c.execute(
                 "UPDATE workers SET status = ?1 WHERE id = ?2",

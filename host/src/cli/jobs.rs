@@ -3,8 +3,9 @@
 
 use super::CliError;
 use super::run::{ReadStoreArgs, StoreArgs};
-use crate::backend::{NewJob, job_status};
+use crate::backend::{JobStatus, NewJob, WorkerStatus};
 use crate::plugin::registry;
+use crate::spawn::{Spawner, WorkerProcess, workers_wanted};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -51,8 +52,8 @@ pub(super) struct ListArgs {
     /// The pool.
     pool: String,
     /// Only jobs with this status.
-    #[arg(long, value_parser = STATUSES)]
-    status: Option<String>,
+    #[arg(long, value_parser = super::status_arg!(JobStatus))]
+    status: Option<JobStatus>,
     /// Most jobs listed.
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -98,13 +99,6 @@ fn store_error(e: crate::backend::BackendError) -> CliError {
     CliError::Other(e.to_string())
 }
 
-const STATUSES: [&str; 4] = [
-    job_status::PENDING,
-    job_status::CLAIMED,
-    job_status::DONE,
-    job_status::POISONED,
-];
-
 pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
     match c {
         JobsCommand::Push(a) => {
@@ -144,7 +138,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
         JobsCommand::List(a) => {
             let backend = a.store.open()?;
             let jobs = backend
-                .jobs(&a.pool, a.status.as_deref(), a.limit)
+                .jobs(&a.pool, a.status, a.limit)
                 .await
                 .map_err(store_error)?;
             for j in jobs {
@@ -266,7 +260,10 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     );
     let dir = a.runtime.plugins_dir();
     let processor = if a.processor.ends_with(".yml") || a.processor.ends_with(".yaml") {
-        let engine = Arc::new(crate::engine::Engine::new(backend.clone(), runtime, dir));
+        let spawner = Spawner::current(a.store.to_args(), &dir).map_err(spawn_error)?;
+        let engine = Arc::new(
+            crate::engine::Engine::new(backend.clone(), runtime, dir).with_spawner(spawner),
+        );
         let file = std::path::PathBuf::from(&a.processor);
         engine.load(&file).map_err(|e| match e {
             crate::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
@@ -372,34 +369,31 @@ pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
         .await
         .map_err(store_error)?
         .iter()
-        .filter(|w| w.status == "active")
+        .filter(|w| w.status == WorkerStatus::Active)
         .count() as u64;
-    let wanted = depth.min(u64::from(a.max_workers));
-    let spawn = wanted.saturating_sub(active);
+    let spawn = workers_wanted(depth, active, a.max_workers);
     println!(
         "pool `{}`: depth {depth}, active workers {active}, max {}: spawning {spawn}",
         a.pool, a.max_workers
     );
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::Other(format!("cannot find the flowhost binary: {e}")))?;
+    let spawner =
+        Spawner::current(a.store.to_args(), &a.runtime.plugins_dir()).map_err(spawn_error)?;
+    let worker = WorkerProcess {
+        pool: &a.pool,
+        processor: &a.processor,
+        concurrency: a.concurrency,
+        exit_when_empty: true,
+        quiet: false,
+    };
     for _ in 0..spawn {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["worker", "--pool", &a.pool, "--processor", &a.processor])
-            .args([
-                "--concurrency",
-                &a.concurrency.to_string(),
-                "--exit-when-empty",
-            ])
-            .args(a.store.to_args())
-            .arg("--plugins")
-            .arg(a.runtime.plugins_dir())
-            .stdin(std::process::Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|e| CliError::Other(format!("cannot spawn a worker: {e}")))?;
+        let child = spawner.worker(&worker).map_err(spawn_error)?;
         println!("spawned worker process {}", child.id());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_error(e: crate::spawn::SpawnError) -> CliError {
+    CliError::Other(e.to_string())
 }
 
 #[derive(Args)]
@@ -429,28 +423,18 @@ fn spawn_bench_worker(
     concurrency: u32,
     exit_when_empty: bool,
 ) -> Result<std::process::Child, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::Other(format!("cannot find the flowhost binary: {e}")))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "worker",
-        "--pool",
-        "bench",
-        "--processor",
-        "echo",
-        "--concurrency",
-        &concurrency.to_string(),
-    ])
-    .arg("--db")
-    .arg(db)
-    .arg("--plugins")
-    .arg(plugins)
-    .stdout(std::process::Stdio::null());
-    if exit_when_empty {
-        cmd.arg("--exit-when-empty");
-    }
-    cmd.spawn()
-        .map_err(|e| CliError::Other(format!("cannot spawn a worker: {e}")))
+    let store = [std::ffi::OsString::from("--db"), db.as_os_str().to_owned()];
+    Spawner::current(store, plugins)
+        .and_then(|s| {
+            s.worker(&WorkerProcess {
+                pool: "bench",
+                processor: "echo",
+                concurrency,
+                exit_when_empty,
+                quiet: true,
+            })
+        })
+        .map_err(spawn_error)
 }
 
 /// `flowhost bench jobs`: trivial jobs through worker processes on a durable
@@ -543,7 +527,7 @@ pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
     }
     let first = first_id.unwrap_or(0);
     let mut latencies: Vec<u64> = store
-        .jobs("bench", Some(job_status::DONE), (a.jobs + total) as usize)
+        .jobs("bench", Some(JobStatus::Done), (a.jobs + total) as usize)
         .await
         .map_err(store_error)?
         .into_iter()

@@ -169,6 +169,17 @@ fn loading<T>(name: &str, load: impl FnOnce() -> T) -> T {
 }
 
 /// Parses a duration flag (see [`crate::duration::parse`]).
+/// A clap parser for a status enum: its spellings are the possible values.
+macro_rules! status_arg {
+    ($t:ty) => {
+        clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new(<$t>::ALL.iter().map(|s| s.as_str())),
+            |s: String| <$t>::parse(&s).ok_or(format!("unknown status `{s}`")),
+        )
+    };
+}
+pub(crate) use status_arg;
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::duration::parse(text)
 }

@@ -7,6 +7,7 @@ use crate::backend::{
 };
 use crate::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status, owner};
 use crate::plugin::{Runtime, registry};
+use crate::spawn::Spawner;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
@@ -188,8 +189,8 @@ pub(super) struct StatusArgs {
 #[derive(Args)]
 pub(super) struct ExecutionsArgs {
     /// Only executions with this status.
-    #[arg(long, value_parser = ["running", "waiting", "done", "failed", "cancelled"])]
-    status: Option<String>,
+    #[arg(long, value_parser = super::status_arg!(Status))]
+    status: Option<Status>,
     /// Include child executions.
     #[arg(long)]
     all: bool,
@@ -235,11 +236,22 @@ struct Session {
     bars: Option<Arc<Bars>>,
 }
 
-fn engine(backend: Arc<dyn Backend>, runtime: &RuntimeArgs) -> Result<Session, CliError> {
+/// `store` are the flags that open the same store from another process
+/// (none for `--memory`): the engine's `spawn_workers` passes them on.
+fn engine(
+    backend: Arc<dyn Backend>,
+    store: Option<Vec<String>>,
+    runtime: &RuntimeArgs,
+) -> Result<Session, CliError> {
     let rt = Runtime::new(runtime.runtime_config(false))
         .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?;
     let dir = registry::plugins_dir(runtime.plugins.as_deref());
-    let engine = Engine::new(backend, Arc::new(rt), dir);
+    let mut engine = Engine::new(backend, Arc::new(rt), dir.clone());
+    if let Some(flags) = store {
+        engine = engine.with_spawner(
+            Spawner::current(flags, &dir).map_err(|e| CliError::Other(e.to_string()))?,
+        );
+    }
     if std::io::stderr().is_terminal() {
         let bars = Arc::new(Bars::default());
         Ok(Session {
@@ -402,7 +414,8 @@ pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
         None => serde_json::json!({}),
     };
-    let session = engine(a.store.open()?, &a.runtime)?;
+    let flags = (!a.store.memory).then(|| a.store.store.to_args());
+    let session = engine(a.store.open()?, flags, &a.runtime)?;
     let engine = session.engine.clone();
     let id = Engine::new_execution_id();
     let flags = (!a.store.memory).then(|| a.store.resume_flags());
@@ -411,7 +424,11 @@ pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
 }
 
 pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
-    let session = engine(a.store.open_existing()?, &a.runtime)?;
+    let session = engine(
+        a.store.open_existing()?,
+        Some(a.store.to_args()),
+        &a.runtime,
+    )?;
     let engine = session.engine.clone();
     let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
     let options = ResumeOptions { upgrade: a.upgrade };
@@ -424,7 +441,11 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--data", arg).map_err(CliError::Usage)?,
         None => serde_json::Value::Null,
     };
-    let session = engine(a.store.open_existing()?, &a.runtime)?;
+    let session = engine(
+        a.store.open_existing()?,
+        Some(a.store.to_args()),
+        &a.runtime,
+    )?;
     let engine = session.engine.clone();
     let rec = engine.load_record(&a.id).await.map_err(engine_error)?;
     if rec.status.is_terminal() {
@@ -499,7 +520,7 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
             "lease_expires_in_ms": l.expires_ms.saturating_sub(now),
         })
     });
-    let active = matches!(cp.status.as_str(), "running");
+    let active = cp.status == Status::Running;
     let view = serde_json::json!({
         "id": cp.id,
         "machine": cp.machine,
@@ -536,7 +557,7 @@ pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> 
     let backend = a.store.open()?;
     let list = backend
         .list(&ListFilter {
-            status: a.status.clone(),
+            status: a.status,
             machine: None,
             roots_only: !a.all,
             limit: Some(a.limit),
@@ -572,7 +593,7 @@ pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {
                 "{}",
                 serde_json::to_string_pretty(&r.value).unwrap_or_default()
             );
-            Ok(if r.status == "done" {
+            Ok(if r.status == Status::Done {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXECUTION_FAILED)

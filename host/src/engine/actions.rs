@@ -7,7 +7,7 @@
 
 use super::record::{Failure, Record};
 use super::{Engine, MachineDef};
-use crate::backend::{Backoff, FailOutcome, WorkerInfo};
+use crate::backend::{Backoff, FailOutcome, WorkerInfo, WorkerStatus};
 use crate::plugin::{CallContext, World};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl Engine {
                         pool: pool.clone(),
                         pid: std::process::id(),
                         host: "local".into(),
-                        status: "active".into(),
+                        status: WorkerStatus::Active,
                         started_ms: now,
                         heartbeat_ms: now,
                     })
@@ -131,14 +131,14 @@ impl Engine {
                 "deregister_worker" => {
                     let id = text(rec, "worker_id", "");
                     let released = b.release_worker(&id).await.map_err(|e| e.to_string())?;
-                    b.set_worker_status(&id, "stopped").await.map_err(|e| e.to_string())?;
+                    b.set_worker_status(&id, WorkerStatus::Stopped).await.map_err(|e| e.to_string())?;
                     Ok(json!({"worker_id": id, "released_jobs": released}))
                 }
                 "get_pool_state" => {
                     let stats = b.stats(&pool).await.map_err(|e| e.to_string())?;
                     let active = b.workers(Some(&pool)).await.map_err(|e| e.to_string())?
                         .iter()
-                        .filter(|w| w.status == "active")
+                        .filter(|w| w.status == WorkerStatus::Active)
                         .count();
                     Ok(json!({"queue_depth": stats.pending, "claimed": stats.claimed, "active_workers": active}))
                 }
@@ -155,7 +155,7 @@ impl Engine {
                     let now = self.now();
                     let stale: Vec<String> = b.workers(Some(&pool)).await.map_err(|e| e.to_string())?
                         .into_iter()
-                        .filter(|w| w.status == "active" && now.saturating_sub(w.heartbeat_ms) > threshold)
+                        .filter(|w| w.status == WorkerStatus::Active && now.saturating_sub(w.heartbeat_ms) > threshold)
                         .map(|w| w.id)
                         .collect();
                     Ok(json!({"workers": stale, "stale_count": stale.len()}))
@@ -198,31 +198,16 @@ impl Engine {
             .children
             .get("job_worker")
             .ok_or("the machine declares no `job_worker` under data.machines")?;
-        let db = self
-            .backend
-            .db_path()
-            .ok_or("spawned workers need a database file (not --memory)")?;
-        let plugins = self
-            .runners
-            .plugins_dir()
-            .ok_or("spawned workers need a plugins folder")?;
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the flowhost binary: {e}"))?;
+        let spawner = self.spawner.as_ref().ok_or(
+            "spawned workers need a store another process can open (a database file, not --memory)",
+        )?;
         let mut spawned = Vec::new();
         for _ in 0..count {
             let worker_id = format!("worker-{}", uuid::Uuid::now_v7());
             let input = json!({"pool_id": pool, "worker_id": worker_id});
-            let child = std::process::Command::new(&exe)
-                .arg("run")
-                .arg(&worker.config.path)
-                .args(["--input", &input.to_string(), "--db"])
-                .arg(&db)
-                .arg("--plugins")
-                .arg(plugins)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot spawn a worker: {e}"))?;
+            let child = spawner
+                .run(&worker.config.path, &input)
+                .map_err(|e| e.to_string())?;
             tracing::info!(pid = child.id(), worker = %worker_id, "spawned worker");
             spawned.push(worker_id);
         }

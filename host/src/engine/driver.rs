@@ -298,13 +298,16 @@ impl Engine {
                 self.backend
                     .save_deferred(to_checkpoint(rec, self.now())?)
                     .await?;
-                let (status, value) = match (&rec.status, &rec.output, &rec.error) {
-                    (Status::Done, Some(o), _) => ("done", o.clone()),
-                    (_, _, Some(e)) => ("failed", serde_json::to_value(e).unwrap_or(Value::Null)),
-                    (s, _, _) => (s.as_str(), Value::Null),
+                let (status, value) = match (rec.status, &rec.output, &rec.error) {
+                    (Status::Done, Some(o), _) => (Status::Done, o.clone()),
+                    (_, _, Some(e)) => (
+                        Status::Failed,
+                        serde_json::to_value(e).unwrap_or(Value::Null),
+                    ),
+                    (s, _, _) => (s, Value::Null),
                 };
                 let result = StoredResult {
-                    status: status.to_string(),
+                    status,
                     value,
                     written_ms: self.now(),
                 };
@@ -578,7 +581,10 @@ impl Engine {
             let existing = self.backend.load(&launch.id).await?;
             let fresh = existing.is_none();
             let child_rec = match existing {
-                Some(cp) if cp.status == "running" || (unfinished && cp.status == "waiting") => {
+                Some(cp)
+                    if cp.status == Status::Running
+                        || (unfinished && cp.status == Status::Waiting) =>
+                {
                     Some(parse_record(&cp)?)
                 }
                 Some(_) => None,
@@ -630,7 +636,7 @@ fn to_checkpoint(rec: &Record, now_ms: u64) -> Result<Checkpoint, EngineError> {
         id: rec.id.clone(),
         parent: rec.parent.clone(),
         machine: rec.machine.clone(),
-        status: rec.status.as_str().to_string(),
+        status: rec.status,
         state: rec.state.clone(),
         step: rec.step,
         created_ms: rec.created_ms,

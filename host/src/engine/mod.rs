@@ -15,8 +15,8 @@
 //! in, and every plugin call carries the idempotency key
 //! `<execution-id>/<step>/<attempt>`.
 //!
-//! Imports `config`, `expr`, `plugin`, `duration`, `failure` and the
-//! `backend` traits.
+//! Imports `config`, `expr`, `plugin`, `duration`, `failure`, `spawn` and
+//! the `backend` traits.
 
 mod actions;
 mod advance;
@@ -142,6 +142,9 @@ pub struct Engine {
     leases: owner::Leases,
     /// Asks every execution of this engine to stop at its next state boundary.
     stop: owner::Stop,
+    /// Starts worker processes on this engine's store (`spawn_workers`);
+    /// none when the store cannot be opened by another process.
+    spawner: Option<crate::spawn::Spawner>,
 }
 
 impl Engine {
@@ -162,7 +165,14 @@ impl Engine {
             held: Mutex::new(Vec::new()),
             leases: owner::Leases::default(),
             stop: owner::Stop::default(),
+            spawner: None,
         }
+    }
+
+    /// Lets the `spawn_workers` action start processes through `spawner`.
+    pub fn with_spawner(mut self, spawner: crate::spawn::Spawner) -> Engine {
+        self.spawner = Some(spawner);
+        self
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Engine {

@@ -28,31 +28,8 @@ impl MachineRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Running,
-    /// Parked in a `wait_for` state until a signal arrives.
-    Waiting,
-    Done,
-    Failed,
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::Waiting => "waiting",
-            Status::Done => "done",
-            Status::Failed => "failed",
-            Status::Cancelled => "cancelled",
-        }
-    }
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
-    }
-}
+/// An execution's status: the one the store keeps in its index.
+pub use crate::backend::ExecutionStatus as Status;
 
 /// Why a state or an execution failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

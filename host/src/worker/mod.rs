@@ -6,7 +6,7 @@
 //!
 //! Imports `engine`, `plugin`, `failure` and the `backend` traits.
 
-use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo};
+use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo, WorkerStatus};
 use crate::engine::{Engine, Status};
 use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, Plugin};
@@ -101,7 +101,7 @@ pub async fn run(
             pool: config.pool.clone(),
             pid: std::process::id(),
             host: host_name(),
-            status: "active".into(),
+            status: WorkerStatus::Active,
             started_ms: now,
             heartbeat_ms: now,
         })
@@ -226,7 +226,9 @@ pub async fn run(
     }
     beat.abort();
     report.released = backend.release_worker(&id).await?;
-    backend.set_worker_status(&id, "stopped").await?;
+    backend
+        .set_worker_status(&id, WorkerStatus::Stopped)
+        .await?;
     tracing::info!(worker = %id, completed = report.completed, failed = report.failed, "worker stopped");
     Ok(report)
 }
