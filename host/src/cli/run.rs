@@ -5,7 +5,8 @@ use super::{CliError, RuntimeArgs};
 use crate::backend::{
     Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
 };
-use crate::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status, owner};
+use crate::engine::services::{self, Delivery};
+use crate::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status};
 use crate::plugin::{Runtime, registry};
 use crate::spawn::Spawner;
 use clap::{Args, ValueEnum};
@@ -270,7 +271,7 @@ fn engine_error(e: EngineError) -> CliError {
     match e {
         EngineError::Config(errors) => CliError::Config(errors.to_string()),
         EngineError::Plugin { context, error } => CliError::Plugin { context, error },
-        EngineError::NotFound(_) => CliError::Usage(e.to_string()),
+        EngineError::NotFound(_) | EngineError::Finished(_) => CliError::Usage(e.to_string()),
         EngineError::Changed(m) => CliError::Other(format!(
             "{m}\nthe execution runs the definition it started with; `flowhost resume --upgrade` continues it on what is installed now"
         )),
@@ -447,107 +448,57 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         &a.runtime,
     )?;
     let engine = session.engine.clone();
-    let rec = engine.load_record(&a.id).await.map_err(engine_error)?;
-    if rec.status.is_terminal() {
-        return Err(CliError::Usage(format!(
-            "execution {} is {}; it takes no more signals",
-            a.id,
-            rec.status.as_str()
-        )));
-    }
-    match &rec.waiting_for {
-        Some(channel) if *channel != a.channel => eprintln!(
+    let sent = engine
+        .signal(&a.id, &a.channel, data)
+        .await
+        .map_err(engine_error)?;
+    match &sent.delivery {
+        Delivery::OtherChannel(channel) => eprintln!(
             "warning: execution {} waits on `{channel}`, not `{}`; the signal is stored and read only if a later state waits on `{}`",
             a.id, a.channel, a.channel
         ),
-        None => eprintln!(
-            "warning: execution {} is not waiting for a signal (it is {}); the signal is stored for a later `wait_for: {}`",
-            a.id,
-            rec.status.as_str(),
-            a.channel
+        Delivery::NotWaiting(status) => eprintln!(
+            "warning: execution {} is not waiting for a signal (it is {status}); the signal is stored for a later `wait_for: {}`",
+            a.id, a.channel
         ),
-        Some(_) => {}
+        Delivery::Awaited => {}
     }
-    engine
-        .backend()
-        .send_signal(&a.id, &a.channel, data)
-        .await
-        .map_err(store_error)?;
     eprintln!("signal `{}` sent to {}", a.channel, a.id);
     if a.no_resume {
         return Ok(ExitCode::SUCCESS);
     }
     // Continue from the root, so parents waiting on this execution continue too.
-    let root = engine.root_of(&a.id).await.map_err(engine_error)?;
     let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
     drive(
         &session,
-        &root.id,
+        &sent.root,
         Some(flags),
         false,
-        engine.resume(&root.id),
+        engine.resume(&sent.root),
     )
     .await
 }
 
 pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
     let backend = a.store.open()?;
-    let cp = backend
-        .load(&a.id)
+    let view = services::describe(backend.as_ref(), &a.id)
         .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            CliError::Usage(format!("no execution `{}` in {}", a.id, backend.describe()))
+        .map_err(|e| match e {
+            EngineError::NotFound(id) => {
+                CliError::Usage(format!("no execution `{id}` in {}", backend.describe()))
+            }
+            other => engine_error(other),
         })?;
-    let record: serde_json::Value = serde_json::from_str(&cp.record)
-        .map_err(|e| CliError::Other(format!("checkpoint of {} cannot be read: {e}", a.id)))?;
-    let result = backend.read_result(&a.id).await.map_err(store_error)?;
-    // The lease is held on the tree's root.
-    let mut root = cp.clone();
-    while let Some(parent) = root.parent.clone() {
-        match backend.load(&parent).await.map_err(store_error)? {
-            Some(p) => root = p,
-            None => break,
-        }
-    }
-    let lease = backend.lease(&root.id).await.map_err(store_error)?;
-    let now = backend.clock().now_ms();
-    let holder = owner::live_holder(lease.as_ref(), now);
-    let owner = holder.map(|l| {
-        serde_json::json!({
-            "pid": l.owner.pid,
-            "host": l.owner.host,
-            "lease_expires_in_ms": l.expires_ms.saturating_sub(now),
-        })
-    });
-    let active = cp.status == Status::Running;
-    let view = serde_json::json!({
-        "id": cp.id,
-        "machine": cp.machine,
-        "status": cp.status,
-        "state": cp.state,
-        "step": cp.step,
-        "parent": cp.parent,
-        "definition": record.get("definition"),
-        "created_ms": cp.created_ms,
-        "updated_ms": cp.updated_ms,
-        "owner": owner,
-        "abandoned": active && holder.is_none(),
-        "context": record.get("context"),
-        "waiting_for": record.get("waiting_for"),
-        "launches": record.get("launches"),
-        "error": record.get("error"),
-        "result": result.map(|r| r.value),
-        "result_uri": format!("flowhost://{}/result", cp.id),
-    });
+    // Keys in alphabetical order, as a JSON map prints them.
+    let json = serde_json::to_value(&view).map_err(|e| CliError::Other(e.to_string()))?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&view).unwrap_or_default()
+        serde_json::to_string_pretty(&json).unwrap_or_default()
     );
-    if active && holder.is_none() {
+    if view.abandoned {
         eprintln!(
             "execution {} is not being run by any process; `flowhost resume {}` continues it",
-            cp.id, root.id
+            view.id, view.root
         );
     }
     Ok(ExitCode::SUCCESS)

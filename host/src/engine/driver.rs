@@ -6,6 +6,7 @@
 
 use super::advance::Frame;
 use super::record::{Child, Failure, Pending, Record, Status};
+use super::services::parse_record;
 use super::step::{self, Next, Save, Settled, Step};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
 use crate::backend::{Checkpoint, StoredResult};
@@ -646,12 +647,6 @@ fn to_checkpoint(rec: &Record, now_ms: u64) -> Result<Checkpoint, EngineError> {
 }
 
 /// The engine's record inside a stored checkpoint.
-fn parse_record(cp: &Checkpoint) -> Result<Record, EngineError> {
-    serde_json::from_str(&cp.record).map_err(|e| {
-        EngineError::Invalid(format!("the checkpoint of `{}` cannot be read: {e}", cp.id))
-    })
-}
-
 fn outcome(rec: &Record) -> Outcome {
     Outcome {
         id: rec.id.clone(),

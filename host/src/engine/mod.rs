@@ -27,6 +27,7 @@ pub mod machines;
 pub mod owner;
 pub mod record;
 pub mod runner;
+pub mod services;
 mod step;
 
 pub use definition::Definition;
@@ -65,6 +66,9 @@ pub enum EngineError {
     /// installed (`resume --upgrade` continues on what is installed now).
     #[error("{0}")]
     Changed(String),
+    /// The execution has finished; what was asked needs one that has not.
+    #[error("{0}")]
+    Finished(String),
     /// Stopped at a state boundary (a signal, a lost lease); the checkpoint is
     /// stored and `resume` continues from it.
     #[error("execution `{id}` stopped at state `{state}` (step {step}): {reason}")]

@@ -642,3 +642,68 @@ data:
     let done = fresh.resume(&o.id).await.unwrap();
     assert_eq!(output(&done), &json!({"version": 1}));
 }
+
+#[tokio::test]
+async fn describe_shows_children_progress_and_signal_says_where_it_lands() {
+    let w = world();
+    w.fakes.add(echo("item"));
+    let yaml = r#"spec: flatmachine
+data:
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, transitions: [{condition: "input.v == 2", to: ask}, {to: end}]}
+          ask: {wait_for: go, transitions: [{to: end}]}
+          end: {type: final, output: {v: "{{ input.v }}"}}
+  states:
+    fan: {type: initial, foreach: "{{ input.items }}", as: x, machine: child, input: {v: "{{ x }}"}, output_to_context: {all: "{{ output }}"}, transitions: [{to: end}]}
+    end: {type: final, output: "{{ context.all }}"}
+"#;
+    let o = w.run(yaml, json!({"items": [1, 2, 3]})).await;
+    assert_eq!(o.status, Status::Waiting);
+    let waiting = o.waiting.clone().unwrap().execution;
+    assert_ne!(waiting, o.id, "a child waits, not the parent");
+
+    let parent = services::describe(w.backend.as_ref(), &o.id).await.unwrap();
+    assert_eq!(
+        parent.children,
+        Some(services::Progress {
+            total: 3,
+            done: 2,
+            failed: 0,
+            cancelled: 0
+        })
+    );
+    let child = services::describe(w.backend.as_ref(), &waiting)
+        .await
+        .unwrap();
+    assert_eq!(child.root, o.id);
+    assert_eq!(child.waiting_for.as_deref(), Some("go"));
+    assert!(matches!(
+        services::describe(w.backend.as_ref(), "nope").await,
+        Err(EngineError::NotFound(_))
+    ));
+
+    let other = w.engine.signal(&waiting, "later", json!(0)).await.unwrap();
+    assert_eq!(
+        other.delivery,
+        services::Delivery::OtherChannel("go".into())
+    );
+    let sent = w.engine.signal(&waiting, "go", json!(1)).await.unwrap();
+    assert_eq!(
+        sent,
+        services::Signalled {
+            delivery: services::Delivery::Awaited,
+            root: o.id.clone()
+        }
+    );
+    let done = w.engine.resume(&sent.root).await.unwrap();
+    assert_eq!(output(&done), &json!([{"v": 1}, {"v": 2}, {"v": 3}]));
+    assert!(matches!(
+        w.engine.signal(&o.id, "go", json!(1)).await,
+        Err(EngineError::Finished(_))
+    ));
+}

@@ -1,0 +1,186 @@
+//! What the command line (and later the daemon) asks of stored executions,
+//! as library calls: describe one (status, state, progress of its children,
+//! who runs it, error, result) and signal one. The edges only print or
+//! serialise what these return.
+
+use super::record::{ChildOutcome, Failure, Launch, Record, Status};
+use super::{Engine, EngineError, owner};
+use crate::backend::{Backend, Checkpoint};
+use serde::Serialize;
+use serde_json::Value;
+
+/// One execution as `flowhost status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Description {
+    pub id: String,
+    pub machine: String,
+    pub status: Status,
+    pub state: String,
+    pub step: u64,
+    pub parent: Option<String>,
+    /// Digest of the pinned definition it runs.
+    pub definition: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The process running its tree now, if one is.
+    pub owner: Option<Holder>,
+    /// Running, yet no live process runs it: `resume` continues it.
+    pub abandoned: bool,
+    /// The root of its tree (where the lease is held and `resume` starts).
+    #[serde(skip)]
+    pub root: String,
+    pub context: Value,
+    pub waiting_for: Option<String>,
+    /// The children of the state it is in (foreach, parallel machines).
+    pub children: Option<Progress>,
+    pub launches: Vec<Launch>,
+    pub error: Option<Failure>,
+    pub result: Option<Value>,
+    pub result_uri: String,
+}
+
+/// The process that runs an execution tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub lease_expires_in_ms: u64,
+}
+
+/// How far the children of a fan-out state are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub total: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+}
+
+impl Progress {
+    fn of(rec: &Record) -> Option<Progress> {
+        let pending = rec.pending.as_ref()?;
+        let mut p = Progress {
+            total: pending.children.len(),
+            done: 0,
+            failed: 0,
+            cancelled: 0,
+        };
+        for child in &pending.children {
+            match child.outcome {
+                Some(ChildOutcome::Done(_)) => p.done += 1,
+                Some(ChildOutcome::Failed(_)) => p.failed += 1,
+                Some(ChildOutcome::Cancelled) => p.cancelled += 1,
+                None => {}
+            }
+        }
+        Some(p)
+    }
+}
+
+/// The stored record of a checkpoint.
+pub(super) fn parse_record(cp: &Checkpoint) -> Result<Record, EngineError> {
+    serde_json::from_str(&cp.record).map_err(|e| {
+        EngineError::Invalid(format!("the checkpoint of `{}` cannot be read: {e}", cp.id))
+    })
+}
+
+async fn checkpoint(backend: &dyn Backend, id: &str) -> Result<Checkpoint, EngineError> {
+    backend
+        .load(id)
+        .await?
+        .ok_or_else(|| EngineError::NotFound(id.to_string()))
+}
+
+/// Describes the execution `id` of a store.
+pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, EngineError> {
+    let cp = checkpoint(backend, id).await?;
+    let rec = parse_record(&cp)?;
+    let result = backend.read_result(id).await?;
+    // The lease is held on the tree's root.
+    let mut root = cp.clone();
+    while let Some(parent) = root.parent.clone() {
+        match backend.load(&parent).await? {
+            Some(p) => root = p,
+            None => break,
+        }
+    }
+    let lease = backend.lease(&root.id).await?;
+    let now = backend.clock().now_ms();
+    let holder = owner::live_holder(lease.as_ref(), now);
+    let active = cp.status == Status::Running;
+    Ok(Description {
+        children: Progress::of(&rec),
+        id: cp.id.clone(),
+        machine: cp.machine,
+        status: cp.status,
+        state: cp.state,
+        step: cp.step,
+        parent: cp.parent,
+        definition: rec.definition,
+        created_ms: cp.created_ms,
+        updated_ms: cp.updated_ms,
+        owner: holder.map(|l| Holder {
+            pid: l.owner.pid,
+            host: l.owner.host.clone(),
+            lease_expires_in_ms: l.expires_ms.saturating_sub(now),
+        }),
+        abandoned: active && holder.is_none(),
+        root: root.id,
+        context: rec.context,
+        waiting_for: rec.waiting_for,
+        launches: rec.launches,
+        error: rec.error,
+        result: result.map(|r| r.value),
+        result_uri: format!("flowhost://{}/result", cp.id),
+    })
+}
+
+/// What a signal found when it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The execution waits on this channel: it continues when resumed.
+    Awaited,
+    /// It waits on another channel; the signal is kept for a later state.
+    OtherChannel(String),
+    /// It does not wait (it is running); the signal is kept for a later
+    /// `wait_for` on the channel.
+    NotWaiting(Status),
+}
+
+/// A stored signal, and where to resume so the execution (and every
+/// parent waiting on it) continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signalled {
+    pub delivery: Delivery,
+    pub root: String,
+}
+
+impl Engine {
+    /// Stores a signal for execution `id` on `channel`. A finished
+    /// execution takes no more signals ([`EngineError::Finished`]).
+    pub async fn signal(
+        &self,
+        id: &str,
+        channel: &str,
+        data: Value,
+    ) -> Result<Signalled, EngineError> {
+        let rec = self.load_record(id).await?;
+        if rec.status.is_terminal() {
+            return Err(EngineError::Finished(format!(
+                "execution {id} is {}; it takes no more signals",
+                rec.status
+            )));
+        }
+        let delivery = match rec.waiting_for {
+            Some(c) if c == channel => Delivery::Awaited,
+            Some(c) => Delivery::OtherChannel(c),
+            None => Delivery::NotWaiting(rec.status),
+        };
+        self.backend.send_signal(id, channel, data).await?;
+        let root = self.root_of(id).await?;
+        Ok(Signalled {
+            delivery,
+            root: root.id,
+        })
+    }
+}
