@@ -14,10 +14,11 @@
 //! - [`text`]: "did you mean" suggestions, escaping outside text.
 //! - [`duration`]: bounded durations from outside, converted without panics.
 //! - [`spawn`]: starting worker processes on the same store.
-//! - [`cli`]: the `flowhost` command line; thin: parse, call the library, print.
+//!
+//! The `flowhost` binary (the command line) is the `flowhost-cli` crate; this
+//! library has no command-line dependencies.
 
 pub mod backend;
-pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod engine;

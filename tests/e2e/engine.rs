@@ -765,7 +765,7 @@ async fn a_killed_run_resumes_to_the_same_output() {
             "--plugins",
             &plugins.display().to_string(),
         ])
-        .env("FLOWHOST_LOG", "error,flowhost::cli::run=debug")
+        .env("FLOWHOST_LOG", "error,flowhost::run=debug")
         .output()
         .unwrap();
     let log = flowhost_e2e::stderr(&resumed);

@@ -161,7 +161,7 @@ fn test() -> Result<(), String> {
 /// Builds the `flowhost` binary once (`debug` or `release`).
 fn build_host(profile: &str) -> Result<(), String> {
     let mut build = cargo();
-    build.args(["build", "-p", "flowhost", "--bin", "flowhost"]);
+    build.args(["build", "-p", "flowhost-cli", "--bin", "flowhost"]);
     if profile == "release" {
         build.arg("--release");
     }

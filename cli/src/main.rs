@@ -1,5 +1,5 @@
-//! The `flowhost` command line. Thin: parse flags, call the library, print.
-//! Errors print as `error[<kind>]: <message>` and exit with the kind's code
+//! The `flowhost` binary: the command line. Thin: parse flags, call the
+//! `flowhost` library (its services do the work), print. Errors print as `error[<kind>]: <message>` and exit with the kind's code
 //! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage, 3 = invalid
 //! machine config).
 
@@ -9,8 +9,8 @@ mod plugin;
 mod run;
 mod validate;
 
-use crate::plugin::{PluginError, RuntimeConfig, registry};
 use clap::{Args, Parser, Subcommand};
+use flowhost::plugin::{PluginError, RuntimeConfig, registry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -168,7 +168,7 @@ fn loading<T>(name: &str, load: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Parses a duration flag (see [`crate::duration::parse`]).
+/// Parses a duration flag (see [`flowhost::duration::parse`]).
 /// A clap parser for a status enum: its spellings are the possible values.
 macro_rules! status_arg {
     ($t:ty) => {
@@ -181,7 +181,7 @@ macro_rules! status_arg {
 pub(crate) use status_arg;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
+    flowhost::duration::parse(text)
 }
 
 fn init_tracing(filter: Option<&str>, verbose: bool) {
@@ -206,8 +206,7 @@ fn init_tracing(filter: Option<&str>, verbose: bool) {
         .try_init();
 }
 
-/// Entry point of the `flowhost` binary.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes
     // away (`flowhost executions | head -1`) instead of failing to print.
     // SAFETY: called before any thread starts; SIG_DFL is always valid.

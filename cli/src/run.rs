@@ -2,14 +2,14 @@
 //! on a store (embedded SQLite by default, or `--memory`).
 
 use super::{CliError, RuntimeArgs};
-use crate::backend::{
+use clap::{Args, ValueEnum};
+use flowhost::backend::{
     Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
 };
-use crate::engine::services::{self, Delivery};
-use crate::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status};
-use crate::plugin::{Runtime, registry};
-use crate::spawn::Spawner;
-use clap::{Args, ValueEnum};
+use flowhost::engine::services::{self, Delivery};
+use flowhost::engine::{Engine, EngineError, Observer, Outcome, ResumeOptions, Status};
+use flowhost::plugin::{Runtime, registry};
+use flowhost::spawn::Spawner;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -70,7 +70,7 @@ fn db_path(flag: &Option<PathBuf>) -> (PathBuf, bool) {
     }
 }
 
-fn store_error(e: crate::backend::BackendError) -> CliError {
+fn store_error(e: flowhost::backend::BackendError) -> CliError {
     CliError::Other(e.to_string())
 }
 
@@ -664,7 +664,7 @@ pub(super) struct BenchArgs {
 /// `flowhost bench engine`: states/s and items/s on memory and SQLite
 /// stores, with a warm (reused) and a fresh plugin instance per call.
 pub(super) async fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
-    use crate::engine::bench;
+    use flowhost::engine::bench;
     if a.items.contains(&0) || a.states == 0 || a.runs == 0 {
         return Err(CliError::Usage(
             "--states, --runs and every --items size must be at least 1".into(),

@@ -1,13 +1,13 @@
 //! `flowhost plugin call | test | inspect | list | bench`.
 
 use super::{CliError, RuntimeArgs, loading, parse_duration};
-use crate::plugin::bench::{self, BenchReport};
-use crate::plugin::golden::{self, Suite};
-use crate::plugin::registry::{self, Located};
-use crate::plugin::{
+use clap::{Args, Subcommand};
+use flowhost::plugin::bench::{self, BenchReport};
+use flowhost::plugin::golden::{self, Suite};
+use flowhost::plugin::registry::{self, Located};
+use flowhost::plugin::{
     CallContext, DirGrant, LoadSource, MemoryState, PluginSettings, Runtime, World, standalone_meta,
 };
-use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

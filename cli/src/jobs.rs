@@ -3,10 +3,10 @@
 
 use super::CliError;
 use super::run::{ReadStoreArgs, StoreArgs};
-use crate::backend::{JobStatus, NewJob, WorkerStatus};
-use crate::plugin::registry;
-use crate::spawn::{Spawner, WorkerProcess, workers_wanted};
 use clap::{Args, Subcommand};
+use flowhost::backend::{JobStatus, NewJob, WorkerStatus};
+use flowhost::plugin::registry;
+use flowhost::spawn::{Spawner, WorkerProcess, workers_wanted};
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -95,7 +95,7 @@ pub(super) struct WorkersArgs {
     store: ReadStoreArgs,
 }
 
-fn store_error(e: crate::backend::BackendError) -> CliError {
+fn store_error(e: flowhost::backend::BackendError) -> CliError {
     CliError::Other(e.to_string())
 }
 
@@ -247,8 +247,8 @@ pub(super) struct WorkerArgs {
 /// `flowhost worker`: runs until SIGTERM / Ctrl-C (finishing the jobs it
 /// holds), or until the pool is empty with --exit-when-empty.
 pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
-    use crate::plugin::{Runtime, World};
-    use crate::worker::{Processor, WorkerConfig};
+    use flowhost::plugin::{Runtime, World};
+    use flowhost::worker::{Processor, WorkerConfig};
     use std::sync::Arc;
     if a.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
@@ -262,11 +262,11 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     let processor = if a.processor.ends_with(".yml") || a.processor.ends_with(".yaml") {
         let spawner = Spawner::current(a.store.to_args(), &dir).map_err(spawn_error)?;
         let engine = Arc::new(
-            crate::engine::Engine::new(backend.clone(), runtime, dir).with_spawner(spawner),
+            flowhost::engine::Engine::new(backend.clone(), runtime, dir).with_spawner(spawner),
         );
         let file = std::path::PathBuf::from(&a.processor);
         engine.load(&file).map_err(|e| match e {
-            crate::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
+            flowhost::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
             other => CliError::Other(other.to_string()),
         })?;
         Processor::Machine(engine, file)
@@ -301,7 +301,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         eprintln!("stopping: finishing the jobs in hand");
         let _ = stop.send(true);
     });
-    let report = crate::worker::run(backend, processor, config, stopped)
+    let report = flowhost::worker::run(backend, processor, config, stopped)
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -319,10 +319,10 @@ pub(super) struct ReaperArgs {
 
 /// `flowhost reaper`: marks silent workers lost and releases their jobs.
 pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
-    let stale_after = crate::duration::from_secs(a.stale_after).ok_or_else(|| {
+    let stale_after = flowhost::duration::from_secs(a.stale_after).ok_or_else(|| {
         CliError::Usage(format!(
             "--stale-after must be seconds from 0 to {}",
-            crate::duration::max_text()
+            flowhost::duration::max_text()
         ))
     })?;
     let backend = a.store.open_existing()?;
@@ -392,7 +392,7 @@ pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_error(e: crate::spawn::SpawnError) -> CliError {
+fn spawn_error(e: flowhost::spawn::SpawnError) -> CliError {
     CliError::Other(e.to_string())
 }
 
@@ -441,7 +441,7 @@ fn spawn_bench_worker(
 /// (synchronous=FULL) SQLite pool: throughput, then enqueue→complete latency
 /// of a paced stream.
 pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
-    use crate::backend::{Durability, SqliteBackend, WorkPools};
+    use flowhost::backend::{Durability, SqliteBackend, WorkPools};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;

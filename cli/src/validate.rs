@@ -1,8 +1,8 @@
 //! `flowhost validate <machine.yml>...`: check machine configs before running them.
 
 use super::CliError;
-use crate::config;
 use clap::Args;
+use flowhost::config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,8 +1,8 @@
 //! `flowhost graph <machine.yml> --format mermaid|dot`.
 
 use super::CliError;
-use crate::config::{self, graph};
 use clap::{Args, ValueEnum};
+use flowhost::config::{self, graph};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
