@@ -82,6 +82,25 @@ enum Work {
 }
 
 impl Engine {
+    /// A signal for the `wait_for` state the record is parked in: its data
+    /// is the state's output, and the record moves on.
+    pub(super) async fn receive(&self, frame: &Frame, rec: &mut Record, data: Value) -> Advance {
+        let def = frame.def.clone();
+        let name = rec.state.clone();
+        let state = match def.state(&name) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.terminal(
+                    rec,
+                    failure(FailureKind::InvalidConfig, e.to_string(), &name),
+                );
+            }
+        };
+        rec.status = Status::Running;
+        rec.waiting_for = None;
+        self.complete(frame, rec, state, data, None).await
+    }
+
     pub(super) async fn advance(&self, frame: &Frame, rec: &mut Record) -> Advance {
         let def = frame.def.clone();
         let name = rec.state.clone();
@@ -317,11 +336,8 @@ impl Engine {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            return match self.backend.take_signal(&rec.id, &channel).await {
-                Ok(Some(data)) => Ok(Work::Output(data, None)),
-                Ok(None) => Ok(Work::Wait(channel)),
-                Err(e) => Err(failure(FailureKind::Store, e.to_string(), &name)),
-            };
+            // The driver looks for a signal and delivers it (`receive`).
+            return Ok(Work::Wait(channel));
         }
 
         Ok(Work::Output(input.unwrap_or(Value::Null), None))

@@ -341,6 +341,13 @@ impl Engine {
                 }
             };
             loop {
+                if matches!(step.next, Next::Park)
+                    && let Some(channel) = rec.waiting_for.clone()
+                    && let Some(data) = self.backend.take_signal(&rec.id, &channel).await?
+                {
+                    step = self.deliver(&frame, &mut rec, data).await;
+                    continue;
+                }
                 if step.outbox {
                     self.start_launches(&frame, &mut rec, false).await?;
                 }

@@ -46,7 +46,9 @@ pub enum Next {
     /// Run the current state's pending children, settle each outcome with
     /// [`settle`], then step again (the fan-in).
     Children,
-    /// Parked on `record.waiting_for` (or on a waiting child) until a signal.
+    /// Parked on `record.waiting_for` (or on a waiting child) until a
+    /// signal. The driver looks in the store for a signal on that channel
+    /// first, and hands one it finds to [`Engine::deliver`].
     Park,
     /// Finished: done, failed or cancelled.
     End,
@@ -241,6 +243,18 @@ impl Engine {
     pub(super) async fn step(&self, frame: &Frame, rec: &mut Record) -> Step {
         rec.status = Status::Running;
         let advance = self.advance(frame, rec).await;
+        self.after(frame, rec, advance)
+    }
+
+    /// Delivers a signal to an execution parked on its channel (the step
+    /// said [`Next::Park`] with `record.waiting_for` set, and the driver
+    /// found a signal there): the state ends with the signal's data.
+    pub(super) async fn deliver(&self, frame: &Frame, rec: &mut Record, data: Value) -> Step {
+        let advance = self.receive(frame, rec, data).await;
+        self.after(frame, rec, advance)
+    }
+
+    fn after(&self, frame: &Frame, rec: &Record, advance: Advance) -> Step {
         let outbox = rec.launches.iter().any(|l| !l.started);
         let execute = save_at(&frame.def, Event::Execute);
         let (save, next) = match advance {

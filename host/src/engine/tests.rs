@@ -707,3 +707,24 @@ data:
         Err(EngineError::Finished(_))
     ));
 }
+
+#[tokio::test]
+async fn a_signal_sent_before_the_wait_is_delivered_without_parking() {
+    let w = world();
+    let yaml = r#"spec: flatmachine
+data:
+  states:
+    ask: {type: initial, wait_for: go, transitions: [{to: end}]}
+    end: {type: final, output: "{{ context }}"}
+"#;
+    let id = "early".to_string();
+    w.backend
+        .send_signal(&id, "go", json!({"ok": 1}))
+        .await
+        .unwrap();
+    let path = w.file("early.yml", yaml);
+    let o = w.engine.start_with_id(&path, json!({}), id).await.unwrap();
+    assert_eq!(o.status, Status::Done, "{o:#?}");
+    // The signal was taken: a second wait on the channel would park.
+    assert_eq!(w.backend.take_signal("early", "go").await.unwrap(), None);
+}
