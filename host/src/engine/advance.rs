@@ -86,32 +86,34 @@ impl Engine {
     /// is the state's output, and the record moves on.
     pub(super) async fn receive(&self, frame: &Frame, rec: &mut Record, data: Value) -> Advance {
         let def = frame.def.clone();
-        let name = rec.state.clone();
-        let state = match def.state(&name) {
+        let state = match self.current_state(&def, rec) {
             Ok(s) => s,
-            Err(e) => {
-                return self.terminal(
-                    rec,
-                    failure(FailureKind::InvalidConfig, e.to_string(), &name),
-                );
-            }
+            Err(ended) => return ended,
         };
         rec.status = Status::Running;
         rec.waiting_for = None;
         self.complete(frame, rec, state, data, None).await
     }
 
+    /// The state the record is in; a state the machine does not have ends
+    /// the execution (`invalid_config`).
+    fn current_state<'d>(
+        &self,
+        def: &'d MachineDef,
+        rec: &mut Record,
+    ) -> Result<&'d State, Advance> {
+        def.state(&rec.state).map_err(|e| {
+            let f = failure(FailureKind::InvalidConfig, e.to_string(), &rec.state);
+            self.terminal(rec, f)
+        })
+    }
+
     pub(super) async fn advance(&self, frame: &Frame, rec: &mut Record) -> Advance {
         let def = frame.def.clone();
         let name = rec.state.clone();
-        let state = match def.state(&name) {
+        let state = match self.current_state(&def, rec) {
             Ok(s) => s,
-            Err(e) => {
-                return self.terminal(
-                    rec,
-                    failure(FailureKind::InvalidConfig, e.to_string(), &name),
-                );
-            }
+            Err(ended) => return ended,
         };
         if frame.cancelled() {
             rec.status = Status::Cancelled;
