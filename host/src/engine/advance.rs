@@ -5,6 +5,7 @@
 
 use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape, Status};
 use super::runner::Runner;
+use super::step::Outcomes;
 use super::{Engine, MachineDef};
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{Children, State, StateType};
@@ -24,7 +25,8 @@ pub(super) enum Advance {
     Continue,
     /// The state failed and will be tried again after this pause.
     Retry(Duration),
-    /// Run `record.pending`'s children, fill in their outcomes, call again.
+    /// Run `record.pending`'s children, gather their outcomes, then the
+    /// fan-in (`Engine::gather`).
     Children,
     /// Parked until a signal arrives on this channel.
     Wait,
@@ -95,6 +97,33 @@ impl Engine {
         self.complete(frame, rec, state, data, None).await
     }
 
+    /// The fan-in of the current state's children: their combined output
+    /// ends the state (or fails it).
+    pub(super) async fn gather(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        outcomes: &Outcomes,
+    ) -> Advance {
+        let def = frame.def.clone();
+        let state = match self.current_state(&def, rec) {
+            Ok(s) => s,
+            Err(ended) => return ended,
+        };
+        let Some(pending) = rec.pending.take() else {
+            let f = failure(
+                FailureKind::Fatal,
+                "no children to gather (the record has no pending fan-out)",
+                &rec.state,
+            );
+            return self.fail(frame, rec, state, f).await;
+        };
+        match combine(&pending, outcomes, &rec.state) {
+            Ok(output) => self.complete(frame, rec, state, output, None).await,
+            Err(f) => self.fail(frame, rec, state, f).await,
+        }
+    }
+
     /// The state the record is in; a state the machine does not have ends
     /// the execution (`invalid_config`).
     fn current_state<'d>(
@@ -134,12 +163,9 @@ impl Engine {
             return self.finish(frame, rec, state).await;
         }
 
-        let work = match rec.pending.take() {
-            Some(p) if p.children.iter().all(|c| c.outcome.is_some()) => combine(&p, &name),
-            Some(p) => {
-                rec.pending = Some(p);
-                return Advance::Children;
-            }
+        let work = match rec.pending {
+            // Children first; the driver gathers their outcomes.
+            Some(_) => return Advance::Children,
             None => {
                 if let Some(o) = &self.observer {
                     o.state(&rec.id, &rec.machine, &name, rec.step);
@@ -299,7 +325,6 @@ impl Engine {
                     machine: machine.clone(),
                     input,
                     key,
-                    outcome: None,
                 });
             }
             let shape = if state.key.is_some() {
@@ -327,7 +352,6 @@ impl Engine {
                     machine: child.machine.clone(),
                     input,
                     key: None,
-                    outcome: None,
                 });
             }
             return Ok(Work::Children(self.pending(frame, state, shape, children)));
@@ -672,20 +696,22 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// The state's output from its finished children, or its failure.
-fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
-    let done = |c: &Child| match &c.outcome {
+/// The fan-in's output from the children's outcomes: `any` takes the first
+/// success; `continue_on_partial` keeps every outcome as data; otherwise a
+/// failed or cancelled child fails the state.
+fn combine(p: &Pending, outcomes: &Outcomes, state: &str) -> Result<Value, Failure> {
+    let done = |i: usize| match outcomes.get(i) {
         Some(ChildOutcome::Done(v)) => Some(v.clone()),
         _ => None,
     };
     if p.any
-        && let Some(c) = p.children.iter().find(|c| done(c).is_some())
+        && let Some(v) = (0..p.children.len()).find_map(done)
     {
-        return Ok(Work::Output(done(c).unwrap_or(Value::Null), None));
+        return Ok(v);
     }
     if p.partial {
         // Every child's outcome as data: `{ok: true, output}` or `{ok: false, error}`.
-        let slot = |c: &Child| match &c.outcome {
+        let slot = |i: usize| match outcomes.get(i) {
             Some(ChildOutcome::Done(v)) => json!({"ok": true, "output": v}),
             Some(ChildOutcome::Failed(f)) => json!({"ok": false, "error": f}),
             Some(ChildOutcome::Cancelled) | None => json!({
@@ -693,22 +719,19 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
                 "error": {"kind": "cancelled", "message": "the child execution was cancelled", "state": ""}
             }),
         };
-        return Ok(Work::Output(shaped(p, slot), None));
+        return Ok(shaped(p, slot));
     }
-    let failures: Vec<&Failure> = p
-        .children
-        .iter()
-        .filter_map(|c| match &c.outcome {
-            Some(ChildOutcome::Failed(f)) => Some(f),
+    let failures: Vec<(usize, &Failure)> = (0..p.children.len())
+        .filter_map(|i| match outcomes.get(i) {
+            Some(ChildOutcome::Failed(f)) => Some((i, f)),
             _ => None,
         })
         .collect();
-    if let Some(first) = failures.first() {
+    if let Some((i, first)) = failures.first() {
         let which = p
             .children
-            .iter()
-            .find(|c| matches!(&c.outcome, Some(ChildOutcome::Failed(f)) if f == *first))
-            .map(|c| c.id.clone())
+            .get(*i)
+            .map(|c| c.id.as_str())
             .unwrap_or_default();
         return Err(failure(
             first.kind,
@@ -722,10 +745,11 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
             state,
         ));
     }
-    if p.children
-        .iter()
-        .any(|c| matches!(c.outcome, Some(ChildOutcome::Cancelled)))
-        && !p.any
+    if !p.any
+        && outcomes
+            .0
+            .iter()
+            .any(|o| matches!(o, Some(ChildOutcome::Cancelled)))
     {
         return Err(failure(
             FailureKind::Cancelled,
@@ -733,26 +757,24 @@ fn combine(p: &Pending, state: &str) -> Result<Work, Failure> {
             state,
         ));
     }
-    let output = shaped(p, |c| done(c).unwrap_or(Value::Null));
-    Ok(Work::Output(output, None))
+    Ok(shaped(p, |i| done(i).unwrap_or(Value::Null)))
 }
 
-/// The children's values in the state's output shape: the first one, a
-/// list, a map by machine name, or a map by `key`.
-fn shaped(p: &Pending, value: impl Fn(&Child) -> Value) -> Value {
+/// The children's values (by index) in the state's output shape: the first
+/// one, a list, a map by machine name, or a map by `key`.
+fn shaped(p: &Pending, value: impl Fn(usize) -> Value) -> Value {
+    let children = p.children.iter().enumerate();
     match p.shape {
-        Shape::Single => p.children.first().map(&value).unwrap_or(Value::Null),
-        Shape::List => Value::Array(p.children.iter().map(&value).collect()),
+        Shape::Single => p.children.first().map(|_| value(0)).unwrap_or(Value::Null),
+        Shape::List => Value::Array(children.map(|(i, _)| value(i)).collect()),
         Shape::ByName => Value::Object(
-            p.children
-                .iter()
-                .map(|c| (c.machine.clone(), value(c)))
+            children
+                .map(|(i, c)| (c.machine.clone(), value(i)))
                 .collect(),
         ),
         Shape::ByKey => Value::Object(
-            p.children
-                .iter()
-                .map(|c| (c.key.clone().unwrap_or_default(), value(c)))
+            children
+                .map(|(i, c)| (c.key.clone().unwrap_or_default(), value(i)))
                 .collect(),
         ),
     }

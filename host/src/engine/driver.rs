@@ -7,7 +7,7 @@
 use super::advance::Frame;
 use super::record::{Child, Failure, Pending, Record, Status};
 use super::services::parse_record;
-use super::step::{self, Next, Save, Settled, Step};
+use super::step::{self, Next, Outcomes, Save, Settled, Step};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
 use crate::backend::{Checkpoint, StoredResult};
 use crate::plugin::CancelToken;
@@ -17,6 +17,14 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+
+/// What running a fan-out's children gave.
+enum Gathered {
+    /// Every child has an outcome: the fan-in can go on.
+    All(Outcomes),
+    /// A child waits for a signal (so the parent parks).
+    Waiting(Waiting),
+}
 
 /// How a run or resume ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -365,15 +373,19 @@ impl Engine {
                             _ = frame.stop.requested() => {}
                         }
                     }
-                    Next::Children => {
-                        if let Some(waiting) = self.run_children(&frame, &mut rec).await? {
+                    Next::Children => match self.run_children(&frame, &rec).await? {
+                        Gathered::Waiting(waiting) => {
                             let park = self.park_on_child(&frame, &mut rec);
                             self.save(&rec, park.save).await?;
                             let mut o = outcome(&rec);
                             o.waiting = Some(waiting);
                             return Ok(o);
                         }
-                    }
+                        Gathered::All(outcomes) => {
+                            step = self.fan_in(&frame, &mut rec, &outcomes).await;
+                            continue;
+                        }
+                    },
                     Next::Park | Next::End => return Ok(outcome(&rec)),
                 }
                 if let Some(reason) = self.stop_reason(&frame) {
@@ -395,22 +407,21 @@ impl Engine {
         self.stop.reason().or_else(|| frame.stop.reason())
     }
 
-    /// Runs the pending children of the current state; settles their
-    /// outcomes into the fan-out. Returns the waiting child, if one waits
-    /// for a signal.
+    /// Runs the pending children of the current state (a child that had
+    /// finished before a resume only has its stored outcome read) and
+    /// gathers their outcomes, unless one waits for a signal.
     async fn run_children(
         self: &Arc<Self>,
         frame: &Frame,
-        rec: &mut Record,
-    ) -> Result<Option<Waiting>, EngineError> {
-        let Some(mut pending) = rec.pending.take() else {
-            return Ok(None);
+        rec: &Record,
+    ) -> Result<Gathered, EngineError> {
+        let Some(pending) = &rec.pending else {
+            return Ok(Gathered::All(Outcomes::default()));
         };
         let state = frame.def.state(&rec.state)?;
         let timeout = state.timeout.map(crate::duration::clamp_secs);
-        let todo: VecDeque<usize> = (0..pending.children.len())
-            .filter(|&i| pending.children[i].outcome.is_none())
-            .collect();
+        let todo: VecDeque<usize> = (0..pending.children.len()).collect();
+        let mut outcomes = Outcomes::new(pending.children.len());
         if let Some(o) = &self.observer {
             o.fanout(&rec.id, &rec.state, todo.len());
         }
@@ -419,7 +430,15 @@ impl Engine {
             .iter()
             .map(|_| CancelToken::default())
             .collect();
-        let run = self.run_set(frame, &mut pending, &tokens, todo, &rec.id, &rec.state);
+        let run = self.run_set(
+            frame,
+            pending,
+            &mut outcomes,
+            &tokens,
+            todo,
+            &rec.id,
+            &rec.state,
+        );
         let result = match timeout {
             None => run.await,
             Some(limit) => match tokio::time::timeout(limit, run).await {
@@ -430,7 +449,7 @@ impl Engine {
                         t.cancel();
                     }
                     step::give_up(
-                        &mut pending,
+                        &mut outcomes,
                         Some(&step::children_timed_out(&rec.state, limit)),
                     );
                     Ok(None)
@@ -440,15 +459,19 @@ impl Engine {
         if let Some(o) = &self.observer {
             o.fanout_done(&rec.id, &rec.state);
         }
-        rec.pending = Some(pending);
-        result
+        Ok(match result? {
+            Some(waiting) => Gathered::Waiting(waiting),
+            None => Gathered::All(outcomes),
+        })
     }
 
     /// Runs the children in `todo`, at most `max_concurrency` at once.
+    #[allow(clippy::too_many_arguments)]
     async fn run_set(
         self: &Arc<Self>,
         frame: &Frame,
-        pending: &mut Pending,
+        pending: &Pending,
+        outcomes: &mut Outcomes,
         tokens: &[CancelToken],
         mut todo: VecDeque<usize>,
         parent: &str,
@@ -500,7 +523,7 @@ impl Engine {
                 o.child_finished(parent, state);
             }
             match result {
-                Ok(o) => match step::settle(pending, i, &o) {
+                Ok(o) => match step::settle(pending, outcomes, i, &o) {
                     Settled::Recorded => {}
                     Settled::Decided => {
                         decided = true;
@@ -521,7 +544,7 @@ impl Engine {
             }
         }
         if decided {
-            step::give_up(pending, None);
+            step::give_up(outcomes, None);
         }
         match error {
             Some(e) => Err(e),

@@ -53,7 +53,9 @@ pub enum Shape {
     ByKey,
 }
 
-/// Children a state waits for (blocking `machine` and `foreach`).
+/// Children a state waits for (blocking `machine` and `foreach`): what to
+/// start them with. Their outcomes are not stored here, so the parent's
+/// checkpoint is written once per fan-out, not once per child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub shape: Shape,
@@ -75,10 +77,11 @@ pub struct Child {
     /// The rendered `key` (foreach with `key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<ChildOutcome>,
 }
 
+/// How a child ended. It is not kept in the parent's record: the child's own
+/// record (and result) holds it, written once where the child finishes; the
+/// driver gathers them for the fan-in (see `step::Outcomes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildOutcome {

@@ -3,7 +3,7 @@
 //! who runs it, error, result) and signal one. The edges only print or
 //! serialise what these return.
 
-use super::record::{ChildOutcome, Failure, Launch, Record, Status};
+use super::record::{Failure, Launch, Record, Status};
 use super::{Engine, EngineError, owner};
 use crate::backend::{Backend, Checkpoint};
 use serde::Serialize;
@@ -47,33 +47,37 @@ pub struct Holder {
     pub lease_expires_in_ms: u64,
 }
 
-/// How far the children of a fan-out state are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How far the children of a fan-out state are (read from the children's
+/// own records: the parent's record does not keep their outcomes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Progress {
     pub total: usize,
     pub done: usize,
     pub failed: usize,
     pub cancelled: usize,
+    /// Parked on a signal.
+    pub waiting: usize,
 }
 
 impl Progress {
-    fn of(rec: &Record) -> Option<Progress> {
-        let pending = rec.pending.as_ref()?;
+    async fn of(backend: &dyn Backend, rec: &Record) -> Result<Option<Progress>, EngineError> {
+        let Some(pending) = rec.pending.as_ref() else {
+            return Ok(None);
+        };
         let mut p = Progress {
             total: pending.children.len(),
-            done: 0,
-            failed: 0,
-            cancelled: 0,
+            ..Progress::default()
         };
         for child in &pending.children {
-            match child.outcome {
-                Some(ChildOutcome::Done(_)) => p.done += 1,
-                Some(ChildOutcome::Failed(_)) => p.failed += 1,
-                Some(ChildOutcome::Cancelled) => p.cancelled += 1,
-                None => {}
+            match backend.load(&child.id).await?.map(|cp| cp.status) {
+                Some(Status::Done) => p.done += 1,
+                Some(Status::Failed) => p.failed += 1,
+                Some(Status::Cancelled) => p.cancelled += 1,
+                Some(Status::Waiting) => p.waiting += 1,
+                Some(Status::Running) | None => {}
             }
         }
-        Some(p)
+        Ok(Some(p))
     }
 }
 
@@ -109,7 +113,7 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
     let holder = owner::live_holder(lease.as_ref(), now);
     let active = cp.status == Status::Running;
     Ok(Description {
-        children: Progress::of(&rec),
+        children: Progress::of(backend, &rec).await?,
         id: cp.id.clone(),
         machine: cp.machine,
         status: cp.status,

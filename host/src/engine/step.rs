@@ -112,8 +112,29 @@ pub enum Settled {
     Waiting,
 }
 
+/// The outcomes of a fan-out's children, by index, as the driver gathers
+/// them (from the children it ran, or from the stored records of children
+/// that had finished before a resume). The parent's record does not hold
+/// them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcomes(pub Vec<Option<ChildOutcome>>);
+
+impl Outcomes {
+    pub fn new(n: usize) -> Outcomes {
+        Outcomes(vec![None; n])
+    }
+    pub fn get(&self, index: usize) -> Option<&ChildOutcome> {
+        self.0.get(index).and_then(Option::as_ref)
+    }
+}
+
 /// Records child `index`'s outcome in the fan-out.
-pub fn settle(pending: &mut Pending, index: usize, outcome: &Outcome) -> Settled {
+pub fn settle(
+    pending: &Pending,
+    outcomes: &mut Outcomes,
+    index: usize,
+    outcome: &Outcome,
+) -> Settled {
     let out = match outcome.status {
         Status::Waiting => return Settled::Waiting,
         Status::Done => ChildOutcome::Done(outcome.output.clone().unwrap_or(Value::Null)),
@@ -128,12 +149,12 @@ pub fn settle(pending: &mut Pending, index: usize, outcome: &Outcome) -> Settled
     };
     let decided = pending.any
         && matches!(out, ChildOutcome::Done(_))
-        && !pending
-            .children
+        && !outcomes
+            .0
             .iter()
-            .any(|c| matches!(c.outcome, Some(ChildOutcome::Done(_))));
-    if let Some(child) = pending.children.get_mut(index) {
-        child.outcome = Some(out);
+            .any(|c| matches!(c, Some(ChildOutcome::Done(_))));
+    if let Some(slot) = outcomes.0.get_mut(index) {
+        *slot = Some(out);
     }
     if decided {
         Settled::Decided
@@ -144,9 +165,9 @@ pub fn settle(pending: &mut Pending, index: usize, outcome: &Outcome) -> Settled
 
 /// Children that will not finish: cancelled after `mode: any` was decided
 /// (`failure` is `None`), or failed with `failure` (a state timeout).
-pub fn give_up(pending: &mut Pending, failure: Option<&Failure>) {
-    for c in pending.children.iter_mut().filter(|c| c.outcome.is_none()) {
-        c.outcome = Some(match failure {
+pub fn give_up(outcomes: &mut Outcomes, failure: Option<&Failure>) {
+    for c in outcomes.0.iter_mut().filter(|c| c.is_none()) {
+        *c = Some(match failure {
             None => ChildOutcome::Cancelled,
             Some(f) => ChildOutcome::Failed(f.clone()),
         });
@@ -246,6 +267,18 @@ impl Engine {
         self.after(frame, rec, advance)
     }
 
+    /// The fan-in: every child of the current state has an outcome; the
+    /// state ends with their combined output (or fails, or is retried).
+    pub(super) async fn fan_in(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        outcomes: &Outcomes,
+    ) -> Step {
+        let advance = self.gather(frame, rec, outcomes).await;
+        self.after(frame, rec, advance)
+    }
+
     /// Delivers a signal to an execution parked on its channel (the step
     /// said [`Next::Park`] with `record.waiting_for` set, and the driver
     /// found a signal there): the state ends with the signal's data.
@@ -304,7 +337,6 @@ mod tests {
                     machine: "m".into(),
                     input: json!(i),
                     key: None,
-                    outcome: None,
                 })
                 .collect(),
         }
@@ -323,49 +355,48 @@ mod tests {
 
     #[test]
     fn the_first_success_decides_a_mode_any_fan_out_and_the_rest_are_cancelled() {
-        let mut p = pending(true, 4);
+        let p = pending(true, 4);
+        let mut o = Outcomes::new(4);
         assert_eq!(
-            settle(&mut p, 0, &ended(Status::Failed, None)),
+            settle(&p, &mut o, 0, &ended(Status::Failed, None)),
             Settled::Recorded
         );
         assert_eq!(
-            settle(&mut p, 1, &ended(Status::Done, Some(json!(1)))),
+            settle(&p, &mut o, 1, &ended(Status::Done, Some(json!(1)))),
             Settled::Decided
         );
         assert_eq!(
-            settle(&mut p, 2, &ended(Status::Done, Some(json!(2)))),
+            settle(&p, &mut o, 2, &ended(Status::Done, Some(json!(2)))),
             Settled::Recorded,
             "decided once"
         );
-        give_up(&mut p, None);
-        let outcomes: Vec<_> = p.children.iter().map(|c| c.outcome.clone()).collect();
-        assert!(
-            matches!(&outcomes[0], Some(ChildOutcome::Failed(f)) if f.kind == FailureKind::Fatal)
-        );
-        assert_eq!(outcomes[1], Some(ChildOutcome::Done(json!(1))));
-        assert_eq!(outcomes[2], Some(ChildOutcome::Done(json!(2))));
-        assert_eq!(outcomes[3], Some(ChildOutcome::Cancelled));
+        give_up(&mut o, None);
+        assert!(matches!(o.get(0), Some(ChildOutcome::Failed(f)) if f.kind == FailureKind::Fatal));
+        assert_eq!(o.get(1), Some(&ChildOutcome::Done(json!(1))));
+        assert_eq!(o.get(2), Some(&ChildOutcome::Done(json!(2))));
+        assert_eq!(o.get(3), Some(&ChildOutcome::Cancelled));
     }
 
     #[test]
     fn a_waiting_child_leaves_no_outcome_and_timed_out_ones_fail() {
-        let mut p = pending(false, 2);
+        let p = pending(false, 2);
+        let mut o = Outcomes::new(2);
         assert_eq!(
-            settle(&mut p, 0, &ended(Status::Waiting, None)),
+            settle(&p, &mut o, 0, &ended(Status::Waiting, None)),
             Settled::Waiting
         );
-        assert_eq!(p.children[0].outcome, None);
+        assert_eq!(o.get(0), None);
         assert_eq!(
-            settle(&mut p, 1, &ended(Status::Done, Some(json!("ok")))),
+            settle(&p, &mut o, 1, &ended(Status::Done, Some(json!("ok")))),
             Settled::Recorded,
             "without mode any nothing is decided"
         );
         let f = children_timed_out("fan", Duration::from_millis(1500));
-        give_up(&mut p, Some(&f));
+        give_up(&mut o, Some(&f));
         assert!(matches!(
-            &p.children[0].outcome,
+            o.get(0),
             Some(ChildOutcome::Failed(f)) if f.kind == FailureKind::Timeout && f.message.contains("1.5s")
         ));
-        assert_eq!(p.children[1].outcome, Some(ChildOutcome::Done(json!("ok"))));
+        assert_eq!(o.get(1), Some(&ChildOutcome::Done(json!("ok"))));
     }
 }

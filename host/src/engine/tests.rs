@@ -674,9 +674,15 @@ data:
             total: 3,
             done: 2,
             failed: 0,
-            cancelled: 0
+            cancelled: 0,
+            waiting: 1
         })
     );
+    // The parent's checkpoint names its children; their outcomes stay in
+    // their own records (read again at the fan-in after the resume below).
+    let stored = w.backend.load(&o.id).await.unwrap().unwrap();
+    assert!(stored.record.contains(&waiting), "{}", stored.record);
+    assert!(!stored.record.contains("outcome"), "{}", stored.record);
     let child = services::describe(w.backend.as_ref(), &waiting)
         .await
         .unwrap();
