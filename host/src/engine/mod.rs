@@ -1,5 +1,5 @@
 //! The state machine over a serialisable [`Record`]: the driver-free step
-//! (`step.rs`: [`Engine::begin`] / `Engine::step` return what to save, what
+//! (`step.rs`: `Engine::begin` / `Engine::step` return what to save, what
 //! to launch and what comes next, as data), the work of one state
 //! (`advance.rs`), and the local driver (`driver.rs`) that only carries a
 //! step's effects out: it saves, runs child executions as tokio tasks in

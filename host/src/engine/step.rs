@@ -1,8 +1,11 @@
 //! The driver-free step. [`Engine::begin`] starts a new execution and
-//! [`Engine::step`] moves one on by a state; each returns a [`Step`] that
-//! says, as data, what must happen next: what to save (and whether the save
-//! must be awaited), whether launches wait in the outbox, and whether to step
-//! again, pause for a retry, run children, park, or end.
+//! [`Engine::step`] moves one on by a state; [`Engine::fan_in`] ends a
+//! fan-out state with its children's outcomes and [`Engine::deliver`] a
+//! `wait_for` state with a signal. Each returns a [`Step`] that says, as
+//! data, what must happen next: what to save (and whether the save must be
+//! awaited), whether launches wait in the outbox, and whether to step again,
+//! pause for a retry, run children, park, or end. None of them reads or
+//! writes the store.
 //!
 //! Every rule about an execution's course lives here or in `advance.rs`
 //! (the work of one state): the initial context, the start hooks, the
@@ -44,7 +47,7 @@ pub enum Next {
     /// Step again after this pause (a retry), unless asked to stop.
     Retry(Duration),
     /// Run the current state's pending children, settle each outcome with
-    /// [`settle`], then step again (the fan-in).
+    /// [`settle`] into [`Outcomes`], then hand them to [`Engine::fan_in`].
     Children,
     /// Parked on `record.waiting_for` (or on a waiting child) until a
     /// signal. The driver looks in the store for a signal on that channel
