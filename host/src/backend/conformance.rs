@@ -15,6 +15,7 @@ fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Che
         created_ms: created,
         updated_ms: created,
         record: format!("{{\"id\":\"{id}\"}}"),
+        consumes_signal: None,
     }
 }
 
@@ -180,6 +181,41 @@ async fn definitions_suite(b: &dyn Backend) {
     );
 }
 
+/// A delivered signal is deleted by the checkpoint that records it, in the
+/// same write; peeking leaves it in place.
+async fn signal_consumption_suite(b: &dyn Backend) {
+    assert_eq!(b.peek_signal("s", "go").await.unwrap(), None);
+    b.send_signal("s", "go", json!(1)).await.unwrap();
+    b.send_signal("s", "go", json!(2)).await.unwrap();
+    b.send_signal("t", "go", json!(9)).await.unwrap();
+    let first = b.peek_signal("s", "go").await.unwrap().unwrap();
+    assert_eq!(first.data, json!(1));
+    assert_eq!(b.peek_signal("s", "go").await.unwrap(), Some(first.clone()));
+    // A checkpoint of another execution cannot consume it.
+    b.save(Checkpoint {
+        consumes_signal: Some(first.seq),
+        ..checkpoint("t", None, "running", 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.peek_signal("s", "go").await.unwrap(), Some(first.clone()));
+    // A deferred checkpoint consumes it when it is stored.
+    b.save_deferred(Checkpoint {
+        consumes_signal: Some(first.seq),
+        ..checkpoint("s", None, "running", 1)
+    })
+    .await
+    .unwrap();
+    b.save(checkpoint("flush", None, "running", 1))
+        .await
+        .unwrap();
+    let next = b.peek_signal("s", "go").await.unwrap().unwrap();
+    assert_eq!(next.data, json!(2));
+    assert!(next.seq > first.seq);
+    assert_eq!(b.load("s").await.unwrap().unwrap().consumes_signal, None);
+    assert_eq!(b.take_signal("t", "go").await.unwrap(), Some(json!(9)));
+}
+
 /// Time-driven behaviour, with the store's clock moved by hand: leases
 /// expire, delayed jobs come due, expired claims are claimable again, and
 /// silent workers are reaped, exactly when the clock says so.
@@ -251,6 +287,7 @@ async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
     ownership_suite(&MemoryBackend::new()).await;
     definitions_suite(&MemoryBackend::new()).await;
+    signal_consumption_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -262,6 +299,7 @@ async fn sqlite_backend_conforms_and_persists() {
         suite(&b).await;
         ownership_suite(&b).await;
         definitions_suite(&b).await;
+        signal_consumption_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();

@@ -4,8 +4,8 @@ use super::clock::{Clock, SystemClock};
 use super::pools::{Job, WorkerInfo};
 use super::status::JobStatus;
 use super::{
-    Backend, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter, Results, Signals,
-    StoredResult,
+    Backend, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter, Results, Signal,
+    Signals, StoredResult,
 };
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(super) struct Data {
     checkpoints: HashMap<String, Checkpoint>,
     results: HashMap<String, StoredResult>,
-    signals: HashMap<(String, String), VecDeque<Value>>,
+    signals: HashMap<(String, String), VecDeque<Signal>>,
+    /// The last signal's `seq`.
+    signal_seq: u64,
     definitions: HashMap<String, String>,
     /// Job `id` is at index `id - 1`.
     pub(super) jobs: Vec<Job>,
@@ -69,6 +71,15 @@ impl MemoryBackend {
 impl Checkpoints for MemoryBackend {
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
         let mut data = self.lock();
+        if let Some(seq) = checkpoint.consumes_signal {
+            for (_, queue) in data
+                .signals
+                .iter_mut()
+                .filter(|((id, _), _)| *id == checkpoint.id)
+            {
+                queue.retain(|s| s.seq != seq);
+            }
+        }
         let created = data
             .checkpoints
             .get(&checkpoint.id)
@@ -78,6 +89,7 @@ impl Checkpoints for MemoryBackend {
             checkpoint.id.clone(),
             Checkpoint {
                 created_ms: created,
+                consumes_signal: None,
                 ..checkpoint
             },
         );
@@ -121,11 +133,13 @@ impl Results for MemoryBackend {
 #[async_trait::async_trait]
 impl Signals for MemoryBackend {
     async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()> {
-        self.lock()
-            .signals
+        let mut d = self.lock();
+        d.signal_seq += 1;
+        let seq = d.signal_seq;
+        d.signals
             .entry((id.to_string(), channel.to_string()))
             .or_default()
-            .push_back(data);
+            .push_back(Signal { seq, data });
         Ok(())
     }
 
@@ -134,7 +148,17 @@ impl Signals for MemoryBackend {
             .lock()
             .signals
             .get_mut(&(id.to_string(), channel.to_string()))
-            .and_then(VecDeque::pop_front))
+            .and_then(VecDeque::pop_front)
+            .map(|s| s.data))
+    }
+
+    async fn peek_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Signal>> {
+        Ok(self
+            .lock()
+            .signals
+            .get(&(id.to_string(), channel.to_string()))
+            .and_then(VecDeque::front)
+            .cloned())
     }
 }
 

@@ -110,6 +110,21 @@ pub struct Checkpoint {
     pub updated_ms: u64,
     /// The engine's record, serialised.
     pub record: String,
+    /// A signal (by [`Signal::seq`]) this checkpoint consumes: it is deleted
+    /// in the same transaction that stores the checkpoint, so a crash keeps
+    /// either both the signal and the older checkpoint or neither. Only for
+    /// writing; always `None` when read.
+    #[serde(skip)]
+    pub consumes_signal: Option<u64>,
+}
+
+/// A signal waiting for an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    /// Its place in the store's order of signals; names it for
+    /// [`Checkpoint::consumes_signal`].
+    pub seq: u64,
+    pub data: Value,
 }
 
 /// Which executions to list.
@@ -162,6 +177,9 @@ pub trait Signals: Send + Sync {
     async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()>;
     /// Takes the oldest signal on the channel, if any.
     async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>>;
+    /// The oldest signal on the channel, left in place: a checkpoint that
+    /// records its effect consumes it ([`Checkpoint::consumes_signal`]).
+    async fn peek_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Signal>>;
 }
 
 /// Machine definitions that executions are pinned to, stored once under

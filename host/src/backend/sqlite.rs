@@ -6,7 +6,7 @@
 use super::clock::{Clock, SystemClock};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
-    Results, Signals, StoreErrorKind, StoredResult,
+    Results, Signal, Signals, StoreErrorKind, StoredResult,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -503,6 +503,11 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                 ])
             })
             .map_err(&err)?;
+            if let Some(seq) = c.consumes_signal {
+                tx.prepare_cached("DELETE FROM signals WHERE seq = ?1 AND execution = ?2")
+                    .and_then(|mut s| s.execute(params![seq as i64, c.id]))
+                    .map_err(&err)?;
+            }
             Ok(None)
         }
         Op::WriteResult(id, r) => {
@@ -546,14 +551,19 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             };
             tx.execute("DELETE FROM signals WHERE seq = ?1", params![seq])
                 .map_err(&err)?;
-            serde_json::from_str(&data).map(Some).map_err(|e| {
-                BackendError::of(
-                    StoreErrorKind::Corrupt,
-                    format!("{}: signal {seq} is not JSON: {e}", path.display()),
-                )
-            })
+            signal_data(path, seq, &data).map(Some)
         }
     }
+}
+
+/// A stored signal's data.
+fn signal_data(path: &Path, seq: i64, text: &str) -> BackendResult<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        BackendError::of(
+            StoreErrorKind::Corrupt,
+            format!("{}: signal {seq} is not JSON: {e}", path.display()),
+        )
+    })
 }
 
 fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
@@ -567,6 +577,7 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         created_ms: r.get::<_, i64>(6)? as u64,
         updated_ms: r.get::<_, i64>(7)? as u64,
         record: r.get(8)?,
+        consumes_signal: None,
     })
 }
 
@@ -662,6 +673,26 @@ impl Signals for SqliteBackend {
     async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>> {
         self.write(Op::TakeSignal(id.to_string(), channel.to_string()))
             .await
+    }
+
+    async fn peek_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Signal>> {
+        let row: Option<(i64, String)> = self
+            .reader()
+            .prepare_cached(
+                "SELECT seq, data FROM signals WHERE execution = ?1 AND channel = ?2 ORDER BY seq LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, channel], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db_error(&self.path))?;
+        row.map(|(seq, data)| {
+            Ok(Signal {
+                seq: seq as u64,
+                data: signal_data(&self.path, seq, &data)?,
+            })
+        })
+        .transpose()
     }
 }
 

@@ -295,17 +295,36 @@ impl Engine {
     /// Carries out a step's save: the checkpoint (queued or awaited), and
     /// for a finished execution the result.
     async fn save(&self, rec: &Record, save: Save) -> Result<(), EngineError> {
+        self.save_consuming(rec, save, None).await
+    }
+
+    /// [`Self::save`], deleting the delivered signal `consumes` in the same
+    /// write (which is then made even when the policy saves nothing).
+    async fn save_consuming(
+        &self,
+        rec: &Record,
+        save: Save,
+        consumes: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let save = match (save, consumes) {
+            (Save::Nothing, Some(_)) => Save::Queued,
+            (s, _) => s,
+        };
         match save {
             Save::Nothing => {}
             Save::Queued => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now())?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes)?)
                     .await?
             }
-            Save::Awaited => self.backend.save(to_checkpoint(rec, self.now())?).await?,
+            Save::Awaited => {
+                self.backend
+                    .save(to_checkpoint(rec, self.now(), consumes)?)
+                    .await?
+            }
             Save::Final => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now())?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes)?)
                     .await?;
                 let (status, value) = match (rec.status, &rec.output, &rec.error) {
                     (Status::Done, Some(o), _) => (Status::Done, o.clone()),
@@ -348,18 +367,14 @@ impl Engine {
                     next: Next::Continue,
                 }
             };
+            // A signal delivered by the last step, consumed by the next save.
+            let mut consumed = None;
             loop {
-                if matches!(step.next, Next::Park)
-                    && let Some(channel) = rec.waiting_for.clone()
-                    && let Some(data) = self.backend.take_signal(&rec.id, &channel).await?
-                {
-                    step = self.deliver(&frame, &mut rec, data).await;
-                    continue;
-                }
                 if step.outbox {
                     self.start_launches(&frame, &mut rec, false).await?;
                 }
-                self.save(&rec, step.save).await?;
+                self.save_consuming(&rec, step.save, consumed.take())
+                    .await?;
                 match step.next {
                     Next::Continue => {}
                     Next::Retry(pause) => {
@@ -386,7 +401,20 @@ impl Engine {
                             continue;
                         }
                     },
-                    Next::Park | Next::End => return Ok(outcome(&rec)),
+                    Next::Park => {
+                        // Parked on a channel (its waiting checkpoint stored):
+                        // a signal already there is delivered at once.
+                        if let Some(channel) = rec.waiting_for.clone()
+                            && let Some(signal) =
+                                self.backend.peek_signal(&rec.id, &channel).await?
+                        {
+                            step = self.deliver(&frame, &mut rec, signal.data).await;
+                            consumed = Some(signal.seq);
+                            continue;
+                        }
+                        return Ok(outcome(&rec));
+                    }
+                    Next::End => return Ok(outcome(&rec)),
                 }
                 if let Some(reason) = self.stop_reason(&frame) {
                     // Stored (and waited for) before anyone is told to resume.
@@ -660,7 +688,13 @@ impl Engine {
     }
 }
 
-fn to_checkpoint(rec: &Record, now_ms: u64) -> Result<Checkpoint, EngineError> {
+/// The checkpoint of a record; `consumes_signal` is a delivered signal to
+/// delete in the same write.
+fn to_checkpoint(
+    rec: &Record,
+    now_ms: u64,
+    consumes_signal: Option<u64>,
+) -> Result<Checkpoint, EngineError> {
     let record = serde_json::to_string(rec)
         .map_err(|e| EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id)))?;
     Ok(Checkpoint {
@@ -673,6 +707,7 @@ fn to_checkpoint(rec: &Record, now_ms: u64) -> Result<Checkpoint, EngineError> {
         created_ms: rec.created_ms,
         updated_ms: now_ms,
         record,
+        consumes_signal,
     })
 }
 
