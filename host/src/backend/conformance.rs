@@ -36,6 +36,17 @@ async fn suite(b: &dyn Backend) {
     let all = b.list(&ListFilter::default()).await.unwrap();
     let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["c", "b", "a"], "newest first");
+    let wanted: Vec<String> = ["a", "b", "missing"].map(String::from).to_vec();
+    let statuses = b.statuses(&wanted).await.unwrap();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(statuses["a"], ExecutionStatus::Done);
+    assert_eq!(statuses["b"], ExecutionStatus::Running);
+    // More ids than one statement takes.
+    let many: Vec<String> = (0..1200)
+        .map(|i| format!("x{i}"))
+        .chain(["c".into()])
+        .collect();
+    assert_eq!(b.statuses(&many).await.unwrap().len(), 1);
     let roots = b
         .list(&ListFilter {
             roots_only: true,

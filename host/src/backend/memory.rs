@@ -100,6 +100,17 @@ impl Checkpoints for MemoryBackend {
         Ok(self.lock().checkpoints.get(id).cloned())
     }
 
+    async fn statuses(
+        &self,
+        ids: &[String],
+    ) -> BackendResult<HashMap<String, super::ExecutionStatus>> {
+        let data = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), data.checkpoints.get(id)?.status)))
+            .collect())
+    }
+
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
         let data = self.lock();
         let mut found: Vec<Checkpoint> = data

@@ -26,6 +26,7 @@ pub use status::{ExecutionStatus, JobStatus, WorkerStatus};
 
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// A failure of the store itself. Callers decide by its [`StoreErrorKind`];
 /// a stale fence or a lost lease is not an error but an answer (`false`,
@@ -162,6 +163,9 @@ pub trait Checkpoints: Send + Sync {
     async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>>;
     /// Newest first.
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>>;
+    /// The statuses of these executions (those the store has), read at
+    /// once: how far a fan-out's children are.
+    async fn statuses(&self, ids: &[String]) -> BackendResult<HashMap<String, ExecutionStatus>>;
 }
 
 /// Durable results of finished executions.

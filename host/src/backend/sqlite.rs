@@ -10,6 +10,7 @@ use super::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -601,6 +602,31 @@ impl Checkpoints for SqliteBackend {
             ))
             .and_then(|mut s| s.query_row(params![id], row_checkpoint).optional())
             .map_err(db_error(&self.path))
+    }
+
+    async fn statuses(
+        &self,
+        ids: &[String],
+    ) -> BackendResult<HashMap<String, super::ExecutionStatus>> {
+        // In chunks below SQLite's bound on parameters per statement.
+        const CHUNK: usize = 500;
+        let conn = self.reader();
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT id, status FROM executions WHERE id IN ({marks})");
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&self.path))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?))
+                })
+                .map_err(db_error(&self.path))?;
+            for row in rows {
+                let (id, status) = row.map_err(db_error(&self.path))?;
+                found.insert(id, status);
+            }
+        }
+        Ok(found)
     }
 
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {

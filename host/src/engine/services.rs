@@ -64,17 +64,18 @@ impl Progress {
         let Some(pending) = rec.pending.as_ref() else {
             return Ok(None);
         };
+        let ids: Vec<String> = pending.children.iter().map(|c| c.id.clone()).collect();
         let mut p = Progress {
-            total: pending.children.len(),
+            total: ids.len(),
             ..Progress::default()
         };
-        for child in &pending.children {
-            match backend.load(&child.id).await?.map(|cp| cp.status) {
-                Some(Status::Done) => p.done += 1,
-                Some(Status::Failed) => p.failed += 1,
-                Some(Status::Cancelled) => p.cancelled += 1,
-                Some(Status::Waiting) => p.waiting += 1,
-                Some(Status::Running) | None => {}
+        for status in backend.statuses(&ids).await?.values() {
+            match status {
+                Status::Done => p.done += 1,
+                Status::Failed => p.failed += 1,
+                Status::Cancelled => p.cancelled += 1,
+                Status::Waiting => p.waiting += 1,
+                Status::Running => {}
             }
         }
         Ok(Some(p))
