@@ -48,6 +48,8 @@ enum Command {
     Signal(run::SignalArgs),
     /// Print a durable result: flowhost://<id>/result (or flatagents://, or an id).
     Result(run::ResultArgs),
+    /// Show what happened to an execution, as a timeline.
+    History(run::HistoryArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
     /// Job pools: push, list, stats, requeue.
@@ -237,6 +239,7 @@ fn main() -> ExitCode {
             Command::Executions(a) => run::executions(a).await,
             Command::Signal(a) => run::signal(a).await,
             Command::Result(a) => run::result(a).await,
+            Command::History(a) => run::history(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,

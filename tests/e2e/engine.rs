@@ -882,6 +882,40 @@ data:
     // A finished execution takes no more signals.
     let again = flowhost_e2e::run(&cache, &["signal", &id, "approval", "--db", &db]);
     assert_eq!(again.status.code(), Some(2));
+
+    // Its history, across both processes: as JSON lines and as a timeline.
+    let h = flowhost_e2e::run(&cache, &["history", &id, "--db", &db, "--json"]);
+    assert!(h.status.success(), "{}", flowhost_e2e::stderr(&h));
+    let events: Vec<Value> = String::from_utf8(h.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "state_entered",
+            "state_entered",
+            "signal_received",
+            "state_entered",
+            "finished"
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[2]["event"]["channel"], "approval");
+    assert_eq!(events[3]["event"]["state"], "approved");
+    let timeline = flowhost_e2e::run(&cache, &["history", &id, "--db", &db]);
+    let text = String::from_utf8(timeline.stdout).unwrap();
+    assert!(
+        text.contains("received a signal on `approval`") && text.contains("done at `approved`"),
+        "{text}"
+    );
+    let none = flowhost_e2e::run(&cache, &["history", "no-such-id", "--db", &db]);
+    assert_eq!(none.status.code(), Some(2));
 }
 
 #[test]

@@ -192,6 +192,40 @@ async fn definitions_suite(b: &dyn Backend) {
     );
 }
 
+/// History: appended in order, read after a point, bounded per execution.
+async fn history_suite(b: &dyn Backend) {
+    assert_eq!(b.history("h", 0, 10).await.unwrap(), vec![]);
+    let events = |from: u64, n: u64| (from..from + n).map(|i| (i, json!({"n": i}))).collect();
+    b.append_history("h", events(1, 3), 10).await.unwrap();
+    b.append_history("other", events(100, 2), 10).await.unwrap();
+    b.append_history("h", events(4, 2), 10).await.unwrap();
+    // Queued like a deferred checkpoint: a waited-for write covers it.
+    b.save(checkpoint("flush-h", None, "running", 1))
+        .await
+        .unwrap();
+    let all = b.history("h", 0, 100).await.unwrap();
+    let ns: Vec<u64> = all.iter().map(|e| e.at_ms).collect();
+    assert_eq!(ns, [1, 2, 3, 4, 5], "in order, this execution only");
+    assert_eq!(all[2].event, json!({"n": 3}));
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let after = b.history("h", all[1].seq, 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3, 4]);
+    // Bounded: the oldest go first.
+    b.append_history("h", events(6, 2), 4).await.unwrap();
+    b.save(checkpoint("flush-h", None, "running", 1))
+        .await
+        .unwrap();
+    let kept: Vec<u64> = b
+        .history("h", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.at_ms)
+        .collect();
+    assert_eq!(kept, [4, 5, 6, 7]);
+    assert_eq!(b.history("other", 0, 100).await.unwrap().len(), 2);
+}
+
 /// A delivered signal is deleted by the checkpoint that records it, in the
 /// same write; peeking leaves it in place.
 async fn signal_consumption_suite(b: &dyn Backend) {
@@ -299,6 +333,7 @@ async fn memory_backend_conforms() {
     ownership_suite(&MemoryBackend::new()).await;
     definitions_suite(&MemoryBackend::new()).await;
     signal_consumption_suite(&MemoryBackend::new()).await;
+    history_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -311,6 +346,7 @@ async fn sqlite_backend_conforms_and_persists() {
         ownership_suite(&b).await;
         definitions_suite(&b).await;
         signal_consumption_suite(&b).await;
+        history_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();

@@ -9,6 +9,7 @@
 //! Imports nothing else from flowhost.
 
 pub mod clock;
+pub mod history;
 mod memory;
 mod memory_pools;
 pub mod owners;
@@ -18,6 +19,7 @@ mod sqlite_pools;
 pub mod status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use history::{History, HistoryEntry};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
@@ -200,7 +202,7 @@ pub trait Definitions: Send + Sync {
 
 /// Everything the engine and the workers need from a store.
 pub trait Backend:
-    Checkpoints + Results + Signals + Definitions + WorkPools + Workers + Ownership
+    Checkpoints + Results + Signals + Definitions + History + WorkPools + Workers + Ownership
 {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;

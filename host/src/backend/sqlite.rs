@@ -113,6 +113,15 @@ CREATE TABLE definitions (
     created_ms INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE history (
+    execution  TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    event      TEXT NOT NULL,
+    PRIMARY KEY (execution, seq)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// How hard a commit waits for the disk.
@@ -137,6 +146,8 @@ pub(super) enum Op {
     TakeSignal(String, String),
     /// Digest, body, stored at (ms).
     PutDefinition(String, String, u64),
+    /// Execution, (at ms, event JSON) in order, how many to keep.
+    AppendHistory(String, Vec<(u64, String)>, usize),
     Custom(Custom),
 }
 
@@ -219,7 +230,7 @@ pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
     BackendError::of(kind, message)
 }
 
-fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
+pub(super) fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
     move |e| sql_error(e).at(path.display())
 }
 
@@ -535,6 +546,10 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             )
             .and_then(|mut s| s.execute(params![digest, body, at_ms as i64]))
             .map_err(&err)?;
+            Ok(None)
+        }
+        Op::AppendHistory(execution, events, keep) => {
+            super::history::append(tx, &execution, &events, keep).map_err(&err)?;
             Ok(None)
         }
         Op::Custom(f) => f(tx).map(Some).map_err(|e| e.at(path.display())),

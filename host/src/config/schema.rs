@@ -66,6 +66,9 @@ pub struct Settings {
     pub max_steps: Option<u64>,
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Events of history kept per execution (0 keeps none).
+    #[serde(default)]
+    pub history_limit: Option<u32>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }

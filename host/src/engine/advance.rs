@@ -3,6 +3,7 @@
 //! decides is written into the record, so any process can continue from
 //! there; `step.rs` wraps it with what must be saved and what comes next.
 
+use super::history::{self, Event};
 use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape, Status};
 use super::runner::Runner;
 use super::step::Outcomes;
@@ -32,6 +33,15 @@ pub(super) enum Advance {
     Wait,
     Done,
     Failed,
+}
+
+/// Events of history kept per execution of this machine.
+pub(super) fn history_limit(def: &MachineDef) -> usize {
+    def.config
+        .data()
+        .settings
+        .history_limit
+        .map_or(history::DEFAULT_LIMIT, |n| n as usize)
 }
 
 /// The machine an execution runs, and how to stop it.
@@ -170,6 +180,7 @@ impl Engine {
                 if let Some(o) = &self.observer {
                     o.state(&rec.id, &rec.machine, &name, rec.step);
                 }
+                self.note_entered(frame, rec);
                 if rec.attempt <= 1
                     && let Err(f) = self
                         .fire(frame, rec, HookEvent::StateEnter(name.clone()))
@@ -237,6 +248,7 @@ impl Engine {
         if let Some(plugin) = frame.def.runners.get(&name) {
             let meta = self.meta(rec, plugin.as_ref());
             let (ctx, kv) = self.call_context(frame, rec);
+            let started = std::time::Instant::now();
             let result = if state.is_step() {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
                 plugin
@@ -248,6 +260,19 @@ impl Engine {
                 plugin.process(&meta, &arg, &ctx).await.map(|o| (o, None))
             };
             keep_state(rec, &kv);
+            let called = Event::PluginCalled {
+                state: name.clone(),
+                plugin: plugin.name().to_string(),
+                attempt: rec.attempt,
+                ms: started.elapsed().as_secs_f64() * 1e3,
+                worker: history::worker().to_string(),
+                output_bytes: result
+                    .as_ref()
+                    .ok()
+                    .map(|(o, _)| serde_json::to_string(o).map_or(0, |t| t.len())),
+                error: result.as_ref().err().map(|e| e.kind().into()),
+            };
+            self.note(frame, rec, called);
             return result
                 .map(|(o, n)| Work::Output(o, n))
                 .map_err(|e| failure(e.kind().into(), e.to_string(), &name));
@@ -526,6 +551,23 @@ impl Engine {
         Advance::Continue
     }
 
+    /// Notes an event in the record's journal (unless the machine keeps no
+    /// history).
+    pub(super) fn note(&self, frame: &Frame, rec: &mut Record, event: Event) {
+        if history_limit(&frame.def) > 0 {
+            rec.journal.push((self.now(), event));
+        }
+    }
+
+    fn note_entered(&self, frame: &Frame, rec: &mut Record) {
+        let entered = Event::StateEntered {
+            state: rec.state.clone(),
+            step: rec.step,
+            attempt: rec.attempt,
+        };
+        self.note(frame, rec, entered);
+    }
+
     fn goto(&self, rec: &mut Record, target: String) {
         rec.state = target;
         rec.step += 1;
@@ -548,7 +590,14 @@ impl Engine {
                 let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
                 tracing::info!(execution = %rec.id, state = %rec.state, attempt = rec.attempt, kind = %f.kind, "retrying: {}", f.message);
                 rec.attempt += 1;
-                return Advance::Retry(crate::duration::clamp_secs(base * factor));
+                let pause = crate::duration::clamp_secs(base * factor);
+                let retry = Event::RetryScheduled {
+                    state: rec.state.clone(),
+                    attempt: rec.attempt,
+                    pause_ms: pause.as_millis().min(u64::MAX as u128) as u64,
+                };
+                self.note(frame, rec, retry);
+                return Advance::Retry(pause);
             }
         }
         if let Value::Object(ctx) = &mut rec.context {
@@ -572,6 +621,12 @@ impl Engine {
         match routed {
             Some(target) if states.contains_key(&target) => {
                 tracing::info!(execution = %rec.id, state = %rec.state, kind = %f.kind, to = %target, "error routed by on_error: {}", f.message);
+                let routed = Event::Routed {
+                    state: rec.state.clone(),
+                    kind: f.kind,
+                    to: target.clone(),
+                };
+                self.note(frame, rec, routed);
                 self.goto(rec, target);
                 Advance::Continue
             }
@@ -590,6 +645,7 @@ impl Engine {
         if let Some(o) = &self.observer {
             o.state(&rec.id, &rec.machine, &name, rec.step);
         }
+        self.note_entered(frame, rec);
         if let Err(f) = self
             .fire(frame, rec, HookEvent::StateEnter(name.clone()))
             .await

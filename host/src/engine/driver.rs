@@ -5,6 +5,8 @@
 //! nothing about an execution's course; that is `step.rs`.
 
 use super::advance::Frame;
+use super::advance::history_limit;
+use super::history::Event;
 use super::record::{Child, Failure, Pending, Record, Status};
 use super::services::parse_record;
 use super::step::{self, Next, Outcomes, Save, Settled, Step};
@@ -292,20 +294,38 @@ impl Engine {
         self.detached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Carries out a step's save: the checkpoint (queued or awaited), and
-    /// for a finished execution the result.
-    async fn save(&self, rec: &Record, save: Save) -> Result<(), EngineError> {
-        self.save_consuming(rec, save, None).await
+    /// Carries out a step's save: the history noted since the last save
+    /// (queued), the checkpoint (queued or awaited), and for a finished
+    /// execution the result.
+    async fn save(
+        &self,
+        def: &MachineDef,
+        rec: &mut Record,
+        save: Save,
+    ) -> Result<(), EngineError> {
+        self.save_consuming(def, rec, save, None).await
     }
 
     /// [`Self::save`], deleting the delivered signal `consumes` in the same
     /// write (which is then made even when the policy saves nothing).
     async fn save_consuming(
         &self,
-        rec: &Record,
+        def: &MachineDef,
+        rec: &mut Record,
         save: Save,
         consumes: Option<u64>,
     ) -> Result<(), EngineError> {
+        if !rec.journal.is_empty() {
+            let events = rec
+                .journal
+                .drain(..)
+                .map(|(at, e)| (at, serde_json::to_value(e).unwrap_or(Value::Null)))
+                .collect();
+            self.backend
+                .append_history(&rec.id, events, history_limit(def))
+                .await?;
+        }
+        let rec = &*rec;
         let save = match (save, consumes) {
             (Save::Nothing, Some(_)) => Save::Queued,
             (s, _) => s,
@@ -373,7 +393,7 @@ impl Engine {
                 if step.outbox {
                     self.start_launches(&frame, &mut rec, false).await?;
                 }
-                self.save_consuming(&rec, step.save, consumed.take())
+                self.save_consuming(&frame.def, &mut rec, step.save, consumed.take())
                     .await?;
                 match step.next {
                     Next::Continue => {}
@@ -388,15 +408,17 @@ impl Engine {
                             _ = frame.stop.requested() => {}
                         }
                     }
-                    Next::Children => match self.run_children(&frame, &rec).await? {
+                    Next::Children => match self.run_children(&frame, &mut rec).await? {
                         Gathered::Waiting(waiting) => {
                             let park = self.park_on_child(&frame, &mut rec);
-                            self.save(&rec, park.save).await?;
+                            self.save(&frame.def, &mut rec, park.save).await?;
                             let mut o = outcome(&rec);
                             o.waiting = Some(waiting);
                             return Ok(o);
                         }
                         Gathered::All(outcomes) => {
+                            let finished = outcomes.summary(&rec.state);
+                            self.note(&frame, &mut rec, finished);
                             step = self.fan_in(&frame, &mut rec, &outcomes).await;
                             continue;
                         }
@@ -408,6 +430,11 @@ impl Engine {
                             && let Some(signal) =
                                 self.backend.peek_signal(&rec.id, &channel).await?
                         {
+                            let received = Event::SignalReceived {
+                                state: rec.state.clone(),
+                                channel,
+                            };
+                            self.note(&frame, &mut rec, received);
                             step = self.deliver(&frame, &mut rec, signal.data).await;
                             consumed = Some(signal.seq);
                             continue;
@@ -417,8 +444,13 @@ impl Engine {
                     Next::End => return Ok(outcome(&rec)),
                 }
                 if let Some(reason) = self.stop_reason(&frame) {
+                    let stopped = Event::Interrupted {
+                        state: rec.state.clone(),
+                        reason: reason.clone(),
+                    };
+                    self.note(&frame, &mut rec, stopped);
                     // Stored (and waited for) before anyone is told to resume.
-                    self.save(&rec, Save::Awaited).await?;
+                    self.save(&frame.def, &mut rec, Save::Awaited).await?;
                     return Err(EngineError::Interrupted {
                         id: rec.id.clone(),
                         state: rec.state.clone(),
@@ -441,8 +473,16 @@ impl Engine {
     async fn run_children(
         self: &Arc<Self>,
         frame: &Frame,
-        rec: &Record,
+        rec: &mut Record,
     ) -> Result<Gathered, EngineError> {
+        let Some(count) = rec.pending.as_ref().map(|p| p.children.len()) else {
+            return Ok(Gathered::All(Outcomes::default()));
+        };
+        let started = Event::ChildrenStarted {
+            state: rec.state.clone(),
+            children: count,
+        };
+        self.note(frame, rec, started);
         let Some(pending) = &rec.pending else {
             return Ok(Gathered::All(Outcomes::default()));
         };
@@ -621,7 +661,7 @@ impl Engine {
         if rec.launches.iter().any(|l| !l.started) {
             // Whatever the checkpoint policy: the outbox is the record of
             // which launches exist.
-            self.save(rec, Save::Awaited).await?;
+            self.save(&frame.def, rec, Save::Awaited).await?;
         }
         let mut changed = false;
         for i in 0..rec.launches.len() {
@@ -648,7 +688,7 @@ impl Engine {
                 }
                 Some(_) => None,
                 None => {
-                    let r = self.new_record(
+                    let mut r = self.new_record(
                         &def,
                         &frame.definition,
                         launch.id.clone(),
@@ -656,13 +696,18 @@ impl Engine {
                         launch.input.clone(),
                     );
                     // The child's own record exists before the parent says it started.
-                    self.save(&r, Save::Queued).await?;
+                    self.save(&def, &mut r, Save::Queued).await?;
                     Some(r)
                 }
             };
             if !launch.started {
                 rec.launches[i].started = true;
                 changed = true;
+                let launched = Event::Launched {
+                    state: rec.state.clone(),
+                    child: launch.id.clone(),
+                };
+                self.note(frame, rec, launched);
             }
             let Some(child_rec) = child_rec else { continue };
             let engine = self.clone();
@@ -682,7 +727,7 @@ impl Engine {
             self.lock_detached().push(handle);
         }
         if changed {
-            self.save(rec, Save::Awaited).await?;
+            self.save(&frame.def, rec, Save::Awaited).await?;
         }
         Ok(())
     }

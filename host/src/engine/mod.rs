@@ -23,6 +23,7 @@ mod advance;
 pub mod bench;
 pub mod definition;
 mod driver;
+pub mod history;
 pub mod machines;
 pub mod owner;
 pub mod record;

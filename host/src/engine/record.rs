@@ -136,4 +136,8 @@ pub struct Record {
     #[serde(default)]
     pub error: Option<Failure>,
     pub created_ms: u64,
+    /// Events noted since the last save (time, event), written to the
+    /// store's history with the next save; never part of the checkpoint.
+    #[serde(skip)]
+    pub journal: Vec<(u64, super::history::Event)>,
 }

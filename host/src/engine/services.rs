@@ -1,11 +1,11 @@
 //! What the command line (and later the daemon) asks of stored executions,
 //! as library calls: describe one (status, state, progress of its children,
-//! who runs it, error, result) and signal one. The edges only print or
+//! who runs it, error, result), read its history, and signal one. The edges only print or
 //! serialise what these return.
 
 use super::record::{Failure, Launch, Record, Status};
 use super::{Engine, EngineError, owner};
-use crate::backend::{Backend, Checkpoint};
+use crate::backend::{Backend, Checkpoint, HistoryEntry};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -138,6 +138,18 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
         result: result.map(|r| r.value),
         result_uri: format!("flowhost://{}/result", cp.id),
     })
+}
+
+/// The history of execution `id`: events after `after` (a `seq`), oldest
+/// first, at most `limit`.
+pub async fn history(
+    backend: &dyn Backend,
+    id: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, EngineError> {
+    checkpoint(backend, id).await?;
+    Ok(backend.history(id, after, limit).await?)
 }
 
 /// What a signal found when it was stored.

@@ -15,6 +15,7 @@
 //! launched executions, runs children, sleeps, honours stop requests.
 
 use super::advance::{Advance, Frame};
+use super::history;
 use super::record::{ChildOutcome, Failure, Pending, Record, Status};
 use super::{Engine, MachineDef, Outcome};
 use crate::failure::FailureKind;
@@ -129,6 +130,17 @@ impl Outcomes {
     pub fn get(&self, index: usize) -> Option<&ChildOutcome> {
         self.0.get(index).and_then(Option::as_ref)
     }
+
+    /// The history event of a gathered fan-out of `state`.
+    pub fn summary(&self, state: &str) -> history::Event {
+        let count = |f: fn(&ChildOutcome) -> bool| self.0.iter().flatten().filter(|o| f(o)).count();
+        history::Event::ChildrenFinished {
+            state: state.to_string(),
+            done: count(|o| matches!(o, ChildOutcome::Done(_))),
+            failed: count(|o| matches!(o, ChildOutcome::Failed(_))),
+            cancelled: count(|o| matches!(o, ChildOutcome::Cancelled)),
+        }
+    }
 }
 
 /// Records child `index`'s outcome in the fan-out.
@@ -221,6 +233,7 @@ impl Engine {
             output: None,
             error: None,
             created_ms: self.now(),
+            journal: Vec::new(),
         };
         let vars = json!({"input": rec.input, "context": {}});
         let mut context = serde_json::Map::new();
@@ -253,6 +266,7 @@ impl Engine {
             rec.error = Some(f);
         }
         if rec.status.is_terminal() {
+            self.note(frame, rec, history::finished(rec));
             return end();
         }
         Step {
@@ -290,7 +304,7 @@ impl Engine {
         self.after(frame, rec, advance)
     }
 
-    fn after(&self, frame: &Frame, rec: &Record, advance: Advance) -> Step {
+    fn after(&self, frame: &Frame, rec: &mut Record, advance: Advance) -> Step {
         let outbox = rec.launches.iter().any(|l| !l.started);
         let execute = save_at(&frame.def, Event::Execute);
         let (save, next) = match advance {
@@ -298,7 +312,10 @@ impl Engine {
             Advance::Retry(pause) => (execute, Next::Retry(pause)),
             Advance::Children => (execute, Next::Children),
             Advance::Wait => (save_at(&frame.def, Event::Waiting), Next::Park),
-            Advance::Done | Advance::Failed => return Step { outbox, ..end() },
+            Advance::Done | Advance::Failed => {
+                self.note(frame, rec, history::finished(rec));
+                return Step { outbox, ..end() };
+            }
         };
         Step { save, outbox, next }
     }

@@ -736,3 +736,96 @@ data:
     assert_eq!(output(&o), &json!({"a": 1, "b": 2}));
     assert_eq!(w.backend.peek_signal("early", "go").await.unwrap(), None);
 }
+
+/// The `event` names of an execution's stored history.
+async fn history_kinds(w: &World_, id: &str) -> Vec<String> {
+    use crate::backend::History;
+    w.backend
+        .history(id, 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_records_calls_retries_routes_and_fan_outs_within_its_limit() {
+    let w = world();
+    w.fakes.add(Fake::new("flaky", |meta, _, _| {
+        if meta.attempt < 2 {
+            Err(PluginError::Retryable("once".into()))
+        } else {
+            Err(PluginError::InvalidInput("then no".into()))
+        }
+    }));
+    w.fakes.add(echo("item"));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {flaky: flaky}
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, transitions: [{to: end}]}
+          end: {type: final}
+  states:
+    s: {type: initial, plugin: flaky, execution: {type: retry, backoffs: [1]}, on_error: {invalid_input: fan}, transitions: [{to: end}]}
+    fan: {foreach: "{{ [1, 2] }}", machine: child, transitions: [{to: end}]}
+    end: {type: final}
+"#;
+    let o = w.run(yaml, json!({})).await;
+    assert_eq!(o.status, Status::Done, "{o:#?}");
+    assert_eq!(
+        history_kinds(&w, &o.id).await,
+        [
+            "state_entered",
+            "plugin_called",
+            "retry_scheduled",
+            "state_entered",
+            "plugin_called",
+            "routed",
+            "state_entered",
+            "children_started",
+            "children_finished",
+            "state_entered",
+            "finished"
+        ]
+    );
+    use crate::backend::History;
+    let events = w.backend.history(&o.id, 0, 100).await.unwrap();
+    assert_eq!(events[1].event["error"], "retryable");
+    assert_eq!(events[2].event["pause_ms"], 1000);
+    assert_eq!(events[5].event["to"], "fan");
+    assert_eq!(events[8].event["done"], 2);
+    // Each child keeps its own story.
+    let child = format!("{}:2:0", o.id);
+    assert_eq!(
+        history_kinds(&w, &child).await,
+        [
+            "state_entered",
+            "plugin_called",
+            "state_entered",
+            "finished"
+        ]
+    );
+
+    // A machine's limit keeps the newest events only; 0 keeps none.
+    let limited = yaml.replace(
+        "  states:\n    s:",
+        "  settings: {history_limit: 2}\n  states:\n    s:",
+    );
+    let o = w.run(&limited, json!({})).await;
+    assert_eq!(
+        history_kinds(&w, &o.id).await,
+        ["state_entered", "finished"]
+    );
+    let off = yaml.replace(
+        "  states:\n    s:",
+        "  settings: {history_limit: 0}\n  states:\n    s:",
+    );
+    let o = w.run(&off, json!({})).await;
+    assert_eq!(history_kinds(&w, &o.id).await, Vec::<String>::new());
+}

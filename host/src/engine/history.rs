@@ -1,0 +1,165 @@
+//! What happened to an execution, in order: the events the step and the
+//! driver note on the record as they go (`Record::journal`), written to the
+//! store's history with the next save. Bounded per execution: a machine's
+//! `settings.history_limit` (default [`DEFAULT_LIMIT`]; 0 keeps none).
+
+use super::record::{Record, Status};
+use crate::failure::FailureKind;
+use serde::{Deserialize, Serialize};
+
+/// Events kept per execution unless the machine says otherwise.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// One thing that happened to an execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    StateEntered {
+        state: String,
+        step: u64,
+        attempt: u32,
+    },
+    /// A plugin (processor or step) was called; `error` when it failed.
+    PluginCalled {
+        state: String,
+        plugin: String,
+        attempt: u32,
+        /// Wall time of the call, by the engine's monotonic clock.
+        ms: f64,
+        /// Host and process that made the call.
+        worker: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_bytes: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<FailureKind>,
+    },
+    RetryScheduled {
+        state: String,
+        /// The attempt that will run after the pause.
+        attempt: u32,
+        pause_ms: u64,
+    },
+    /// A failed state went elsewhere (`on_error`, or a hook's redirect).
+    Routed {
+        state: String,
+        kind: FailureKind,
+        to: String,
+    },
+    ChildrenStarted {
+        state: String,
+        children: usize,
+    },
+    /// Every child of the fan-out has an outcome (each child's own history
+    /// tells its story).
+    ChildrenFinished {
+        state: String,
+        done: usize,
+        failed: usize,
+        cancelled: usize,
+    },
+    Launched {
+        state: String,
+        child: String,
+    },
+    SignalReceived {
+        state: String,
+        channel: String,
+    },
+    /// Stopped at a state boundary (a signal to the process, a lost lease).
+    Interrupted {
+        state: String,
+        reason: String,
+    },
+    Finished {
+        status: Status,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<FailureKind>,
+    },
+}
+
+impl Event {
+    /// One line for a timeline: what happened, and where.
+    pub fn line(&self) -> String {
+        match self {
+            Event::StateEntered {
+                state,
+                step,
+                attempt,
+            } => match attempt {
+                1 => format!("entered `{state}` (step {step})"),
+                n => format!("entered `{state}` (step {step}, attempt {n})"),
+            },
+            Event::PluginCalled {
+                state,
+                plugin,
+                attempt,
+                ms,
+                worker,
+                output_bytes,
+                error,
+            } => {
+                let outcome = match (error, output_bytes) {
+                    (Some(kind), _) => format!("failed: {kind}"),
+                    (None, Some(n)) => format!("{n} bytes out"),
+                    (None, None) => "ok".into(),
+                };
+                format!(
+                    "`{state}` called {plugin} (attempt {attempt}) in {ms:.1} ms on {worker}: {outcome}"
+                )
+            }
+            Event::RetryScheduled {
+                state,
+                attempt,
+                pause_ms,
+            } => format!("`{state}` will try attempt {attempt} in {pause_ms} ms"),
+            Event::Routed { state, kind, to } => {
+                format!("`{state}` failed ({kind}), routed to `{to}`")
+            }
+            Event::ChildrenStarted { state, children } => {
+                format!("`{state}` started {children} children")
+            }
+            Event::ChildrenFinished {
+                state,
+                done,
+                failed,
+                cancelled,
+            } => format!(
+                "`{state}` children finished: {done} done, {failed} failed, {cancelled} cancelled"
+            ),
+            Event::Launched { state, child } => format!("`{state}` launched {child}"),
+            Event::SignalReceived { state, channel } => {
+                format!("`{state}` received a signal on `{channel}`")
+            }
+            Event::Interrupted { state, reason } => {
+                format!("stopped at `{state}`: {reason}")
+            }
+            Event::Finished {
+                status,
+                state,
+                error,
+            } => match error {
+                Some(kind) => format!("{status} at `{state}` ({kind})"),
+                None => format!("{status} at `{state}`"),
+            },
+        }
+    }
+}
+
+/// This process, as history names it: `host:pid`.
+pub fn worker() -> &'static str {
+    static WORKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    WORKER.get_or_init(|| {
+        let me = super::owner::this_process();
+        format!("{}:{}", me.host, me.pid)
+    })
+}
+
+/// The `Finished` event of a record that ended.
+pub fn finished(rec: &Record) -> Event {
+    Event::Finished {
+        status: rec.status,
+        state: rec.state.clone(),
+        error: rec.error.as_ref().map(|f| f.kind),
+    }
+}
