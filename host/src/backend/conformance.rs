@@ -192,37 +192,44 @@ async fn definitions_suite(b: &dyn Backend) {
     );
 }
 
-/// History: appended in order, read after a point, bounded per execution.
+/// History: stored in order, read after a point, bounded per execution; an
+/// event stored again under its number replaces it.
 async fn history_suite(b: &dyn Backend) {
     assert_eq!(b.history("h", 0, 10).await.unwrap(), vec![]);
-    let events = |from: u64, n: u64| (from..from + n).map(|i| (i, json!({"n": i}))).collect();
+    let events = |from: u64, n: u64| -> Vec<NewEvent> {
+        (from..from + n)
+            .map(|seq| NewEvent {
+                seq,
+                at_ms: seq * 10,
+                json: json!({"n": seq}).to_string(),
+            })
+            .collect()
+    };
     b.append_history("h", events(1, 3), 10).await.unwrap();
-    b.append_history("other", events(100, 2), 10).await.unwrap();
+    b.append_history("other", events(1, 2), 10).await.unwrap();
     b.append_history("h", events(4, 2), 10).await.unwrap();
     // Queued like a deferred checkpoint: a waited-for write covers it.
     b.save(checkpoint("flush-h", None, "running", 1))
         .await
         .unwrap();
     let all = b.history("h", 0, 100).await.unwrap();
-    let ns: Vec<u64> = all.iter().map(|e| e.at_ms).collect();
-    assert_eq!(ns, [1, 2, 3, 4, 5], "in order, this execution only");
-    assert_eq!(all[2].event, json!({"n": 3}));
-    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    let after = b.history("h", all[1].seq, 2).await.unwrap();
-    assert_eq!(after.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3, 4]);
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "in order, this execution only");
+    assert_eq!((all[2].at_ms, &all[2].event), (30, &json!({"n": 3})));
+    let after = b.history("h", 2, 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    // A re-run stores its events again under the same numbers.
+    let mut again = events(5, 1);
+    again[0].json = json!({"n": "again"}).to_string();
+    b.append_history("h", again, 10).await.unwrap();
     // Bounded: the oldest go first.
     b.append_history("h", events(6, 2), 4).await.unwrap();
     b.save(checkpoint("flush-h", None, "running", 1))
         .await
         .unwrap();
-    let kept: Vec<u64> = b
-        .history("h", 0, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.at_ms)
-        .collect();
-    assert_eq!(kept, [4, 5, 6, 7]);
+    let kept = b.history("h", 0, 100).await.unwrap();
+    assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
+    assert_eq!(kept[1].event, json!({"n": "again"}));
     assert_eq!(b.history("other", 0, 100).await.unwrap().len(), 2);
 }
 

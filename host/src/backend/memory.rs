@@ -23,7 +23,7 @@ pub(super) struct Data {
     pub(super) jobs: Vec<Job>,
     pub(super) workers: HashMap<String, WorkerInfo>,
     pub(super) leases: HashMap<String, super::owners::Lease>,
-    pub(super) history: HashMap<String, VecDeque<super::history::HistoryEntry>>,
+    pub(super) history: HashMap<String, std::collections::BTreeMap<u64, super::history::NewEvent>>,
 }
 
 impl Data {

@@ -19,7 +19,7 @@ mod sqlite_pools;
 pub mod status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use history::{History, HistoryEntry};
+pub use history::{History, HistoryEntry, NewEvent};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};

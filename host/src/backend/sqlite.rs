@@ -146,8 +146,8 @@ pub(super) enum Op {
     TakeSignal(String, String),
     /// Digest, body, stored at (ms).
     PutDefinition(String, String, u64),
-    /// Execution, (at ms, event JSON) in order, how many to keep.
-    AppendHistory(String, Vec<(u64, String)>, usize),
+    /// Execution, its events in order, how many to keep.
+    AppendHistory(String, Vec<super::history::NewEvent>, usize),
     Custom(Custom),
 }
 

@@ -8,6 +8,7 @@ use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape
 use super::runner::Runner;
 use super::step::Outcomes;
 use super::{Engine, MachineDef};
+use crate::backend::NewEvent;
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{Children, State, StateType};
 use crate::failure::FailureKind;
@@ -180,7 +181,10 @@ impl Engine {
                 if let Some(o) = &self.observer {
                     o.state(&rec.id, &rec.machine, &name, rec.step);
                 }
-                self.note_entered(frame, rec);
+                // A state that calls a plugin is told by its `plugin_called`.
+                if state.runs.is_none() {
+                    self.note_entered(frame, rec);
+                }
                 if rec.attempt <= 1
                     && let Err(f) = self
                         .fire(frame, rec, HookEvent::StateEnter(name.clone()))
@@ -262,14 +266,11 @@ impl Engine {
             keep_state(rec, &kv);
             let called = Event::PluginCalled {
                 state: name.clone(),
+                step: rec.step,
                 plugin: plugin.name().to_string(),
                 attempt: rec.attempt,
                 ms: started.elapsed().as_secs_f64() * 1e3,
-                worker: history::worker().to_string(),
-                output_bytes: result
-                    .as_ref()
-                    .ok()
-                    .map(|(o, _)| serde_json::to_string(o).map_or(0, |t| t.len())),
+                worker: history::worker().into(),
                 error: result.as_ref().err().map(|e| e.kind().into()),
             };
             self.note(frame, rec, called);
@@ -554,8 +555,19 @@ impl Engine {
     /// Notes an event in the record's journal (unless the machine keeps no
     /// history).
     pub(super) fn note(&self, frame: &Frame, rec: &mut Record, event: Event) {
-        if history_limit(&frame.def) > 0 {
-            rec.journal.push((self.now(), event));
+        if history_limit(&frame.def) == 0 {
+            return;
+        }
+        match serde_json::to_string(&event) {
+            Ok(json) => {
+                rec.history_seq += 1;
+                rec.journal.push(NewEvent {
+                    seq: rec.history_seq,
+                    at_ms: self.now(),
+                    json,
+                });
+            }
+            Err(e) => tracing::warn!(execution = %rec.id, "a history event was not kept: {e}"),
         }
     }
 

@@ -316,11 +316,7 @@ impl Engine {
         consumes: Option<u64>,
     ) -> Result<(), EngineError> {
         if !rec.journal.is_empty() {
-            let events = rec
-                .journal
-                .drain(..)
-                .map(|(at, e)| (at, serde_json::to_value(e).unwrap_or(Value::Null)))
-                .collect();
+            let events = std::mem::take(&mut rec.journal);
             self.backend
                 .append_history(&rec.id, events, history_limit(def))
                 .await?;

@@ -6,6 +6,7 @@
 use super::record::{Record, Status};
 use crate::failure::FailureKind;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Events kept per execution unless the machine says otherwise.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -19,17 +20,18 @@ pub enum Event {
         step: u64,
         attempt: u32,
     },
-    /// A plugin (processor or step) was called; `error` when it failed.
+    /// A state that runs a plugin (processor or step) called it; `error`
+    /// when it failed. (Such a state has no `state_entered`: it entered
+    /// `ms` before this event.)
     PluginCalled {
         state: String,
+        step: u64,
         plugin: String,
         attempt: u32,
         /// Wall time of the call, by the engine's monotonic clock.
         ms: f64,
         /// Host and process that made the call.
-        worker: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        output_bytes: Option<usize>,
+        worker: Cow<'static, str>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<FailureKind>,
     },
@@ -92,20 +94,23 @@ impl Event {
             },
             Event::PluginCalled {
                 state,
+                step,
                 plugin,
                 attempt,
                 ms,
                 worker,
-                output_bytes,
                 error,
             } => {
-                let outcome = match (error, output_bytes) {
-                    (Some(kind), _) => format!("failed: {kind}"),
-                    (None, Some(n)) => format!("{n} bytes out"),
-                    (None, None) => "ok".into(),
+                let outcome = match error {
+                    Some(kind) => format!("failed: {kind}"),
+                    None => "ok".into(),
+                };
+                let attempt = match attempt {
+                    1 => String::new(),
+                    n => format!(", attempt {n}"),
                 };
                 format!(
-                    "`{state}` called {plugin} (attempt {attempt}) in {ms:.1} ms on {worker}: {outcome}"
+                    "`{state}` (step {step}{attempt}) called {plugin} in {ms:.1} ms on {worker}: {outcome}"
                 )
             }
             Event::RetryScheduled {

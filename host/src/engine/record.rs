@@ -100,6 +100,10 @@ pub struct Launch {
     pub started: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -136,8 +140,11 @@ pub struct Record {
     #[serde(default)]
     pub error: Option<Failure>,
     pub created_ms: u64,
-    /// Events noted since the last save (time, event), written to the
-    /// store's history with the next save; never part of the checkpoint.
+    /// The number of the last history event noted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history_seq: u64,
+    /// Events noted since the last save, written to the store's history with
+    /// the next save; never part of the checkpoint.
     #[serde(skip)]
-    pub journal: Vec<(u64, super::history::Event)>,
+    pub journal: Vec<crate::backend::NewEvent>,
 }

@@ -233,6 +233,7 @@ impl Engine {
             output: None,
             error: None,
             created_ms: self.now(),
+            history_seq: 0,
             journal: Vec::new(),
         };
         let vars = json!({"input": rec.input, "context": {}});

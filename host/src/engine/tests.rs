@@ -781,10 +781,8 @@ data:
     assert_eq!(
         history_kinds(&w, &o.id).await,
         [
-            "state_entered",
             "plugin_called",
             "retry_scheduled",
-            "state_entered",
             "plugin_called",
             "routed",
             "state_entered",
@@ -796,20 +794,16 @@ data:
     );
     use crate::backend::History;
     let events = w.backend.history(&o.id, 0, 100).await.unwrap();
-    assert_eq!(events[1].event["error"], "retryable");
-    assert_eq!(events[2].event["pause_ms"], 1000);
-    assert_eq!(events[5].event["to"], "fan");
-    assert_eq!(events[8].event["done"], 2);
+    assert_eq!(events[0].event["error"], "retryable");
+    assert_eq!(events[1].event["pause_ms"], 1000);
+    assert_eq!(events[2].event["attempt"], 2);
+    assert_eq!(events[3].event["to"], "fan");
+    assert_eq!(events[6].event["done"], 2);
     // Each child keeps its own story.
     let child = format!("{}:2:0", o.id);
     assert_eq!(
         history_kinds(&w, &child).await,
-        [
-            "state_entered",
-            "plugin_called",
-            "state_entered",
-            "finished"
-        ]
+        ["plugin_called", "state_entered", "finished"]
     );
 
     // A machine's limit keeps the newest events only; 0 keeps none.
