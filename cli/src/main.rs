@@ -50,6 +50,8 @@ enum Command {
     Result(run::ResultArgs),
     /// Show what happened to an execution, as a timeline.
     History(run::HistoryArgs),
+    /// Wait for an execution's result (exit 6 if --timeout passes first).
+    Wait(run::WaitArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
     /// Job pools: push, list, stats, requeue.
@@ -240,6 +242,7 @@ fn main() -> ExitCode {
             Command::Signal(a) => run::signal(a).await,
             Command::Result(a) => run::result(a).await,
             Command::History(a) => run::history(a).await,
+            Command::Wait(a) => run::wait(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,

@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 const EXECUTION_FAILED: u8 = 4;
 /// Exit code of a run that is parked waiting for a signal.
 const EXECUTION_WAITING: u8 = 5;
+/// Exit code of `wait` when its `--timeout` passed first.
+const STILL_RUNNING: u8 = 6;
 
 /// The store of a command that writes: an SQLite database file.
 #[derive(Args, Clone)]
@@ -242,6 +244,18 @@ pub(super) struct HistoryArgs {
     /// One JSON object per line (seq, at_ms, event, …) instead of a timeline.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: ReadStoreArgs,
+}
+
+#[derive(Args)]
+pub(super) struct WaitArgs {
+    /// The execution.
+    id: String,
+    /// Give up after this long (e.g. `30s`, `500ms`); exit 6, the execution
+    /// goes on. Without it, wait until it finishes.
+    #[arg(long, value_parser = super::parse_duration)]
+    timeout: Option<std::time::Duration>,
     #[command(flatten)]
     store: ReadStoreArgs,
 }
@@ -592,6 +606,52 @@ pub(super) async fn history(a: HistoryArgs) -> Result<ExitCode, CliError> {
         previous = entry.at_ms;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `flowhost wait`: the result as `result` prints it, once there is one.
+pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
+    let backend = a.store.open()?;
+    let not_found = |e| match e {
+        EngineError::NotFound(id) => {
+            CliError::Usage(format!("no execution `{id}` in {}", backend.describe()))
+        }
+        other => engine_error(other),
+    };
+    let view = services::describe(backend.as_ref(), &a.id)
+        .await
+        .map_err(not_found)?;
+    if let Some(channel) = &view.waiting_for {
+        eprintln!(
+            "execution {} waits for a signal on `{channel}` (flowhost signal {} {channel})",
+            a.id, a.id
+        );
+    }
+    match services::wait(backend.as_ref(), &a.id, a.timeout)
+        .await
+        .map_err(not_found)?
+    {
+        services::Waited::Finished(r) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.value).unwrap_or_default()
+            );
+            eprintln!("execution {}: {}", a.id, r.status);
+            Ok(if r.status == Status::Done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXECUTION_FAILED)
+            })
+        }
+        services::Waited::TimedOut(status) => {
+            eprintln!(
+                "execution {} is still {status} after {:?}; it goes on (wait again, or see flowhost status {})",
+                a.id,
+                a.timeout.unwrap_or_default(),
+                a.id
+            );
+            Ok(ExitCode::from(STILL_RUNNING))
+        }
+    }
 }
 
 pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {

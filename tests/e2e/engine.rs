@@ -859,6 +859,24 @@ data:
         (Some("waiting"), Some("ask"))
     );
 
+    // `wait` gives up after its timeout with its own exit code...
+    let w = flowhost_e2e::run(&cache, &["wait", &id, "--timeout", "50ms", "--db", &db]);
+    assert_eq!(w.status.code(), Some(6), "{}", flowhost_e2e::stderr(&w));
+    assert!(
+        flowhost_e2e::stderr(&w).contains("is still waiting")
+            && flowhost_e2e::stderr(&w).contains(&format!("flowhost signal {id} approval")),
+        "{}",
+        flowhost_e2e::stderr(&w)
+    );
+    assert!(w.stdout.is_empty(), "never an empty result");
+    // ...and without one returns the result once another process finishes it.
+    let waiter = flowhost_e2e::flowhost(&cache)
+        .args(["wait", &id, "--db", &db])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
     let o = flowhost_e2e::run(
         &cache,
         &[
@@ -874,6 +892,12 @@ data:
     assert!(o.status.success(), "{}", flowhost_e2e::stderr(&o));
     let out: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(out, json!({"approved_by": "ada"}));
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{}", flowhost_e2e::stderr(&waited));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&waited.stdout).unwrap(),
+        out
+    );
 
     let uri = format!("flatagents://{id}/result");
     let r = flowhost_e2e::run(&cache, &["result", &uri, "--db", &db]);

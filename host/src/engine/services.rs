@@ -1,13 +1,15 @@
 //! What the command line (and later the daemon) asks of stored executions,
 //! as library calls: describe one (status, state, progress of its children,
-//! who runs it, error, result), read its history, and signal one. The edges only print or
+//! who runs it, error, result), read its history, wait for its result, and
+//! signal one. The edges only print or
 //! serialise what these return.
 
 use super::record::{Failure, Launch, Record, Status};
 use super::{Engine, EngineError, owner};
-use crate::backend::{Backend, Checkpoint, HistoryEntry};
+use crate::backend::{Backend, Checkpoint, HistoryEntry, StoredResult};
 use serde::Serialize;
 use serde_json::Value;
+use std::time::Duration;
 
 /// One execution as `flowhost status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +152,42 @@ pub async fn history(
 ) -> Result<Vec<HistoryEntry>, EngineError> {
     checkpoint(backend, id).await?;
     Ok(backend.history(id, after, limit).await?)
+}
+
+/// How [`wait`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Waited {
+    /// The execution finished; its durable result.
+    Finished(StoredResult),
+    /// The time ran out; the execution is still in this status.
+    TimedOut(Status),
+}
+
+/// Waits until execution `id` has a result, or `timeout` passes. The store
+/// is read again after pauses that grow from 5 ms to 250 ms (SQLite tells
+/// no other process when a result is written), so an idle wait costs a few
+/// reads a second.
+pub async fn wait(
+    backend: &dyn Backend,
+    id: &str,
+    timeout: Option<Duration>,
+) -> Result<Waited, EngineError> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(result) = backend.read_result(id).await? {
+            return Ok(Waited::Finished(result));
+        }
+        let cp = checkpoint(backend, id).await?;
+        let now = tokio::time::Instant::now();
+        let next = match deadline {
+            Some(d) if now >= d => return Ok(Waited::TimedOut(cp.status)),
+            Some(d) => (now + pause).min(d),
+            None => now + pause,
+        };
+        tokio::time::sleep_until(next).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(250));
+    }
 }
 
 /// What a signal found when it was stored.

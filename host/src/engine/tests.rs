@@ -823,3 +823,52 @@ data:
     let o = w.run(&off, json!({})).await;
     assert_eq!(history_kinds(&w, &o.id).await, Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
+    use crate::backend::{Checkpoint, StoredResult};
+    let backend = Arc::new(MemoryBackend::new());
+    assert!(matches!(
+        services::wait(backend.as_ref(), "nope", None).await,
+        Err(EngineError::NotFound(_))
+    ));
+    backend
+        .save(Checkpoint {
+            id: "x".into(),
+            parent: None,
+            machine: "m".into(),
+            status: Status::Running,
+            state: "s".into(),
+            step: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            record: "{}".into(),
+            consumes_signal: None,
+        })
+        .await
+        .unwrap();
+    let gave_up = services::wait(backend.as_ref(), "x", Some(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(gave_up, services::Waited::TimedOut(Status::Running));
+
+    // Written by someone else while it waits (tokio's clock is paused and
+    // moves when every task waits).
+    let writer = backend.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let done = StoredResult {
+            status: Status::Done,
+            value: json!({"ok": true}),
+            written_ms: 1,
+        };
+        writer.write_result("x", done).await.unwrap();
+    });
+    let started = tokio::time::Instant::now();
+    match services::wait(backend.as_ref(), "x", None).await.unwrap() {
+        services::Waited::Finished(r) => assert_eq!(r.value, json!({"ok": true})),
+        other => panic!("{other:?}"),
+    }
+    // Polling stays sparse: it noticed within one long pause.
+    assert!(started.elapsed() <= Duration::from_millis(30_250));
+}
