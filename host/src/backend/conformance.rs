@@ -16,6 +16,7 @@ fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Che
         updated_ms: created,
         record: format!("{{\"id\":\"{id}\"}}"),
         consumes_signal: None,
+        fence: None,
     }
 }
 
@@ -68,6 +69,7 @@ async fn suite(b: &dyn Backend) {
 
     assert_eq!(b.read_result("a").await.unwrap(), None);
     let result = StoredResult {
+        fence: None,
         status: ExecutionStatus::Done,
         value: json!({"n": [1, 2]}),
         written_ms: 5,
@@ -112,6 +114,66 @@ fn owner(id: &str) -> Owner {
         host: "h".into(),
         started: 0,
     }
+}
+
+/// Writes made under a lease another owner took since are refused, and
+/// leave what is stored as it was.
+async fn fence_suite(b: &dyn Backend) {
+    let Claim::Acquired(first) = b.acquire("f", &owner("me"), 60_000, None).await.unwrap() else {
+        panic!("a free lease is acquired");
+    };
+    let mine = Fence {
+        root: "f".into(),
+        token: first.token,
+    };
+    let fenced = |id: &str, step: u64, fence: &Fence| Checkpoint {
+        step,
+        fence: Some(fence.clone()),
+        ..checkpoint(id, Some("f"), "running", 1)
+    };
+    b.save(fenced("f:1:0", 1, &mine)).await.unwrap();
+    // Another owner takes over (it knows the holder is dead).
+    let Claim::Acquired(second) = b
+        .acquire("f", &owner("new"), 60_000, Some(first.token))
+        .await
+        .unwrap()
+    else {
+        panic!("a known-dead holder is evicted");
+    };
+    let theirs = Fence {
+        root: "f".into(),
+        token: second.token,
+    };
+    let refused = b.save(fenced("f:1:0", 2, &mine)).await.unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Conflict, "{refused}");
+    assert!(
+        refused.message.contains("lost ownership of `f`"),
+        "{refused}"
+    );
+    // Queued, it is dropped (or refused at once): either way not stored.
+    let _ = b.save_deferred(fenced("f:1:0", 3, &mine)).await;
+    let stale_result = StoredResult {
+        fence: Some(mine.clone()),
+        status: ExecutionStatus::Done,
+        value: json!("late"),
+        written_ms: 1,
+    };
+    let refused = b.write_result("f:1:0", stale_result).await.unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Conflict);
+    b.save(checkpoint("unfenced", None, "running", 1))
+        .await
+        .unwrap();
+    assert_eq!(b.load("f:1:0").await.unwrap().unwrap().step, 1);
+    assert_eq!(b.read_result("f:1:0").await.unwrap(), None);
+    // The new owner writes.
+    b.save(fenced("f:1:0", 4, &theirs)).await.unwrap();
+    assert_eq!(b.load("f:1:0").await.unwrap().unwrap().step, 4);
+    // A fence on a lease nobody ever took is refused too.
+    let nobody = Fence {
+        root: "ghost".into(),
+        token: 1,
+    };
+    assert!(b.save(fenced("ghost", 1, &nobody)).await.is_err());
 }
 
 /// One owner at a time; an expired lease or a known-dead holder can be taken
@@ -341,6 +403,7 @@ async fn memory_backend_conforms() {
     definitions_suite(&MemoryBackend::new()).await;
     signal_consumption_suite(&MemoryBackend::new()).await;
     history_suite(&MemoryBackend::new()).await;
+    fence_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -354,6 +417,7 @@ async fn sqlite_backend_conforms_and_persists() {
         definitions_suite(&b).await;
         signal_consumption_suite(&b).await;
         history_suite(&b).await;
+        fence_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();

@@ -27,6 +27,16 @@ pub(super) struct Data {
 }
 
 impl Data {
+    /// Refuses a write whose fence is no longer the lease's token.
+    fn check_fence(&self, fence: Option<&super::Fence>) -> BackendResult<()> {
+        match fence {
+            Some(f) if self.leases.get(&f.root).map(|l| l.token) != Some(f.token) => {
+                Err(f.refused())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The job, if `fence` is its current claim's token.
     pub(super) fn current(&mut self, id: i64, fence: u64) -> Option<&mut Job> {
         self.jobs
@@ -72,6 +82,7 @@ impl MemoryBackend {
 impl Checkpoints for MemoryBackend {
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
         let mut data = self.lock();
+        data.check_fence(checkpoint.fence.as_ref())?;
         if let Some(seq) = checkpoint.consumes_signal {
             for (_, queue) in data
                 .signals
@@ -91,6 +102,7 @@ impl Checkpoints for MemoryBackend {
             Checkpoint {
                 created_ms: created,
                 consumes_signal: None,
+                fence: None,
                 ..checkpoint
             },
         );
@@ -133,7 +145,15 @@ impl Checkpoints for MemoryBackend {
 #[async_trait::async_trait]
 impl Results for MemoryBackend {
     async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
-        self.lock().results.insert(id.to_string(), result);
+        let mut data = self.lock();
+        data.check_fence(result.fence.as_ref())?;
+        data.results.insert(
+            id.to_string(),
+            StoredResult {
+                fence: None,
+                ..result
+            },
+        );
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub enum StoreErrorKind {
     ReadOnly,
     /// Anything else: an I/O error, a stopped writer.
     Io,
+    /// The write's fencing token is stale: another process owns the
+    /// execution now, and this write was refused.
+    Conflict,
 }
 
 impl StoreErrorKind {
@@ -71,6 +74,7 @@ impl StoreErrorKind {
             StoreErrorKind::Incompatible => "incompatible",
             StoreErrorKind::ReadOnly => "read_only",
             StoreErrorKind::Io => "io",
+            StoreErrorKind::Conflict => "conflict",
         }
     }
 }
@@ -119,6 +123,32 @@ pub struct Checkpoint {
     /// writing; always `None` when read.
     #[serde(skip)]
     pub consumes_signal: Option<u64>,
+    /// The lease the write is made under: refused unless `fence.token` is
+    /// still the lease's token. Only for writing; `None` when read.
+    #[serde(skip)]
+    pub fence: Option<Fence>,
+}
+
+/// A write's claim to ownership: the tree's root and the lease token the
+/// writer holds on it ([`Ownership`]). A store refuses a fenced write once
+/// another owner took the lease (its token is higher): a paused process
+/// that lost its lease cannot overwrite what the new owner wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub root: String,
+    pub token: u64,
+}
+
+impl Fence {
+    pub(crate) fn refused(&self) -> BackendError {
+        BackendError::of(
+            StoreErrorKind::Conflict,
+            format!(
+                "lost ownership of `{}`: another process took it over (this write's lease token {} is stale); the write was refused",
+                self.root, self.token
+            ),
+        )
+    }
 }
 
 /// A signal waiting for an execution.
@@ -143,6 +173,9 @@ pub struct ListFilter {
 /// The final outcome of an execution, addressable as `flowhost://<id>/result`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredResult {
+    /// As [`Checkpoint::fence`].
+    #[serde(skip)]
+    pub fence: Option<Fence>,
     /// `done` or `failed`.
     pub status: ExecutionStatus,
     /// The output (done) or `{kind, message, state}` (failed).

@@ -495,6 +495,9 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
     let err = db_error(path);
     match op {
         Op::Save(c) => {
+            if stale(tx, c.fence.as_ref()).map_err(&err)? {
+                return Ok(Some(Value::String(REFUSED.into())));
+            }
             tx.prepare_cached(
                 "INSERT INTO executions (id, parent, machine, status, state, step, created_ms, updated_ms, record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -523,6 +526,9 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             Ok(None)
         }
         Op::WriteResult(id, r) => {
+            if stale(tx, r.fence.as_ref()).map_err(&err)? {
+                return Ok(Some(Value::String(REFUSED.into())));
+            }
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
             )
@@ -572,6 +578,30 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
     }
 }
 
+/// What a write refused by its fence answers (it changes nothing, and the
+/// rest of its transaction goes on).
+const REFUSED: &str = "refused: stale fence";
+
+/// Whether a fenced write's lease token is no longer the lease's.
+fn stale(tx: &Connection, fence: Option<&super::Fence>) -> rusqlite::Result<bool> {
+    let Some(fence) = fence else {
+        return Ok(false);
+    };
+    let token: Option<i64> = tx
+        .prepare_cached("SELECT token FROM owners WHERE execution = ?1")?
+        .query_row(params![fence.root], |r| r.get(0))
+        .optional()?;
+    Ok(token != Some(fence.token as i64))
+}
+
+/// A fenced write's answer as the caller sees it.
+fn fenced(answer: Option<Value>, fence: Option<&super::Fence>) -> BackendResult<()> {
+    match (answer, fence) {
+        (Some(Value::String(s)), Some(f)) if s == REFUSED => Err(f.refused()),
+        _ => Ok(()),
+    }
+}
+
 /// A stored signal's data.
 fn signal_data(path: &Path, seq: i64, text: &str) -> BackendResult<Value> {
     serde_json::from_str(text).map_err(|e| {
@@ -594,6 +624,7 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         updated_ms: r.get::<_, i64>(7)? as u64,
         record: r.get(8)?,
         consumes_signal: None,
+        fence: None,
     })
 }
 
@@ -603,7 +634,8 @@ const CHECKPOINT_COLUMNS: &str =
 #[async_trait::async_trait]
 impl Checkpoints for SqliteBackend {
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
-        self.write(Op::Save(checkpoint)).await.map(|_| ())
+        let fence = checkpoint.fence.clone();
+        fenced(self.write(Op::Save(checkpoint)).await?, fence.as_ref())
     }
 
     async fn save_deferred(&self, checkpoint: Checkpoint) -> BackendResult<()> {
@@ -667,9 +699,11 @@ impl Checkpoints for SqliteBackend {
 #[async_trait::async_trait]
 impl Results for SqliteBackend {
     async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
-        self.write(Op::WriteResult(id.to_string(), result))
-            .await
-            .map(|_| ())
+        let fence = result.fence.clone();
+        fenced(
+            self.write(Op::WriteResult(id.to_string(), result)).await?,
+            fence.as_ref(),
+        )
     }
 
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
@@ -689,6 +723,7 @@ impl Results for SqliteBackend {
                 ))
             })?;
             Ok(StoredResult {
+                fence: None,
                 status,
                 value,
                 written_ms: written as u64,

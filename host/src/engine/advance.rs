@@ -55,6 +55,8 @@ pub(super) struct Frame {
     pub cancel: Vec<CancelToken>,
     /// The stop request of the tree this execution belongs to (its lease).
     pub stop: super::owner::Stop,
+    /// The lease every write of the tree is made under.
+    pub fence: crate::backend::Fence,
 }
 
 impl Frame {

@@ -11,7 +11,7 @@ use super::record::{Child, Failure, Pending, Record, Status};
 use super::services::parse_record;
 use super::step::{self, Next, Outcomes, Save, Settled, Step};
 use super::{Definition, Engine, EngineError, MachineDef, Tree, Trees, definition, machines};
-use crate::backend::{Checkpoint, StoredResult};
+use crate::backend::{Checkpoint, Fence, StoredResult};
 use crate::plugin::CancelToken;
 use serde::Serialize;
 use serde_json::Value;
@@ -182,6 +182,7 @@ impl Engine {
             definition,
             cancel: vec![CancelToken::default()],
             stop: held.stop.clone(),
+            fence: held.fence(),
         };
         let result = self.drive(frame, rec, true).await;
         self.disown(held).await;
@@ -208,7 +209,7 @@ impl Engine {
         let held = self.own(&root.id).await?;
         // Read again under the lease: the previous owner may have moved it on.
         let result = match self.load_record(id).await {
-            Ok(rec) => self.resume_owned(rec, held.stop.clone(), options).await,
+            Ok(rec) => self.resume_owned(rec, &held, options).await,
             Err(e) => Err(e),
         };
         self.disown(held).await;
@@ -218,7 +219,7 @@ impl Engine {
     async fn resume_owned(
         self: &Arc<Self>,
         rec: Record,
-        stop: super::owner::Stop,
+        held: &super::owner::Held,
         options: ResumeOptions,
     ) -> Result<Outcome, EngineError> {
         let (def, definition) = self.def_of(&rec, options.upgrade).await?;
@@ -234,7 +235,8 @@ impl Engine {
             def,
             definition,
             cancel: vec![CancelToken::default()],
-            stop,
+            stop: held.stop.clone(),
+            fence: held.fence(),
         };
         if rec.status.is_terminal() {
             // Launched children that did not finish are continued too.
@@ -297,13 +299,9 @@ impl Engine {
     /// Carries out a step's save: the history noted since the last save
     /// (queued), the checkpoint (queued or awaited), and for a finished
     /// execution the result.
-    async fn save(
-        &self,
-        def: &MachineDef,
-        rec: &mut Record,
-        save: Save,
-    ) -> Result<(), EngineError> {
-        self.save_consuming(def, rec, save, None).await
+    async fn save(&self, frame: &Frame, rec: &mut Record, save: Save) -> Result<(), EngineError> {
+        self.save_consuming(&frame.def, &frame.fence, rec, save, None)
+            .await
     }
 
     /// [`Self::save`], deleting the delivered signal `consumes` in the same
@@ -311,6 +309,7 @@ impl Engine {
     async fn save_consuming(
         &self,
         def: &MachineDef,
+        fence: &Fence,
         rec: &mut Record,
         save: Save,
         consumes: Option<u64>,
@@ -330,17 +329,17 @@ impl Engine {
             Save::Nothing => {}
             Save::Queued => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now(), consumes)?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
                     .await?
             }
             Save::Awaited => {
                 self.backend
-                    .save(to_checkpoint(rec, self.now(), consumes)?)
+                    .save(to_checkpoint(rec, self.now(), consumes, fence)?)
                     .await?
             }
             Save::Final => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now(), consumes)?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
                     .await?;
                 let (status, value) = match (rec.status, &rec.output, &rec.error) {
                     (Status::Done, Some(o), _) => (Status::Done, o.clone()),
@@ -351,6 +350,7 @@ impl Engine {
                     (s, _, _) => (s, Value::Null),
                 };
                 let result = StoredResult {
+                    fence: Some(fence.clone()),
                     status,
                     value,
                     written_ms: self.now(),
@@ -389,8 +389,14 @@ impl Engine {
                 if step.outbox {
                     self.start_launches(&frame, &mut rec, false).await?;
                 }
-                self.save_consuming(&frame.def, &mut rec, step.save, consumed.take())
-                    .await?;
+                self.save_consuming(
+                    &frame.def,
+                    &frame.fence,
+                    &mut rec,
+                    step.save,
+                    consumed.take(),
+                )
+                .await?;
                 match step.next {
                     Next::Continue => {}
                     Next::Retry(pause) => {
@@ -407,7 +413,7 @@ impl Engine {
                     Next::Children => match self.run_children(&frame, &mut rec).await? {
                         Gathered::Waiting(waiting) => {
                             let park = self.park_on_child(&frame, &mut rec);
-                            self.save(&frame.def, &mut rec, park.save).await?;
+                            self.save(&frame, &mut rec, park.save).await?;
                             let mut o = outcome(&rec);
                             o.waiting = Some(waiting);
                             return Ok(o);
@@ -446,7 +452,7 @@ impl Engine {
                     };
                     self.note(&frame, &mut rec, stopped);
                     // Stored (and waited for) before anyone is told to resume.
-                    self.save(&frame.def, &mut rec, Save::Awaited).await?;
+                    self.save(&frame, &mut rec, Save::Awaited).await?;
                     return Err(EngineError::Interrupted {
                         id: rec.id.clone(),
                         state: rec.state.clone(),
@@ -564,6 +570,7 @@ impl Engine {
                     definition: frame.definition.clone(),
                     cancel,
                     stop: frame.stop.clone(),
+                    fence: frame.fence.clone(),
                 };
                 let engine = self.clone();
                 let parent = parent.to_string();
@@ -657,7 +664,7 @@ impl Engine {
         if rec.launches.iter().any(|l| !l.started) {
             // Whatever the checkpoint policy: the outbox is the record of
             // which launches exist.
-            self.save(&frame.def, rec, Save::Awaited).await?;
+            self.save(frame, rec, Save::Awaited).await?;
         }
         let mut changed = false;
         for i in 0..rec.launches.len() {
@@ -692,7 +699,8 @@ impl Engine {
                         launch.input.clone(),
                     );
                     // The child's own record exists before the parent says it started.
-                    self.save(&def, &mut r, Save::Queued).await?;
+                    self.save_consuming(&def, &frame.fence, &mut r, Save::Queued, None)
+                        .await?;
                     Some(r)
                 }
             };
@@ -713,6 +721,7 @@ impl Engine {
                 definition: frame.definition.clone(),
                 cancel: vec![CancelToken::default()],
                 stop: frame.stop.clone(),
+                fence: frame.fence.clone(),
             };
             let handle = tokio::spawn(async move {
                 let id = child_rec.id.clone();
@@ -723,7 +732,7 @@ impl Engine {
             self.lock_detached().push(handle);
         }
         if changed {
-            self.save(&frame.def, rec, Save::Awaited).await?;
+            self.save(frame, rec, Save::Awaited).await?;
         }
         Ok(())
     }
@@ -735,6 +744,7 @@ fn to_checkpoint(
     rec: &Record,
     now_ms: u64,
     consumes_signal: Option<u64>,
+    fence: &Fence,
 ) -> Result<Checkpoint, EngineError> {
     let record = serde_json::to_string(rec)
         .map_err(|e| EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id)))?;
@@ -749,6 +759,7 @@ fn to_checkpoint(
         updated_ms: now_ms,
         record,
         consumes_signal,
+        fence: Some(fence.clone()),
     })
 }
 

@@ -104,6 +104,17 @@ pub(super) struct Held {
     pub stop: Stop,
 }
 
+impl Held {
+    /// What the tree's writes carry, so a store refuses them once another
+    /// process took the lease.
+    pub fn fence(&self) -> crate::backend::Fence {
+        crate::backend::Fence {
+            root: self.execution.clone(),
+            token: self.token,
+        }
+    }
+}
+
 /// The leases an engine holds (root → token and the tree's stop request),
 /// all renewed by one background task, started with the first lease. (One
 /// task per lease cost a spawn and an abort per run.)

@@ -844,6 +844,7 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
             updated_ms: 0,
             record: "{}".into(),
             consumes_signal: None,
+            fence: None,
         })
         .await
         .unwrap();
@@ -858,6 +859,7 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let done = StoredResult {
+            fence: None,
             status: Status::Done,
             value: json!({"ok": true}),
             written_ms: 1,
@@ -871,4 +873,49 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
     }
     // Polling stays sparse: it noticed within one long pause.
     assert!(started.elapsed() <= Duration::from_millis(30_250));
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_was_taken_over_cannot_write_and_stops() {
+    use crate::backend::{Claim, Owner, Ownership};
+    let w = world();
+    let backend = w.backend.clone();
+    // While the first state runs, another process takes the execution over
+    // (as `resume` does once it knows the holder is dead).
+    w.fakes.add(Fake::new("usurp", move |_, _, _| {
+        let lease = futures_lite_block(backend.lease("taken")).unwrap().unwrap();
+        let intruder = Owner {
+            id: "intruder".into(),
+            pid: 1,
+            host: "elsewhere".into(),
+            started: 0,
+        };
+        let claim =
+            futures_lite_block(backend.acquire("taken", &intruder, 60_000, Some(lease.token)));
+        assert!(matches!(claim, Ok(Claim::Acquired(_))));
+        Ok(json!({}))
+    }));
+    w.fakes.add(echo("item"));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {usurp: usurp, item: item}
+  states:
+    first: {type: initial, plugin: usurp, transitions: [{to: second}]}
+    second: {plugin: item, transitions: [{to: end}]}
+    end: {type: final}
+"#;
+    let path = w.file("taken.yml", yaml);
+    let err = w
+        .engine
+        .start_with_id(&path, json!({}), "taken".into())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("lost ownership of `taken`"),
+        "{err}"
+    );
+    // What the usurped run would have written after the takeover is not there.
+    let stored = w.backend.load("taken").await.unwrap().unwrap();
+    assert_eq!((stored.state.as_str(), stored.step), ("first", 1));
+    assert_eq!(w.backend.read_result("taken").await.unwrap(), None);
 }
