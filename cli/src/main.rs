@@ -52,6 +52,8 @@ enum Command {
     History(run::HistoryArgs),
     /// Wait for an execution's result (exit 6 if --timeout passes first).
     Wait(run::WaitArgs),
+    /// Cancel an execution no process is running (waiting, parked, abandoned), with its children.
+    Cancel(run::CancelArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
     /// Job pools: push, list, stats, requeue.
@@ -243,6 +245,7 @@ fn main() -> ExitCode {
             Command::Result(a) => run::result(a).await,
             Command::History(a) => run::history(a).await,
             Command::Wait(a) => run::wait(a).await,
+            Command::Cancel(a) => run::cancel(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,

@@ -260,6 +260,19 @@ pub(super) struct WaitArgs {
     store: ReadStoreArgs,
 }
 
+#[derive(Args)]
+pub(super) struct CancelArgs {
+    /// The execution.
+    id: String,
+    /// Why: kept as the execution's error and result.
+    #[arg(long, default_value = "cancelled by flowhost cancel")]
+    reason: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
 /// An engine for one command, and its progress display (on a terminal).
 struct Session {
     engine: Arc<Engine>,
@@ -651,6 +664,26 @@ pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::from(STILL_RUNNING))
         }
+    }
+}
+
+/// `flowhost cancel`: ends a waiting, parked or abandoned execution and its
+/// children as `cancelled`.
+pub(super) async fn cancel(a: CancelArgs) -> Result<ExitCode, CliError> {
+    let session = engine(a.store.open_existing()?, None, &a.runtime)?;
+    match session.engine.cancel(&a.id, &a.reason).await {
+        Ok(n) => {
+            let children = match n {
+                1 => String::new(),
+                n => format!(" and {} of its children", n - 1),
+            };
+            eprintln!("execution {}{children} cancelled: {}", a.id, a.reason);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(EngineError::Owned(m)) => Err(CliError::Other(format!(
+            "{m}\n`cancel` ends executions no process is running: stop that process first (Ctrl-C or SIGTERM stops it at a state boundary), then cancel"
+        ))),
+        Err(e) => Err(engine_error(e)),
     }
 }
 

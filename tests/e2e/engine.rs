@@ -943,6 +943,54 @@ data:
 }
 
 #[test]
+fn cli_cancel_ends_a_waiting_execution_with_its_reason() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("ask.yml");
+    std::fs::write(
+        &machine,
+        "spec: flatmachine\ndata:\n  name: ask\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n",
+    )
+    .unwrap();
+    let db = dir.path().join("f.db").display().to_string();
+    let o = flowhost_e2e::run(
+        &cache,
+        &["run", &machine.display().to_string(), "--db", &db, "--json"],
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", flowhost_e2e::stderr(&o));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let c = flowhost_e2e::run(
+        &cache,
+        &["cancel", &id, "--reason", "nobody answered", "--db", &db],
+    );
+    assert!(c.status.success(), "{}", flowhost_e2e::stderr(&c));
+    assert!(flowhost_e2e::stderr(&c).contains("cancelled: nobody answered"));
+    let r = flowhost_e2e::run(&cache, &["result", &id, "--db", &db]);
+    assert_eq!(r.status.code(), Some(4));
+    let result: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        (result["kind"].as_str(), result["message"].as_str()),
+        (Some("cancelled"), Some("nobody answered"))
+    );
+    let s = flowhost_e2e::run(&cache, &["status", &id, "--db", &db]);
+    let status: Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(status["status"], "cancelled");
+    let again = flowhost_e2e::run(&cache, &["cancel", &id, "--db", &db]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "{}",
+        flowhost_e2e::stderr(&again)
+    );
+    let unknown = flowhost_e2e::run(&cache, &["cancel", "no-such-id", "--db", &db]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
 fn cli_bad_input_and_unknown_ids_are_clear_errors() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();

@@ -341,14 +341,7 @@ impl Engine {
                 self.backend
                     .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
                     .await?;
-                let (status, value) = match (rec.status, &rec.output, &rec.error) {
-                    (Status::Done, Some(o), _) => (Status::Done, o.clone()),
-                    (_, _, Some(e)) => (
-                        Status::Failed,
-                        serde_json::to_value(e).unwrap_or(Value::Null),
-                    ),
-                    (s, _, _) => (s, Value::Null),
-                };
+                let (status, value) = result_of(rec);
                 let result = StoredResult {
                     fence: Some(fence.clone()),
                     status,
@@ -738,9 +731,26 @@ impl Engine {
     }
 }
 
+/// The durable result of a finished record: its output when done, else
+/// its error, under the status it ended with (`failed` or `cancelled`).
+pub(super) fn result_of(rec: &Record) -> (Status, Value) {
+    match (rec.status, &rec.output, &rec.error) {
+        (Status::Done, Some(o), _) => (Status::Done, o.clone()),
+        (s, _, Some(e)) => (
+            if s == Status::Cancelled {
+                Status::Cancelled
+            } else {
+                Status::Failed
+            },
+            serde_json::to_value(e).unwrap_or(Value::Null),
+        ),
+        (s, _, _) => (s, Value::Null),
+    }
+}
+
 /// The checkpoint of a record; `consumes_signal` is a delivered signal to
 /// delete in the same write.
-fn to_checkpoint(
+pub(super) fn to_checkpoint(
     rec: &Record,
     now_ms: u64,
     consumes_signal: Option<u64>,

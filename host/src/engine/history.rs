@@ -67,6 +67,11 @@ pub enum Event {
         state: String,
         channel: String,
     },
+    /// Cancelled by `flowhost cancel` (or its parent's cancellation).
+    Cancelled {
+        state: String,
+        reason: String,
+    },
     /// Stopped at a state boundary (a signal to the process, a lost lease).
     Interrupted {
         state: String,
@@ -138,6 +143,9 @@ impl Event {
             }
             Event::Interrupted { state, reason } => {
                 format!("stopped at `{state}`: {reason}")
+            }
+            Event::Cancelled { state, reason } => {
+                format!("cancelled at `{state}`: {reason}")
             }
             Event::Finished {
                 status,

@@ -21,6 +21,7 @@
 mod actions;
 mod advance;
 pub mod bench;
+mod cancel;
 pub mod definition;
 mod driver;
 pub mod history;

@@ -919,3 +919,82 @@ data:
     assert_eq!((stored.state.as_str(), stored.step), ("first", 1));
     assert_eq!(w.backend.read_result("taken").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn cancel_ends_a_parked_tree_and_refuses_one_a_live_process_runs() {
+    use crate::backend::{Claim, Owner, Ownership};
+    let w = world();
+    w.fakes.add(echo("item"));
+    let yaml = r#"spec: flatmachine
+data:
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, transitions: [{condition: "input.v == 2", to: ask}, {to: end}]}
+          ask: {wait_for: go, transitions: [{to: end}]}
+          end: {type: final}
+  states:
+    fan: {type: initial, foreach: "{{ input.items }}", as: x, machine: child, input: {v: "{{ x }}"}, transitions: [{to: end}]}
+    end: {type: final}
+"#;
+    let o = w.run(yaml, json!({"items": [1, 2]})).await;
+    assert_eq!(o.status, Status::Waiting);
+    let child = o.waiting.clone().unwrap().execution;
+
+    assert_eq!(w.engine.cancel(&o.id, "no longer needed").await.unwrap(), 2);
+    for id in [&o.id, &child] {
+        let r = w.backend.read_result(id).await.unwrap().unwrap();
+        assert_eq!(r.status, Status::Cancelled, "{id}");
+        assert_eq!(r.value["message"], "no longer needed");
+        assert_eq!(r.value["kind"], "cancelled");
+    }
+    assert_eq!(
+        history_kinds(&w, &o.id).await.last().map(String::as_str),
+        Some("finished")
+    );
+    assert!(
+        history_kinds(&w, &child)
+            .await
+            .contains(&"cancelled".to_string())
+    );
+    // Finished now: no second cancel, no signal, resume changes nothing.
+    assert!(matches!(
+        w.engine.cancel(&o.id, "again").await,
+        Err(EngineError::Finished(_))
+    ));
+    assert!(matches!(
+        w.engine.signal(&child, "go", json!(1)).await,
+        Err(EngineError::Finished(_))
+    ));
+    assert_eq!(
+        w.engine.resume(&o.id).await.unwrap().status,
+        Status::Cancelled
+    );
+
+    // An execution another live process runs is not cancelled here.
+    let o = w.run(yaml, json!({"items": [2]})).await;
+    let elsewhere = Owner {
+        id: "other".into(),
+        pid: 1,
+        host: "another-host".into(),
+        started: 0,
+    };
+    let lease = w.backend.lease(&o.id).await.unwrap().unwrap();
+    let claim = w
+        .backend
+        .acquire(&o.id, &elsewhere, 60_000, Some(lease.token))
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Acquired(_)));
+    assert!(matches!(
+        w.engine.cancel(&o.id, "mine").await,
+        Err(EngineError::Owned(_))
+    ));
+    assert_eq!(
+        w.backend.load(&o.id).await.unwrap().unwrap().status,
+        Status::Waiting
+    );
+}

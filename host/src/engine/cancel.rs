@@ -1,0 +1,105 @@
+//! Cancelling an execution that no process is running: one waiting for a
+//! signal, parked on its children, or abandoned by a process that died. It
+//! and its children end `cancelled`, with the reason as their error and
+//! result; launched (detached) children keep running. An execution a live
+//! process runs is refused, naming that process (stop it first).
+
+use super::driver::{result_of, to_checkpoint};
+use super::history::{self, Event};
+use super::record::{Failure, Record, Status};
+use super::{Engine, EngineError};
+use crate::backend::{Fence, NewEvent, StoredResult};
+use crate::failure::FailureKind;
+use std::sync::Arc;
+
+impl Engine {
+    /// Cancels execution `id` and its children; returns how many executions
+    /// ended (it and its descendants that had not finished).
+    pub async fn cancel(self: &Arc<Self>, id: &str, reason: &str) -> Result<usize, EngineError> {
+        let root = self.root_of(id).await?;
+        let held = self.own(&root.id).await?;
+        let result = self.cancel_tree(id, reason, &held.fence()).await;
+        self.disown(held).await;
+        result
+    }
+
+    async fn cancel_tree(
+        &self,
+        id: &str,
+        reason: &str,
+        fence: &Fence,
+    ) -> Result<usize, EngineError> {
+        let rec = self.load_record(id).await?;
+        if rec.status.is_terminal() {
+            return Err(EngineError::Finished(format!(
+                "execution {id} is {} already; there is nothing to cancel",
+                rec.status
+            )));
+        }
+        // Depth first, so no child is left running under a cancelled parent.
+        let mut todo = vec![rec];
+        let mut ended = 0;
+        while let Some(mut rec) = todo.pop() {
+            for child in rec.pending.iter().flat_map(|p| &p.children) {
+                match self.backend.load(&child.id).await? {
+                    Some(cp) if !cp.status.is_terminal() => {
+                        todo.push(self.load_record(&child.id).await?);
+                    }
+                    _ => {}
+                }
+            }
+            self.end_cancelled(&mut rec, reason, fence).await?;
+            ended += 1;
+        }
+        Ok(ended)
+    }
+
+    async fn end_cancelled(
+        &self,
+        rec: &mut Record,
+        reason: &str,
+        fence: &Fence,
+    ) -> Result<(), EngineError> {
+        rec.status = Status::Cancelled;
+        rec.waiting_for = None;
+        rec.error = Some(Failure {
+            kind: FailureKind::Cancelled,
+            message: reason.to_string(),
+            state: rec.state.clone(),
+        });
+        let now = self.now();
+        let events = [
+            Event::Cancelled {
+                state: rec.state.clone(),
+                reason: reason.to_string(),
+            },
+            history::finished(rec),
+        ];
+        let mut noted = Vec::new();
+        for event in events {
+            if let Ok(json) = serde_json::to_string(&event) {
+                rec.history_seq += 1;
+                noted.push(NewEvent {
+                    seq: rec.history_seq,
+                    at_ms: now,
+                    json,
+                });
+            }
+        }
+        self.backend
+            .append_history(&rec.id, noted, history::DEFAULT_LIMIT)
+            .await?;
+        self.backend
+            .save(to_checkpoint(rec, now, None, fence)?)
+            .await?;
+        let (status, value) = result_of(rec);
+        let result = StoredResult {
+            fence: Some(fence.clone()),
+            status,
+            value,
+            written_ms: now,
+        };
+        self.backend.write_result(&rec.id, result).await?;
+        Ok(())
+    }
+}
