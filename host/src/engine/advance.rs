@@ -8,7 +8,6 @@ use super::record::{Child, ChildOutcome, Failure, Launch, Pending, Record, Shape
 use super::runner::Runner;
 use super::step::Outcomes;
 use super::{Engine, MachineDef};
-use crate::backend::NewEvent;
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{Children, State, StateType};
 use crate::failure::FailureKind;
@@ -557,19 +556,8 @@ impl Engine {
     /// Notes an event in the record's journal (unless the machine keeps no
     /// history).
     pub(super) fn note(&self, frame: &Frame, rec: &mut Record, event: Event) {
-        if history_limit(&frame.def) == 0 {
-            return;
-        }
-        match serde_json::to_string(&event) {
-            Ok(json) => {
-                rec.history_seq += 1;
-                rec.journal.push(NewEvent {
-                    seq: rec.history_seq,
-                    at_ms: self.now(),
-                    json,
-                });
-            }
-            Err(e) => tracing::warn!(execution = %rec.id, "a history event was not kept: {e}"),
+        if history_limit(&frame.def) > 0 {
+            history::note(rec, self.now(), &event);
         }
     }
 

@@ -4,11 +4,11 @@
 //! result; launched (detached) children keep running. An execution a live
 //! process runs is refused, naming that process (stop it first).
 
-use super::driver::{result_of, to_checkpoint};
+use super::driver::to_checkpoint;
 use super::history::{self, Event};
 use super::record::{Failure, Record, Status};
 use super::{Engine, EngineError};
-use crate::backend::{Fence, NewEvent, StoredResult};
+use crate::backend::Fence;
 use crate::failure::FailureKind;
 use std::sync::Arc;
 
@@ -68,38 +68,21 @@ impl Engine {
             state: rec.state.clone(),
         });
         let now = self.now();
-        let events = [
-            Event::Cancelled {
-                state: rec.state.clone(),
-                reason: reason.to_string(),
-            },
-            history::finished(rec),
-        ];
-        let mut noted = Vec::new();
-        for event in events {
-            if let Ok(json) = serde_json::to_string(&event) {
-                rec.history_seq += 1;
-                noted.push(NewEvent {
-                    seq: rec.history_seq,
-                    at_ms: now,
-                    json,
-                });
-            }
-        }
+        let cancelled = Event::Cancelled {
+            state: rec.state.clone(),
+            reason: reason.to_string(),
+        };
+        history::note(rec, now, &cancelled);
+        history::note(rec, now, &history::finished(rec));
+        // (The machine is not loaded to cancel: its history is kept under
+        // the default bound.)
+        let events = std::mem::take(&mut rec.journal);
         self.backend
-            .append_history(&rec.id, noted, history::DEFAULT_LIMIT)
+            .append_history(&rec.id, events, history::DEFAULT_LIMIT)
             .await?;
         self.backend
             .save(to_checkpoint(rec, now, None, fence)?)
             .await?;
-        let (status, value) = result_of(rec);
-        let result = StoredResult {
-            fence: Some(fence.clone()),
-            status,
-            value,
-            written_ms: now,
-        };
-        self.backend.write_result(&rec.id, result).await?;
-        Ok(())
+        self.write_result(rec, fence).await
     }
 }

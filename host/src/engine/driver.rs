@@ -341,14 +341,7 @@ impl Engine {
                 self.backend
                     .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
                     .await?;
-                let (status, value) = result_of(rec);
-                let result = StoredResult {
-                    fence: Some(fence.clone()),
-                    status,
-                    value,
-                    written_ms: self.now(),
-                };
-                self.backend.write_result(&rec.id, result).await?;
+                self.write_result(rec, fence).await?;
             }
         }
         Ok(())
@@ -731,9 +724,28 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Stores a finished record's result (awaited: it covers every write
+    /// queued before it).
+    pub(super) async fn write_result(
+        &self,
+        rec: &Record,
+        fence: &Fence,
+    ) -> Result<(), EngineError> {
+        let (status, value) = result_of(rec);
+        let result = StoredResult {
+            fence: Some(fence.clone()),
+            status,
+            value,
+            written_ms: self.now(),
+        };
+        Ok(self.backend.write_result(&rec.id, result).await?)
+    }
+}
+
 /// The durable result of a finished record: its output when done, else
 /// its error, under the status it ended with (`failed` or `cancelled`).
-pub(super) fn result_of(rec: &Record) -> (Status, Value) {
+fn result_of(rec: &Record) -> (Status, Value) {
     match (rec.status, &rec.output, &rec.error) {
         (Status::Done, Some(o), _) => (Status::Done, o.clone()),
         (s, _, Some(e)) => (

@@ -168,6 +168,22 @@ pub fn worker() -> &'static str {
     })
 }
 
+/// Notes `event` on the record's journal at `at_ms`, numbered after the
+/// record's last event.
+pub fn note(rec: &mut Record, at_ms: u64, event: &Event) {
+    match serde_json::to_string(event) {
+        Ok(json) => {
+            rec.history_seq += 1;
+            rec.journal.push(crate::backend::NewEvent {
+                seq: rec.history_seq,
+                at_ms,
+                json,
+            });
+        }
+        Err(e) => tracing::warn!(execution = %rec.id, "a history event was not kept: {e}"),
+    }
+}
+
 /// The `Finished` event of a record that ended.
 pub fn finished(rec: &Record) -> Event {
     Event::Finished {
