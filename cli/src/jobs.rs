@@ -217,11 +217,22 @@ pub(super) async fn workers(a: WorkersArgs) -> Result<ExitCode, CliError> {
 #[derive(Args)]
 pub(super) struct WorkerArgs {
     /// The pool to take jobs from.
-    #[arg(long)]
-    pool: String,
+    #[arg(
+        long,
+        required_unless_present = "executions",
+        conflicts_with = "executions"
+    )]
+    pool: Option<String>,
     /// A processor plugin (name or .wasm) or a machine config (.yml).
+    #[arg(
+        long,
+        required_unless_present = "executions",
+        conflicts_with = "executions"
+    )]
+    processor: Option<String>,
+    /// Run submitted executions (`flowhost submit`) instead of a pool's jobs.
     #[arg(long)]
-    processor: String,
+    executions: bool,
     /// Jobs run at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
@@ -259,12 +270,25 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let dir = a.runtime.plugins_dir();
-    let processor = if a.processor.ends_with(".yml") || a.processor.ends_with(".yaml") {
-        let spawner = Spawner::current(a.store.to_args(), &dir).map_err(spawn_error)?;
-        let engine = Arc::new(
-            flowhost::engine::Engine::new(backend.clone(), runtime, dir).with_spawner(spawner),
-        );
-        let file = std::path::PathBuf::from(&a.processor);
+    let spawner = Spawner::current(a.store.to_args(), &dir).map_err(spawn_error)?;
+    let engine = || {
+        Arc::new(
+            flowhost::engine::Engine::new(backend.clone(), runtime.clone(), dir.clone())
+                .with_spawner(spawner.clone()),
+        )
+    };
+    let (pool, processor) = match (&a.pool, &a.processor) {
+        (Some(pool), Some(processor)) => (pool.clone(), processor.clone()),
+        _ => (
+            flowhost::engine::queue::EXECUTIONS_POOL.to_string(),
+            String::new(),
+        ),
+    };
+    let processor = if a.executions {
+        Processor::Executions(engine())
+    } else if processor.ends_with(".yml") || processor.ends_with(".yaml") {
+        let engine = engine();
+        let file = std::path::PathBuf::from(&processor);
         engine.load(&file).map_err(|e| match e {
             flowhost::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
             other => CliError::Other(other.to_string()),
@@ -272,8 +296,8 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         Processor::Machine(engine, file)
     } else {
         let plugin = runtime
-            .load_named(&a.processor, &dir, World::Processor, |_| {})
-            .map_err(CliError::plugin(format!("--processor {}", a.processor)))?;
+            .load_named(&processor, &dir, World::Processor, |_| {})
+            .map_err(CliError::plugin(format!("--processor {processor}")))?;
         Processor::Plugin(plugin)
     };
     let config = WorkerConfig {
@@ -282,7 +306,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         heartbeat: a.heartbeat,
         exit_when_empty: a.exit_when_empty,
         retry_all: a.retry_all,
-        ..WorkerConfig::new(&a.pool)
+        ..WorkerConfig::new(&pool)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

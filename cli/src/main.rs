@@ -40,6 +40,8 @@ enum Command {
     Run(run::RunArgs),
     /// Continue an execution from its latest checkpoint.
     Resume(run::ResumeArgs),
+    /// Put an execution on the run queue for `flowhost worker --executions`; prints its id (or, with --wait, its result).
+    Submit(run::SubmitArgs),
     /// Show one execution: status, state, context, result.
     Status(run::StatusArgs),
     /// List executions, newest first.
@@ -239,6 +241,7 @@ fn main() -> ExitCode {
             Command::Validate(a) => validate::run(a),
             Command::Run(a) => run::run(a).await,
             Command::Resume(a) => run::resume(a).await,
+            Command::Submit(a) => run::submit(a).await,
             Command::Status(a) => run::status(a).await,
             Command::Executions(a) => run::executions(a).await,
             Command::Signal(a) => run::signal(a).await,

@@ -261,6 +261,28 @@ pub(super) struct WaitArgs {
 }
 
 #[derive(Args)]
+pub(super) struct SubmitArgs {
+    /// The machine config.
+    machine: PathBuf,
+    /// The input: JSON text, @file, or - for stdin.
+    #[arg(long)]
+    input: Option<String>,
+    /// The execution's id: submitting the same id again changes nothing.
+    #[arg(long)]
+    id: Option<String>,
+    /// Wait for the result and print it (as `flowhost wait`).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (exit 6; the execution goes on).
+    #[arg(long, requires = "wait", value_parser = super::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
 pub(super) struct CancelArgs {
     /// The execution.
     id: String,
@@ -621,6 +643,40 @@ pub(super) async fn history(a: HistoryArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flowhost submit`: stores the execution as queued and puts it on the run
+/// queue; a worker runs it.
+pub(super) async fn submit(a: SubmitArgs) -> Result<ExitCode, CliError> {
+    let input = match &a.input {
+        Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
+        None => serde_json::json!({}),
+    };
+    let backend = a.store.open_or_create()?;
+    let session = engine(backend.clone(), None, &a.runtime)?;
+    let sent = session
+        .engine
+        .submit(&a.machine, input, a.id.clone())
+        .await
+        .map_err(engine_error)?;
+    if sent.created {
+        eprintln!(
+            "submitted {}; a worker runs it (flowhost worker --executions{})",
+            sent.id,
+            a.store
+                .to_args()
+                .iter()
+                .map(|f| format!(" {f}"))
+                .collect::<String>()
+        );
+    } else {
+        eprintln!("execution {} exists already: not submitted again", sent.id);
+    }
+    if !a.wait {
+        println!("{}", sent.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    await_result(backend.as_ref(), &sent.id, a.timeout).await
+}
+
 /// `flowhost wait`: the result as `result` prints it, once there is one.
 pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
     let backend = a.store.open()?;
@@ -639,16 +695,26 @@ pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
             a.id, a.id
         );
     }
-    match services::wait(backend.as_ref(), &a.id, a.timeout)
+    await_result(backend.as_ref(), &a.id, a.timeout).await
+}
+
+/// Waits for a result and prints it; exit 0 done, 4 failed or cancelled, 6
+/// when `timeout` passed first.
+async fn await_result(
+    backend: &dyn Backend,
+    id: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<ExitCode, CliError> {
+    match services::wait(backend, id, timeout)
         .await
-        .map_err(not_found)?
+        .map_err(engine_error)?
     {
         services::Waited::Finished(r) => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&r.value).unwrap_or_default()
             );
-            eprintln!("execution {}: {}", a.id, r.status);
+            eprintln!("execution {id}: {}", r.status);
             Ok(if r.status == Status::Done {
                 ExitCode::SUCCESS
             } else {
@@ -657,10 +723,8 @@ pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
         }
         services::Waited::TimedOut(status) => {
             eprintln!(
-                "execution {} is still {status} after {:?}; it goes on (wait again, or see flowhost status {})",
-                a.id,
-                a.timeout.unwrap_or_default(),
-                a.id
+                "execution {id} is still {status} after {:?}; it goes on (wait again, or see flowhost status {id})",
+                timeout.unwrap_or_default(),
             );
             Ok(ExitCode::from(STILL_RUNNING))
         }

@@ -8,6 +8,7 @@ mod engine;
 mod failures;
 mod hardening;
 mod polyglot;
+mod queue;
 mod sandbox;
 mod ui;
 mod validate;

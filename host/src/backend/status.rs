@@ -47,6 +47,8 @@ macro_rules! status {
 status!(
     /// Where an execution is.
     ExecutionStatus {
+        /// Submitted and on the run queue; no worker has started it yet.
+        Queued = "queued",
         Running = "running",
         /// Parked in a `wait_for` state until a signal arrives.
         Waiting = "waiting",

@@ -81,7 +81,7 @@ impl Engine {
             .append_history(&rec.id, events, history::DEFAULT_LIMIT)
             .await?;
         self.backend
-            .save(to_checkpoint(rec, now, None, fence)?)
+            .save(to_checkpoint(rec, now, None, Some(fence))?)
             .await?;
         self.write_result(rec, fence).await
     }

@@ -90,7 +90,10 @@ impl Engine {
 
     /// Loads a root file's tree and stores its definition (once per engine),
     /// so executions can be pinned to it.
-    async fn pin_file(&self, file: &Path) -> Result<(Arc<MachineDef>, Arc<str>), EngineError> {
+    pub(super) async fn pin_file(
+        &self,
+        file: &Path,
+    ) -> Result<(Arc<MachineDef>, Arc<str>), EngineError> {
         let (key, tree) = self.load_root(file)?;
         if let Some(body) = &tree.unstored {
             // Queued ahead of the first checkpoint that names it.
@@ -216,28 +219,13 @@ impl Engine {
         result
     }
 
-    async fn resume_owned(
+    pub(super) async fn resume_owned(
         self: &Arc<Self>,
         rec: Record,
         held: &super::owner::Held,
         options: ResumeOptions,
     ) -> Result<Outcome, EngineError> {
-        let (def, definition) = self.def_of(&rec, options.upgrade).await?;
-        if options.upgrade && !rec.status.is_terminal() && def.state(&rec.state).is_err() {
-            return Err(EngineError::Invalid(format!(
-                "cannot upgrade execution `{}`: machine `{}` as it is now has no state `{}`, where the execution is",
-                rec.id,
-                def.config.name(),
-                rec.state
-            )));
-        }
-        let frame = Frame {
-            def,
-            definition,
-            cancel: vec![CancelToken::default()],
-            stop: held.stop.clone(),
-            fence: held.fence(),
-        };
+        let frame = self.frame_of(&rec, held, options.upgrade).await?;
         if rec.status.is_terminal() {
             // Launched children that did not finish are continued too.
             let mut rec = rec;
@@ -245,6 +233,32 @@ impl Engine {
             return Ok(outcome(&rec));
         }
         self.drive(frame, rec, false).await
+    }
+
+    /// What a stored execution runs under: its pinned definition (or, with
+    /// `upgrade`, the one on disk now) and the tree's lease.
+    pub(super) async fn frame_of(
+        &self,
+        rec: &Record,
+        held: &super::owner::Held,
+        upgrade: bool,
+    ) -> Result<Frame, EngineError> {
+        let (def, definition) = self.def_of(rec, upgrade).await?;
+        if upgrade && !rec.status.is_terminal() && def.state(&rec.state).is_err() {
+            return Err(EngineError::Invalid(format!(
+                "cannot upgrade execution `{}`: machine `{}` as it is now has no state `{}`, where the execution is",
+                rec.id,
+                def.config.name(),
+                rec.state
+            )));
+        }
+        Ok(Frame {
+            def,
+            definition,
+            cancel: vec![CancelToken::default()],
+            stop: held.stop.clone(),
+            fence: held.fence(),
+        })
     }
 
     /// The root of an execution's tree (itself when it has no parent).
@@ -329,17 +343,17 @@ impl Engine {
             Save::Nothing => {}
             Save::Queued => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes, Some(fence))?)
                     .await?
             }
             Save::Awaited => {
                 self.backend
-                    .save(to_checkpoint(rec, self.now(), consumes, fence)?)
+                    .save(to_checkpoint(rec, self.now(), consumes, Some(fence))?)
                     .await?
             }
             Save::Final => {
                 self.backend
-                    .save_deferred(to_checkpoint(rec, self.now(), consumes, fence)?)
+                    .save_deferred(to_checkpoint(rec, self.now(), consumes, Some(fence))?)
                     .await?;
                 self.write_result(rec, fence).await?;
             }
@@ -349,7 +363,7 @@ impl Engine {
 
     /// Runs an execution until it finishes, fails or waits: steps it and
     /// carries out what each step says.
-    fn drive(
+    pub(super) fn drive(
         self: &Arc<Self>,
         frame: Frame,
         mut rec: Record,
@@ -766,7 +780,7 @@ pub(super) fn to_checkpoint(
     rec: &Record,
     now_ms: u64,
     consumes_signal: Option<u64>,
-    fence: &Fence,
+    fence: Option<&Fence>,
 ) -> Result<Checkpoint, EngineError> {
     let record = serde_json::to_string(rec)
         .map_err(|e| EngineError::Invalid(format!("cannot serialise execution {}: {e}", rec.id)))?;
@@ -781,7 +795,7 @@ pub(super) fn to_checkpoint(
         updated_ms: now_ms,
         record,
         consumes_signal,
-        fence: Some(fence.clone()),
+        fence: fence.cloned(),
     })
 }
 

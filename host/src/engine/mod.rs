@@ -27,6 +27,7 @@ mod driver;
 pub mod history;
 pub mod machines;
 pub mod owner;
+pub mod queue;
 pub mod record;
 pub mod runner;
 pub mod services;

@@ -77,7 +77,7 @@ impl Progress {
                 Status::Failed => p.failed += 1,
                 Status::Cancelled => p.cancelled += 1,
                 Status::Waiting => p.waiting += 1,
-                Status::Running => {}
+                Status::Queued | Status::Running => {}
             }
         }
         Ok(Some(p))

@@ -154,7 +154,7 @@ pub fn settle(
         Status::Waiting => return Settled::Waiting,
         Status::Done => ChildOutcome::Done(outcome.output.clone().unwrap_or(Value::Null)),
         Status::Cancelled => ChildOutcome::Cancelled,
-        Status::Running | Status::Failed => {
+        Status::Queued | Status::Running | Status::Failed => {
             ChildOutcome::Failed(outcome.error.clone().unwrap_or(Failure {
                 kind: FailureKind::Fatal,
                 message: "failed without an error".into(),

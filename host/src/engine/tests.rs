@@ -998,3 +998,58 @@ data:
         Status::Waiting
     );
 }
+
+#[tokio::test]
+async fn a_submitted_execution_waits_queued_until_a_worker_runs_it_once() {
+    use crate::backend::{JobStatus, WorkPools};
+    let w = world();
+    let calls = w.fakes.add(echo("item"));
+    let yaml = "spec: flatmachine\ndata:\n  plugins: {item: item}\n  states:\n    s: {type: initial, plugin: item, input: {v: \"{{ input.v }}\"}, output_to_context: {v: \"{{ output.v }}\"}, transitions: [{to: end}]}\n    end: {type: final, output: {v: \"{{ context.v }}\"}}\n";
+    let path = w.file("queued.yml", yaml);
+    let sent = w
+        .engine
+        .submit(&path, json!({"v": 7}), Some("q1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        sent,
+        queue::Submitted {
+            id: "q1".into(),
+            created: true
+        }
+    );
+    assert_eq!(
+        w.backend.load("q1").await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    assert!(calls.calls().is_empty(), "nothing runs at submit");
+    // The same id again: the same execution, one job.
+    let again = w
+        .engine
+        .submit(&path, json!({"v": 8}), Some("q1".into()))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    let jobs = w
+        .backend
+        .jobs(queue::EXECUTIONS_POOL, Some(JobStatus::Pending), 10)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload, json!({"execution": "q1"}));
+
+    let o = w.engine.run_queued("q1").await.unwrap();
+    assert_eq!(output(&o), &json!({"v": 7}));
+    // Run again (a job retried after its result was stored): nothing re-runs.
+    let o = w.engine.run_queued("q1").await.unwrap();
+    assert_eq!(o.status, Status::Done);
+    assert_eq!(calls.calls().len(), 1);
+    // A finished execution is not submitted again.
+    assert!(
+        !w.engine
+            .submit(&path, json!({}), Some("q1".into()))
+            .await
+            .unwrap()
+            .created
+    );
+}

@@ -24,6 +24,9 @@ pub enum Processor {
     Plugin(Plugin),
     /// A machine: the payload is its input, its final output the result.
     Machine(Arc<Engine>, PathBuf),
+    /// Submitted executions (the run queue): the payload names one
+    /// (`{"execution": id}`); the result is how its run ended.
+    Executions(Arc<Engine>),
 }
 
 #[derive(Clone)]
@@ -302,6 +305,7 @@ async fn process(
             }
             Err(e) => Err((FailureKind::Fatal, e.to_string())),
         },
+        Processor::Executions(engine) => run_submitted(engine, &job.payload).await,
     };
     // A lease the heartbeat found lost: another worker owns the job now.
     let still_held =
@@ -355,5 +359,34 @@ async fn process(
             }
             other => return other,
         }
+    }
+}
+
+/// Runs the execution a run-queue job names. Its own end (done, failed,
+/// cancelled, parked on a signal) is the job's result: the execution's
+/// failure is in the execution, not a reason to run the job again. Only
+/// what may pass (a busy store, another process still holding the tree) is
+/// retried.
+async fn run_submitted(
+    engine: &Arc<Engine>,
+    payload: &Value,
+) -> Result<Value, (FailureKind, String)> {
+    use crate::engine::EngineError;
+    let Some(id) = payload.get("execution").and_then(Value::as_str) else {
+        return Err((
+            FailureKind::InvalidInput,
+            format!("a run-queue job names an execution: {{\"execution\": id}}, not {payload}"),
+        ));
+    };
+    match engine.run_queued(id).await {
+        Ok(o) => Ok(serde_json::json!({
+            "execution": o.id,
+            "status": o.status,
+            "waiting_for": o.waiting.map(|w| w.channel),
+        })),
+        Err(
+            e @ (EngineError::Store(_) | EngineError::Owned(_) | EngineError::Interrupted { .. }),
+        ) => Err((FailureKind::Retryable, e.to_string())),
+        Err(e) => Err((FailureKind::Fatal, e.to_string())),
     }
 }

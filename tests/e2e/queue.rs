@@ -1,0 +1,121 @@
+//! The run queue with real processes: `submit` stores executions, two
+//! `worker --executions` processes run them, `submit --wait` returns the
+//! result, and an id submitted twice is one execution.
+
+use flowhost_e2e::{flowhost, run, shared_cache, stderr};
+use serde_json::{Value, json};
+use std::process::Stdio;
+
+const MACHINE: &str = r#"spec: flatmachine
+data:
+  name: double
+  plugins: {echo: echo}
+  states:
+    call: {type: initial, plugin: echo, input: {n: "{{ input.n }}"}, output_to_context: {n: "{{ output.n }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {twice: "{{ context.n * 2 }}"}}
+"#;
+
+#[test]
+fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("double.yml");
+    std::fs::write(&machine, MACHINE).unwrap();
+    let machine = machine.display().to_string();
+    let db = dir.path().join("q.db").display().to_string();
+
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let input = json!({ "n": n }).to_string();
+        let o = run(
+            &cache,
+            &["submit", &machine, "--input", &input, "--db", &db],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        ids.push(String::from_utf8(o.stdout).unwrap().trim().to_string());
+    }
+    // An id is an idempotency key.
+    let once = |n: u32| {
+        let input = json!({ "n": n }).to_string();
+        run(
+            &cache,
+            &[
+                "submit", &machine, "--id", "mine", "--input", &input, "--db", &db,
+            ],
+        )
+    };
+    let (first, second) = (once(5), once(6));
+    assert!(first.status.success() && second.status.success());
+    assert!(
+        stderr(&second).contains("exists already"),
+        "{}",
+        stderr(&second)
+    );
+    let status = run(&cache, &["status", "mine", "--db", &db]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&status.stdout).unwrap()["status"],
+        "queued"
+    );
+
+    // Two workers share the queue and exit once it is empty.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            flowhost(&cache)
+                .args(["worker", "--executions", "--exit-when-empty", "--db", &db])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let r = run(&cache, &["result", id, "--db", &db]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let result: Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(result, json!({ "twice": 2 * n }), "{id}");
+    }
+    let mine = run(&cache, &["result", "mine", "--db", &db]);
+    assert!(mine.status.success(), "{}", stderr(&mine));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&mine.stdout).unwrap(),
+        json!({"twice": 10}),
+        "the first submit's input"
+    );
+
+    // With a worker running, `submit --wait` prints the result.
+    let mut worker = flowhost(&cache)
+        .args(["worker", "--executions", "--db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = run(
+        &cache,
+        &[
+            "submit",
+            &machine,
+            "--input",
+            r#"{"n": 21}"#,
+            "--wait",
+            "--db",
+            &db,
+        ],
+    );
+    // SIGTERM: the worker finishes what it holds and exits.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped = worker.wait().unwrap();
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&waited.stdout).unwrap(),
+        json!({"twice": 42})
+    );
+    assert!(stopped.success());
+}
