@@ -284,8 +284,15 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
             String::new(),
         ),
     };
+    // Queued executions run by this worker are asked to stop (at a state
+    // boundary, checkpointed) when it stops; their jobs go back to the
+    // queue and another worker continues them. (A pool's machine jobs
+    // finish in hand: each starts a new execution.)
+    let mut engines = Vec::new();
     let processor = if a.executions {
-        Processor::Executions(engine())
+        let engine = engine();
+        engines.push(engine.clone());
+        Processor::Executions(engine)
     } else if processor.ends_with(".yml") || processor.ends_with(".yaml") {
         let engine = engine();
         let file = std::path::PathBuf::from(&processor);
@@ -322,7 +329,12 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
             _ = term => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("stopping: finishing the jobs in hand");
+        eprintln!(
+            "stopping: finishing the jobs in hand (executions stop at their next state boundary)"
+        );
+        for engine in &engines {
+            engine.stop("the worker is stopping");
+        }
         let _ = stop.send(true);
     });
     let report = flowhost::worker::run(backend, processor, config, stopped)
@@ -366,14 +378,25 @@ pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
 #[derive(Args)]
 pub(super) struct CheckerArgs {
     /// The pool to scale workers for.
-    #[arg(long)]
-    pool: String,
+    #[arg(
+        long,
+        required_unless_present = "executions",
+        conflicts_with = "executions"
+    )]
+    pool: Option<String>,
     /// Most workers the pool may have at once.
     #[arg(long)]
     max_workers: u32,
     /// What the spawned workers run (a plugin or a machine config).
+    #[arg(
+        long,
+        required_unless_present = "executions",
+        conflicts_with = "executions"
+    )]
+    processor: Option<String>,
+    /// Scale `worker --executions` processes on the run queue's depth.
     #[arg(long)]
-    processor: String,
+    executions: bool,
     /// Jobs each spawned worker runs at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
@@ -387,9 +410,13 @@ pub(super) struct CheckerArgs {
 /// each exiting when the pool is empty.
 pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
     let backend = a.store.open_existing()?;
-    let depth = backend.stats(&a.pool).await.map_err(store_error)?.depth();
+    let pool = match &a.pool {
+        Some(pool) => pool.as_str(),
+        None => flowhost::engine::queue::EXECUTIONS_POOL,
+    };
+    let depth = backend.stats(pool).await.map_err(store_error)?.depth();
     let active = backend
-        .workers(Some(&a.pool))
+        .workers(Some(pool))
         .await
         .map_err(store_error)?
         .iter()
@@ -397,14 +424,14 @@ pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
         .count() as u64;
     let spawn = workers_wanted(depth, active, a.max_workers);
     println!(
-        "pool `{}`: depth {depth}, active workers {active}, max {}: spawning {spawn}",
-        a.pool, a.max_workers
+        "pool `{pool}`: depth {depth}, active workers {active}, max {}: spawning {spawn}",
+        a.max_workers
     );
     let spawner =
         Spawner::current(a.store.to_args(), &a.runtime.plugins_dir()).map_err(spawn_error)?;
     let worker = WorkerProcess {
-        pool: &a.pool,
-        processor: &a.processor,
+        pool,
+        processor: a.processor.as_deref(),
         concurrency: a.concurrency,
         exit_when_empty: true,
         quiet: false,
@@ -452,7 +479,7 @@ fn spawn_bench_worker(
         .and_then(|s| {
             s.worker(&WorkerProcess {
                 pool: "bench",
-                processor: "echo",
+                processor: Some("echo"),
                 concurrency,
                 exit_when_empty,
                 quiet: true,

@@ -33,8 +33,9 @@ pub struct Spawner {
 #[derive(Debug, Clone)]
 pub struct WorkerProcess<'a> {
     pub pool: &'a str,
-    /// A plugin name or a machine file.
-    pub processor: &'a str,
+    /// A plugin name or a machine file; `None`: the worker runs submitted
+    /// executions (`worker --executions`, whose pool is the run queue).
+    pub processor: Option<&'a str>,
     pub concurrency: u32,
     /// Exit once the pool has no due job.
     pub exit_when_empty: bool,
@@ -68,8 +69,12 @@ impl Spawner {
     /// process's stdin.
     pub fn worker(&self, w: &WorkerProcess<'_>) -> Result<Child, SpawnError> {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["worker", "--pool", w.pool, "--processor", w.processor])
-            .args(["--concurrency", &w.concurrency.to_string()]);
+        cmd.arg("worker");
+        match w.processor {
+            Some(processor) => cmd.args(["--pool", w.pool, "--processor", processor]),
+            None => cmd.arg("--executions"),
+        };
+        cmd.args(["--concurrency", &w.concurrency.to_string()]);
         if w.exit_when_empty {
             cmd.arg("--exit-when-empty");
         }

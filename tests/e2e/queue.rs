@@ -118,4 +118,50 @@ fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
         json!({"twice": 42})
     );
     assert!(stopped.success());
+
+    // The checker scales `worker --executions` on the run queue's depth.
+    let queued: Vec<String> = (0..3)
+        .map(|n| {
+            let input = json!({ "n": 100 + n }).to_string();
+            let o = run(
+                &cache,
+                &["submit", &machine, "--input", &input, "--db", &db],
+            );
+            String::from_utf8(o.stdout).unwrap().trim().to_string()
+        })
+        .collect();
+    let c = run(
+        &cache,
+        &["checker", "--executions", "--max-workers", "2", "--db", &db],
+    );
+    assert!(c.status.success(), "{}", stderr(&c));
+    let said = String::from_utf8(c.stdout).unwrap();
+    assert!(
+        said.contains("pool `executions`: depth 3, active workers 0, max 2: spawning 2"),
+        "{said}"
+    );
+    let spawned: Vec<String> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("spawned worker process "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(spawned.len(), 2);
+    for (n, id) in queued.iter().enumerate() {
+        let w = run(&cache, &["wait", id, "--timeout", "60s", "--db", &db]);
+        assert!(w.status.success(), "{}", stderr(&w));
+        let result: Value = serde_json::from_slice(&w.stdout).unwrap();
+        assert_eq!(result, json!({ "twice": 2 * (100 + n) }));
+    }
+    // They exit once the queue is empty; stop any that has not yet (only if
+    // the pid is still that worker, not a process that reused it).
+    for pid in spawned {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&db);
+        if ours {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
