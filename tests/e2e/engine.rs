@@ -649,7 +649,7 @@ async fn the_seed_peering_demo_runs_with_only_its_agents_changed() {
 }
 
 /// A long machine: 150 states, each a plugin call that sleeps 2 ms.
-const LONG: &str = r#"spec: flatmachine
+pub(crate) const LONG: &str = r#"spec: flatmachine
 data:
   name: long
   plugins: {adv: adversary}

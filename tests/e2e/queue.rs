@@ -165,3 +165,65 @@ fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_killed_worker_leaves_its_execution_to_another_that_finishes_it() {
+    use flowhost::backend::{Checkpoints, Durability, SqliteBackend};
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("long.yml");
+    std::fs::write(&machine, crate::engine::LONG).unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    let machine = machine.display().to_string();
+    let o = run(&cache, &["submit", &machine, "--id", "long", "--db", &db]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A worker with a short claim lease, killed (SIGKILL) mid-run, as seen
+    // in the database.
+    let mut first = flowhost(&cache)
+        .args([
+            "worker",
+            "--executions",
+            "--lease",
+            "1s",
+            "--heartbeat",
+            "200ms",
+        ])
+        .args(["--db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let killed_at = loop {
+        if let Ok(Some(status)) = first.try_wait() {
+            panic!("the worker ended ({status}) before the run was half done");
+        }
+        if let Ok(Some(cp)) = store.load("long").await
+            && cp.step >= 20
+        {
+            break cp.step;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let cp = store.load("long").await.unwrap().unwrap();
+    assert!(!cp.status.is_terminal(), "killed at step {killed_at}");
+
+    // Another worker claims the job once its claim expires, takes over the
+    // dead worker's lease and finishes from the checkpoint.
+    let second = flowhost(&cache)
+        .args(["worker", "--executions", "--exit-when-empty", "--db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let r = run(&cache, &["result", "long", "--db", &db]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let result: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(result["n"], 150, "killed at step {killed_at}");
+    assert_eq!(result["acc"], (0..150).map(|n| 3 * n + 1).sum::<u64>());
+}
