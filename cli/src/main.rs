@@ -56,6 +56,8 @@ enum Command {
     Wait(run::WaitArgs),
     /// Cancel an execution no process is running (waiting, parked, abandoned), with its children.
     Cancel(run::CancelArgs),
+    /// Re-run a failed execution from the state that failed, keeping its history.
+    Retry(run::RetryArgs),
     /// Draw a machine's state diagram (with its child machines).
     Graph(graph::GraphArgs),
     /// Job pools: push, list, stats, requeue.
@@ -249,6 +251,7 @@ fn main() -> ExitCode {
             Command::History(a) => run::history(a).await,
             Command::Wait(a) => run::wait(a).await,
             Command::Cancel(a) => run::cancel(a).await,
+            Command::Retry(a) => run::retry(a).await,
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,

@@ -183,6 +183,19 @@ pub(super) struct ResumeArgs {
 }
 
 #[derive(Args)]
+pub(super) struct RetryArgs {
+    /// The failed execution (a root).
+    id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Print the whole outcome (id, status, output) instead of just the output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub(super) struct StatusArgs {
     /// The execution id.
     id: String,
@@ -498,6 +511,20 @@ pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
     let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
     let options = ResumeOptions { upgrade: a.upgrade };
     let run = engine.resume_with(&a.id, options);
+    drive(&session, &a.id, Some(flags), a.json, run).await
+}
+
+/// `flowhost retry`: a failed execution goes on from the state that failed,
+/// in this process, as `resume` does.
+pub(super) async fn retry(a: RetryArgs) -> Result<ExitCode, CliError> {
+    let session = engine(
+        a.store.open_existing()?,
+        Some(a.store.to_args()),
+        &a.runtime,
+    )?;
+    let engine = session.engine.clone();
+    let flags = a.store.to_args().iter().map(|f| format!(" {f}")).collect();
+    let run = engine.retry(&a.id);
     drive(&session, &a.id, Some(flags), a.json, run).await
 }
 

@@ -991,6 +991,42 @@ fn cli_cancel_ends_a_waiting_execution_with_its_reason() {
 }
 
 #[test]
+fn cli_retry_runs_a_failed_execution_from_its_failed_state() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("flaky.yml");
+    std::fs::write(
+        &machine,
+        "spec: flatmachine\ndata:\n  name: flaky\n  plugins: {adv: adversary}\n  states:\n    s: {type: initial, plugin: adv, input: {attack: flaky, fail_times: 1, kind: fatal}, output_to_context: {ok: true}, transitions: [{to: e}]}\n    e: {type: final, output: {ok: \"{{ context.ok }}\"}}\n",
+    )
+    .unwrap();
+    let db = dir.path().join("f.db").display().to_string();
+    let o = flowhost_e2e::run(
+        &cache,
+        &["run", &machine.display().to_string(), "--db", &db, "--json"],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", flowhost_e2e::stderr(&o));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The second attempt of the failed state succeeds.
+    let r = flowhost_e2e::run(&cache, &["retry", &id, "--db", &db]);
+    assert!(r.status.success(), "{}", flowhost_e2e::stderr(&r));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.stdout).unwrap(),
+        json!({"ok": true})
+    );
+    let again = flowhost_e2e::run(&cache, &["retry", &id, "--db", &db]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "{}",
+        flowhost_e2e::stderr(&again)
+    );
+}
+
+#[test]
 fn cli_bad_input_and_unknown_ids_are_clear_errors() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();

@@ -75,7 +75,10 @@ async fn suite(b: &dyn Backend) {
         written_ms: 5,
     };
     b.write_result("a", result.clone()).await.unwrap();
-    assert_eq!(b.read_result("a").await.unwrap(), Some(result));
+    assert_eq!(b.read_result("a").await.unwrap(), Some(result.clone()));
+    b.write_result("gone", result).await.unwrap();
+    b.delete_result("gone").await.unwrap();
+    assert_eq!(b.read_result("gone").await.unwrap(), None);
 
     // A deferred save is stored by the time a later waited-for write returns.
     b.save_deferred(checkpoint("d", None, "running", 40))

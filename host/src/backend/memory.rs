@@ -160,6 +160,11 @@ impl Results for MemoryBackend {
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
         Ok(self.lock().results.get(id).cloned())
     }
+
+    async fn delete_result(&self, id: &str) -> BackendResult<()> {
+        self.lock().results.remove(id);
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]

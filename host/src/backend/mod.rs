@@ -208,6 +208,8 @@ pub trait Checkpoints: Send + Sync {
 pub trait Results: Send + Sync {
     async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()>;
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>>;
+    /// Removes a result (an execution retried after it failed); awaited.
+    async fn delete_result(&self, id: &str) -> BackendResult<()>;
 }
 
 /// Data sent to a waiting execution on a named channel.

@@ -144,6 +144,7 @@ pub(super) enum Op {
     /// Execution, channel, data, sent at (ms).
     SendSignal(String, String, String, u64),
     TakeSignal(String, String),
+    DeleteResult(String),
     /// Digest, body, stored at (ms).
     PutDefinition(String, String, u64),
     /// Execution, its events in order, how many to keep.
@@ -538,6 +539,12 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             .map_err(&err)?;
             Ok(None)
         }
+        Op::DeleteResult(id) => {
+            tx.prepare_cached("DELETE FROM results WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id]))
+                .map_err(&err)?;
+            Ok(None)
+        }
         Op::SendSignal(id, channel, data, sent_ms) => {
             tx.prepare_cached(
                 "INSERT INTO signals (execution, channel, data, sent_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -704,6 +711,12 @@ impl Results for SqliteBackend {
             self.write(Op::WriteResult(id.to_string(), result)).await?,
             fence.as_ref(),
         )
+    }
+
+    async fn delete_result(&self, id: &str) -> BackendResult<()> {
+        self.write(Op::DeleteResult(id.to_string()))
+            .await
+            .map(|_| ())
     }
 
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {

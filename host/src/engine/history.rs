@@ -67,6 +67,13 @@ pub enum Event {
         state: String,
         channel: String,
     },
+    /// `flowhost retry` re-ran a failed execution from its failed state.
+    Retried {
+        state: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<FailureKind>,
+    },
     /// Cancelled by `flowhost cancel` (or its parent's cancellation).
     Cancelled {
         state: String,
@@ -147,6 +154,14 @@ impl Event {
             Event::Cancelled { state, reason } => {
                 format!("cancelled at `{state}`: {reason}")
             }
+            Event::Retried {
+                state,
+                attempt,
+                after,
+            } => match after {
+                Some(kind) => format!("retried `{state}` (attempt {attempt}) after {kind}"),
+                None => format!("retried `{state}` (attempt {attempt})"),
+            },
             Event::Finished {
                 status,
                 state,

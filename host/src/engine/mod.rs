@@ -21,7 +21,7 @@
 mod actions;
 mod advance;
 pub mod bench;
-mod cancel;
+mod control;
 pub mod definition;
 mod driver;
 pub mod history;

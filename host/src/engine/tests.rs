@@ -1053,3 +1053,56 @@ async fn a_submitted_execution_waits_queued_until_a_worker_runs_it_once() {
             .created
     );
 }
+
+#[tokio::test]
+async fn retry_runs_a_failed_execution_again_from_the_state_that_failed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = world();
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    w.fakes.add(Fake::new("fragile", move |_, input, _| {
+        if flag.load(Ordering::SeqCst) && input["v"] == 2 {
+            Err(PluginError::Fatal("broken".into()))
+        } else {
+            Ok(input.clone())
+        }
+    }));
+    let first = w.fakes.add(echo("first"));
+    let yaml = r#"spec: flatmachine
+data:
+  plugins: {first: first}
+  machines:
+    child:
+      spec: flatmachine
+      data:
+        plugins: {fragile: fragile}
+        states:
+          work: {type: initial, plugin: fragile, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: "{{ context.v }}"}
+  states:
+    start: {type: initial, plugin: first, transitions: [{to: fan}]}
+    fan: {foreach: "{{ [1, 2, 3] }}", as: x, machine: child, input: {v: "{{ x }}"}, output_to_context: {all: "{{ output }}"}, transitions: [{to: end}]}
+    end: {type: final, output: "{{ context.all }}"}
+"#;
+    let o = w.run(yaml, json!({})).await;
+    assert_eq!(o.status, Status::Failed);
+    assert!(matches!(
+        w.engine.retry(&format!("{}:2:0", o.id)).await,
+        Err(EngineError::Invalid(_))
+    ));
+    broken.store(false, Ordering::SeqCst);
+    let done = w.engine.retry(&o.id).await.unwrap();
+    assert_eq!(output(&done), &json!([1, 2, 3]));
+    // From the failed state: the first state did not run again.
+    assert_eq!(first.calls().len(), 1);
+    let result = w.backend.read_result(&o.id).await.unwrap().unwrap();
+    assert_eq!(result.status, Status::Done);
+    let kinds = history_kinds(&w, &o.id).await;
+    assert!(kinds.contains(&"retried".to_string()), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("finished"));
+    // Only a failed execution is retried.
+    assert!(matches!(
+        w.engine.retry(&o.id).await,
+        Err(EngineError::Finished(_))
+    ));
+}

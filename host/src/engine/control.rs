@@ -1,13 +1,19 @@
-//! Cancelling an execution that no process is running: one waiting for a
-//! signal, parked on its children, or abandoned by a process that died. It
-//! and its children end `cancelled`, with the reason as their error and
-//! result; launched (detached) children keep running. An execution a live
-//! process runs is refused, naming that process (stop it first).
+//! What an operator does to a stored execution that no process is running,
+//! under its tree's lease (so a live owner is refused, named — stop it
+//! first) and with fenced writes:
+//! - cancel one waiting for a signal, parked on its children, queued or
+//!   abandoned: it and its unfinished children end `cancelled`, with the
+//!   reason as their error and result; launched (detached) children keep
+//!   running;
+//! - retry a failed one: it goes on from the state that failed, as a new
+//!   attempt (a fan-out state starts its children afresh), keeping its
+//!   history.
 
 use super::driver::to_checkpoint;
 use super::history::{self, Event};
 use super::record::{Failure, Record, Status};
 use super::{Engine, EngineError};
+use super::{Outcome, ResumeOptions};
 use crate::backend::Fence;
 use crate::failure::FailureKind;
 use std::sync::Arc;
@@ -21,6 +27,58 @@ impl Engine {
         let result = self.cancel_tree(id, reason, &held.fence()).await;
         self.disown(held).await;
         result
+    }
+
+    /// Re-runs a failed root execution from the state that failed, as a new
+    /// attempt; its failed result is removed until the new one is written.
+    pub async fn retry(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
+        let root = self.root_of(id).await?;
+        if root.id != id {
+            return Err(EngineError::Invalid(format!(
+                "execution {id} is a child of {}: retry the root, which re-runs the state that ran it",
+                root.id
+            )));
+        }
+        let held = self.own(id).await?;
+        let result = self.retry_owned(id, &held).await;
+        self.disown(held).await;
+        result
+    }
+
+    async fn retry_owned(
+        self: &Arc<Self>,
+        id: &str,
+        held: &super::owner::Held,
+    ) -> Result<Outcome, EngineError> {
+        let mut rec = self.load_record(id).await?;
+        if rec.status != Status::Failed {
+            return Err(EngineError::Finished(format!(
+                "execution {id} is {}; only a failed execution can be retried",
+                rec.status
+            )));
+        }
+        let failed = rec.error.take();
+        rec.status = Status::Running;
+        rec.attempt += 1;
+        rec.pending = None;
+        rec.output = None;
+        let retried = Event::Retried {
+            state: rec.state.clone(),
+            attempt: rec.attempt,
+            after: failed.map(|f| f.kind),
+        };
+        history::note(&mut rec, self.now(), &retried);
+        self.backend.delete_result(id).await?;
+        // Stored before it runs: a crash now leaves a running execution to
+        // resume, not a failed one without its result.
+        let events = std::mem::take(&mut rec.journal);
+        self.backend
+            .append_history(id, events, history::DEFAULT_LIMIT)
+            .await?;
+        self.backend
+            .save(to_checkpoint(&rec, self.now(), None, Some(&held.fence()))?)
+            .await?;
+        self.resume_owned(rec, held, ResumeOptions::default()).await
     }
 
     async fn cancel_tree(
