@@ -277,13 +277,9 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
                 .with_spawner(spawner.clone()),
         )
     };
-    let (pool, processor) = match (&a.pool, &a.processor) {
-        (Some(pool), Some(processor)) => (pool.clone(), processor.clone()),
-        _ => (
-            flowhost::engine::queue::EXECUTIONS_POOL.to_string(),
-            String::new(),
-        ),
-    };
+    let pool = pool_or_run_queue(&a.pool);
+    // Clap requires it unless --executions, whose branch does not read it.
+    let processor = a.processor.clone().unwrap_or_default();
     // Queued executions run by this worker are asked to stop (at a state
     // boundary, checkpointed) when it stops; their jobs go back to the
     // queue and another worker continues them. (A pool's machine jobs
@@ -313,7 +309,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         heartbeat: a.heartbeat,
         exit_when_empty: a.exit_when_empty,
         retry_all: a.retry_all,
-        ..WorkerConfig::new(&pool)
+        ..WorkerConfig::new(pool)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -410,10 +406,7 @@ pub(super) struct CheckerArgs {
 /// each exiting when the pool is empty.
 pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
     let backend = a.store.open_existing()?;
-    let pool = match &a.pool {
-        Some(pool) => pool.as_str(),
-        None => flowhost::engine::queue::EXECUTIONS_POOL,
-    };
+    let pool = pool_or_run_queue(&a.pool);
     let depth = backend.stats(pool).await.map_err(store_error)?.depth();
     let active = backend
         .workers(Some(pool))
@@ -441,6 +434,12 @@ pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
         println!("spawned worker process {}", child.id());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pool named by `--pool`, else (with `--executions`) the run queue.
+fn pool_or_run_queue(pool: &Option<String>) -> &str {
+    pool.as_deref()
+        .unwrap_or(flowhost::engine::queue::EXECUTIONS_POOL)
 }
 
 fn spawn_error(e: flowhost::spawn::SpawnError) -> CliError {
