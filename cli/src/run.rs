@@ -555,6 +555,10 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         Delivery::Awaited => {}
     }
     eprintln!("signal `{}` sent to {}", a.channel, a.id);
+    if sent.queued {
+        eprintln!("it runs on the run queue: a worker continues it");
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.no_resume {
         return Ok(ExitCode::SUCCESS);
     }

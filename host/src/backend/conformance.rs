@@ -73,6 +73,7 @@ async fn suite(b: &dyn Backend) {
         status: ExecutionStatus::Done,
         value: json!({"n": [1, 2]}),
         written_ms: 5,
+        counts_toward: None,
     };
     b.write_result("a", result.clone()).await.unwrap();
     assert_eq!(b.read_result("a").await.unwrap(), Some(result.clone()));
@@ -160,6 +161,7 @@ async fn fence_suite(b: &dyn Backend) {
         status: ExecutionStatus::Done,
         value: json!("late"),
         written_ms: 1,
+        counts_toward: None,
     };
     let refused = b.write_result("f:1:0", stale_result).await.unwrap_err();
     assert_eq!(refused.kind, StoreErrorKind::Conflict);
@@ -399,6 +401,84 @@ async fn backends_decide_time_by_their_clock() {
     clock_suite(&b, &clock).await;
 }
 
+/// A fan-in counts each child's first result once, in the result's write;
+/// the write reaching zero pushes the wake-up job once; opening counts the
+/// children that ended before it.
+async fn fan_in_suite(b: &dyn Backend) {
+    use super::{FanIn, JobStatus, NewJob};
+    let counting = |key: &str, now: bool| FanIn {
+        key: key.into(),
+        wake_pool: "wake".into(),
+        wake: NewJob {
+            idempotency_key: Some(key.into()),
+            ..NewJob::new(json!({"execution": "parent"}))
+        },
+        wake_now: now,
+    };
+    let result = |fan_in: Option<FanIn>| StoredResult {
+        counts_toward: fan_in.map(Box::new),
+        fence: None,
+        status: ExecutionStatus::Done,
+        value: json!(1),
+        written_ms: 1,
+    };
+    async fn wakes(b: &dyn Backend) -> Vec<super::Job> {
+        b.jobs("wake", None, 10).await.unwrap()
+    }
+    let kids = |n: usize| (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+    // k0 ends before the counter opens: it is counted by the opening.
+    b.write_result("k0", result(Some(counting("p/1", false))))
+        .await
+        .unwrap();
+    assert!(wakes(b).await.is_empty(), "no counter yet: nothing to wake");
+    assert_eq!(b.open_fan_in("p/1", kids(3), None).await.unwrap(), 2);
+    // Opening again changes nothing (a parent that parks a second time).
+    assert_eq!(b.open_fan_in("p/1", kids(3), None).await.unwrap(), 2);
+    b.write_result("k1", result(Some(counting("p/1", false))))
+        .await
+        .unwrap();
+    // A result written again (a child run twice) counts nothing.
+    b.write_result("k1", result(Some(counting("p/1", false))))
+        .await
+        .unwrap();
+    assert_eq!(b.open_fan_in("p/1", kids(3), None).await.unwrap(), 1);
+    assert!(wakes(b).await.is_empty());
+    b.write_result("k2", result(Some(counting("p/1", false))))
+        .await
+        .unwrap();
+    let woken = wakes(b).await;
+    assert_eq!(woken.len(), 1, "{woken:?}");
+    assert_eq!(
+        (woken[0].status, &woken[0].payload),
+        (JobStatus::Pending, &json!({"execution": "parent"}))
+    );
+    assert_eq!(b.open_fan_in("p/1", kids(3), None).await.unwrap(), 0);
+    // A child that decides (mode: any) wakes at once, once per key.
+    assert_eq!(
+        b.open_fan_in("p/2", vec!["a0".into(), "a1".into()], None)
+            .await
+            .unwrap(),
+        2
+    );
+    b.write_result("a0", result(Some(counting("p/2", true))))
+        .await
+        .unwrap();
+    b.write_result("a1", result(Some(counting("p/2", true))))
+        .await
+        .unwrap();
+    assert_eq!(wakes(b).await.len(), 2, "one wake-up per fan-in key");
+    // Opening is fenced like a checkpoint.
+    let stale = super::Fence {
+        root: "nobody".into(),
+        token: 1,
+    };
+    let refused = b
+        .open_fan_in("p/3", kids(1), Some(stale))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Conflict, "{refused}");
+}
+
 #[tokio::test]
 async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
@@ -407,6 +487,7 @@ async fn memory_backend_conforms() {
     signal_consumption_suite(&MemoryBackend::new()).await;
     history_suite(&MemoryBackend::new()).await;
     fence_suite(&MemoryBackend::new()).await;
+    fan_in_suite(&MemoryBackend::new()).await;
 }
 
 #[tokio::test]
@@ -421,6 +502,7 @@ async fn sqlite_backend_conforms_and_persists() {
         signal_consumption_suite(&b).await;
         history_suite(&b).await;
         fence_suite(&b).await;
+        fan_in_suite(&b).await;
     }
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();

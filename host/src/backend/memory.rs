@@ -19,6 +19,8 @@ pub(super) struct Data {
     /// The last signal's `seq`.
     signal_seq: u64,
     definitions: HashMap<String, String>,
+    /// Fan-in counters: key → children without a result.
+    fan_ins: HashMap<String, u64>,
     /// Job `id` is at index `id - 1`.
     pub(super) jobs: Vec<Job>,
     pub(super) workers: HashMap<String, WorkerInfo>,
@@ -145,16 +147,52 @@ impl Checkpoints for MemoryBackend {
 #[async_trait::async_trait]
 impl Results for MemoryBackend {
     async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
+        let now = self.clock.now_ms();
         let mut data = self.lock();
         data.check_fence(result.fence.as_ref())?;
+        let first = !data.results.contains_key(id);
+        let counts_toward = result.counts_toward.clone();
         data.results.insert(
             id.to_string(),
             StoredResult {
                 fence: None,
+                counts_toward: None,
                 ..result
             },
         );
+        if let Some(fan_in) = counts_toward.filter(|_| first) {
+            let remaining = data
+                .fan_ins
+                .get_mut(&fan_in.key)
+                .filter(|n| **n > 0)
+                .map(|n| {
+                    *n -= 1;
+                    *n
+                });
+            if fan_in.wake_now || remaining == Some(0) {
+                data.insert_job(now, &fan_in.wake_pool, fan_in.wake);
+            }
+        }
         Ok(())
+    }
+
+    async fn open_fan_in(
+        &self,
+        key: &str,
+        children: Vec<String>,
+        fence: Option<super::Fence>,
+    ) -> BackendResult<u64> {
+        let mut data = self.lock();
+        data.check_fence(fence.as_ref())?;
+        if let Some(n) = data.fan_ins.get(key) {
+            return Ok(*n);
+        }
+        let n = children
+            .iter()
+            .filter(|c| !data.results.contains_key(*c))
+            .count() as u64;
+        data.fan_ins.insert(key.to_string(), n);
+        Ok(n)
     }
 
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {

@@ -1,7 +1,7 @@
 //! Job pools and workers in memory.
 
 use super::BackendResult;
-use super::memory::MemoryBackend;
+use super::memory::{Data, MemoryBackend};
 use super::pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
 use super::status::{JobStatus, WorkerStatus};
 use serde_json::Value;
@@ -19,21 +19,20 @@ fn release(j: &mut Job, now: u64) {
     j.updated_ms = now;
 }
 
-#[async_trait::async_trait]
-impl WorkPools for MemoryBackend {
-    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
-        let mut d = self.lock();
+impl Data {
+    /// Adds a job (unless one with its idempotency key exists): its id and
+    /// whether it was created.
+    pub(super) fn insert_job(&mut self, now: u64, pool: &str, job: NewJob) -> (i64, bool) {
         if let Some(key) = &job.idempotency_key
-            && let Some(existing) = d
+            && let Some(existing) = self
                 .jobs
                 .iter()
                 .find(|j| j.pool == pool && j.idempotency_key.as_ref() == Some(key))
         {
-            return Ok((existing.id, false));
+            return (existing.id, false);
         }
-        let now = self.clock.now_ms();
-        let id = d.jobs.len() as i64 + 1;
-        d.jobs.push(Job {
+        let id = self.jobs.len() as i64 + 1;
+        self.jobs.push(Job {
             id,
             pool: pool.into(),
             payload: job.payload,
@@ -51,7 +50,15 @@ impl WorkPools for MemoryBackend {
             created_ms: now,
             updated_ms: now,
         });
-        Ok((id, true))
+        (id, true)
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkPools for MemoryBackend {
+    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
+        let now = self.clock.now_ms();
+        Ok(self.lock().insert_job(now, pool, job))
     }
 
     async fn claim(

@@ -181,6 +181,25 @@ pub struct StoredResult {
     /// The output (done) or `{kind, message, state}` (failed).
     pub value: Value,
     pub written_ms: u64,
+    /// The fan-in this result counts toward (a child of a fan-out on the
+    /// run queue); write-only, like the fence.
+    #[serde(skip)]
+    pub counts_toward: Option<Box<FanIn>>,
+}
+
+/// A fan-in counter a child's result counts down, in the same write as the
+/// result: the first result of each child counts once (a result written
+/// again counts nothing), and the count reaching zero pushes `wake` (a job
+/// with an idempotency key, so it exists once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanIn {
+    /// Names the counter ([`Results::open_fan_in`]).
+    pub key: String,
+    pub wake_pool: String,
+    pub wake: NewJob,
+    /// Push `wake` even before the count reaches zero (a child that decides
+    /// a `mode: any` fan-out).
+    pub wake_now: bool,
 }
 
 /// Latest checkpoint per execution.
@@ -210,6 +229,17 @@ pub trait Results: Send + Sync {
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>>;
     /// Removes a result (an execution retried after it failed); awaited.
     async fn delete_result(&self, id: &str) -> BackendResult<()>;
+    /// Opens fan-in counter `key` for `children` unless it is open already:
+    /// it starts at the number of them that have no result yet, counted in
+    /// the same write, so a child finishing meanwhile is counted exactly once
+    /// (here or by its own result). Returns the count as it now is. Fenced
+    /// like a checkpoint. Awaited: it covers every write queued before it.
+    async fn open_fan_in(
+        &self,
+        key: &str,
+        children: Vec<String>,
+        fence: Option<Fence>,
+    ) -> BackendResult<u64>;
 }
 
 /// Data sent to a waiting execution on a named channel.

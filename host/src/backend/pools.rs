@@ -118,6 +118,15 @@ pub trait WorkPools: Send + Sync {
     /// Adds a job; returns its id and whether it was created (false: an
     /// existing job had the same idempotency key).
     async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)>;
+    /// Adds jobs in one write (each skipped if its idempotency key exists);
+    /// returns how many were created.
+    async fn push_many(&self, pool: &str, jobs: Vec<NewJob>) -> BackendResult<u64> {
+        let mut created = 0;
+        for job in jobs {
+            created += u64::from(self.push(pool, job).await?.1);
+        }
+        Ok(created)
+    }
     /// Claims up to `n` claimable jobs (pending and due, or claimed with an
     /// expired lease: one whose end is now or past, as with execution
     /// leases), highest priority first, in one atomic step.

@@ -122,6 +122,12 @@ CREATE TABLE history (
     PRIMARY KEY (execution, seq)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE fan_ins (
+    key        TEXT PRIMARY KEY,
+    remaining  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// How hard a commit waits for the disk.
@@ -149,6 +155,8 @@ pub(super) enum Op {
     PutDefinition(String, String, u64),
     /// Execution, its events in order, how many to keep.
     AppendHistory(String, Vec<super::history::NewEvent>, usize),
+    /// Counter key, the children it counts, the parent's fence.
+    OpenFanIn(String, Vec<String>, Option<super::Fence>),
     Custom(Custom),
 }
 
@@ -530,6 +538,11 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             if stale(tx, r.fence.as_ref()).map_err(&err)? {
                 return Ok(Some(Value::String(REFUSED.into())));
             }
+            let first = tx
+                .prepare_cached("SELECT 1 FROM results WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![id], |_| Ok(())).optional())
+                .map_err(&err)?
+                .is_none();
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
             )
@@ -537,7 +550,39 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                 s.execute(params![id, r.status, r.value.to_string(), r.written_ms as i64])
             })
             .map_err(&err)?;
+            if let Some(fan_in) = r.counts_toward.filter(|_| first) {
+                count_down(tx, &fan_in, r.written_ms).map_err(&err)?;
+            }
             Ok(None)
+        }
+        Op::OpenFanIn(key, children, fence) => {
+            if stale(tx, fence.as_ref()).map_err(&err)? {
+                return Ok(Some(Value::String(REFUSED.into())));
+            }
+            let open: Option<i64> = tx
+                .prepare_cached("SELECT remaining FROM fan_ins WHERE key = ?1")
+                .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+                .map_err(&err)?;
+            let remaining = match open {
+                Some(n) => n,
+                None => {
+                    let mut finished = 0i64;
+                    let mut has = tx
+                        .prepare_cached("SELECT 1 FROM results WHERE id = ?1")
+                        .map_err(&err)?;
+                    for child in &children {
+                        if has.exists(params![child]).map_err(&err)? {
+                            finished += 1;
+                        }
+                    }
+                    let n = children.len() as i64 - finished;
+                    tx.prepare_cached("INSERT INTO fan_ins (key, remaining) VALUES (?1, ?2)")
+                        .and_then(|mut s| s.execute(params![key, n]))
+                        .map_err(&err)?;
+                    n
+                }
+            };
+            Ok(Some(Value::from(remaining.max(0))))
         }
         Op::DeleteResult(id) => {
             tx.prepare_cached("DELETE FROM results WHERE id = ?1")
@@ -583,6 +628,23 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             signal_data(path, seq, &data).map(Some)
         }
     }
+}
+
+/// A child's first result counts its fan-in down; at zero (or when the
+/// child decides it) the parent's wake-up job is pushed, in the same
+/// transaction.
+fn count_down(tx: &Connection, fan_in: &super::FanIn, now_ms: u64) -> rusqlite::Result<()> {
+    let remaining: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE fan_ins SET remaining = remaining - 1 WHERE key = ?1 AND remaining > 0 RETURNING remaining",
+        )?
+        .query_row(params![fan_in.key], |r| r.get(0))
+        .optional()?;
+    // No row: the parent has not opened it yet, and counts this result when it does.
+    if fan_in.wake_now || remaining == Some(0) {
+        super::sqlite_pools::insert_job(tx, now_ms, &fan_in.wake_pool, &fan_in.wake)?;
+    }
+    Ok(())
 }
 
 /// What a write refused by its fence answers (it changes nothing, and the
@@ -719,6 +781,24 @@ impl Results for SqliteBackend {
             .map(|_| ())
     }
 
+    async fn open_fan_in(
+        &self,
+        key: &str,
+        children: Vec<String>,
+        fence: Option<super::Fence>,
+    ) -> BackendResult<u64> {
+        let answer = self
+            .write(Op::OpenFanIn(key.to_string(), children, fence.clone()))
+            .await?;
+        if let Some(n) = answer.as_ref().and_then(Value::as_u64) {
+            return Ok(n);
+        }
+        fenced(answer.clone(), fence.as_ref())?;
+        Err(BackendError::new(format!(
+            "internal: opening fan-in {key} answered {answer:?}"
+        )))
+    }
+
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
         let row: Option<(super::ExecutionStatus, String, i64)> = self
             .reader()
@@ -740,6 +820,7 @@ impl Results for SqliteBackend {
                 status,
                 value,
                 written_ms: written as u64,
+                counts_toward: None,
             })
         })
         .transpose()

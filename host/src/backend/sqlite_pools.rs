@@ -98,6 +98,40 @@ impl SqliteBackend {
     }
 }
 
+/// Adds a job in the caller's transaction (unless one with its idempotency
+/// key exists): its id and whether it was created.
+pub(super) fn insert_job(
+    c: &Connection,
+    now_ms: u64,
+    pool: &str,
+    job: &NewJob,
+) -> rusqlite::Result<(i64, bool)> {
+    if let Some(key) = &job.idempotency_key {
+        let existing: Option<i64> = c
+            .prepare_cached("SELECT id FROM jobs WHERE pool = ?1 AND idempotency_key = ?2")?
+            .query_row(params![pool, key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+    }
+    let now = now_ms as i64;
+    c.prepare_cached(
+        "INSERT INTO jobs (pool, payload, status, priority, run_at_ms, max_retries, idempotency_key, created_ms, updated_ms)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?7)",
+    )?
+    .execute(params![
+        pool,
+        job.payload.to_string(),
+        job.priority,
+        now + job.delay_ms as i64,
+        job.max_retries,
+        job.idempotency_key,
+        now
+    ])?;
+    Ok((c.last_insert_rowid(), true))
+}
+
 /// Job statuses after a claim whose lease ran out.
 fn release_sql(filter: &str) -> String {
     format!(
@@ -108,40 +142,24 @@ fn release_sql(filter: &str) -> String {
 #[async_trait::async_trait]
 impl WorkPools for SqliteBackend {
     async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
-        let clock = self.clock.clone();
+        let now = self.clock.now_ms();
         let pool = pool.to_string();
         self.exec(move |c| {
-            if let Some(key) = &job.idempotency_key {
-                let existing: Option<i64> = c
-                    .query_row(
-                        "SELECT id FROM jobs WHERE pool = ?1 AND idempotency_key = ?2",
-                        params![pool, key],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(fault)?;
-                if let Some(id) = existing {
-                    return Ok(json!([id, false]));
-                }
+            let (id, created) = insert_job(c, now, &pool, &job).map_err(fault)?;
+            Ok(json!([id, created]))
+        })
+        .await
+    }
+
+    async fn push_many(&self, pool: &str, jobs: Vec<NewJob>) -> BackendResult<u64> {
+        let now = self.clock.now_ms();
+        let pool = pool.to_string();
+        self.exec(move |c| {
+            let mut created = 0u64;
+            for job in &jobs {
+                created += u64::from(insert_job(c, now, &pool, job).map_err(fault)?.1);
             }
-            let now = clock.now_ms() as i64;
-            c.prepare_cached(
-                "INSERT INTO jobs (pool, payload, status, priority, run_at_ms, max_retries, idempotency_key, created_ms, updated_ms)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    pool,
-                    job.payload.to_string(),
-                    job.priority,
-                    now + job.delay_ms as i64,
-                    job.max_retries,
-                    job.idempotency_key,
-                    now
-                ])
-            })
-            .map_err(fault)?;
-            Ok(json!([c.last_insert_rowid(), true]))
+            Ok(json!(created))
         })
         .await
     }

@@ -22,9 +22,9 @@ impl Engine {
     /// Cancels execution `id` and its children; returns how many executions
     /// ended (it and its descendants that had not finished).
     pub async fn cancel(self: &Arc<Self>, id: &str, reason: &str) -> Result<usize, EngineError> {
-        let root = self.root_of(id).await?;
-        let held = self.own(&root.id).await?;
-        let result = self.cancel_tree(id, reason, &held.fence()).await;
+        let owner = self.owner_of(id).await?;
+        let held = self.own(&owner.id).await?;
+        let result = self.cancel_tree(id, reason, &held).await;
         self.disown(held).await;
         result
     }
@@ -32,7 +32,7 @@ impl Engine {
     /// Re-runs a failed root execution from the state that failed, as a new
     /// attempt; its failed result is removed until the new one is written.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
-        let root = self.root_of(id).await?;
+        let root = self.owner_of(id).await?;
         if root.id != id {
             return Err(EngineError::Invalid(format!(
                 "execution {id} is a child of {}: retry the root, which re-runs the state that ran it",
@@ -85,7 +85,7 @@ impl Engine {
         &self,
         id: &str,
         reason: &str,
-        fence: &Fence,
+        held: &super::owner::Held,
     ) -> Result<usize, EngineError> {
         let rec = self.load_record(id).await?;
         if rec.status.is_terminal() {
@@ -94,22 +94,64 @@ impl Engine {
                 rec.status
             )));
         }
-        // Depth first, so no child is left running under a cancelled parent.
+        // Every unfinished descendant, parents first.
+        let mut tree = Vec::new();
         let mut todo = vec![rec];
-        let mut ended = 0;
-        while let Some(mut rec) = todo.pop() {
-            for child in rec.pending.iter().flat_map(|p| &p.children) {
-                match self.backend.load(&child.id).await? {
-                    Some(cp) if !cp.status.is_terminal() => {
-                        todo.push(self.load_record(&child.id).await?);
-                    }
-                    _ => {}
+        while let Some(rec) = todo.pop() {
+            let children: Vec<String> = rec
+                .pending
+                .iter()
+                .flat_map(|p| &p.children)
+                .map(|c| c.id.clone())
+                .collect();
+            for (child, status) in self.backend.statuses(&children).await? {
+                if !status.is_terminal() {
+                    todo.push(self.load_record(&child).await?);
                 }
             }
-            self.end_cancelled(&mut rec, reason, fence).await?;
-            ended += 1;
+            tree.push(rec);
         }
-        Ok(ended)
+        // Children on the run queue hold leases of their own: take them all
+        // first, so nothing is cancelled while one still runs somewhere.
+        let mut leases = Vec::new();
+        let mut refused = None;
+        for rec in tree.iter().filter(|r| r.queued && r.id != held.execution) {
+            match self.own(&rec.id).await {
+                Ok(h) => leases.push(h),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match refused {
+            Some(e) => Err(e),
+            None => self.end_all(&mut tree, reason, held, &leases).await,
+        };
+        for h in leases {
+            self.release(h).await;
+        }
+        result
+    }
+
+    /// Ends every record of `tree` cancelled, each under the lease that
+    /// covers it (its own, or the tree's).
+    async fn end_all(
+        &self,
+        tree: &mut [Record],
+        reason: &str,
+        held: &super::owner::Held,
+        leases: &[super::owner::Held],
+    ) -> Result<usize, EngineError> {
+        // Children first, so no child is left running under a cancelled parent.
+        for rec in tree.iter_mut().rev() {
+            let lease = leases
+                .iter()
+                .find(|h| h.execution == rec.id)
+                .unwrap_or(held);
+            self.end_cancelled(rec, reason, &lease.fence()).await?;
+        }
+        Ok(tree.len())
     }
 
     async fn end_cancelled(

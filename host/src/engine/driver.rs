@@ -7,6 +7,7 @@
 use super::advance::Frame;
 use super::advance::history_limit;
 use super::history::Event;
+use super::queue::Spread;
 use super::record::{Child, Failure, Pending, Record, Status};
 use super::services::parse_record;
 use super::step::{self, Next, Outcomes, Save, Settled, Step};
@@ -208,8 +209,8 @@ impl Engine {
         id: &str,
         options: ResumeOptions,
     ) -> Result<Outcome, EngineError> {
-        let root = self.root_of(id).await?;
-        let held = self.own(&root.id).await?;
+        let owner = self.owner_of(id).await?;
+        let held = self.own(&owner.id).await?;
         // Read again under the lease: the previous owner may have moved it on.
         let result = match self.load_record(id).await {
             Ok(rec) => self.resume_owned(rec, &held, options).await,
@@ -313,7 +314,12 @@ impl Engine {
     /// Carries out a step's save: the history noted since the last save
     /// (queued), the checkpoint (queued or awaited), and for a finished
     /// execution the result.
-    async fn save(&self, frame: &Frame, rec: &mut Record, save: Save) -> Result<(), EngineError> {
+    pub(super) async fn save(
+        &self,
+        frame: &Frame,
+        rec: &mut Record,
+        save: Save,
+    ) -> Result<(), EngineError> {
         self.save_consuming(&frame.def, &frame.fence, rec, save, None)
             .await
     }
@@ -408,6 +414,17 @@ impl Engine {
                             _ = tokio::time::sleep(pause) => {}
                             _ = self.stop.requested() => {}
                             _ = frame.stop.requested() => {}
+                        }
+                    }
+                    Next::Children if rec.queued => {
+                        match self.spread_children(&frame, &mut rec).await? {
+                            Spread::Parked => return Ok(outcome(&rec)),
+                            Spread::All(outcomes) => {
+                                let finished = outcomes.summary(&rec.state);
+                                self.note(&frame, &mut rec, finished);
+                                step = self.fan_in(&frame, &mut rec, &outcomes).await;
+                                continue;
+                            }
                         }
                     }
                     Next::Children => match self.run_children(&frame, &mut rec).await? {
@@ -680,6 +697,19 @@ impl Engine {
                 .ok_or_else(|| {
                     EngineError::Invalid(format!("no child machine `{}`", launch.machine))
                 })?;
+            if rec.queued {
+                if !launch.started {
+                    self.queue_launch(frame, &def, rec, &launch).await?;
+                    rec.launches[i].started = true;
+                    changed = true;
+                    let launched = Event::Launched {
+                        state: rec.state.clone(),
+                        child: launch.id.clone(),
+                    };
+                    self.note(frame, rec, launched);
+                }
+                continue;
+            }
             let existing = self.backend.load(&launch.id).await?;
             let fresh = existing.is_none();
             let child_rec = match existing {
@@ -752,6 +782,7 @@ impl Engine {
             status,
             value,
             written_ms: self.now(),
+            counts_toward: Engine::counts_toward(rec),
         };
         Ok(self.backend.write_result(&rec.id, result).await?)
     }

@@ -5,12 +5,24 @@
 //! idempotency key; a worker claims the job (lease, fencing token, retries
 //! and the reaper as for every pool), takes the execution tree's lease and
 //! runs it with the local driver until it finishes, fails or parks.
+//!
+//! A queued execution's fan-out spreads over the workers: its children
+//! become queued executions of their own (each under its own lease), the
+//! parent opens a fan-in counter and parks (its job ends; it holds no
+//! lease and no task). Each child's first result counts the counter down in
+//! the same store write as the result; the write that reaches zero (or a
+//! child that decides a `mode: any` fan-out) pushes the parent's wake-up
+//! job, and whichever worker claims it gathers the children's results and
+//! goes on. Launches of a queued execution go on the queue too.
 
+use super::advance::Frame;
 use super::driver::to_checkpoint;
+use super::history::Event;
 use super::owner::Held;
-use super::record::Status;
+use super::record::{Failure, FanInRef, Pending, Record, Status};
+use super::step::{self, Outcomes, Save, Settled};
 use super::{Engine, EngineError, Outcome};
-use crate::backend::NewJob;
+use crate::backend::{FanIn, NewJob, StoredResult};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +59,7 @@ impl Engine {
             None => {
                 let (def, definition) = self.pin_file(file).await?;
                 let mut rec = self.new_record(&def, &definition, id.clone(), None, input);
+                rec.queued = true;
                 // (An initial context that did not render is an error the
                 // worker's first step reports.)
                 rec.status = Status::Queued;
@@ -56,12 +69,9 @@ impl Engine {
                 true
             }
         };
-        let job = NewJob {
-            idempotency_key: Some(id.clone()),
-            max_retries: 10,
-            ..NewJob::new(json!({ "execution": id }))
-        };
-        self.backend.push(EXECUTIONS_POOL, job).await?;
+        self.backend
+            .push(EXECUTIONS_POOL, run_job(&id, &id))
+            .await?;
         Ok(Submitted { id, created })
     }
 
@@ -69,8 +79,8 @@ impl Engine {
     /// takes its tree's lease and drives it until it finishes, fails or
     /// parks.
     pub async fn run_queued(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
-        let root = self.root_of(id).await?;
-        let held: Held = self.own(&root.id).await?;
+        let owner = self.owner_of(id).await?;
+        let held: Held = self.own(&owner.id).await?;
         let result = match self.load_record(id).await {
             Ok(mut rec) if rec.status == Status::Queued => {
                 rec.status = match rec.error {
@@ -87,5 +97,213 @@ impl Engine {
         };
         self.disown(held).await;
         result
+    }
+}
+
+/// The run-queue job that runs execution `id`; `key` makes it exist once
+/// (the id for a submit or a child, the fan-in's key for a wake-up).
+pub(super) fn run_job(id: &str, key: &str) -> NewJob {
+    NewJob {
+        idempotency_key: Some(key.to_string()),
+        max_retries: 10,
+        ..NewJob::new(json!({ "execution": id }))
+    }
+}
+
+/// What spreading a fan-out's children over the run queue came to.
+pub(super) enum Spread {
+    /// Enough children have ended: the fan-in goes on now.
+    All(Outcomes),
+    /// The parent is parked (stored); a child's result wakes it.
+    Parked,
+}
+
+/// A stored result as the outcome [`step::settle`] reads.
+fn outcome_of(id: &str, r: StoredResult) -> Outcome {
+    let failure = || serde_json::from_value::<Failure>(r.value.clone()).ok();
+    Outcome {
+        id: id.to_string(),
+        machine: String::new(),
+        status: r.status,
+        output: (r.status == Status::Done).then(|| r.value.clone()),
+        error: (r.status != Status::Done).then(failure).flatten(),
+        waiting: None,
+    }
+}
+
+impl Engine {
+    /// The execution whose lease covers `id`: itself when it runs on the
+    /// run queue or has no parent, else its parent's owner (children run by
+    /// the local driver run under their root's lease).
+    pub async fn owner_of(&self, id: &str) -> Result<Record, EngineError> {
+        let mut rec = self.load_record(id).await?;
+        while !rec.queued
+            && let Some(parent) = rec.parent.clone()
+        {
+            rec = self.load_record(&parent).await?;
+        }
+        Ok(rec)
+    }
+
+    /// The fan-in a queued child's result counts toward, if it has one.
+    pub(super) fn counts_toward(rec: &Record) -> Option<Box<FanIn>> {
+        let (fan_in, parent) = (rec.fan_in.as_ref()?, rec.parent.as_ref()?);
+        Some(Box::new(FanIn {
+            key: fan_in.key.clone(),
+            wake_pool: EXECUTIONS_POOL.to_string(),
+            wake: run_job(parent, &fan_in.key),
+            wake_now: fan_in.any && rec.status == Status::Done,
+        }))
+    }
+
+    /// A queued execution's fan-out: gathers the children that have ended;
+    /// unless that decides the state, stores the others as queued
+    /// executions, opens the fan-in counter, puts them on the run queue and
+    /// parks the parent. Each step is idempotent, so a worker that dies
+    /// midway leaves nothing the next one cannot finish.
+    pub(super) async fn spread_children(
+        self: &Arc<Self>,
+        frame: &Frame,
+        rec: &mut Record,
+    ) -> Result<Spread, EngineError> {
+        let Some(pending) = rec.pending.clone() else {
+            return Ok(Spread::All(Outcomes::default()));
+        };
+        let key = format!("{}/{}/{}", rec.id, rec.step, rec.attempt);
+        let ids: Vec<String> = pending.children.iter().map(|c| c.id.clone()).collect();
+        // At most twice: a counter that opens at zero means every child
+        // ended before it opened.
+        for _ in 0..2 {
+            let (mut outcomes, missing, decided) = self.gathered(&pending).await?;
+            if missing.is_empty() || decided {
+                step::give_up(&mut outcomes, None);
+                return Ok(Spread::All(outcomes));
+            }
+            let missing: Vec<String> = missing.into_iter().map(|i| ids[i].clone()).collect();
+            let created = self
+                .store_children(frame, rec, &pending, &key, &missing)
+                .await?;
+            if created == pending.children.len() {
+                let started = Event::ChildrenStarted {
+                    state: rec.state.clone(),
+                    children: created,
+                };
+                self.note(frame, rec, started);
+            }
+            let remaining = self
+                .backend
+                .open_fan_in(&key, ids.clone(), Some(frame.fence.clone()))
+                .await?;
+            if remaining == 0 {
+                continue;
+            }
+            let jobs = missing.iter().map(|id| run_job(id, id)).collect();
+            self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
+            if let Some(o) = &self.observer {
+                o.fanout(&rec.id, &rec.state, missing.len());
+            }
+            // Awaited: the lease is released next, and a wake-up may come at once.
+            self.save(frame, rec, Save::Awaited).await?;
+            return Ok(Spread::Parked);
+        }
+        Err(EngineError::Invalid(format!(
+            "execution {}: the fan-in {key} counts no children left, yet some have no result",
+            rec.id
+        )))
+    }
+
+    /// The outcomes of the children that have a result, the indexes of
+    /// those that have none, and whether the ended ones decide the state.
+    async fn gathered(
+        &self,
+        pending: &Pending,
+    ) -> Result<(Outcomes, Vec<usize>, bool), EngineError> {
+        let mut outcomes = Outcomes::new(pending.children.len());
+        let mut missing = Vec::new();
+        let mut decided = false;
+        for (i, child) in pending.children.iter().enumerate() {
+            match self.backend.read_result(&child.id).await? {
+                Some(r) => {
+                    let o = outcome_of(&child.id, r);
+                    decided |= step::settle(pending, &mut outcomes, i, &o) == Settled::Decided;
+                }
+                None => missing.push(i),
+            }
+        }
+        Ok((outcomes, missing, decided))
+    }
+
+    /// Stores the children in `missing` that have no record yet as queued
+    /// executions counting toward fan-in `key`; returns how many.
+    async fn store_children(
+        &self,
+        frame: &Frame,
+        rec: &Record,
+        pending: &Pending,
+        key: &str,
+        missing: &[String],
+    ) -> Result<usize, EngineError> {
+        let known = self.backend.statuses(missing).await?;
+        let mut created = 0;
+        for child in pending
+            .children
+            .iter()
+            .filter(|c| !known.contains_key(&c.id))
+        {
+            if !missing.contains(&child.id) {
+                continue;
+            }
+            let def = frame.def.children.get(&child.machine).ok_or_else(|| {
+                EngineError::Invalid(format!("no child machine `{}`", child.machine))
+            })?;
+            let mut c = self.new_record(
+                def,
+                &frame.definition,
+                child.id.clone(),
+                Some(rec.id.clone()),
+                child.input.clone(),
+            );
+            c.queued = true;
+            c.status = Status::Queued;
+            c.fan_in = Some(FanInRef {
+                key: key.to_string(),
+                any: pending.any,
+            });
+            // Under the parent's fence: a parent that lost its lease
+            // creates nothing.
+            let checkpoint = to_checkpoint(&c, self.now(), None, Some(&frame.fence))?;
+            self.backend.save_deferred(checkpoint).await?;
+            created += 1;
+        }
+        Ok(created)
+    }
+
+    /// Puts launched children of a queued execution on the run queue: each
+    /// is stored queued (under its own lease from then on) and its job
+    /// pushed before the parent marks it started.
+    pub(super) async fn queue_launch(
+        &self,
+        frame: &Frame,
+        def: &super::MachineDef,
+        rec: &Record,
+        launch: &super::record::Launch,
+    ) -> Result<(), EngineError> {
+        if self.backend.load(&launch.id).await?.is_none() {
+            let mut c = self.new_record(
+                def,
+                &frame.definition,
+                launch.id.clone(),
+                Some(rec.id.clone()),
+                launch.input.clone(),
+            );
+            c.queued = true;
+            c.status = Status::Queued;
+            let checkpoint = to_checkpoint(&c, self.now(), None, Some(&frame.fence))?;
+            self.backend.save_deferred(checkpoint).await?;
+        }
+        self.backend
+            .push(EXECUTIONS_POOL, run_job(&launch.id, &launch.id))
+            .await?;
+        Ok(())
     }
 }

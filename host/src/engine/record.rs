@@ -90,6 +90,17 @@ pub enum ChildOutcome {
     Cancelled,
 }
 
+/// Where a child on the run queue counts its end: its parent's fan-in
+/// counter (the store counts the child's first result down in the same
+/// write as the result).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanInRef {
+    pub key: String,
+    /// `mode: any`: a child that finishes well wakes the parent at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any: bool,
+}
+
 /// A fire-and-forget child, written to the outbox with the parent's checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
@@ -128,6 +139,14 @@ pub struct Record {
     /// Execution state plugins reach through `state-get/set/...`.
     #[serde(default)]
     pub kv: BTreeMap<String, Value>,
+    /// Runs on the run queue under a lease of its own (not its root's): its
+    /// fan-out children and launches become queued executions too, which
+    /// any worker may run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
+    /// For a fan-out child on the run queue: the fan-in it counts toward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_in: Option<FanInRef>,
     #[serde(default)]
     pub pending: Option<Pending>,
     #[serde(default)]

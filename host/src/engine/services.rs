@@ -208,6 +208,9 @@ pub enum Delivery {
 pub struct Signalled {
     pub delivery: Delivery,
     pub root: String,
+    /// The execution runs on the run queue and waited on this channel: it
+    /// was put back on the queue, and a worker continues it.
+    pub queued: bool,
 }
 
 impl Engine {
@@ -232,10 +235,22 @@ impl Engine {
             None => Delivery::NotWaiting(rec.status),
         };
         self.backend.send_signal(id, channel, data).await?;
-        let root = self.root_of(id).await?;
+        let queued = rec.queued && delivery == Delivery::Awaited;
+        if queued {
+            // Once per wait: the key names the state it waits in.
+            let key = format!("{id}/{}/{}/signal", rec.step, rec.attempt);
+            self.backend
+                .push(
+                    super::queue::EXECUTIONS_POOL,
+                    super::queue::run_job(id, &key),
+                )
+                .await?;
+        }
+        let root = self.owner_of(id).await?;
         Ok(Signalled {
             delivery,
             root: root.id,
+            queued,
         })
     }
 }

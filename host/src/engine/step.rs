@@ -227,6 +227,8 @@ impl Engine {
             input,
             context: json!({}),
             kv: Default::default(),
+            queued: false,
+            fan_in: None,
             pending: None,
             launches: vec![],
             waiting_for: None,

@@ -703,7 +703,8 @@ data:
         sent,
         services::Signalled {
             delivery: services::Delivery::Awaited,
-            root: o.id.clone()
+            root: o.id.clone(),
+            queued: false,
         }
     );
     let done = w.engine.resume(&sent.root).await.unwrap();
@@ -863,6 +864,7 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
             status: Status::Done,
             value: json!({"ok": true}),
             written_ms: 1,
+            counts_toward: None,
         };
         writer.write_result("x", done).await.unwrap();
     });
@@ -1105,4 +1107,251 @@ data:
         w.engine.retry(&o.id).await,
         Err(EngineError::Finished(_))
     ));
+}
+
+/// Runs the run queue's jobs as a worker would, newest first (so children
+/// finish in the reverse of their order), until none is left; returns the
+/// executions run, in order.
+async fn drain_queue(w: &World_) -> Vec<String> {
+    use crate::backend::WorkPools;
+    let mut ran = Vec::new();
+    loop {
+        let pending = w
+            .backend
+            .jobs(
+                queue::EXECUTIONS_POOL,
+                Some(crate::backend::JobStatus::Pending),
+                100_000,
+            )
+            .await
+            .unwrap();
+        let Some(job) = pending.last() else {
+            return ran;
+        };
+        let id = job.payload["execution"].as_str().unwrap().to_string();
+        let claimed = w
+            .backend
+            .claim(queue::EXECUTIONS_POOL, "w", 100_000, 60_000)
+            .await
+            .unwrap();
+        let mine = claimed.iter().find(|j| j.id == job.id).unwrap();
+        let o = w.engine.run_queued(&id).await.unwrap();
+        w.backend
+            .complete(mine.id, mine.fence, json!(o.status))
+            .await
+            .unwrap();
+        // The others go back, as a worker that did not get to them.
+        w.backend.release_worker("w").await.unwrap();
+        ran.push(id);
+    }
+}
+
+/// Submits `yaml` with `input` and runs the run queue dry: the outcome of
+/// the distributed driver, to compare with the local one.
+async fn run_distributed(w: &World_, yaml: &str, input: Value) -> (Outcome, Vec<String>) {
+    let n = w.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = w.file(&format!("q{n}.yml"), yaml);
+    let id = w.engine.submit(&path, input, None).await.unwrap().id;
+    let ran = drain_queue(w).await;
+    let rec = w.engine.load_record(&id).await.unwrap();
+    let o = Outcome {
+        id: rec.id.clone(),
+        machine: rec.machine.clone(),
+        status: rec.status,
+        output: rec.output.clone(),
+        error: rec.error.clone(),
+        waiting: None,
+    };
+    (o, ran)
+}
+
+#[tokio::test]
+async fn a_queued_fan_out_parks_its_parent_and_the_last_child_wakes_it() {
+    use crate::backend::{JobStatus, WorkPools};
+    let w = world();
+    w.fakes
+        .add(Fake::new("item", |_, input, _| match input["v"].as_i64() {
+            Some(3) => Err(PluginError::Fatal("three".into())),
+            Some(v) => Ok(json!({"v": v * 10})),
+            None => Err(PluginError::InvalidInput("no v".into())),
+        }));
+    let yaml = FANOUT.replace("MODE", "");
+    let path = w.file("spread.yml", &yaml);
+    let id = w
+        .engine
+        .submit(&path, json!({"items": [1, 2, 4]}), None)
+        .await
+        .unwrap()
+        .id;
+    // The parent's run stores its children as queued executions and parks.
+    let o = w.engine.run_queued(&id).await.unwrap();
+    assert_eq!(o.status, Status::Running, "{o:?}");
+    let parent = w.engine.load_record(&id).await.unwrap();
+    let children: Vec<String> = parent
+        .pending
+        .as_ref()
+        .unwrap()
+        .children
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(children.len(), 3);
+    for c in &children {
+        let rec = w.engine.load_record(c).await.unwrap();
+        assert_eq!(
+            (rec.status, rec.queued, rec.parent.as_deref()),
+            (Status::Queued, true, Some(id.as_str()))
+        );
+    }
+    let queued = |w: &World_| {
+        let b = w.backend.clone();
+        async move {
+            b.jobs(queue::EXECUTIONS_POOL, Some(JobStatus::Pending), 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.payload["execution"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // (The parent's own job is still pending: this test runs it by hand.)
+    let waiting: Vec<String> = queued(&w).await.into_iter().filter(|e| *e != id).collect();
+    assert_eq!(waiting, children, "the children wait on the run queue");
+    // Each child runs on its own (any worker; here in reverse order). The
+    // parent is woken only by the last one, and a child run twice counts once.
+    w.engine.run_queued(&children[2]).await.unwrap();
+    w.engine.run_queued(&children[1]).await.unwrap();
+    w.engine.run_queued(&children[1]).await.unwrap();
+    let jobs_of = |ids: Vec<String>| ids.into_iter().filter(|e| *e == id).count();
+    assert_eq!(
+        jobs_of(queued(&w).await),
+        1,
+        "not woken before the last child"
+    );
+    let last = w.engine.run_queued(&children[0]).await.unwrap();
+    assert_eq!(last.status, Status::Done);
+    assert_eq!(
+        jobs_of(queued(&w).await),
+        2,
+        "the last child wakes the parent once"
+    );
+    let o = w.engine.run_queued(&id).await.unwrap();
+    assert_eq!(
+        output(&o),
+        &json!({"all": [{"v": 10}, {"v": 20}, {"v": 40}]})
+    );
+}
+
+/// The local driver (`run`) and the distributed one (`submit` + workers)
+/// give the same outcome for the engine's machines: linear, fan-out with a
+/// failed child routed, partial results, launches.
+#[tokio::test]
+async fn local_and_distributed_drivers_give_the_same_outcomes() {
+    let w = world();
+    w.fakes
+        .add(Fake::new("item", |_, input, _| match input["v"].as_i64() {
+            Some(3) => Err(PluginError::Fatal("three".into())),
+            Some(v) => Ok(json!({"v": v * 10})),
+            None => Err(PluginError::InvalidInput("no v".into())),
+        }));
+    w.fakes.add(echo("p"));
+    let launches = r#"spec: flatmachine
+data:
+  machines:
+    side:
+      spec: flatmachine
+      data:
+        plugins: {p: p}
+        states:
+          s: {type: initial, plugin: p, input: {v: "{{ input.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {v: 1}}
+  plugins: {p: p}
+  states:
+    go: {type: initial, launch: side, launch_input: {v: 5}, transitions: [{to: work}]}
+    work: {plugin: p, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+    end: {type: final, output: {v: "{{ context.v }}"}}
+"#;
+    let cases = [
+        (FANOUT.replace("MODE", ""), json!({"items": [1, 2, 4]})),
+        (FANOUT.replace("MODE", ""), json!({"items": [1, 3]})),
+        (
+            FANOUT.replace("MODE", "continue_on_partial: true"),
+            json!({"items": [1, 3]}),
+        ),
+        (FANOUT.replace("MODE", ""), json!({"items": []})),
+        (launches.to_string(), json!({"v": 9})),
+    ];
+    for (yaml, input) in cases {
+        let local = w.run(&yaml, input.clone()).await;
+        w.engine.wait_detached().await;
+        let (distributed, ran) = run_distributed(&w, &yaml, input.clone()).await;
+        // Outputs may name the execution (a failed child's id).
+        let shown = |o: &Outcome| {
+            let text = serde_json::to_string(&(&o.output, o.error.as_ref().map(|e| e.kind)));
+            (o.status, text.unwrap().replace(&o.id, "ID"))
+        };
+        assert_eq!(
+            shown(&local),
+            shown(&distributed),
+            "{input}: local {local:?} distributed {distributed:?} (ran {ran:?})"
+        );
+        // Launched children end alike too.
+        let mut launched = Vec::new();
+        for id in [&local.id, &distributed.id] {
+            let rec = w.engine.load_record(id).await.unwrap();
+            let mut results = Vec::new();
+            for l in &rec.launches {
+                results.push(w.backend.read_result(&l.id).await.unwrap().map(|r| r.value));
+            }
+            launched.push(results);
+        }
+        assert_eq!(launched[0], launched[1], "{input}");
+    }
+}
+
+/// A queued child that waits for a signal leaves its parent parked; the
+/// signal puts the child back on the run queue, and its end wakes the
+/// parent.
+#[tokio::test]
+async fn a_signal_to_a_queued_child_puts_it_back_on_the_queue() {
+    let w = world();
+    let yaml = r#"spec: flatmachine
+data:
+  machines:
+    ask:
+      spec: flatmachine
+      data:
+        states:
+          ask: {type: initial, wait_for: "answer-{{ input.n }}", output_to_context: {by: "{{ output.by }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {by: "{{ context.by }}"}}
+  states:
+    fan: {type: initial, foreach: "{{ input.items }}", as: n, machine: ask, input: {n: "{{ n }}"}, output_to_context: {all: "{{ output }}"}, transitions: [{to: end}]}
+    end: {type: final, output: {all: "{{ context.all }}"}}
+"#;
+    let (o, _) = run_distributed(&w, yaml, json!({"items": [1, 2]})).await;
+    assert_eq!(o.status, Status::Running, "parked on its children");
+    let parent = w.engine.load_record(&o.id).await.unwrap();
+    let kids: Vec<String> = parent
+        .pending
+        .unwrap()
+        .children
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    for (i, kid) in kids.iter().enumerate() {
+        assert_eq!(
+            w.engine.load_record(kid).await.unwrap().status,
+            Status::Waiting
+        );
+        let sent = w
+            .engine
+            .signal(kid, &format!("answer-{}", i + 1), json!({"by": i}))
+            .await
+            .unwrap();
+        assert!(sent.queued, "{sent:?}");
+    }
+    drain_queue(&w).await;
+    let rec = w.engine.load_record(&o.id).await.unwrap();
+    assert_eq!(rec.status, Status::Done, "{rec:?}");
+    assert_eq!(rec.output, Some(json!({"all": [{"by": 0}, {"by": 1}]})));
 }
