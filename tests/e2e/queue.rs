@@ -227,3 +227,188 @@ async fn a_killed_worker_leaves_its_execution_to_another_that_finishes_it() {
     assert_eq!(result["n"], 150, "killed at step {killed_at}");
     assert_eq!(result["acc"], (0..150).map(|n| 3 * n + 1).sum::<u64>());
 }
+
+const TRIPLES: &str = r#"spec: flatmachine
+data:
+  name: triples
+  machines:
+    triple:
+      spec: flatmachine
+      data:
+        name: triple
+        plugins: {echo: echo}
+        states:
+          call: {type: initial, plugin: echo, input: {n: "{{ input.n }}"}, output_to_context: {n: "{{ output.n * 3 }}"}, transitions: [{to: done}]}
+          done: {type: final, output: {n: "{{ context.n }}"}}
+  states:
+    fan:
+      type: initial
+      foreach: "{{ input.items }}"
+      as: n
+      machine: triple
+      input: {n: "{{ n }}"}
+      output_to_context: {all: "{{ output }}"}
+      transitions: [{to: done}]
+    done: {type: final, output: {all: "{{ context.all }}"}}
+"#;
+
+fn spawn_worker(cache: &std::path::Path, db: &str, extra: &[&str]) -> std::process::Child {
+    flowhost(cache)
+        .args(["worker", "--executions", "--concurrency", "4", "--db", db])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The workers (by id) that completed run-queue jobs for these executions.
+fn workers_of(jobs: &[flowhost::backend::Job], ids: &[String]) -> std::collections::BTreeSet<String> {
+    jobs.iter()
+        .filter(|j| {
+            j.payload["execution"]
+                .as_str()
+                .is_some_and(|e| ids.iter().any(|i| i == e))
+        })
+        .filter_map(|j| j.worker.clone())
+        .collect()
+}
+
+/// A 1,000-item foreach on the run queue spreads its children over two
+/// workers (both run some); one of them is killed (SIGKILL) mid-fan-out and
+/// the other finishes every child it held; the fan-in counts each child
+/// once (the parent is woken once) and the result is complete and in order.
+#[tokio::test]
+async fn a_thousand_item_foreach_spreads_over_two_workers_and_outlives_a_killed_one() {
+    use flowhost::backend::{Checkpoints, Durability, JobStatus, SqliteBackend, WorkPools};
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("triples.yml");
+    std::fs::write(&machine, TRIPLES).unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    let machine = machine.display().to_string();
+    let items: Vec<u64> = (0..1000).collect();
+    let input = json!({ "items": items }).to_string();
+    let o = run(
+        &cache,
+        &["submit", &machine, "--id", "fan", "--input", &input, "--db", &db],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let lease = ["--lease", "1s", "--heartbeat", "200ms"];
+    let mut doomed = spawn_worker(&cache, &db, &lease);
+    let mut survivor = spawn_worker(&cache, &db, &lease);
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let children: Vec<String> = (0..1000).map(|i| format!("fan:1:{i}")).collect();
+    // Kill one worker once a fifth of the children have ended.
+    loop {
+        if let Ok(Some(status)) = doomed.try_wait() {
+            panic!("a worker ended ({status}) before the fan-out was under way");
+        }
+        let ended = store
+            .statuses(&children)
+            .await
+            .unwrap()
+            .values()
+            .filter(|s| s.is_terminal())
+            .count();
+        if ended >= 200 {
+            assert!(ended < 1000, "the fan-out ended before the kill");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+
+    let w = run(&cache, &["wait", "fan", "--timeout", "120s", "--db", &db]);
+    assert!(w.status.success(), "{}", stderr(&w));
+    let result: Value = serde_json::from_slice(&w.stdout).unwrap();
+    let expected: Vec<Value> = (0..1000u64).map(|i| json!({ "n": 3 * i })).collect();
+    assert_eq!(result, json!({ "all": expected }));
+
+    let jobs = store.jobs("executions", None, 10_000).await.unwrap();
+    assert!(
+        jobs.iter().all(|j| j.status == JobStatus::Done),
+        "every run-queue job done"
+    );
+    assert!(
+        workers_of(&jobs, &children).len() >= 2,
+        "both workers ran children"
+    );
+    let parent_jobs = jobs
+        .iter()
+        .filter(|j| j.payload == json!({"execution": "fan"}))
+        .count();
+    assert_eq!(parent_jobs, 2, "submitted once, woken once by its fan-in");
+
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+}
+
+/// 200 submitted executions of a 10-state machine complete across two
+/// worker processes, each with its own correct result.
+#[test]
+fn two_hundred_submitted_executions_complete_across_two_workers() {
+    use flowhost::backend::{Durability, Results, SqliteBackend, WorkPools};
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from(
+        "spec: flatmachine\ndata:\n  name: ten\n  plugins: {echo: echo}\n  context: {n: \"{{ input.n }}\"}\n  states:\n",
+    );
+    for i in 0..9 {
+        let kind = if i == 0 { "type: initial, " } else { "" };
+        yaml.push_str(&format!(
+            "    s{i}: {{{kind}plugin: echo, input: {{n: \"{{{{ context.n }}}}\"}}, output_to_context: {{n: \"{{{{ output.n + 1 }}}}\"}}, transitions: [{{to: s{}}}]}}\n",
+            i + 1
+        ));
+    }
+    yaml = yaml.replace("to: s9", "to: end");
+    yaml.push_str("    end: {type: final, output: {n: \"{{ context.n }}\"}}\n");
+    let machine = dir.path().join("ten.yml");
+    std::fs::write(&machine, yaml).unwrap();
+    let machine = machine.display().to_string();
+    let db = dir.path().join("q.db").display().to_string();
+    // Submitted from four shells at once.
+    std::thread::scope(|s| {
+        for shell in 0..4 {
+            let (cache, machine, db) = (&cache, &machine, &db);
+            s.spawn(move || {
+                for k in 0..50 {
+                    let n = shell * 50 + k;
+                    let input = json!({ "n": n }).to_string();
+                    let id = format!("e{n}");
+                    let o = run(
+                        cache,
+                        &["submit", machine, "--id", &id, "--input", &input, "--db", db],
+                    );
+                    assert!(o.status.success(), "{}", stderr(&o));
+                }
+            });
+        }
+    });
+    let workers: Vec<_> = (0..2)
+        .map(|_| spawn_worker(&cache, &db, &["--exit-when-empty"]))
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let store = SqliteBackend::open(std::path::Path::new(&db), Durability::Normal).unwrap();
+    let jobs = futures_block(store.jobs("executions", None, 1000)).unwrap();
+    let ids: Vec<String> = (0..200).map(|n| format!("e{n}")).collect();
+    assert!(workers_of(&jobs, &ids).len() >= 2, "both workers ran some");
+    for (n, id) in ids.iter().enumerate() {
+        let r = futures_block(store.read_result(id)).unwrap();
+        let r = r.unwrap_or_else(|| panic!("{id} has no result"));
+        assert_eq!(r.value, json!({ "n": n + 9 }), "{id}");
+    }
+}
+
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
