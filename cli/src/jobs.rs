@@ -236,7 +236,9 @@ pub(super) struct WorkerArgs {
     /// Jobs run at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
-    /// How long a claim lasts without a heartbeat, e.g. 30s.
+    /// How long a claim (and the lease on an execution it runs) lasts
+    /// without renewal, e.g. 30s: a worker that stops (killed, paused, cut
+    /// off) loses its work to another after this long.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     lease: std::time::Duration,
     /// Heartbeat interval, e.g. 5s.
@@ -274,7 +276,8 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     let engine = || {
         Arc::new(
             flowhost::engine::Engine::new(backend.clone(), runtime.clone(), dir.clone())
-                .with_spawner(spawner.clone()),
+                .with_spawner(spawner.clone())
+                .with_lease(a.lease),
         )
     };
     let pool = pool_or_run_queue(&a.pool);

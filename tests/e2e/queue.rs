@@ -263,7 +263,10 @@ fn spawn_worker(cache: &std::path::Path, db: &str, extra: &[&str]) -> std::proce
 }
 
 /// The workers (by id) that completed run-queue jobs for these executions.
-fn workers_of(jobs: &[flowhost::backend::Job], ids: &[String]) -> std::collections::BTreeSet<String> {
+fn workers_of(
+    jobs: &[flowhost::backend::Job],
+    ids: &[String],
+) -> std::collections::BTreeSet<String> {
     jobs.iter()
         .filter(|j| {
             j.payload["execution"]
@@ -292,7 +295,9 @@ async fn a_thousand_item_foreach_spreads_over_two_workers_and_outlives_a_killed_
     let input = json!({ "items": items }).to_string();
     let o = run(
         &cache,
-        &["submit", &machine, "--id", "fan", "--input", &input, "--db", &db],
+        &[
+            "submit", &machine, "--id", "fan", "--input", &input, "--db", &db,
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
 
@@ -381,7 +386,9 @@ fn two_hundred_submitted_executions_complete_across_two_workers() {
                     let id = format!("e{n}");
                     let o = run(
                         cache,
-                        &["submit", machine, "--id", &id, "--input", &input, "--db", db],
+                        &[
+                            "submit", machine, "--id", &id, "--input", &input, "--db", db,
+                        ],
                     );
                     assert!(o.status.success(), "{}", stderr(&o));
                 }
@@ -411,4 +418,96 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A zombie worker — paused (SIGSTOP) past its leases while it runs an
+/// execution, then continued (SIGCONT) after another worker finished it —
+/// writes nothing: its late saves are refused by the fence, it learns it
+/// lost the execution, and the result, checkpoint and job stay the other
+/// worker's.
+#[tokio::test]
+async fn a_zombie_worker_paused_past_its_lease_cannot_overwrite_anything() {
+    use flowhost::backend::{
+        Checkpoints, Durability, JobStatus, Results, SqliteBackend, WorkPools,
+    };
+    use std::io::BufRead;
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("long.yml");
+    std::fs::write(&machine, crate::engine::LONG.replace("ms: 2", "ms: 10")).unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    let machine = machine.display().to_string();
+    let o = run(&cache, &["submit", &machine, "--id", "long", "--db", &db]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let lease = ["--lease", "1s", "--heartbeat", "200ms"];
+    let mut zombie = spawn_worker(&cache, &db, &lease);
+    let said = zombie.stderr.take().unwrap();
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(said).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let paused_at = loop {
+        if let Ok(Some(cp)) = store.load("long").await
+            && cp.step >= 20
+        {
+            break cp.step;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &zombie.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+
+    // Another worker takes the job and the execution once the paused one's
+    // leases run out, and finishes it.
+    let other = flowhost(&cache)
+        .args(["worker", "--executions", "--exit-when-empty", "--db", &db])
+        .args(lease)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{}", stderr(&other));
+    let result = store.read_result("long").await.unwrap().unwrap();
+    assert_eq!(result.value["n"], 150, "paused at step {paused_at}");
+    let finished = store.load("long").await.unwrap().unwrap();
+    let job = store.jobs("executions", None, 10).await.unwrap().remove(0);
+    assert_eq!(job.status, JobStatus::Done);
+
+    // The zombie wakes up: it finds out it lost the execution...
+    signal("-CONT");
+    let lost = loop {
+        match heard.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) if line.contains("lost ownership") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("the zombie never noticed it lost its lease: {e}"),
+        }
+    };
+    signal("-TERM");
+    zombie.wait().unwrap();
+    // ...and nothing it did after its lease ran out is stored.
+    assert_eq!(
+        store.read_result("long").await.unwrap(),
+        Some(result),
+        "{lost}"
+    );
+    let after = store.load("long").await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.step, &after.record),
+        (finished.status, finished.step, &finished.record)
+    );
+    assert_eq!(
+        store.jobs("executions", None, 10).await.unwrap().remove(0),
+        job
+    );
 }

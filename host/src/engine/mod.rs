@@ -182,6 +182,14 @@ impl Engine {
         self
     }
 
+    /// How long an execution lease this engine takes lasts without renewal
+    /// (renewed three times per lease while it runs); a holder that stops
+    /// renewing (a paused or cut-off process) loses it after this long.
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Engine {
+        self.leases.lease = lease.max(std::time::Duration::from_millis(300));
+        self
+    }
+
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Engine {
         self.observer = Some(observer);
         self

@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-/// How long a lease lasts without renewal.
+/// How long a lease lasts without renewal, unless the engine says otherwise
+/// ([`Engine::with_lease`]).
 pub const LEASE: Duration = Duration::from_secs(30);
-/// How often the holder renews it.
+/// The holder renews a lease this many times per lease.
+const RENEWALS_PER_LEASE: u32 = 3;
+#[cfg(test)]
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 /// A request to stop at the next state boundary, with its reason.
@@ -118,10 +121,21 @@ impl Held {
 /// The leases an engine holds (root → token and the tree's stop request),
 /// all renewed by one background task, started with the first lease. (One
 /// task per lease cost a spawn and an abort per run.)
-#[derive(Default)]
 pub(super) struct Leases {
     held: Arc<Mutex<HashMap<String, (u64, Stop)>>>,
     renewer: OnceLock<tokio::task::JoinHandle<()>>,
+    /// How long each lease lasts without renewal.
+    pub(super) lease: Duration,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            held: Arc::default(),
+            renewer: OnceLock::new(),
+            lease: LEASE,
+        }
+    }
 }
 
 impl Drop for Leases {
@@ -138,12 +152,17 @@ impl Leases {
     }
 }
 
-/// Every [`RENEW_EVERY`], renews each held lease; a lease another process
-/// took stops its tree. Ends when the engine (its map or store) is gone.
-async fn renew_all(held: Weak<Mutex<HashMap<String, (u64, Stop)>>>, backend: Weak<dyn Backend>) {
-    let lease_ms = LEASE.as_millis() as u64;
+/// [`RENEWALS_PER_LEASE`] times per `lease`, renews each held lease; a
+/// lease another process took stops its tree. Ends when the engine (its map
+/// or store) is gone.
+async fn renew_all(
+    held: Weak<Mutex<HashMap<String, (u64, Stop)>>>,
+    backend: Weak<dyn Backend>,
+    lease: Duration,
+) {
+    let lease_ms = lease.as_millis() as u64;
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
+        tokio::time::sleep(lease / RENEWALS_PER_LEASE).await;
         let (Some(held), Some(backend)) = (held.upgrade(), backend.upgrade()) else {
             return;
         };
@@ -197,7 +216,7 @@ fn owned_message(lease: &Lease, now_ms: u64) -> String {
 impl Engine {
     /// Takes the lease on a new execution (an id nobody else knows yet).
     pub(super) async fn own_new(&self, root: &str) -> Result<Held, EngineError> {
-        let lease_ms = LEASE.as_millis() as u64;
+        let lease_ms = self.leases.lease.as_millis() as u64;
         let lease = self
             .backend
             .acquire_new(root, this_process(), lease_ms)
@@ -209,7 +228,7 @@ impl Engine {
     /// over from a holder on this host whose process is gone.
     pub(super) async fn own(&self, root: &str) -> Result<Held, EngineError> {
         let me = this_process();
-        let lease_ms = LEASE.as_millis() as u64;
+        let lease_ms = self.leases.lease.as_millis() as u64;
         let mut evict = None;
         let lease = loop {
             match self.backend.acquire(root, me, lease_ms, evict).await? {
@@ -238,7 +257,8 @@ impl Engine {
             .insert(lease.execution.clone(), (lease.token, stop.clone()));
         self.leases.renewer.get_or_init(|| {
             let held = Arc::downgrade(&self.leases.held);
-            tokio::spawn(renew_all(held, Arc::downgrade(&self.backend)))
+            let lease = self.leases.lease;
+            tokio::spawn(renew_all(held, Arc::downgrade(&self.backend), lease))
         });
         Held {
             execution: lease.execution,
