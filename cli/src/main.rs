@@ -54,7 +54,7 @@ enum Command {
     History(run::HistoryArgs),
     /// Wait for an execution's result (exit 6 if --timeout passes first).
     Wait(run::WaitArgs),
-    /// Cancel an execution no process is running (waiting, parked, abandoned), with its children.
+    /// Cancel an execution in any status (queued, waiting, backing off, running, parked) and its children.
     Cancel(run::CancelArgs),
     /// Re-run a failed execution from the state that failed, keeping its history.
     Retry(run::RetryArgs),

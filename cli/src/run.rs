@@ -302,10 +302,24 @@ pub(super) struct CancelArgs {
     /// Why: kept as the execution's error and result.
     #[arg(long, default_value = "cancelled by flowhost cancel")]
     reason: String,
+    /// Also cancel children it launched (fire-and-forget), which otherwise
+    /// keep running: `--children launched`.
+    #[arg(long, value_enum)]
+    children: Option<CancelChildren>,
+    /// How long to wait for a running execution's worker to stop it, e.g.
+    /// 30s (it is asked at once; exit 6 if it has not ended by then).
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    timeout: std::time::Duration,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum CancelChildren {
+    /// Launched (detached) children too.
+    Launched,
 }
 
 /// An engine for one command, and its progress display (on a terminal).
@@ -762,24 +776,34 @@ async fn await_result(
     }
 }
 
-/// `flowhost cancel`: ends a waiting, parked or abandoned execution and its
-/// children as `cancelled`.
+/// `flowhost cancel`: ends an execution and its children as `cancelled`,
+/// in any status; a running one is stopped by the process that runs it.
 pub(super) async fn cancel(a: CancelArgs) -> Result<ExitCode, CliError> {
     let session = engine(a.store.open_existing()?, None, &a.runtime)?;
-    match session.engine.cancel(&a.id, &a.reason).await {
-        Ok(n) => {
-            let children = match n {
-                1 => String::new(),
-                n => format!(" and {} of its children", n - 1),
-            };
-            eprintln!("execution {}{children} cancelled: {}", a.id, a.reason);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(EngineError::Owned(m)) => Err(CliError::Other(format!(
-            "{m}\n`cancel` ends executions no process is running: stop that process first (Ctrl-C or SIGTERM stops it at a state boundary), then cancel"
-        ))),
-        Err(e) => Err(engine_error(e)),
+    let options = flowhost::engine::CancelOptions {
+        reason: a.reason.clone(),
+        launched: a.children.is_some(),
+    };
+    let done = session
+        .engine
+        .cancel_and_wait(&a.id, &options, a.timeout)
+        .await
+        .map_err(engine_error)?;
+    let children = match done.ended {
+        0 | 1 => String::new(),
+        n => format!(" and {} of its descendants", n - 1),
+    };
+    if done.requested.is_empty() {
+        eprintln!("execution {}{children} cancelled: {}", a.id, a.reason);
+        return Ok(ExitCode::SUCCESS);
     }
+    eprintln!(
+        "cancel requested: {} execution(s) still running after {}s ({}); their workers stop them at the next check",
+        done.requested.len(),
+        a.timeout.as_secs_f64(),
+        done.requested.join(", ")
+    );
+    Ok(ExitCode::from(STILL_RUNNING))
 }
 
 pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {

@@ -318,6 +318,44 @@ async fn a_cancelled_call_is_interrupted() {
     assert!(err.to_string().contains("cancelled"), "{err}");
 }
 
+/// Cancelled with a grace period, a plugin that looks at `cancelled()`
+/// stops by itself (its own error, not a trap); one that does not is
+/// interrupted once the grace has passed.
+#[tokio::test]
+async fn a_cancelled_call_has_a_grace_period_to_stop_by_itself() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load_file(&plugin("adversary"), PluginSettings::new("adversary"))
+        .unwrap();
+    let polite = CallContext::default();
+    polite
+        .cancel
+        .cancel_after(std::time::Duration::from_secs(3600));
+    let err = plugin
+        .process(
+            &standalone_meta("t"),
+            &json!({"attack": "sleep", "ms": 600_000}),
+            &polite,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{err}");
+    assert!(err.to_string().contains("cancelled"), "{err}");
+
+    let parent = flowhost::plugin::CancelToken::default();
+    let deaf = CallContext {
+        cancel: parent.child(),
+        ..Default::default()
+    };
+    parent.cancel_after(std::time::Duration::from_millis(20));
+    let err = plugin
+        .process(&standalone_meta("t"), &json!({"attack": "loop"}), &deaf)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Trap, "{err}");
+    assert!(err.to_string().contains("cancelled"), "{err}");
+}
+
 #[tokio::test]
 async fn instances_are_fresh_unless_reuse_is_asked_for() {
     let rt = runtime(None);

@@ -157,8 +157,7 @@ impl Engine {
             Err(ended) => return ended,
         };
         if frame.cancelled() {
-            rec.status = Status::Cancelled;
-            return Advance::Failed;
+            return self.cancelled(frame, rec);
         }
         if let Some(max) = def.config.data().settings.max_steps
             && rec.step > max
@@ -580,7 +579,29 @@ impl Engine {
     }
 
     /// A state failed: retry it, route it (hooks, then `on_error`), or end the execution.
+    /// Ends an execution whose tree was cancelled: by a cancel request (its
+    /// reason is the error), or as a loser of a `mode: any` fan-out.
+    fn cancelled(&self, frame: &Frame, rec: &mut Record) -> Advance {
+        rec.status = Status::Cancelled;
+        rec.pending = None;
+        rec.waiting_for = None;
+        let requested = self.leases.cancel_of(&frame.fence.root);
+        if let Some(reason) = requested.and_then(|c| c.reason.reason()) {
+            rec.error = Some(failure(FailureKind::Cancelled, reason.clone(), &rec.state));
+            let event = Event::Cancelled {
+                state: rec.state.clone(),
+                reason,
+            };
+            self.note(frame, rec, event);
+        }
+        Advance::Failed
+    }
+
     async fn fail(&self, frame: &Frame, rec: &mut Record, state: &State, f: Failure) -> Advance {
+        if frame.cancelled() {
+            // (The state failed because it was cancelled: no retry, no route.)
+            return self.cancelled(frame, rec);
+        }
         rec.pending = None;
         if let Some(ex) = &state.execution
             && ex.kind == ExecutionType::Retry

@@ -184,7 +184,7 @@ impl Engine {
         let frame = Frame {
             def,
             definition,
-            cancel: vec![CancelToken::default()],
+            cancel: vec![held.cancel.token.clone()],
             stop: held.stop.clone(),
             fence: held.fence(),
         };
@@ -256,7 +256,7 @@ impl Engine {
         Ok(Frame {
             def,
             definition,
-            cancel: vec![CancelToken::default()],
+            cancel: vec![held.cancel.token.clone()],
             stop: held.stop.clone(),
             fence: held.fence(),
         })
@@ -409,11 +409,14 @@ impl Engine {
                         if let Some(o) = &self.observer {
                             o.retry(&rec.id, &rec.state, rec.attempt, pause);
                         }
-                        // A stop request cuts the pause short (checked below).
+                        // A stop or cancel request cuts the pause short
+                        // (checked below, and by the next step).
+                        let cancel = self.leases.cancel_of(&frame.fence.root).unwrap_or_default();
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
                             _ = self.stop.requested() => {}
                             _ = frame.stop.requested() => {}
+                            _ = cancel.reason.requested() => {}
                         }
                     }
                     Next::Children if rec.queued => {
@@ -515,7 +518,13 @@ impl Engine {
         let tokens: Vec<CancelToken> = pending
             .children
             .iter()
-            .map(|_| CancelToken::default())
+            .map(|_| {
+                frame
+                    .cancel
+                    .first()
+                    .map(CancelToken::child)
+                    .unwrap_or_default()
+            })
             .collect();
         let run = self.run_set(
             frame,

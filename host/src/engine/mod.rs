@@ -33,6 +33,7 @@ pub mod runner;
 pub mod services;
 mod step;
 
+pub use control::{CancelOptions, Cancelled};
 pub use definition::Definition;
 pub use driver::{Outcome, ResumeOptions};
 pub use machines::{Library, MachineDef};

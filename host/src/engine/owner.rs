@@ -100,11 +100,48 @@ pub fn live_holder(lease: Option<&Lease>, now_ms: u64) -> Option<&Lease> {
     lease.filter(|l| l.live(now_ms) && !holder_gone(&l.owner))
 }
 
+/// The signal channel a cancel request for a running execution is stored
+/// on (addressed to the execution whose lease covers it); the process
+/// holding that lease looks for one every [`CANCEL_POLL`].
+pub const CANCEL_CHANNEL: &str = "flowhost:cancel";
+/// How often a lease holder looks for cancel requests.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
 /// A lease this process holds, renewed in the background until released.
 pub(super) struct Held {
     pub execution: String,
     pub token: u64,
     pub stop: Stop,
+    /// Set (with the request's reason) when someone cancels the tree; its
+    /// running plugins see it at once, the driver at the next boundary.
+    pub cancel: Cancel,
+}
+
+/// A cancel request for a tree this process runs: the plugins' token and
+/// the reason.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    pub token: crate::plugin::CancelToken,
+    pub reason: Stop,
+}
+
+/// How long a running plugin has, once it sees `cancelled()`, to stop by
+/// itself before the host interrupts it.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+impl Cancel {
+    pub fn request(&self, reason: impl Into<String>) {
+        self.reason.request(reason);
+        self.token.cancel_after(CANCEL_GRACE);
+    }
+}
+
+/// What the engine keeps per held lease.
+#[derive(Clone)]
+struct Holding {
+    token: u64,
+    stop: Stop,
+    cancel: Cancel,
 }
 
 impl Held {
@@ -122,7 +159,7 @@ impl Held {
 /// all renewed by one background task, started with the first lease. (One
 /// task per lease cost a spawn and an abort per run.)
 pub(super) struct Leases {
-    held: Arc<Mutex<HashMap<String, (u64, Stop)>>>,
+    held: Arc<Mutex<HashMap<String, Holding>>>,
     renewer: OnceLock<tokio::task::JoinHandle<()>>,
     /// How long each lease lasts without renewal.
     pub(super) lease: Duration,
@@ -147,46 +184,76 @@ impl Drop for Leases {
 }
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Stop)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Holding>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cancel request of the tree held under `root`'s lease, if this
+    /// engine holds it.
+    pub(super) fn cancel_of(&self, root: &str) -> Option<Cancel> {
+        self.lock().get(root).map(|h| h.cancel.clone())
     }
 }
 
-/// [`RENEWALS_PER_LEASE`] times per `lease`, renews each held lease; a
-/// lease another process took stops its tree. Ends when the engine (its map
-/// or store) is gone.
+/// [`RENEWALS_PER_LEASE`] times per `lease`, renews each held lease (a
+/// lease another process took stops its tree), and every [`CANCEL_POLL`]
+/// looks for cancel requests for them. Ends when the engine (its map or
+/// store) is gone.
 async fn renew_all(
-    held: Weak<Mutex<HashMap<String, (u64, Stop)>>>,
+    held: Weak<Mutex<HashMap<String, Holding>>>,
     backend: Weak<dyn Backend>,
     lease: Duration,
 ) {
     let lease_ms = lease.as_millis() as u64;
+    let renew_every = lease / RENEWALS_PER_LEASE;
+    let mut renewed_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(lease / RENEWALS_PER_LEASE).await;
+        tokio::time::sleep(CANCEL_POLL.min(renew_every)).await;
         let (Some(held), Some(backend)) = (held.upgrade(), backend.upgrade()) else {
             return;
         };
-        let leases: Vec<(String, u64)> = held
+        let leases: Vec<(String, Holding)> = held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, (token, _))| (k.clone(), *token))
+            .map(|(k, h)| (k.clone(), h.clone()))
             .collect();
-        for (execution, token) in leases {
+        for (execution, holding) in &leases {
+            if holding.cancel.reason.reason().is_some() {
+                continue;
+            }
+            match backend.peek_signal(execution, CANCEL_CHANNEL).await {
+                Ok(Some(request)) => {
+                    let reason = request.data["reason"]
+                        .as_str()
+                        .unwrap_or("cancelled")
+                        .to_string();
+                    tracing::info!(execution, "cancel requested: {reason}");
+                    holding.cancel.request(reason);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(execution, "cannot look for cancel requests: {e}"),
+            }
+        }
+        if renewed_at.elapsed() < renew_every {
+            continue;
+        }
+        renewed_at = tokio::time::Instant::now();
+        for (execution, Holding { token, .. }) in leases {
             let renewed = backend.renew(&execution, token, lease_ms).await;
             let released_meanwhile = {
                 let mut map = held.lock().unwrap_or_else(|p| p.into_inner());
-                let current = map.get(&execution).filter(|(t, _)| *t == token).cloned();
+                let current = map.get(&execution).filter(|h| h.token == token).cloned();
                 match (renewed, current) {
                     (Ok(true), Some(_)) | (Ok(false), None) => false,
                     (Ok(true), None) => true,
-                    (Ok(false), Some((_, stop))) => {
+                    (Ok(false), Some(h)) => {
                         map.remove(&execution);
                         tracing::error!(
                             execution,
                             "lost ownership: another process took this execution over"
                         );
-                        stop.request(format!(
+                        h.stop.request(format!(
                             "lost ownership of `{execution}`: another process took it over"
                         ));
                         false
@@ -252,9 +319,15 @@ impl Engine {
     /// Keeps a lease renewed in the background; a lost one stops the tree.
     fn hold(&self, lease: Lease) -> Held {
         let stop = Stop::default();
-        self.leases
-            .lock()
-            .insert(lease.execution.clone(), (lease.token, stop.clone()));
+        let cancel = Cancel::default();
+        self.leases.lock().insert(
+            lease.execution.clone(),
+            Holding {
+                token: lease.token,
+                stop: stop.clone(),
+                cancel: cancel.clone(),
+            },
+        );
         self.leases.renewer.get_or_init(|| {
             let held = Arc::downgrade(&self.leases.held);
             let lease = self.leases.lease;
@@ -264,6 +337,7 @@ impl Engine {
             execution: lease.execution,
             token: lease.token,
             stop,
+            cancel,
         }
     }
 
@@ -282,7 +356,7 @@ impl Engine {
             let mut map = self.leases.lock();
             if map
                 .get(&held.execution)
-                .is_some_and(|(t, _)| *t == held.token)
+                .is_some_and(|h| h.token == held.token)
             {
                 map.remove(&held.execution);
             }

@@ -946,7 +946,20 @@ data:
     assert_eq!(o.status, Status::Waiting);
     let child = o.waiting.clone().unwrap().execution;
 
-    assert_eq!(w.engine.cancel(&o.id, "no longer needed").await.unwrap(), 2);
+    let because = |reason: &str| CancelOptions {
+        reason: reason.into(),
+        launched: false,
+    };
+    assert_eq!(
+        w.engine
+            .cancel(&o.id, &because("no longer needed"))
+            .await
+            .unwrap(),
+        Cancelled {
+            ended: 2,
+            requested: vec![]
+        }
+    );
     for id in [&o.id, &child] {
         let r = w.backend.read_result(id).await.unwrap().unwrap();
         assert_eq!(r.status, Status::Cancelled, "{id}");
@@ -964,7 +977,7 @@ data:
     );
     // Finished now: no second cancel, no signal, resume changes nothing.
     assert!(matches!(
-        w.engine.cancel(&o.id, "again").await,
+        w.engine.cancel(&o.id, &because("again")).await,
         Err(EngineError::Finished(_))
     ));
     assert!(matches!(
@@ -976,7 +989,8 @@ data:
         Status::Cancelled
     );
 
-    // An execution another live process runs is not cancelled here.
+    // An execution another live process runs is not ended here: its owner
+    // is asked (a request on the cancel channel), and ends it when it sees it.
     let o = w.run(yaml, json!({"items": [2]})).await;
     let elsewhere = Owner {
         id: "other".into(),
@@ -991,14 +1005,126 @@ data:
         .await
         .unwrap();
     assert!(matches!(claim, Claim::Acquired(_)));
-    assert!(matches!(
-        w.engine.cancel(&o.id, "mine").await,
-        Err(EngineError::Owned(_))
-    ));
+    assert_eq!(
+        w.engine.cancel(&o.id, &because("mine")).await.unwrap(),
+        Cancelled {
+            ended: 0,
+            requested: vec![o.id.clone()]
+        }
+    );
     assert_eq!(
         w.backend.load(&o.id).await.unwrap().unwrap().status,
         Status::Waiting
     );
+    let request = w
+        .backend
+        .peek_signal(&o.id, owner::CANCEL_CHANNEL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.data, json!({"reason": "mine"}));
+}
+
+/// A running execution is cancelled by request: its owner sees the request
+/// at its next look, the running plugin sees `cancelled()`, and the
+/// execution ends `cancelled` with the reason (no retry, no `on_error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_execution_is_cancelled_by_request_through_its_owner() {
+    let w = world();
+    let slow = w
+        .fakes
+        .add(Fake::new("slow", |_, _, _| Ok(json!(WAIT_FOR_CANCEL))));
+    let path = w.file(
+        "slow.yml",
+        r#"spec: flatmachine
+data:
+  plugins: {slow: slow}
+  states:
+    work:
+      type: initial
+      plugin: slow
+      execution: {type: retry, backoffs: [0.01, 0.01]}
+      on_error: recover
+      transitions: [{to: end}]
+    recover: {type: final, output: {recovered: true}}
+    end: {type: final}
+"#,
+    );
+    let runner = {
+        let engine = w.engine.clone();
+        tokio::spawn(async move {
+            engine
+                .start_with_id(&path, json!({}), "busy".into())
+                .await
+                .unwrap()
+        })
+    };
+    while slow.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let options = CancelOptions {
+        reason: "operator says stop".into(),
+        launched: false,
+    };
+    let done = w
+        .engine
+        .cancel_and_wait("busy", &options, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Cancelled {
+            ended: 1,
+            requested: vec![]
+        }
+    );
+    let o = runner.await.unwrap();
+    assert_eq!(o.status, Status::Cancelled);
+    assert!(slow.cancel_seen.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(slow.calls().len(), 1, "a cancelled state is not retried");
+    let r = w.backend.read_result("busy").await.unwrap().unwrap();
+    assert_eq!(r.status, Status::Cancelled);
+    assert_eq!(r.value["message"], "operator says stop");
+    assert!(
+        history_kinds(&w, "busy")
+            .await
+            .contains(&"cancelled".to_string())
+    );
+}
+
+/// Cancelling a running root reaches the plugins running in its local
+/// fan-out children: each sees `cancelled()`, and the tree ends cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_fan_out_is_cancelled_down_to_its_childrens_plugins() {
+    let w = world();
+    let item = w
+        .fakes
+        .add(Fake::new("item", |_, _, _| Ok(json!(WAIT_FOR_CANCEL))));
+    let path = w.file("fan.yml", &FANOUT.replace("MODE", ""));
+    let runner = {
+        let engine = w.engine.clone();
+        tokio::spawn(async move {
+            engine
+                .start_with_id(&path, json!({"items": [1, 2]}), "tree".into())
+                .await
+                .unwrap()
+        })
+    };
+    while item.calls().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let options = CancelOptions {
+        reason: "enough".into(),
+        launched: false,
+    };
+    w.engine
+        .cancel_and_wait("tree", &options, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let o = runner.await.unwrap();
+    assert_eq!(o.status, Status::Cancelled);
+    assert!(item.cancel_seen.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(item.calls().len(), 2, "nothing started after the cancel");
 }
 
 #[tokio::test]

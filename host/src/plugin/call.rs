@@ -66,17 +66,69 @@ pub trait CallEvents: Send + Sync {
 }
 
 /// A flag a caller sets to ask a running call to stop. The guest sees it
-/// through `cancelled()`; the host also interrupts the guest at the next
-/// epoch tick.
+/// through `cancelled()`; the host interrupts the guest at the first epoch
+/// tick after the interruption time: at once for [`CancelToken::cancel`],
+/// after a grace period (to let it stop cleanly) for
+/// [`CancelToken::cancel_after`]. A token made with [`CancelToken::child`]
+/// is cancelled with its parent, too.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    interrupt_at: Mutex<Option<Instant>>,
+    parent: Option<CancelToken>,
+}
 
 impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
+    /// A token cancelled when this one is (and on its own).
+    pub fn child(&self) -> CancelToken {
+        CancelToken(Arc::new(CancelInner {
+            parent: Some(self.clone()),
+            ..Default::default()
+        }))
     }
+
+    /// Cancels, interrupting a running guest at once.
+    pub fn cancel(&self) {
+        self.cancel_after(std::time::Duration::ZERO)
+    }
+
+    /// Cancels; a running guest sees `cancelled()` now and is interrupted
+    /// once `grace` has passed (or sooner if asked again with less).
+    pub fn cancel_after(&self, grace: std::time::Duration) {
+        let at = Instant::now() + grace;
+        let mut slot = self
+            .0
+            .interrupt_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = Some(slot.map_or(at, |t| t.min(at)));
+        self.0.cancelled.store(true, Ordering::SeqCst);
+    }
+
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst)
+            || self
+                .0
+                .parent
+                .as_ref()
+                .is_some_and(CancelToken::is_cancelled)
+    }
+
+    /// Whether a running guest is to be interrupted by `now`.
+    pub fn interrupt_due(&self, now: Instant) -> bool {
+        if !self.is_cancelled() {
+            return false;
+        }
+        let own = *self
+            .0
+            .interrupt_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        own.is_some_and(|t| now >= t)
+            || self.0.parent.as_ref().is_some_and(|p| p.interrupt_due(now))
     }
 }
 

@@ -368,7 +368,7 @@ impl Plugin {
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
-            if state.context.cancel.is_cancelled() {
+            if state.context.cancel.interrupt_due(Instant::now()) {
                 wasmtime::bail!("cancelled by the host");
             }
             if state.deadline.is_some_and(|d| Instant::now() >= d) {
