@@ -511,3 +511,184 @@ async fn a_zombie_worker_paused_past_its_lease_cannot_overwrite_anything() {
         job
     );
 }
+
+/// Machines that stay in one status until they are cancelled: a plugin
+/// running (sleeping, looking at `cancelled()` every millisecond), a
+/// failure backing off before its retry, a `wait_for`, and a fan-out parked
+/// on children that each run the sleeping plugin.
+const NAPS: &str = r#"spec: flatmachine
+data:
+  name: naps
+  plugins: {adv: adversary}
+  machines:
+    nap:
+      spec: flatmachine
+      data:
+        name: nap
+        plugins: {adv: adversary}
+        states:
+          nap: {type: initial, plugin: adv, input: {attack: sleep, ms: 600000}, transitions: [{to: done}]}
+          done: {type: final, output: {woke: true}}
+  states:
+    start:
+      type: initial
+      transitions:
+        - {condition: "input.how == 'running'", to: nap}
+        - {condition: "input.how == 'backoff'", to: fail}
+        - {condition: "input.how == 'waiting'", to: wait}
+        - {to: fan}
+    nap: {plugin: adv, input: {attack: sleep, ms: 600000}, transitions: [{to: done}]}
+    fail:
+      plugin: adv
+      input: {attack: guest_error, kind: retryable, message: not yet}
+      execution: {type: retry, backoffs: [600]}
+      transitions: [{to: done}]
+    wait: {wait_for: go, transitions: [{to: done}]}
+    fan:
+      foreach: "{{ input.items }}"
+      as: n
+      machine: nap
+      input: {n: "{{ n }}"}
+      transitions: [{to: done}]
+    done: {type: final, output: {woke: true}}
+"#;
+
+/// `flowhost cancel` ends an execution in every status — queued, running a
+/// plugin on a worker, backing off before a retry, waiting for a signal,
+/// parked on children that run on a worker — with the reason as its
+/// result; a cancelled parent's children end cancelled; afterwards no job
+/// is left running and the worker stops at once when asked.
+#[tokio::test]
+async fn cancel_ends_an_execution_in_every_status_and_nothing_keeps_running() {
+    use flowhost::backend::{
+        Checkpoints, Durability, ExecutionStatus, History, JobStatus, Ownership, Results,
+        SqliteBackend, WorkPools,
+    };
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("naps.yml");
+    std::fs::write(&machine, NAPS).unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    let machine = machine.display().to_string();
+    let submit = |how: &str| {
+        let input = json!({ "how": how, "items": [1, 2, 3] }).to_string();
+        let o = run(
+            &cache,
+            &[
+                "submit", &machine, "--id", how, "--input", &input, "--db", &db,
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let cancel = |id: &str| {
+        let reason = format!("{id}: stop");
+        let o = run(&cache, &["cancel", id, "--reason", &reason, "--db", &db]);
+        assert!(o.status.success(), "cancel {id}: {}", stderr(&o));
+    };
+
+    // Queued: no worker has it yet.
+    submit("queued");
+    cancel("queued");
+
+    let mut worker = flowhost(&cache)
+        .args(["worker", "--executions", "--concurrency", "8", "--db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for how in ["running", "backoff", "waiting", "parked"] {
+        submit(how);
+    }
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let children: Vec<String> = (0..3).map(|i| format!("parked:2:{i}")).collect();
+    let held = |id: &str| {
+        let store = &store;
+        let id = id.to_string();
+        async move {
+            store
+                .lease(&id)
+                .await
+                .unwrap()
+                .is_some_and(|l| l.expires_ms > 0)
+        }
+    };
+    // Each is where it should be before it is cancelled.
+    loop {
+        let statuses = store
+            .statuses(&["running", "waiting", "parked"].map(String::from))
+            .await
+            .unwrap();
+        let retrying = store
+            .history("backoff", 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event["event"] == "retry_scheduled");
+        let mut naps = 0;
+        for child in &children {
+            naps += held(child).await as usize;
+        }
+        if statuses.get("running") == Some(&ExecutionStatus::Running)
+            && held("running").await
+            && statuses.get("waiting") == Some(&ExecutionStatus::Waiting)
+            && retrying
+            && naps == 3
+        {
+            break;
+        }
+        if let Ok(Some(status)) = worker.try_wait() {
+            panic!("the worker ended ({status})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for id in ["running", "backoff", "waiting", "parked"] {
+        cancel(id);
+    }
+
+    for id in ["queued", "running", "backoff", "waiting", "parked"] {
+        let cp = store.load(id).await.unwrap().unwrap();
+        assert_eq!(cp.status, ExecutionStatus::Cancelled, "{id}");
+        let r = store.read_result(id).await.unwrap().unwrap();
+        assert_eq!(r.status, ExecutionStatus::Cancelled, "{id}");
+        assert_eq!(r.value["message"], format!("{id}: stop"), "{id}");
+    }
+    for child in &children {
+        let cp = store.load(child).await.unwrap().unwrap();
+        assert_eq!(cp.status, ExecutionStatus::Cancelled, "{child}");
+    }
+    // The worker lets go of every job it held for them and drains the queue
+    // (a parent's wake-up job, pushed by its last cancelled child, finds it
+    // ended and runs nothing); asked to stop, it has nothing left to finish.
+    loop {
+        let mut open = store
+            .jobs("executions", Some(JobStatus::Claimed), 100)
+            .await
+            .unwrap();
+        open.extend(
+            store
+                .jobs("executions", Some(JobStatus::Pending), 100)
+                .await
+                .unwrap(),
+        );
+        if open.is_empty() {
+            break;
+        }
+        if let Ok(Some(status)) = worker.try_wait() {
+            panic!("the worker ended ({status}) with jobs open: {open:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let poisoned = store
+        .jobs("executions", Some(JobStatus::Poisoned), 100)
+        .await
+        .unwrap();
+    assert!(poisoned.is_empty(), "{poisoned:?}");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let out = worker.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
