@@ -692,3 +692,109 @@ async fn cancel_ends_an_execution_in_every_status_and_nothing_keeps_running() {
     let out = worker.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Every example machine gives the same output run by `flowhost run` (the
+/// local driver, children as tasks of one process) and submitted to the
+/// run queue for two workers (the distributed driver, children as queued
+/// executions of their own).
+#[test]
+fn every_example_gives_the_same_output_run_locally_and_on_the_queue() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let local_db = dir.path().join("local.db").display().to_string();
+    let queue_db = dir.path().join("queue.db").display().to_string();
+    let example = |f: &str| {
+        flowhost_e2e::plugin_source(&format!("../examples/{f}"))
+            .display()
+            .to_string()
+    };
+    let runs: Vec<(&str, Value)> = vec![
+        (
+            "content_moderation/moderation.yml",
+            json!({"text": "Great product, love it."}),
+        ),
+        (
+            "content_moderation/moderation.yml",
+            json!({"text": "Call me at +44 20 7946 0958, thanks!"}),
+        ),
+        (
+            "content_moderation/moderation.yml",
+            json!({"text": "You are all idiots, stupid and pathetic."}),
+        ),
+        (
+            "content_moderation/moderation.yml",
+            json!({"text": "WINNER!!! Click here for FREE MONEY https://x.example"}),
+        ),
+        (
+            "polyglot/review.yml",
+            json!({"review": "Slow and buggy. Bad docs."}),
+        ),
+        (
+            "polyglot/review.yml",
+            json!({"review": "Fast, clean and pleasant. Great docs."}),
+        ),
+        ("peering/peering_demo.yml", json!({})),
+        ("distributed_worker/stale_worker_reaper.yml", json!({})),
+        (
+            "distributed_worker/parallelization_checker.yml",
+            json!({"pool_id": "empty"}),
+        ),
+        (
+            "distributed_worker/job_worker.yml",
+            json!({"pool_id": "empty", "worker_id": "w"}),
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (i, (file, input)) in runs.iter().enumerate() {
+        let input = input.to_string();
+        let o = run(
+            &cache,
+            &["run", &example(file), "--input", &input, "--db", &local_db],
+        );
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        expected.push(serde_json::from_slice::<Value>(&o.stdout).unwrap());
+        let o = run(
+            &cache,
+            &[
+                "submit",
+                &example(file),
+                "--id",
+                &format!("queued-{i}"),
+                "--input",
+                &input,
+                "--db",
+                &queue_db,
+            ],
+        );
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+    }
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            flowhost(&cache)
+                .args([
+                    "worker",
+                    "--executions",
+                    "--exit-when-empty",
+                    "--db",
+                    &queue_db,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for (i, ((file, input), expected)) in runs.iter().zip(&expected).enumerate() {
+        let r = run(
+            &cache,
+            &["result", &format!("queued-{i}"), "--db", &queue_db],
+        );
+        assert!(r.status.success(), "{file} {input}: {}", stderr(&r));
+        let got: Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(&got, expected, "{file} {input}");
+    }
+}
