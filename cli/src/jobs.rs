@@ -95,7 +95,7 @@ pub(super) struct WorkersArgs {
     store: ReadStoreArgs,
 }
 
-fn store_error(e: flowhost::backend::BackendError) -> CliError {
+pub(super) fn store_error(e: flowhost::backend::BackendError) -> CliError {
     CliError::Other(e.to_string())
 }
 
@@ -445,7 +445,7 @@ fn pool_or_run_queue(pool: &Option<String>) -> &str {
         .unwrap_or(flowhost::engine::queue::EXECUTIONS_POOL)
 }
 
-fn spawn_error(e: flowhost::spawn::SpawnError) -> CliError {
+pub(super) fn spawn_error(e: flowhost::spawn::SpawnError) -> CliError {
     CliError::Other(e.to_string())
 }
 

@@ -3,6 +3,7 @@
 //! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage, 3 = invalid
 //! machine config).
 
+mod bench;
 mod graph;
 mod jobs;
 mod plugin;
@@ -82,6 +83,9 @@ enum BenchCommand {
     Engine(run::BenchArgs),
     /// Jobs through worker processes: jobs/s, and latency of a paced stream.
     Jobs(jobs::BenchJobsArgs),
+    /// Submitted executions through worker processes: states/s, per-state
+    /// overhead, foreach items/s, and submit→result latency of a paced stream.
+    Executions(bench::BenchExecutionsArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -255,6 +259,7 @@ fn main() -> ExitCode {
             Command::Graph(a) => graph::run(a),
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,
+            Command::Bench(BenchCommand::Executions(a)) => bench::executions(a).await,
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,
             Command::Worker(a) => jobs::worker(a).await,

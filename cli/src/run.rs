@@ -358,7 +358,7 @@ fn engine(
     }
 }
 
-fn engine_error(e: EngineError) -> CliError {
+pub(super) fn engine_error(e: EngineError) -> CliError {
     match e {
         EngineError::Config(errors) => CliError::Config(errors.to_string()),
         EngineError::Plugin { context, error } => CliError::Plugin { context, error },

@@ -798,3 +798,43 @@ fn every_example_gives_the_same_output_run_locally_and_on_the_queue() {
         assert_eq!(&got, expected, "{file} {input}");
     }
 }
+
+/// `flowhost bench executions` runs end to end at a small size (figures
+/// are reported by the command, never asserted).
+#[test]
+fn the_distributed_benchmark_runs_at_a_small_size() {
+    let cache = shared_cache();
+    let o = run(
+        &cache,
+        &[
+            "bench",
+            "executions",
+            "--workers",
+            "1",
+            "--concurrency",
+            "2",
+            "--runs",
+            "4",
+            "--states",
+            "3",
+            "--sequential",
+            "3",
+            "--items",
+            "5",
+            "--rate",
+            "50",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "throughput: 4 runs x 3 states",
+        "sequential: 3 states",
+        "foreach: 5 items",
+        "latency: 50 submissions",
+    ] {
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
+    }
+}

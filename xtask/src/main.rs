@@ -7,7 +7,8 @@
 //! - `test`: `plugins`, build the `flowhost` binary once, then run every test
 //!   (`cargo test --workspace`). This is the README's test command and what CI runs.
 //! - `demo`: `plugins`, then show the plugin runtime at work and run the peering example.
-//! - `bench`: `plugins`, a release build of the host, then the plugin and engine benchmarks.
+//! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
+//!   job and distributed-execution benchmarks.
 
 mod polyglot;
 
@@ -238,5 +239,8 @@ fn bench() -> Result<(), String> {
     run(engine)?;
     let mut jobs = flowhost("release");
     jobs.args(["bench", "jobs"]);
-    run(jobs)
+    run(jobs)?;
+    let mut executions = flowhost("release");
+    executions.args(["bench", "executions"]);
+    run(executions)
 }
