@@ -289,6 +289,11 @@ pub(super) struct SubmitArgs {
     /// With --wait: give up after this long (exit 6; the execution goes on).
     #[arg(long, requires = "wait", value_parser = super::parse_duration)]
     timeout: Option<std::time::Duration>,
+    /// The execution's own deadline, e.g. 10m: not finished by then, it is
+    /// cancelled with kind `timeout` wherever it is (the machine's
+    /// `settings.timeout` applies too; the earlier wins).
+    #[arg(long, value_parser = super::parse_duration)]
+    deadline: Option<std::time::Duration>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -699,7 +704,14 @@ pub(super) async fn submit(a: SubmitArgs) -> Result<ExitCode, CliError> {
     let session = engine(backend.clone(), None, &a.runtime)?;
     let sent = session
         .engine
-        .submit(&a.machine, input, a.id.clone())
+        .submit_with(
+            &a.machine,
+            input,
+            flowhost::engine::queue::SubmitOptions {
+                id: a.id.clone(),
+                deadline: a.deadline,
+            },
+        )
         .await
         .map_err(engine_error)?;
     if sent.created {

@@ -838,3 +838,50 @@ fn the_distributed_benchmark_runs_at_a_small_size() {
         assert!(out.contains(line), "no `{line}` in:\n{out}");
     }
 }
+
+/// `submit --deadline`: an execution still waiting for its signal when the
+/// deadline passes is cancelled by a worker, with kind `timeout`, and
+/// `wait` reports it; a bad duration is a usage error.
+#[test]
+fn a_submitted_deadline_cancels_a_waiting_execution_with_kind_timeout() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("ask.yml");
+    std::fs::write(
+        &machine,
+        "spec: flatmachine\ndata:\n  name: ask\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n",
+    )
+    .unwrap();
+    let machine = machine.display().to_string();
+    let db = dir.path().join("q.db").display().to_string();
+    let bad = run(
+        &cache,
+        &["submit", &machine, "--deadline", "soon", "--db", &db],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("--deadline"), "{}", stderr(&bad));
+    let o = run(
+        &cache,
+        &[
+            "submit",
+            &machine,
+            "--id",
+            "ask",
+            "--deadline",
+            "300ms",
+            "--db",
+            &db,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut worker = spawn_worker(&cache, &db, &[]);
+    let waited = run(&cache, &["wait", "ask", "--timeout", "60s", "--db", &db]);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    worker.wait().unwrap();
+    assert!(!waited.status.success());
+    let error: Value = serde_json::from_slice(&waited.stdout).unwrap();
+    assert_eq!(error["kind"], "timeout", "{error}");
+    assert!(stderr(&waited).contains("cancelled"), "{}", stderr(&waited));
+}

@@ -69,6 +69,10 @@ pub struct Settings {
     /// Events of history kept per execution (0 keeps none).
     #[serde(default)]
     pub history_limit: Option<u32>,
+    /// Seconds an execution of this machine may take in all (from its
+    /// start, or its submit); past it, it is cancelled with kind `timeout`.
+    #[serde(default)]
+    pub timeout: Option<f64>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }

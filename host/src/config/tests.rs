@@ -190,6 +190,17 @@ fn structural_mistakes_are_caught() {
             .message
             .contains("unknown value `inital` (did you mean `initial`?)")
     );
+    let deadline = GOOD.replace(
+        "  name: demo\n",
+        "  name: demo\n  settings: {timeout: -5}\n",
+    );
+    assert!(
+        errors(&deadline)[0]
+            .message
+            .contains("`settings.timeout` must be a positive number of seconds"),
+        "{:?}",
+        errors(&deadline)
+    );
     let limits = GOOD.replace("{timeout_ms: 500}", "{timeout: 500}");
     assert!(
         errors(&limits)[0]

@@ -233,6 +233,17 @@ pub(super) fn validate(
             "`settings.max_steps` must be at least 1".into(),
         );
     }
+    if let Some(t) = data.settings.timeout
+        && !(t > 0.0 && duration::from_secs(t).is_some())
+    {
+        c.top(
+            &["timeout"],
+            format!(
+                "`settings.timeout` must be a positive number of seconds up to {}, not {t:?}",
+                duration::max_text()
+            ),
+        );
+    }
     if data.settings.max_concurrency == Some(0) {
         c.top(
             &["max_concurrency"],

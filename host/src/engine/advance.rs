@@ -156,7 +156,7 @@ impl Engine {
             Ok(s) => s,
             Err(ended) => return ended,
         };
-        if frame.cancelled() {
+        if frame.cancelled() || self.past_deadline(rec) {
             return self.cancelled(frame, rec);
         }
         if let Some(max) = def.config.data().settings.max_steps
@@ -578,16 +578,28 @@ impl Engine {
         rec.status = Status::Running;
     }
 
-    /// A state failed: retry it, route it (hooks, then `on_error`), or end the execution.
-    /// Ends an execution whose tree was cancelled: by a cancel request (its
-    /// reason is the error), or as a loser of a `mode: any` fan-out.
+    /// Ends an execution whose tree was cancelled: by a cancel request or a
+    /// passed deadline (the reason is the error, of kind `cancelled` or
+    /// `timeout`), or as a loser of a `mode: any` fan-out.
     fn cancelled(&self, frame: &Frame, rec: &mut Record) -> Advance {
         rec.status = Status::Cancelled;
         rec.pending = None;
         rec.waiting_for = None;
         let requested = self.leases.cancel_of(&frame.fence.root);
-        if let Some(reason) = requested.and_then(|c| c.reason.reason()) {
-            rec.error = Some(failure(FailureKind::Cancelled, reason.clone(), &rec.state));
+        let why = match requested {
+            Some(c) => c.reason.reason().map(|r| (c.kind(), r)),
+            None => None,
+        };
+        let why = why.or_else(|| {
+            self.past_deadline(rec).then(|| {
+                (
+                    FailureKind::Timeout,
+                    super::owner::DEADLINE_PASSED.to_string(),
+                )
+            })
+        });
+        if let Some((kind, reason)) = why {
+            rec.error = Some(failure(kind, reason.clone(), &rec.state));
             let event = Event::Cancelled {
                 state: rec.state.clone(),
                 reason,
@@ -597,6 +609,12 @@ impl Engine {
         Advance::Failed
     }
 
+    /// Whether `rec`'s deadline has passed.
+    pub(super) fn past_deadline(&self, rec: &Record) -> bool {
+        rec.deadline_ms.is_some_and(|d| self.now() >= d)
+    }
+
+    /// A state failed: retry it, route it (hooks, then `on_error`), or end the execution.
     async fn fail(&self, frame: &Frame, rec: &mut Record, state: &State, f: Failure) -> Advance {
         if frame.cancelled() {
             // (The state failed because it was cancelled: no retry, no route.)

@@ -181,6 +181,7 @@ impl Engine {
         }
         let held = self.own_new(&id).await?;
         let rec = self.new_record(&def, &definition, id, None, input);
+        self.leases.set_deadline(&held.execution, rec.deadline_ms);
         let frame = Frame {
             def,
             definition,
@@ -252,6 +253,9 @@ impl Engine {
                 def.config.name(),
                 rec.state
             )));
+        }
+        if rec.id == held.execution {
+            self.leases.set_deadline(&held.execution, rec.deadline_ms);
         }
         Ok(Frame {
             def,

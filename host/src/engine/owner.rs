@@ -2,11 +2,15 @@
 //! lease on a tree's root (atomically, through the store's `Ownership`), taking
 //! over from a holder on this host whose process is gone, renewing the lease
 //! while the tree runs, and asking the tree to stop when the lease is lost.
-//! Also the stop request a driver checks at every state boundary.
+//! Also the stop request a driver checks at every state boundary, and the
+//! cancel requests (an operator's, or a passed deadline) the renewer looks
+//! for while it holds a tree.
 
 use super::{Engine, EngineError};
 use crate::backend::{Backend, Claim, Lease, Owner};
+use crate::failure::FailureKind;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -117,12 +121,14 @@ pub(super) struct Held {
     pub cancel: Cancel,
 }
 
-/// A cancel request for a tree this process runs: the plugins' token and
-/// the reason.
+/// A cancel request for a tree this process runs: the plugins' token, the
+/// reason, and whether its deadline passed (kind `timeout`) or someone
+/// cancelled it (kind `cancelled`).
 #[derive(Clone, Default)]
 pub struct Cancel {
     pub token: crate::plugin::CancelToken,
     pub reason: Stop,
+    timeout: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a running plugin has, once it sees `cancelled()`, to stop by
@@ -134,6 +140,23 @@ impl Cancel {
         self.reason.request(reason);
         self.token.cancel_after(CANCEL_GRACE);
     }
+
+    /// A cancel because the deadline passed.
+    pub fn request_timeout(&self, reason: impl Into<String>) {
+        if self.reason.reason().is_none() {
+            self.timeout.store(true, Ordering::SeqCst);
+        }
+        self.request(reason);
+    }
+
+    /// The failure kind the cancelled execution ends with.
+    pub fn kind(&self) -> FailureKind {
+        if self.timeout.load(Ordering::SeqCst) {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Cancelled
+        }
+    }
 }
 
 /// What the engine keeps per held lease.
@@ -142,6 +165,9 @@ struct Holding {
     token: u64,
     stop: Stop,
     cancel: Cancel,
+    /// The tree's deadline (store clock, ms; 0: none), once its driver
+    /// knows it.
+    deadline_ms: Arc<AtomicU64>,
 }
 
 impl Held {
@@ -193,6 +219,14 @@ impl Leases {
     pub(super) fn cancel_of(&self, root: &str) -> Option<Cancel> {
         self.lock().get(root).map(|h| h.cancel.clone())
     }
+
+    /// Tells the renewer the deadline of the tree held under `root`'s
+    /// lease: past it, the tree is cancelled with kind `timeout`.
+    pub(super) fn set_deadline(&self, root: &str, deadline_ms: Option<u64>) {
+        if let (Some(h), Some(ms)) = (self.lock().get(root), deadline_ms) {
+            h.deadline_ms.store(ms.max(1), Ordering::SeqCst);
+        }
+    }
 }
 
 /// [`RENEWALS_PER_LEASE`] times per `lease`, renews each held lease (a
@@ -222,6 +256,12 @@ async fn renew_all(
             if holding.cancel.reason.reason().is_some() {
                 continue;
             }
+            let deadline = holding.deadline_ms.load(Ordering::SeqCst);
+            if deadline != 0 && backend.clock().now_ms() >= deadline {
+                tracing::info!(execution, "deadline passed: cancelling");
+                holding.cancel.request_timeout(DEADLINE_PASSED);
+                continue;
+            }
             match backend.peek_signal(execution, CANCEL_CHANNEL).await {
                 Ok(Some(request)) => {
                     let reason = request.data["reason"]
@@ -229,7 +269,11 @@ async fn renew_all(
                         .unwrap_or("cancelled")
                         .to_string();
                     tracing::info!(execution, "cancel requested: {reason}");
-                    holding.cancel.request(reason);
+                    if request.data["kind"] == "timeout" {
+                        holding.cancel.request_timeout(reason);
+                    } else {
+                        holding.cancel.request(reason);
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(execution, "cannot look for cancel requests: {e}"),
@@ -271,6 +315,10 @@ async fn renew_all(
         }
     }
 }
+
+/// The reason an execution whose deadline passed is cancelled with.
+pub(super) const DEADLINE_PASSED: &str =
+    "its deadline passed (submit --deadline, or the machine's settings.timeout)";
 
 fn owned_message(lease: &Lease, now_ms: u64) -> String {
     let left = lease.expires_ms.saturating_sub(now_ms).div_ceil(1000);
@@ -326,6 +374,7 @@ impl Engine {
                 token: lease.token,
                 stop: stop.clone(),
                 cancel: cancel.clone(),
+                deadline_ms: Arc::default(),
             },
         );
         self.leases.renewer.get_or_init(|| {

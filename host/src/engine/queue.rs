@@ -14,6 +14,12 @@
 //! child that decides a `mode: any` fan-out) pushes the parent's wake-up
 //! job, and whichever worker claims it gathers the children's results and
 //! goes on. Launches of a queued execution go on the queue too.
+//!
+//! An execution with a deadline (`submit --deadline`, the machine's
+//! `settings.timeout`) has a second job, due at the deadline: whichever
+//! worker claims it takes the execution wherever it is (queued, waiting,
+//! parked) and ends it cancelled with kind `timeout`. Its fan-out children
+//! inherit the deadline; a worker running one ends it at the deadline too.
 
 use super::advance::Frame;
 use super::driver::to_checkpoint;
@@ -29,6 +35,17 @@ use std::sync::Arc;
 
 /// The job pool executions wait in for a worker.
 pub const EXECUTIONS_POOL: &str = "executions";
+
+/// How to submit.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// The execution's id, an idempotency key (default: a new id).
+    pub id: Option<String>,
+    /// Cancelled with kind `timeout` if not finished this long after the
+    /// submit (the machine's `settings.timeout` applies too; the earlier
+    /// wins).
+    pub deadline: Option<std::time::Duration>,
+}
 
 /// What `submit` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,15 +67,35 @@ impl Engine {
         input: Value,
         id: Option<String>,
     ) -> Result<Submitted, EngineError> {
-        let id = id.unwrap_or_else(Engine::new_execution_id);
-        let created = match self.backend.load(&id).await? {
+        let options = SubmitOptions {
+            id,
+            ..Default::default()
+        };
+        self.submit_with(file, input, options).await
+    }
+
+    /// [`Engine::submit`] with a deadline.
+    pub async fn submit_with(
+        self: &Arc<Self>,
+        file: &Path,
+        input: Value,
+        options: SubmitOptions,
+    ) -> Result<Submitted, EngineError> {
+        let id = options.id.unwrap_or_else(Engine::new_execution_id);
+        let (created, deadline_ms) = match self.backend.load(&id).await? {
             Some(cp) if cp.status != Status::Queued => {
                 return Ok(Submitted { id, created: false });
             }
-            Some(_) => false,
+            Some(cp) => (false, super::services::parse_record(&cp)?.deadline_ms),
             None => {
                 let (def, definition) = self.pin_file(file).await?;
                 let mut rec = self.new_record(&def, &definition, id.clone(), None, input);
+                if let Some(d) = options.deadline {
+                    let at = self.now().saturating_add(
+                        crate::duration::clamp_millis(d.as_millis() as u64).as_millis() as u64,
+                    );
+                    rec.deadline_ms = Some(rec.deadline_ms.map_or(at, |m| m.min(at)));
+                }
                 rec.queued = true;
                 // (An initial context that did not render is an error the
                 // worker's first step reports.)
@@ -66,12 +103,17 @@ impl Engine {
                 // Nobody owns it yet: nothing to fence.
                 let checkpoint = to_checkpoint(&rec, self.now(), None, None)?;
                 self.backend.save(checkpoint).await?;
-                true
+                (true, rec.deadline_ms)
             }
         };
-        self.backend
-            .push(EXECUTIONS_POOL, run_job(&id, &id))
-            .await?;
+        let mut jobs = vec![run_job(&id, &id)];
+        if let Some(at) = deadline_ms {
+            jobs.push(NewJob {
+                delay_ms: at.saturating_sub(self.now()),
+                ..run_job(&id, &format!("{id}/deadline"))
+            });
+        }
+        self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
         Ok(Submitted { id, created })
     }
 
@@ -265,6 +307,11 @@ impl Engine {
             );
             c.queued = true;
             c.status = Status::Queued;
+            // A child ends by its parent's deadline, if not its own earlier.
+            c.deadline_ms = match (c.deadline_ms, rec.deadline_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             c.fan_in = Some(FanInRef {
                 key: key.to_string(),
                 any: pending.any,

@@ -154,6 +154,11 @@ pub struct Record {
     /// The channel a `wait_for` state waits on.
     #[serde(default)]
     pub waiting_for: Option<String>,
+    /// When (store clock, ms) the execution is cancelled with kind
+    /// `timeout` if it has not finished: from `submit --deadline` or the
+    /// machine's `settings.timeout`; fan-out children inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     #[serde(default)]
     pub output: Option<Value>,
     #[serde(default)]

@@ -232,6 +232,10 @@ impl Engine {
             pending: None,
             launches: vec![],
             waiting_for: None,
+            deadline_ms: data.settings.timeout.map(|t| {
+                self.now()
+                    .saturating_add(crate::duration::clamp_secs(t).as_millis() as u64)
+            }),
             output: None,
             error: None,
             created_ms: self.now(),

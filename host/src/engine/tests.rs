@@ -202,7 +202,16 @@ struct World_ {
 }
 
 fn world() -> World_ {
-    let backend = Arc::new(MemoryBackend::new());
+    world_with(MemoryBackend::new())
+}
+
+/// A world whose store (and engine) read time from `clock`.
+fn world_at(clock: Arc<crate::backend::ManualClock>) -> World_ {
+    world_with(MemoryBackend::new().with_clock(clock))
+}
+
+fn world_with(backend: MemoryBackend) -> World_ {
+    let backend = Arc::new(backend);
     let fakes = Arc::new(Fakes::default());
     let retries = Arc::new(Retries::default());
     let engine =
@@ -1251,7 +1260,9 @@ async fn drain_queue(w: &World_) -> Vec<String> {
             )
             .await
             .unwrap();
-        let Some(job) = pending.last() else {
+        // (Jobs not yet due, such as a deadline's, wait.)
+        let now = crate::backend::Backend::clock(&*w.backend).now_ms();
+        let Some(job) = pending.iter().rev().find(|j| j.run_at_ms <= now) else {
             return ran;
         };
         let id = job.payload["execution"].as_str().unwrap().to_string();
@@ -1480,4 +1491,69 @@ data:
     let rec = w.engine.load_record(&o.id).await.unwrap();
     assert_eq!(rec.status, Status::Done, "{rec:?}");
     assert_eq!(rec.output, Some(json!({"all": [{"by": 0}, {"by": 1}]})));
+}
+
+/// A submitted execution with a deadline, parked waiting for a signal on
+/// the run queue, is ended by its deadline job once the deadline passes:
+/// cancelled, with kind `timeout`. Time is the store's manual clock.
+#[tokio::test]
+async fn a_deadline_cancels_a_waiting_queued_execution_with_kind_timeout() {
+    let clock = Arc::new(crate::backend::ManualClock::new(1_000_000));
+    let w = world_at(clock.clone());
+    let path = w.file(
+        "ask.yml",
+        "spec: flatmachine\ndata:\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n",
+    );
+    let options = queue::SubmitOptions {
+        id: Some("ask".into()),
+        deadline: Some(Duration::from_secs(60)),
+    };
+    w.engine
+        .submit_with(&path, json!({}), options)
+        .await
+        .unwrap();
+    assert_eq!(drain_queue(&w).await, ["ask"]);
+    assert_eq!(
+        w.backend.load("ask").await.unwrap().unwrap().status,
+        Status::Waiting
+    );
+    clock.advance(59_000);
+    assert!(
+        drain_queue(&w).await.is_empty(),
+        "not due before the deadline"
+    );
+    clock.advance(1_000);
+    assert_eq!(drain_queue(&w).await, ["ask"]);
+    let r = w.backend.read_result("ask").await.unwrap().unwrap();
+    assert_eq!(r.status, Status::Cancelled);
+    assert_eq!(r.value["kind"], "timeout");
+    assert!(r.value["message"].as_str().unwrap().contains("deadline"));
+}
+
+/// `settings.timeout` bounds a running execution: once the store clock
+/// passes it, the lease holder cancels the tree; the running plugin sees
+/// `cancelled()` and the execution ends cancelled with kind `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_timeout_cancels_a_running_execution_with_kind_timeout() {
+    let clock = Arc::new(crate::backend::ManualClock::new(1_000_000));
+    let w = world_at(clock.clone());
+    let slow = w
+        .fakes
+        .add(Fake::new("slow", |_, _, _| Ok(json!(WAIT_FOR_CANCEL))));
+    let path = w.file(
+        "slow.yml",
+        "spec: flatmachine\ndata:\n  plugins: {slow: slow}\n  settings: {timeout: 30}\n  states:\n    work: {type: initial, plugin: slow, on_error: recover, transitions: [{to: end}]}\n    recover: {type: final}\n    end: {type: final}\n",
+    );
+    let runner = {
+        let engine = w.engine.clone();
+        tokio::spawn(async move { engine.start(&path, json!({})).await.unwrap() })
+    };
+    while slow.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    clock.advance(30_000);
+    let o = runner.await.unwrap();
+    assert_eq!(o.status, Status::Cancelled);
+    assert_eq!(o.error.as_ref().map(|e| e.kind), Some(FailureKind::Timeout));
+    assert!(slow.cancel_seen.load(std::sync::atomic::Ordering::SeqCst));
 }
