@@ -414,6 +414,7 @@ async fn fan_in_suite(b: &dyn Backend) {
             ..NewJob::new(json!({"execution": "parent"}))
         },
         wake_now: now,
+        next: None,
     };
     let result = |fan_in: Option<FanIn>| StoredResult {
         counts_toward: fan_in.map(Box::new),
@@ -467,6 +468,23 @@ async fn fan_in_suite(b: &dyn Backend) {
         .await
         .unwrap();
     assert_eq!(wakes(b).await.len(), 2, "one wake-up per fan-in key");
+    // A child's first result pushes the next child's job (max_concurrency),
+    // counter or not; written again, it pushes nothing more.
+    let chained = || FanIn {
+        next: Some(NewJob {
+            idempotency_key: Some("n1".into()),
+            ..NewJob::new(json!({"execution": "n1"}))
+        }),
+        ..counting("p/3", false)
+    };
+    b.write_result("n0", result(Some(chained()))).await.unwrap();
+    b.write_result("n0", result(Some(chained()))).await.unwrap();
+    let next: Vec<_> = wakes(b)
+        .await
+        .into_iter()
+        .filter(|j| j.payload == json!({"execution": "n1"}))
+        .collect();
+    assert_eq!(next.len(), 1, "{next:?}");
     // Opening is fenced like a checkpoint.
     let stale = super::Fence {
         root: "nobody".into(),

@@ -172,6 +172,9 @@ impl Results for MemoryBackend {
             if fan_in.wake_now || remaining == Some(0) {
                 data.insert_job(now, &fan_in.wake_pool, fan_in.wake);
             }
+            if let Some(next) = fan_in.next {
+                data.insert_job(now, &fan_in.wake_pool, next);
+            }
         }
         Ok(())
     }

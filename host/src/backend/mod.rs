@@ -200,6 +200,10 @@ pub struct FanIn {
     /// Push `wake` even before the count reaches zero (a child that decides
     /// a `mode: any` fan-out).
     pub wake_now: bool,
+    /// Pushed (to `wake_pool`) with the first result, whatever the count:
+    /// the next child's job, when a `max_concurrency` lets only so many run
+    /// at once.
+    pub next: Option<NewJob>,
 }
 
 /// Latest checkpoint per execution.

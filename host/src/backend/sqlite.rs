@@ -631,8 +631,8 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
 }
 
 /// A child's first result counts its fan-in down; at zero (or when the
-/// child decides it) the parent's wake-up job is pushed, in the same
-/// transaction.
+/// child decides it) the parent's wake-up job is pushed, and the next
+/// child's job if it names one, in the same transaction.
 fn count_down(tx: &Connection, fan_in: &super::FanIn, now_ms: u64) -> rusqlite::Result<()> {
     let remaining: Option<i64> = tx
         .prepare_cached(
@@ -643,6 +643,9 @@ fn count_down(tx: &Connection, fan_in: &super::FanIn, now_ms: u64) -> rusqlite::
     // No row: the parent has not opened it yet, and counts this result when it does.
     if fan_in.wake_now || remaining == Some(0) {
         super::sqlite_pools::insert_job(tx, now_ms, &fan_in.wake_pool, &fan_in.wake)?;
+    }
+    if let Some(next) = &fan_in.next {
+        super::sqlite_pools::insert_job(tx, now_ms, &fan_in.wake_pool, next)?;
     }
     Ok(())
 }

@@ -195,6 +195,7 @@ impl Engine {
             wake_pool: EXECUTIONS_POOL.to_string(),
             wake: run_job(parent, &fan_in.key),
             wake_now: fan_in.any && rec.status == Status::Done,
+            next: fan_in.next.as_ref().map(|n| run_job(n, n)),
         }))
     }
 
@@ -218,6 +219,10 @@ impl Engine {
         for _ in 0..2 {
             let (mut outcomes, missing, decided) = self.gathered(&pending).await?;
             if missing.is_empty() || decided {
+                if decided {
+                    let losers: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
+                    self.cancel_losers(&losers).await?;
+                }
                 step::give_up(&mut outcomes, None);
                 return Ok(Spread::All(outcomes));
             }
@@ -239,7 +244,13 @@ impl Engine {
             if remaining == 0 {
                 continue;
             }
-            let jobs = missing.iter().map(|id| run_job(id, id)).collect();
+            // At most `max_concurrency` at once: each child's result pushes
+            // the job of the one that many places after it.
+            let jobs = missing
+                .iter()
+                .take(pending.max_concurrency.max(1))
+                .map(|id| run_job(id, id))
+                .collect();
             self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
             if let Some(o) = &self.observer {
                 o.fanout(&rec.id, &rec.state, missing.len());
@@ -252,6 +263,23 @@ impl Engine {
             "execution {}: the fan-in {key} counts no children left, yet some have no result",
             rec.id
         )))
+    }
+
+    /// Cancels the children of a decided `mode: any` fan-out that have not
+    /// ended (those a worker runs get a cancel request).
+    async fn cancel_losers(self: &Arc<Self>, losers: &[&String]) -> Result<(), EngineError> {
+        let options = super::CancelOptions {
+            reason: "another child of the `mode: any` fan-out finished first".into(),
+            launched: false,
+        };
+        for id in losers {
+            match self.cancel(id, &options).await {
+                // (It ended meanwhile, or was never stored.)
+                Ok(_) | Err(EngineError::Finished(_)) | Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The outcomes of the children that have a result, the indexes of
@@ -286,6 +314,13 @@ impl Engine {
         missing: &[String],
     ) -> Result<usize, EngineError> {
         let known = self.backend.statuses(missing).await?;
+        let window = pending.max_concurrency.max(1);
+        let next_of: std::collections::HashMap<&String, String> = pending
+            .children
+            .iter()
+            .zip(pending.children.iter().skip(window))
+            .map(|(c, next)| (&c.id, next.id.clone()))
+            .collect();
         let mut created = 0;
         for child in pending
             .children
@@ -315,6 +350,7 @@ impl Engine {
             c.fan_in = Some(FanInRef {
                 key: key.to_string(),
                 any: pending.any,
+                next: next_of.get(&child.id).cloned(),
             });
             // Under the parent's fence: a parent that lost its lease
             // creates nothing.

@@ -99,6 +99,10 @@ pub struct FanInRef {
     /// `mode: any`: a child that finishes well wakes the parent at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub any: bool,
+    /// The sibling whose job this child's first result pushes (the one
+    /// `max_concurrency` places later), so only so many run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A fire-and-forget child, written to the outbox with the parent's checkpoint.

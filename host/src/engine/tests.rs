@@ -1248,39 +1248,63 @@ data:
 /// finish in the reverse of their order), until none is left; returns the
 /// executions run, in order.
 async fn drain_queue(w: &World_) -> Vec<String> {
-    use crate::backend::WorkPools;
     let mut ran = Vec::new();
-    loop {
-        let pending = w
-            .backend
-            .jobs(
-                queue::EXECUTIONS_POOL,
-                Some(crate::backend::JobStatus::Pending),
-                100_000,
-            )
-            .await
-            .unwrap();
-        // (Jobs not yet due, such as a deadline's, wait.)
-        let now = crate::backend::Backend::clock(&*w.backend).now_ms();
-        let Some(job) = pending.iter().rev().find(|j| j.run_at_ms <= now) else {
-            return ran;
-        };
-        let id = job.payload["execution"].as_str().unwrap().to_string();
-        let claimed = w
-            .backend
-            .claim(queue::EXECUTIONS_POOL, "w", 100_000, 60_000)
-            .await
-            .unwrap();
-        let mine = claimed.iter().find(|j| j.id == job.id).unwrap();
-        let o = w.engine.run_queued(&id).await.unwrap();
-        w.backend
-            .complete(mine.id, mine.fence, json!(o.status))
-            .await
-            .unwrap();
-        // The others go back, as a worker that did not get to them.
-        w.backend.release_worker("w").await.unwrap();
+    while let Some(id) = run_one(w, |_| true).await {
         ran.push(id);
     }
+    ran
+}
+
+/// Runs the newest due job of the run queue that `pick` accepts, as a
+/// worker would; returns the execution it ran.
+async fn run_one(w: &World_, pick: impl Fn(&crate::backend::Job) -> bool) -> Option<String> {
+    use crate::backend::WorkPools;
+    let pending = w
+        .backend
+        .jobs(
+            queue::EXECUTIONS_POOL,
+            Some(crate::backend::JobStatus::Pending),
+            100_000,
+        )
+        .await
+        .unwrap();
+    // (Jobs not yet due, such as a deadline's, wait.)
+    let now = crate::backend::Backend::clock(&*w.backend).now_ms();
+    let job = pending
+        .iter()
+        .rev()
+        .find(|j| j.run_at_ms <= now && pick(j))?;
+    let id = job.payload["execution"].as_str().unwrap().to_string();
+    let claimed = w
+        .backend
+        .claim(queue::EXECUTIONS_POOL, "w", 100_000, 60_000)
+        .await
+        .unwrap();
+    let mine = claimed.iter().find(|j| j.id == job.id).unwrap();
+    let o = w.engine.run_queued(&id).await.unwrap();
+    w.backend
+        .complete(mine.id, mine.fence, json!(o.status))
+        .await
+        .unwrap();
+    // The others go back, as a worker that did not get to them.
+    w.backend.release_worker("w").await.unwrap();
+    Some(id)
+}
+
+/// The executions whose run-queue jobs are pending.
+async fn queued_jobs(w: &World_) -> Vec<String> {
+    use crate::backend::WorkPools;
+    w.backend
+        .jobs(
+            queue::EXECUTIONS_POOL,
+            Some(crate::backend::JobStatus::Pending),
+            100_000,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.payload["execution"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Submits `yaml` with `input` and runs the run queue dry: the outcome of
@@ -1416,6 +1440,10 @@ data:
             json!({"items": [1, 3]}),
         ),
         (FANOUT.replace("MODE", ""), json!({"items": []})),
+        (
+            FANOUT.replace("MODE", "max_concurrency: 2"),
+            json!({"items": [1, 2, 4, 5, 6]}),
+        ),
         (launches.to_string(), json!({"v": 9})),
     ];
     for (yaml, input) in cases {
@@ -1556,4 +1584,69 @@ async fn settings_timeout_cancels_a_running_execution_with_kind_timeout() {
     assert_eq!(o.status, Status::Cancelled);
     assert_eq!(o.error.as_ref().map(|e| e.kind), Some(FailureKind::Timeout));
     assert!(slow.cancel_seen.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// A queued fan-out with `max_concurrency: 2` has at most two children on
+/// the run queue at once: each child's result pushes the next one's job.
+#[tokio::test]
+async fn a_queued_fan_out_keeps_to_its_max_concurrency() {
+    let w = world();
+    let calls = w.fakes.add(echo("item"));
+    let yaml = FANOUT.replace("MODE", "max_concurrency: 2");
+    let path = w.file("bounded.yml", &yaml);
+    let id = w
+        .engine
+        .submit(&path, json!({"items": [1, 2, 3, 4, 5]}), None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(run_one(&w, |_| true).await.as_deref(), Some(id.as_str()));
+    let mut most = 0;
+    loop {
+        let children = queued_jobs(&w)
+            .await
+            .into_iter()
+            .filter(|e| e != &id)
+            .count();
+        most = most.max(children);
+        if run_one(&w, |_| true).await.is_none() {
+            break;
+        }
+    }
+    assert_eq!(most, 2, "children on the queue at once");
+    assert_eq!(calls.calls().len(), 5);
+    let rec = w.engine.load_record(&id).await.unwrap();
+    assert_eq!(rec.status, Status::Done);
+    let values: Vec<Value> = (1..=5).map(|v| json!({"v": v})).collect();
+    assert_eq!(rec.output, Some(json!({"all": values})));
+}
+
+/// A queued `mode: any` fan-out decided by its first successful child
+/// cancels the others: they never run.
+#[tokio::test]
+async fn a_decided_queued_any_fan_out_cancels_the_other_children() {
+    let w = world();
+    let calls = w.fakes.add(echo("item"));
+    let path = w.file("any.yml", &FANOUT.replace("MODE", "mode: any"));
+    let id = w
+        .engine
+        .submit(&path, json!({"items": [1, 2, 3, 4]}), None)
+        .await
+        .unwrap()
+        .id;
+    run_one(&w, |_| true).await.unwrap();
+    let first = format!("{id}:1:0");
+    let winner = |j: &crate::backend::Job| j.payload["execution"] == first.as_str();
+    assert_eq!(run_one(&w, winner).await, Some(first.clone()));
+    // The winner woke the parent, which decides and cancels the rest.
+    let woken = |j: &crate::backend::Job| j.payload["execution"] == id.as_str();
+    assert_eq!(run_one(&w, woken).await, Some(id.clone()));
+    let rec = w.engine.load_record(&id).await.unwrap();
+    assert_eq!(rec.status, Status::Done, "{rec:?}");
+    for i in 1..4 {
+        let child = w.engine.load_record(&format!("{id}:1:{i}")).await.unwrap();
+        assert_eq!(child.status, Status::Cancelled, "child {i}");
+    }
+    drain_queue(&w).await;
+    assert_eq!(calls.calls().len(), 1, "the cancelled children never ran");
 }
