@@ -416,6 +416,10 @@ impl Engine {
             partial: state.continue_on_partial,
             max_concurrency: max,
             children,
+            deadline_ms: state.timeout.map(|t| {
+                let limit = crate::duration::clamp_secs(t).as_millis() as u64;
+                self.now().saturating_add(limit)
+            }),
         }
     }
 

@@ -160,13 +160,17 @@ pub(super) enum Spread {
     Parked,
 }
 
-/// A stored result as the outcome [`step::settle`] reads.
+/// A stored result as the outcome [`step::settle`] reads. A child that was
+/// cancelled because a deadline passed (kind `timeout`) failed, as a local
+/// child stopped by its state's timeout does.
 fn outcome_of(id: &str, r: StoredResult) -> Outcome {
     let failure = || serde_json::from_value::<Failure>(r.value.clone()).ok();
+    let timed_out = r.status == Status::Cancelled
+        && failure().is_some_and(|f| f.kind == crate::failure::FailureKind::Timeout);
     Outcome {
         id: id.to_string(),
         machine: String::new(),
-        status: r.status,
+        status: if timed_out { Status::Failed } else { r.status },
         output: (r.status == Status::Done).then(|| r.value.clone()),
         error: (r.status != Status::Done).then(failure).flatten(),
         waiting: None,
@@ -218,10 +222,31 @@ impl Engine {
         // ended before it opened.
         for _ in 0..2 {
             let (mut outcomes, missing, decided) = self.gathered(&pending).await?;
+            if !missing.is_empty()
+                && !decided
+                && pending.deadline_ms.is_some_and(|at| self.now() >= at)
+            {
+                // The state's timeout passed: the rest are stopped, and fail
+                // the state as the local driver's would.
+                let late: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
+                let reason = "children did not finish within the state's timeout";
+                self.cancel_children(&late, reason).await?;
+                let state = frame.def.state(&rec.state)?;
+                let limit = state
+                    .timeout
+                    .map(crate::duration::clamp_secs)
+                    .unwrap_or_default();
+                step::give_up(
+                    &mut outcomes,
+                    Some(&step::children_timed_out(&rec.state, limit)),
+                );
+                return Ok(Spread::All(outcomes));
+            }
             if missing.is_empty() || decided {
                 if decided {
                     let losers: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
-                    self.cancel_losers(&losers).await?;
+                    let reason = "another child of the `mode: any` fan-out finished first";
+                    self.cancel_children(&losers, reason).await?;
                 }
                 step::give_up(&mut outcomes, None);
                 return Ok(Spread::All(outcomes));
@@ -246,11 +271,18 @@ impl Engine {
             }
             // At most `max_concurrency` at once: each child's result pushes
             // the job of the one that many places after it.
-            let jobs = missing
+            let mut jobs: Vec<NewJob> = missing
                 .iter()
                 .take(pending.max_concurrency.max(1))
                 .map(|id| run_job(id, id))
                 .collect();
+            // With a state timeout, the parent wakes then whatever happens.
+            if let Some(at) = pending.deadline_ms {
+                jobs.push(NewJob {
+                    delay_ms: at.saturating_sub(self.now()),
+                    ..run_job(&rec.id, &format!("{key}/timeout"))
+                });
+            }
             self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
             if let Some(o) = &self.observer {
                 o.fanout(&rec.id, &rec.state, missing.len());
@@ -265,14 +297,19 @@ impl Engine {
         )))
     }
 
-    /// Cancels the children of a decided `mode: any` fan-out that have not
-    /// ended (those a worker runs get a cancel request).
-    async fn cancel_losers(self: &Arc<Self>, losers: &[&String]) -> Result<(), EngineError> {
+    /// Cancels children of a fan-out that no longer count (a decided
+    /// `mode: any`, a passed state timeout); those a worker runs get a
+    /// cancel request.
+    async fn cancel_children(
+        self: &Arc<Self>,
+        children: &[&String],
+        reason: &str,
+    ) -> Result<(), EngineError> {
         let options = super::CancelOptions {
-            reason: "another child of the `mode: any` fan-out finished first".into(),
+            reason: reason.into(),
             launched: false,
         };
-        for id in losers {
+        for id in children {
             match self.cancel(id, &options).await {
                 // (It ended meanwhile, or was never stored.)
                 Ok(_) | Err(EngineError::Finished(_)) | Err(EngineError::NotFound(_)) => {}
@@ -342,11 +379,12 @@ impl Engine {
             );
             c.queued = true;
             c.status = Status::Queued;
-            // A child ends by its parent's deadline, if not its own earlier.
-            c.deadline_ms = match (c.deadline_ms, rec.deadline_ms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // A child ends by its parent's deadline or its state's timeout,
+            // if not its own earlier.
+            c.deadline_ms = [c.deadline_ms, rec.deadline_ms, pending.deadline_ms]
+                .into_iter()
+                .flatten()
+                .min();
             c.fan_in = Some(FanInRef {
                 key: key.to_string(),
                 any: pending.any,

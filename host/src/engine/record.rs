@@ -66,6 +66,11 @@ pub struct Pending {
     pub partial: bool,
     pub max_concurrency: usize,
     pub children: Vec<Child>,
+    /// The state's `timeout` as an instant (store clock, ms), from when the
+    /// fan-out began: on the run queue, children still running then are
+    /// cancelled and the state fails with kind `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

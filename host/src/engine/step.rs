@@ -358,6 +358,7 @@ mod tests {
             any,
             partial: false,
             max_concurrency: 2,
+            deadline_ms: None,
             children: (0..n)
                 .map(|i| Child {
                     id: format!("c{i}"),

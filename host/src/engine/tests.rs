@@ -1650,3 +1650,36 @@ async fn a_decided_queued_any_fan_out_cancels_the_other_children() {
     drain_queue(&w).await;
     assert_eq!(calls.calls().len(), 1, "the cancelled children never ran");
 }
+
+/// A queued fan-out's state `timeout`: when it passes, the parent's timeout
+/// job wakes it, the children still out are cancelled, and the state fails
+/// with kind `timeout` (routed by `on_error`), as with the local driver.
+#[tokio::test]
+async fn a_queued_fan_out_past_its_state_timeout_fails_with_kind_timeout() {
+    let clock = Arc::new(crate::backend::ManualClock::new(1_000_000));
+    let w = world_at(clock.clone());
+    let calls = w.fakes.add(echo("item"));
+    let path = w.file("slow.yml", &FANOUT.replace("MODE", "timeout: 30"));
+    let id = w
+        .engine
+        .submit(&path, json!({"items": [1, 2]}), None)
+        .await
+        .unwrap()
+        .id;
+    run_one(&w, |_| true).await.unwrap();
+    let parent = |j: &crate::backend::Job| j.payload["execution"] == id.as_str();
+    assert_eq!(run_one(&w, parent).await, None, "not before the timeout");
+    clock.advance(30_000);
+    assert_eq!(run_one(&w, parent).await, Some(id.clone()));
+    let rec = w.engine.load_record(&id).await.unwrap();
+    assert_eq!((rec.status, rec.state.as_str()), (Status::Done, "failed"));
+    assert_eq!(rec.error, None, "{:?}", rec.output);
+    let text = rec.output.as_ref().unwrap().to_string();
+    assert!(text.contains("timeout"), "{text}");
+    for i in 0..2 {
+        let child = w.engine.load_record(&format!("{id}:1:{i}")).await.unwrap();
+        assert_eq!(child.status, Status::Cancelled, "child {i}");
+    }
+    drain_queue(&w).await;
+    assert!(calls.calls().is_empty(), "the children never ran");
+}
