@@ -57,6 +57,28 @@ fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
         "queued"
     );
 
+    // `--wait` with a timeout that passes before any worker runs it: exit 6,
+    // nothing on stdout, a note that it goes on; it completes later.
+    let late = run(
+        &cache,
+        &[
+            "submit",
+            &machine,
+            "--id",
+            "late",
+            "--input",
+            r#"{"n": 8}"#,
+            "--wait",
+            "--timeout",
+            "100ms",
+            "--db",
+            &db,
+        ],
+    );
+    assert_eq!(late.status.code(), Some(6), "{}", stderr(&late));
+    assert!(late.stdout.is_empty(), "never an empty result");
+    assert!(stderr(&late).contains("still"), "{}", stderr(&late));
+
     // Two workers share the queue and exit once it is empty.
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -78,6 +100,12 @@ fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
         let result: Value = serde_json::from_slice(&r.stdout).unwrap();
         assert_eq!(result, json!({ "twice": 2 * n }), "{id}");
     }
+    let late = run(&cache, &["result", "late", "--db", &db]);
+    assert!(late.status.success(), "{}", stderr(&late));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&late.stdout).unwrap(),
+        json!({"twice": 16})
+    );
     let mine = run(&cache, &["result", "mine", "--db", &db]);
     assert!(mine.status.success(), "{}", stderr(&mine));
     assert_eq!(
