@@ -6,7 +6,7 @@
 //! May import: the `flowhost` library, `jobs` (worker spawning, errors), `run`.
 
 use super::CliError;
-use super::jobs::{spawn_error, store_error};
+use super::jobs::{spawn_error, stop_processes, store_error};
 use super::run::engine_error;
 use clap::Args;
 use flowhost::backend::{Backend, Checkpoints, Durability, Results, SqliteBackend, WorkPools};
@@ -146,14 +146,7 @@ pub(super) async fn executions(a: BenchExecutionsArgs) -> Result<ExitCode, CliEr
         workers.push(w.map_err(spawn_error)?);
     }
     let result = measure(&b, &a, [&throughput, &sequential, &foreach, &short]).await;
-    for w in &workers {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status();
-    }
-    for mut w in workers {
-        let _ = w.wait();
-    }
+    stop_processes(workers);
     result.map(|()| ExitCode::SUCCESS)
 }
 

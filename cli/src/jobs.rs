@@ -445,6 +445,19 @@ fn pool_or_run_queue(pool: &Option<String>) -> &str {
         .unwrap_or(flowhost::engine::queue::EXECUTIONS_POOL)
 }
 
+/// Asks processes this command started to stop (SIGTERM) and waits for
+/// them.
+pub(super) fn stop_processes(children: Vec<std::process::Child>) {
+    for c in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+}
+
 pub(super) fn spawn_error(e: flowhost::spawn::SpawnError) -> CliError {
     CliError::Other(e.to_string())
 }
@@ -570,14 +583,7 @@ pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for c in &children {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-    }
-    for mut c in children {
-        let _ = c.wait();
-    }
+    stop_processes(children);
     let first = first_id.unwrap_or(0);
     let mut latencies: Vec<u64> = store
         .jobs("bench", Some(JobStatus::Done), (a.jobs + total) as usize)

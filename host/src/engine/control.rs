@@ -95,7 +95,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let result = self.cancel_tree(id, options, &held).await;
+        let result = self.cancel_tree(rec, options, &held).await;
         self.disown(held).await;
         result
     }
@@ -208,19 +208,14 @@ impl Engine {
         self.resume_owned(rec, held, ResumeOptions::default()).await
     }
 
+    /// Cancels `rec` (not finished) and its unfinished descendants, under
+    /// `held`, the lease that covers it.
     async fn cancel_tree(
         &self,
-        id: &str,
+        rec: Record,
         options: &CancelOptions,
         held: &Held,
     ) -> Result<Cancelled, EngineError> {
-        let rec = self.load_record(id).await?;
-        if rec.status.is_terminal() {
-            return Err(EngineError::Finished(format!(
-                "execution {id} is {} already; there is nothing to cancel",
-                rec.status
-            )));
-        }
         // Every unfinished descendant, parents first.
         let mut tree = Vec::new();
         let mut todo = vec![rec];
