@@ -272,6 +272,7 @@ impl Engine {
                 ms: started.elapsed().as_secs_f64() * 1e3,
                 worker: history::worker().into(),
                 error: result.as_ref().err().map(|e| e.kind().into()),
+                output_bytes: result.as_ref().ok().map(|(o, _)| history::json_size(o)),
             };
             self.note(frame, rec, called);
             return result

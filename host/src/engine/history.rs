@@ -34,6 +34,9 @@ pub enum Event {
         worker: Cow<'static, str>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<FailureKind>,
+        /// Bytes of the output (as JSON), when the call succeeded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_bytes: Option<u64>,
     },
     RetryScheduled {
         state: String,
@@ -112,10 +115,12 @@ impl Event {
                 ms,
                 worker,
                 error,
+                output_bytes,
             } => {
-                let outcome = match error {
-                    Some(kind) => format!("failed: {kind}"),
-                    None => "ok".into(),
+                let outcome = match (error, output_bytes) {
+                    (Some(kind), _) => format!("failed: {kind}"),
+                    (None, Some(n)) => format!("ok, {n} bytes out"),
+                    (None, None) => "ok".into(),
                 };
                 let attempt = match attempt {
                     1 => String::new(),
@@ -206,4 +211,22 @@ pub fn finished(rec: &Record) -> Event {
         state: rec.state.clone(),
         error: rec.error.as_ref().map(|f| f.kind),
     }
+}
+
+/// The size of `value` written as compact JSON, without writing it anywhere.
+pub(super) fn json_size(value: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // (Writing a Value to a sink that cannot fail does not fail.)
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

@@ -815,6 +815,11 @@ data:
         history_kinds(&w, &child).await,
         ["plugin_called", "state_entered", "finished"]
     );
+    // A call that succeeded says how much it returned; a failed one does not.
+    // (`item` echoes the state's input, the child's empty context: `{}`.)
+    let called = &w.backend.history(&child, 0, 1).await.unwrap()[0].event;
+    assert_eq!(called["output_bytes"], 2, "{called}");
+    assert_eq!(events[0].event.get("output_bytes"), None);
 
     // A machine's limit keeps the newest events only; 0 keeps none.
     let limited = yaml.replace(
