@@ -609,7 +609,27 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
         "{}",
         serde_json::to_string_pretty(&json).unwrap_or_default()
     );
-    if view.abandoned {
+    if let Some(p) = &view.children
+        && p.total > 0
+    {
+        eprintln!(
+            "execution {}: {}/{} children done",
+            view.id,
+            p.done + p.failed + p.cancelled,
+            p.total
+        );
+    }
+    if let Some(o) = &view.owner {
+        eprintln!(
+            "execution {} is run by pid {} on {}",
+            view.id, o.pid, o.host
+        );
+    } else if view.parked {
+        eprintln!(
+            "execution {} is parked on its children (on the run queue); the last one to finish puts it back",
+            view.id
+        );
+    } else if view.abandoned {
         eprintln!(
             "execution {} is not being run by any process; `flowhost resume {}` continues it",
             view.id, view.root

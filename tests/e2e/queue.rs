@@ -670,6 +670,28 @@ async fn cancel_ends_an_execution_in_every_status_and_nothing_keeps_running() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    // `status` shows the fan-out's progress, that the parent is parked, and
+    // which worker runs a child.
+    let status = |id: &str| {
+        let o = run(&cache, &["status", id, "--db", &db]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (
+            serde_json::from_slice::<Value>(&o.stdout).unwrap(),
+            stderr(&o),
+        )
+    };
+    let (parent, said) = status("parked");
+    assert_eq!(parent["parked"], true, "{parent}");
+    assert_eq!(parent["abandoned"], false, "{parent}");
+    assert_eq!(parent["children"]["total"], 3, "{parent}");
+    assert!(said.contains("0/3 children done"), "{said}");
+    let (child, said) = status(&children[0]);
+    assert_eq!(child["owner"]["pid"], worker.id(), "{child}");
+    assert!(
+        said.contains(&format!("run by pid {}", worker.id())),
+        "{said}"
+    );
+
     for id in ["running", "backoff", "waiting", "parked"] {
         cancel(id);
     }

@@ -26,9 +26,15 @@ pub struct Description {
     pub updated_ms: u64,
     /// The process running its tree now, if one is.
     pub owner: Option<Holder>,
-    /// Running, yet no live process runs it: `resume` continues it.
+    /// Running, yet no live process runs it: `resume` continues it. (One
+    /// on the run queue is never abandoned: the queue gives it to a worker
+    /// again.)
     pub abandoned: bool,
-    /// The root of its tree (where the lease is held and `resume` starts).
+    /// On the run queue and parked on its children, which run on workers:
+    /// the last one to finish puts it back on the queue.
+    pub parked: bool,
+    /// The execution whose lease covers it (itself on the run queue, else
+    /// its tree's root, where `resume` starts).
     #[serde(skip)]
     pub root: String,
     pub context: Value,
@@ -103,11 +109,14 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
     let cp = checkpoint(backend, id).await?;
     let rec = parse_record(&cp)?;
     let result = backend.read_result(id).await?;
-    // The lease is held on the tree's root.
-    let mut root = cp.clone();
-    while let Some(parent) = root.parent.clone() {
+    // The lease is held on the tree's root, or on an execution of the run
+    // queue itself.
+    let mut root = rec.clone();
+    while !root.queued
+        && let Some(parent) = root.parent.clone()
+    {
         match backend.load(&parent).await? {
-            Some(p) => root = p,
+            Some(p) => root = parse_record(&p)?,
             None => break,
         }
     }
@@ -115,6 +124,7 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
     let now = backend.clock().now_ms();
     let holder = owner::live_holder(lease.as_ref(), now);
     let active = cp.status == Status::Running;
+    let parked = active && holder.is_none() && rec.queued && rec.pending.is_some();
     Ok(Description {
         children: Progress::of(backend, &rec).await?,
         id: cp.id.clone(),
@@ -131,7 +141,8 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
             host: l.owner.host.clone(),
             lease_expires_in_ms: l.expires_ms.saturating_sub(now),
         }),
-        abandoned: active && holder.is_none(),
+        abandoned: active && holder.is_none() && !root.queued,
+        parked,
         root: root.id,
         context: rec.context,
         waiting_for: rec.waiting_for,
