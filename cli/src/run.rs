@@ -397,6 +397,12 @@ async fn report(session: &Session, o: &Outcome, json: bool) -> Result<ExitCode, 
     }
     Ok(match o.status {
         Status::Done => ExitCode::SUCCESS,
+        Status::Queued => {
+            eprintln!(
+                "it is on the run queue: a worker continues it (flowhost worker --executions)"
+            );
+            ExitCode::SUCCESS
+        }
         Status::Waiting => {
             if let Some(w) = &o.waiting {
                 eprintln!(

@@ -10,7 +10,7 @@
 //!   children keep running unless [`CancelOptions::launched`] says so;
 //! - retry a failed one: it goes on from the state that failed, as a new
 //!   attempt (a fan-out state starts its children afresh), keeping its
-//!   history.
+//!   history — here, or on the run queue if it ran there.
 
 use super::driver::to_checkpoint;
 use super::history::{self, Event};
@@ -160,10 +160,15 @@ impl Engine {
     /// attempt; its failed result is removed until the new one is written.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
         let root = self.owner_of(id).await?;
-        if root.id != id {
+        let parent = root.parent.as_deref().unwrap_or_default();
+        if root.id != id || root.fan_in.is_some() {
             return Err(EngineError::Invalid(format!(
                 "execution {id} is a child of {}: retry the root, which re-runs the state that ran it",
-                root.id
+                if root.id != id {
+                    root.id.as_str()
+                } else {
+                    parent
+                }
             )));
         }
         let held = self.own(id).await?;
@@ -205,6 +210,20 @@ impl Engine {
         self.backend
             .save(to_checkpoint(&rec, self.now(), None, Some(&held.fence()))?)
             .await?;
+        if rec.queued {
+            // It runs where it ran: a worker continues it.
+            let key = format!("{id}/{}/{}/retry", rec.step, rec.attempt);
+            self.backend
+                .push(
+                    super::queue::EXECUTIONS_POOL,
+                    super::queue::run_job(id, &key),
+                )
+                .await?;
+            return Ok(Outcome {
+                status: Status::Queued,
+                ..super::driver::outcome(&rec)
+            });
+        }
         self.resume_owned(rec, held, ResumeOptions::default()).await
     }
 

@@ -844,7 +844,7 @@ pub(super) fn to_checkpoint(
 }
 
 /// The engine's record inside a stored checkpoint.
-fn outcome(rec: &Record) -> Outcome {
+pub(super) fn outcome(rec: &Record) -> Outcome {
     Outcome {
         id: rec.id.clone(),
         machine: rec.machine.clone(),

@@ -1688,3 +1688,41 @@ async fn a_queued_fan_out_past_its_state_timeout_fails_with_kind_timeout() {
     drain_queue(&w).await;
     assert!(calls.calls().is_empty(), "the children never ran");
 }
+
+/// Retrying a failed execution of the run queue puts it back on the queue
+/// (a worker continues it from the state that failed); a queued child of a
+/// fan-out is retried through its root.
+#[tokio::test]
+async fn retry_of_a_queued_execution_puts_it_back_on_the_queue() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = world();
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    w.fakes.add(Fake::new("item", move |_, input, _| {
+        if flag.load(Ordering::SeqCst) && input["v"] == 2 {
+            Err(PluginError::Fatal("broken".into()))
+        } else {
+            Ok(input.clone())
+        }
+    }));
+    let (failed, _) = run_distributed(
+        &w,
+        &FANOUT.replace("MODE", "").replace("on_error: failed", ""),
+        json!({"items": [1, 2, 3]}),
+    )
+    .await;
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    let child = format!("{}:1:1", failed.id);
+    assert!(matches!(
+        w.engine.retry(&child).await,
+        Err(EngineError::Invalid(m)) if m.contains(&failed.id)
+    ));
+    broken.store(false, Ordering::SeqCst);
+    let queued = w.engine.retry(&failed.id).await.unwrap();
+    assert_eq!(queued.status, Status::Queued);
+    assert_eq!(drain_queue(&w).await.first(), Some(&failed.id));
+    let rec = w.engine.load_record(&failed.id).await.unwrap();
+    assert_eq!(rec.status, Status::Done, "{rec:?}");
+    let values: Vec<Value> = (1..=3).map(|v| json!({"v": v})).collect();
+    assert_eq!(rec.output, Some(json!({"all": values})));
+}
