@@ -470,6 +470,72 @@ data:
     end: {type: final, output: {all: "{{ context.all }}"}}
 "#;
 
+/// A fan-out whose children fan out in turn (on the run queue: queued
+/// children that spread children of their own).
+const NESTED: &str = r#"spec: flatmachine
+data:
+  machines:
+    mid:
+      spec: flatmachine
+      data:
+        machines:
+          leaf:
+            spec: flatmachine
+            data:
+              plugins: {item: item}
+              states:
+                work: {type: initial, plugin: item, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+                end: {type: final, output: "{{ context.v }}"}
+        states:
+          fan: {type: initial, foreach: "{{ [input.v, input.v * 10] }}", as: x, machine: leaf, input: {v: "{{ x }}"}, output_to_context: {all: "{{ output }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {sum: "{{ context.all | sum }}"}}
+  states:
+    fan:
+      type: initial
+      foreach: "{{ input.items }}"
+      as: x
+      machine: mid
+      input: {v: "{{ x }}"}
+      output_to_context: {all: "{{ output }}"}
+      on_error: failed
+      transitions: [{to: end}]
+    failed: {type: final, output: {failed: "{{ context.last_error_type }}"}}
+    end: {type: final, output: {all: "{{ context.all }}"}}
+"#;
+
+/// Parallel machines (`machine: [a, b]`), a failure routed by `on_error`.
+const PARALLEL: &str = r#"spec: flatmachine
+data:
+  machines:
+    a:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, input: {v: "{{ input.v }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {v: "{{ context.v }}"}}
+    b:
+      spec: flatmachine
+      data:
+        plugins: {item: item}
+        states:
+          work: {type: initial, plugin: item, input: {v: "{{ input.v + 1 }}"}, output_to_context: {v: "{{ output.v }}"}, transitions: [{to: end}]}
+          end: {type: final, output: {v: "{{ context.v }}"}}
+  states:
+    both:
+      type: initial
+      machine: [a, b]
+      input: {v: "{{ input.v }}"}
+      output_to_context: {both: "{{ output }}"}
+      on_error: recover
+      transitions:
+        - {condition: "context.both.a.v > 35", to: big}
+        - {to: end}
+    recover: {type: final, output: {recovered: "{{ context.last_error_type }}"}}
+    big: {type: final, output: {big: "{{ context.both }}"}}
+    end: {type: final, output: {small: "{{ context.both }}"}}
+"#;
+
 #[tokio::test]
 async fn fan_in_collects_child_outcomes_in_item_order() {
     let w = world();
@@ -1450,6 +1516,10 @@ data:
             json!({"items": [1, 2, 4, 5, 6]}),
         ),
         (launches.to_string(), json!({"v": 9})),
+        (NESTED.to_string(), json!({"items": [1, 2]})),
+        (NESTED.to_string(), json!({"items": [1, 3]})),
+        (PARALLEL.to_string(), json!({"v": 4})),
+        (PARALLEL.to_string(), json!({"v": 3})),
     ];
     for (yaml, input) in cases {
         let local = w.run(&yaml, input.clone()).await;
