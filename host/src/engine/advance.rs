@@ -50,8 +50,9 @@ pub(super) struct Frame {
     pub def: Arc<MachineDef>,
     /// Digest of the definition the execution's tree is pinned to.
     pub definition: Arc<str>,
-    /// This execution's token, then its ancestors'.
-    pub cancel: Vec<CancelToken>,
+    /// This execution's token (a child of its parent's: cancelling an
+    /// ancestor cancels it too).
+    pub cancel: CancelToken,
     /// The stop request of the tree this execution belongs to (its lease).
     pub stop: super::owner::Stop,
     /// The lease every write of the tree is made under.
@@ -60,7 +61,7 @@ pub(super) struct Frame {
 
 impl Frame {
     pub fn cancelled(&self) -> bool {
-        self.cancel.iter().any(CancelToken::is_cancelled)
+        self.cancel.is_cancelled()
     }
 }
 
@@ -775,7 +776,7 @@ impl Engine {
         let state = Arc::new(MemoryState::new(rec.kv.clone()));
         let ctx = CallContext {
             state: state.clone(),
-            cancel: frame.cancel.first().cloned().unwrap_or_default(),
+            cancel: frame.cancel.clone(),
             events: None,
         };
         (ctx, state)

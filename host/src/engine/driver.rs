@@ -185,7 +185,7 @@ impl Engine {
         let frame = Frame {
             def,
             definition,
-            cancel: vec![held.cancel.token.clone()],
+            cancel: held.cancel.token.clone(),
             stop: held.stop.clone(),
             fence: held.fence(),
         };
@@ -260,7 +260,7 @@ impl Engine {
         Ok(Frame {
             def,
             definition,
-            cancel: vec![held.cancel.token.clone()],
+            cancel: held.cancel.token.clone(),
             stop: held.stop.clone(),
             fence: held.fence(),
         })
@@ -522,13 +522,7 @@ impl Engine {
         let tokens: Vec<CancelToken> = pending
             .children
             .iter()
-            .map(|_| {
-                frame
-                    .cancel
-                    .first()
-                    .map(CancelToken::child)
-                    .unwrap_or_default()
-            })
+            .map(|_| frame.cancel.child())
             .collect();
         let run = self.run_set(
             frame,
@@ -593,12 +587,10 @@ impl Engine {
                     .ok_or_else(|| {
                         EngineError::Invalid(format!("no child machine `{}`", child.machine))
                     })?;
-                let mut cancel = vec![tokens[i].clone()];
-                cancel.extend(frame.cancel.iter().cloned());
                 let child_frame = Frame {
                     def,
                     definition: frame.definition.clone(),
-                    cancel,
+                    cancel: tokens[i].clone(),
                     stop: frame.stop.clone(),
                     fence: frame.fence.clone(),
                 };
@@ -762,7 +754,7 @@ impl Engine {
             let frame = Frame {
                 def,
                 definition: frame.definition.clone(),
-                cancel: vec![CancelToken::default()],
+                cancel: CancelToken::default(),
                 stop: frame.stop.clone(),
                 fence: frame.fence.clone(),
             };
