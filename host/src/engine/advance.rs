@@ -592,11 +592,7 @@ impl Engine {
         rec.pending = None;
         rec.waiting_for = None;
         let requested = self.leases.cancel_of(&frame.fence.root);
-        let why = match requested {
-            Some(c) => c.reason.reason().map(|r| (c.kind(), r)),
-            None => None,
-        };
-        let why = why.or_else(|| {
+        let why = requested.and_then(|c| c.requested()).or_else(|| {
             self.past_deadline(rec).then(|| {
                 (
                     FailureKind::Timeout,

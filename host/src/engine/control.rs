@@ -66,7 +66,7 @@ impl Engine {
             // This engine runs it: ask its tree here (and store the request,
             // as for any owner, so it is seen even if the tree parks first).
             self.request_cancel(id, &options.reason).await?;
-            running.request(options.reason.clone());
+            running.request(FailureKind::Cancelled, options.reason.clone());
             return Ok(Cancelled {
                 ended: 0,
                 requested: vec![id.to_string()],

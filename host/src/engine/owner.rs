@@ -128,7 +128,8 @@ pub(super) struct Held {
 pub struct Cancel {
     pub token: crate::plugin::CancelToken,
     pub reason: Stop,
-    timeout: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the first request, like the reason.
+    kind: Arc<OnceLock<FailureKind>>,
 }
 
 /// How long a running plugin has, once it sees `cancelled()`, to stop by
@@ -136,26 +137,21 @@ pub struct Cancel {
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 impl Cancel {
-    pub fn request(&self, reason: impl Into<String>) {
+    /// Asks the tree to end with `kind` (`cancelled`, or `timeout` for a
+    /// passed deadline) and `reason`; the first request wins.
+    pub fn request(&self, kind: FailureKind, reason: impl Into<String>) {
+        let _ = self.kind.set(kind);
         self.reason.request(reason);
         self.token.cancel_after(CANCEL_GRACE);
     }
 
-    /// A cancel because the deadline passed.
-    pub fn request_timeout(&self, reason: impl Into<String>) {
-        if self.reason.reason().is_none() {
-            self.timeout.store(true, Ordering::SeqCst);
-        }
-        self.request(reason);
-    }
-
-    /// The failure kind the cancelled execution ends with.
-    pub fn kind(&self) -> FailureKind {
-        if self.timeout.load(Ordering::SeqCst) {
-            FailureKind::Timeout
-        } else {
-            FailureKind::Cancelled
-        }
+    /// The kind and reason of the request, once there is one.
+    pub fn requested(&self) -> Option<(FailureKind, String)> {
+        let reason = self.reason.reason()?;
+        Some((
+            self.kind.get().copied().unwrap_or(FailureKind::Cancelled),
+            reason,
+        ))
     }
 }
 
@@ -259,7 +255,9 @@ async fn renew_all(
             let deadline = holding.deadline_ms.load(Ordering::SeqCst);
             if deadline != 0 && backend.clock().now_ms() >= deadline {
                 tracing::info!(execution, "deadline passed: cancelling");
-                holding.cancel.request_timeout(DEADLINE_PASSED);
+                holding
+                    .cancel
+                    .request(FailureKind::Timeout, DEADLINE_PASSED);
                 continue;
             }
             match backend.peek_signal(execution, CANCEL_CHANNEL).await {
@@ -269,11 +267,7 @@ async fn renew_all(
                         .unwrap_or("cancelled")
                         .to_string();
                     tracing::info!(execution, "cancel requested: {reason}");
-                    if request.data["kind"] == "timeout" {
-                        holding.cancel.request_timeout(reason);
-                    } else {
-                        holding.cancel.request(reason);
-                    }
+                    holding.cancel.request(FailureKind::Cancelled, reason);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(execution, "cannot look for cancel requests: {e}"),
