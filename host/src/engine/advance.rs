@@ -418,10 +418,9 @@ impl Engine {
             partial: state.continue_on_partial,
             max_concurrency: max,
             children,
-            deadline_ms: state.timeout.map(|t| {
-                let limit = crate::duration::clamp_secs(t).as_millis() as u64;
-                self.now().saturating_add(limit)
-            }),
+            deadline_ms: state
+                .timeout
+                .map(|t| self.deadline_in(crate::duration::clamp_secs(t))),
         }
     }
 

@@ -60,32 +60,22 @@ impl Engine {
             )));
         }
         let owner = self.owner_of(id).await?;
-        if owner.id == id
-            && let Some(running) = self.leases.cancel_of(id)
-        {
-            // This engine runs it: ask its tree here (and store the request,
-            // as for any owner, so it is seen even if the tree parks first).
-            self.request_cancel(id, &options.reason).await?;
+        if let Some(running) = self.leases.cancel_of(&owner.id) {
+            if owner.id != id {
+                return Err(EngineError::Owned(format!(
+                    "execution {id} runs inside the tree of {}, which this process runs: cancel that one",
+                    owner.id
+                )));
+            }
+            // This engine runs it: ask its tree here too.
+            let done = self.request_cancel(id, &options.reason).await?;
             running.request(FailureKind::Cancelled, options.reason.clone());
-            return Ok(Cancelled {
-                ended: 0,
-                requested: vec![id.to_string()],
-            });
-        }
-        if self.leases.cancel_of(&owner.id).is_some() {
-            return Err(EngineError::Owned(format!(
-                "execution {id} runs inside the tree of {}, which this process runs: cancel that one",
-                owner.id
-            )));
+            return Ok(done);
         }
         let held = match self.own(&owner.id).await {
             Ok(held) => held,
             Err(EngineError::Owned(_)) if owner.id == id => {
-                self.request_cancel(id, &options.reason).await?;
-                return Ok(Cancelled {
-                    ended: 0,
-                    requested: vec![id.to_string()],
-                });
+                return self.request_cancel(id, &options.reason).await;
             }
             Err(EngineError::Owned(m)) => {
                 return Err(EngineError::Owned(format!(
@@ -148,27 +138,32 @@ impl Engine {
         Ok(done)
     }
 
-    /// Stores a cancel request for `id`, which a live process runs.
-    async fn request_cancel(&self, id: &str, reason: &str) -> Result<(), EngineError> {
+    /// Stores a cancel request for `id`, which a live process runs (stored
+    /// even when this process runs it, so it is seen if the tree parks
+    /// before it looks).
+    async fn request_cancel(&self, id: &str, reason: &str) -> Result<Cancelled, EngineError> {
         self.backend
             .send_signal(id, CANCEL_CHANNEL, json!({ "reason": reason }))
             .await?;
-        Ok(())
+        Ok(Cancelled {
+            ended: 0,
+            requested: vec![id.to_string()],
+        })
     }
 
     /// Re-runs a failed root execution from the state that failed, as a new
     /// attempt; its failed result is removed until the new one is written.
     pub async fn retry(self: &Arc<Self>, id: &str) -> Result<Outcome, EngineError> {
         let root = self.owner_of(id).await?;
-        let parent = root.parent.as_deref().unwrap_or_default();
-        if root.id != id || root.fan_in.is_some() {
+        // A child is retried through the execution whose state ran it: its
+        // tree's root, or (on the run queue) the parent of its fan-out.
+        let through = match (&root.fan_in, &root.parent) {
+            (Some(_), Some(parent)) => Some(parent.as_str()),
+            _ => (root.id != id).then_some(root.id.as_str()),
+        };
+        if let Some(through) = through {
             return Err(EngineError::Invalid(format!(
-                "execution {id} is a child of {}: retry the root, which re-runs the state that ran it",
-                if root.id != id {
-                    root.id.as_str()
-                } else {
-                    parent
-                }
+                "execution {id} is a child of {through}: retry the root, which re-runs the state that ran it"
             )));
         }
         let held = self.own(id).await?;
@@ -212,13 +207,7 @@ impl Engine {
             .await?;
         if rec.queued {
             // It runs where it ran: a worker continues it.
-            let key = format!("{id}/{}/{}/retry", rec.step, rec.attempt);
-            self.backend
-                .push(
-                    super::queue::EXECUTIONS_POOL,
-                    super::queue::run_job(id, &key),
-                )
-                .await?;
+            self.requeue(&rec, "retry").await?;
             return Ok(Outcome {
                 status: Status::Queued,
                 ..super::driver::outcome(&rec)

@@ -90,12 +90,8 @@ impl Engine {
             None => {
                 let (def, definition) = self.pin_file(file).await?;
                 let mut rec = self.new_record(&def, &definition, id.clone(), None, input);
-                if let Some(d) = options.deadline {
-                    let at = self.now().saturating_add(
-                        crate::duration::clamp_millis(d.as_millis() as u64).as_millis() as u64,
-                    );
-                    rec.deadline_ms = Some(rec.deadline_ms.map_or(at, |m| m.min(at)));
-                }
+                let asked = options.deadline.map(|d| self.deadline_in(d));
+                rec.deadline_ms = earliest(rec.deadline_ms, asked);
                 rec.queued = true;
                 // (An initial context that did not render is an error the
                 // worker's first step reports.)
@@ -108,10 +104,7 @@ impl Engine {
         };
         let mut jobs = vec![run_job(&id, &id)];
         if let Some(at) = deadline_ms {
-            jobs.push(NewJob {
-                delay_ms: at.saturating_sub(self.now()),
-                ..run_job(&id, &format!("{id}/deadline"))
-            });
+            jobs.push(self.run_job_at(&id, &format!("{id}/deadline"), at));
         }
         self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
         Ok(Submitted { id, created })
@@ -142,6 +135,14 @@ impl Engine {
     }
 }
 
+/// The earlier of two optional deadlines.
+pub(super) fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The run-queue job that runs execution `id`; `key` makes it exist once
 /// (the id for a submit or a child, the fan-in's key for a wake-up).
 pub(super) fn run_job(id: &str, key: &str) -> NewJob {
@@ -164,20 +165,49 @@ pub(super) enum Spread {
 /// cancelled because a deadline passed (kind `timeout`) failed, as a local
 /// child stopped by its state's timeout does.
 fn outcome_of(id: &str, r: StoredResult) -> Outcome {
-    let failure = || serde_json::from_value::<Failure>(r.value.clone()).ok();
+    let error = (r.status != Status::Done)
+        .then(|| serde_json::from_value::<Failure>(r.value.clone()).ok())
+        .flatten();
     let timed_out = r.status == Status::Cancelled
-        && failure().is_some_and(|f| f.kind == crate::failure::FailureKind::Timeout);
+        && error
+            .as_ref()
+            .is_some_and(|f| f.kind == crate::failure::FailureKind::Timeout);
     Outcome {
         id: id.to_string(),
         machine: String::new(),
         status: if timed_out { Status::Failed } else { r.status },
-        output: (r.status == Status::Done).then(|| r.value.clone()),
-        error: (r.status != Status::Done).then(failure).flatten(),
+        output: (r.status == Status::Done).then_some(r.value),
+        error,
         waiting: None,
     }
 }
 
 impl Engine {
+    /// The store-clock instant `d` from now (`d` bounded like every
+    /// duration from outside).
+    pub(super) fn deadline_in(&self, d: std::time::Duration) -> u64 {
+        let ms = d.min(crate::duration::MAX).as_millis() as u64;
+        self.now().saturating_add(ms)
+    }
+
+    /// [`run_job`], due at `at_ms` (store clock).
+    fn run_job_at(&self, id: &str, key: &str, at_ms: u64) -> NewJob {
+        NewJob {
+            delay_ms: at_ms.saturating_sub(self.now()),
+            ..run_job(id, key)
+        }
+    }
+
+    /// Puts a queued execution back on the run queue, once per `why` and
+    /// attempt of the state it is in.
+    pub(super) async fn requeue(&self, rec: &Record, why: &str) -> Result<(), EngineError> {
+        let key = format!("{}/{}/{}/{why}", rec.id, rec.step, rec.attempt);
+        self.backend
+            .push(EXECUTIONS_POOL, run_job(&rec.id, &key))
+            .await?;
+        Ok(())
+    }
+
     /// The execution whose lease covers `id`: itself when it runs on the
     /// run queue or has no parent, else its parent's owner (children run by
     /// the local driver run under their root's lease).
@@ -222,33 +252,30 @@ impl Engine {
         // ended before it opened.
         for _ in 0..2 {
             let (mut outcomes, missing, decided) = self.gathered(&pending).await?;
-            if !missing.is_empty()
+            let timed_out = !missing.is_empty()
                 && !decided
-                && pending.deadline_ms.is_some_and(|at| self.now() >= at)
-            {
-                // The state's timeout passed: the rest are stopped, and fail
-                // the state as the local driver's would.
+                && pending.deadline_ms.is_some_and(|at| self.now() >= at);
+            if missing.is_empty() || decided || timed_out {
+                // The children still out no longer count: a decided
+                // `mode: any`, or the state's timeout passed (they fail the
+                // state, as with the local driver).
+                let (reason, failure) = if timed_out {
+                    let state = frame.def.state(&rec.state)?;
+                    let limit = state.timeout.map(crate::duration::clamp_secs);
+                    let failure = step::children_timed_out(&rec.state, limit.unwrap_or_default());
+                    (
+                        "children did not finish within the state's timeout",
+                        Some(failure),
+                    )
+                } else {
+                    (
+                        "another child of the `mode: any` fan-out finished first",
+                        None,
+                    )
+                };
                 let late: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
-                let reason = "children did not finish within the state's timeout";
                 self.cancel_children(&late, reason).await?;
-                let state = frame.def.state(&rec.state)?;
-                let limit = state
-                    .timeout
-                    .map(crate::duration::clamp_secs)
-                    .unwrap_or_default();
-                step::give_up(
-                    &mut outcomes,
-                    Some(&step::children_timed_out(&rec.state, limit)),
-                );
-                return Ok(Spread::All(outcomes));
-            }
-            if missing.is_empty() || decided {
-                if decided {
-                    let losers: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
-                    let reason = "another child of the `mode: any` fan-out finished first";
-                    self.cancel_children(&losers, reason).await?;
-                }
-                step::give_up(&mut outcomes, None);
+                step::give_up(&mut outcomes, failure.as_ref());
                 return Ok(Spread::All(outcomes));
             }
             let missing: Vec<String> = missing.into_iter().map(|i| ids[i].clone()).collect();
@@ -278,10 +305,7 @@ impl Engine {
                 .collect();
             // With a state timeout, the parent wakes then whatever happens.
             if let Some(at) = pending.deadline_ms {
-                jobs.push(NewJob {
-                    delay_ms: at.saturating_sub(self.now()),
-                    ..run_job(&rec.id, &format!("{key}/timeout"))
-                });
+                jobs.push(self.run_job_at(&rec.id, &format!("{key}/timeout"), at));
             }
             self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
             if let Some(o) = &self.observer {
@@ -381,10 +405,10 @@ impl Engine {
             c.status = Status::Queued;
             // A child ends by its parent's deadline or its state's timeout,
             // if not its own earlier.
-            c.deadline_ms = [c.deadline_ms, rec.deadline_ms, pending.deadline_ms]
-                .into_iter()
-                .flatten()
-                .min();
+            c.deadline_ms = earliest(
+                c.deadline_ms,
+                earliest(rec.deadline_ms, pending.deadline_ms),
+            );
             c.fan_in = Some(FanInRef {
                 key: key.to_string(),
                 any: pending.any,

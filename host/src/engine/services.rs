@@ -240,22 +240,16 @@ impl Engine {
                 rec.status
             )));
         }
-        let delivery = match rec.waiting_for {
+        let delivery = match &rec.waiting_for {
             Some(c) if c == channel => Delivery::Awaited,
-            Some(c) => Delivery::OtherChannel(c),
+            Some(c) => Delivery::OtherChannel(c.clone()),
             None => Delivery::NotWaiting(rec.status),
         };
         self.backend.send_signal(id, channel, data).await?;
         let queued = rec.queued && delivery == Delivery::Awaited;
         if queued {
             // Once per wait: the key names the state it waits in.
-            let key = format!("{id}/{}/{}/signal", rec.step, rec.attempt);
-            self.backend
-                .push(
-                    super::queue::EXECUTIONS_POOL,
-                    super::queue::run_job(id, &key),
-                )
-                .await?;
+            self.requeue(&rec, "signal").await?;
         }
         let root = self.owner_of(id).await?;
         Ok(Signalled {

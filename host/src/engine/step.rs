@@ -232,10 +232,10 @@ impl Engine {
             pending: None,
             launches: vec![],
             waiting_for: None,
-            deadline_ms: data.settings.timeout.map(|t| {
-                self.now()
-                    .saturating_add(crate::duration::clamp_secs(t).as_millis() as u64)
-            }),
+            deadline_ms: data
+                .settings
+                .timeout
+                .map(|t| self.deadline_in(crate::duration::clamp_secs(t))),
             output: None,
             error: None,
             created_ms: self.now(),
