@@ -9,7 +9,9 @@ use super::CliError;
 use super::jobs::{spawn_error, stop_processes, store_error};
 use super::run::engine_error;
 use clap::Args;
-use flowhost::backend::{Backend, Checkpoints, Durability, Results, SqliteBackend, WorkPools};
+use flowhost::backend::{
+    Backend, Checkpoints, Durability, ExecutionStatus, Results, SqliteBackend, WorkPools,
+};
 use flowhost::engine::{Engine, bench, queue::EXECUTIONS_POOL};
 use flowhost::plugin::Runtime;
 use flowhost::spawn::{Spawner, WorkerProcess};
@@ -91,7 +93,7 @@ impl Bench {
             let cp = self.store.load(id).await.map_err(store_error)?;
             let result = self.store.read_result(id).await.map_err(store_error)?;
             match (cp, result) {
-                (Some(cp), Some(r)) if r.status.as_str() == "done" => {
+                (Some(cp), Some(r)) if r.status == ExecutionStatus::Done => {
                     times.push((cp.created_ms, r.written_ms))
                 }
                 (_, r) => {
@@ -244,9 +246,11 @@ async fn measure(b: &Bench, a: &BenchExecutionsArgs, machines: [&Path; 4]) -> Re
 /// How many of `parent`'s children each worker ran, e.g. `512 / 488`.
 async fn children_per_worker(b: &Bench, parent: &str) -> Result<String, CliError> {
     let prefix = format!("{parent}:");
+    let stats = b.store.stats(EXECUTIONS_POOL).await.map_err(store_error)?;
+    let all = stats.depth() + stats.done + stats.poisoned;
     let jobs = b
         .store
-        .jobs(EXECUTIONS_POOL, None, usize::MAX >> 1)
+        .jobs(EXECUTIONS_POOL, None, all as usize)
         .await
         .map_err(store_error)?;
     let mut per: BTreeMap<String, u64> = BTreeMap::new();

@@ -942,16 +942,15 @@ data:
     assert_eq!(none.status.code(), Some(2));
 }
 
+/// A machine that waits for a signal on `answer`.
+pub(crate) const ASK: &str = "spec: flatmachine\ndata:\n  name: ask\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n";
+
 #[test]
 fn cli_cancel_ends_a_waiting_execution_with_its_reason() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();
     let machine = dir.path().join("ask.yml");
-    std::fs::write(
-        &machine,
-        "spec: flatmachine\ndata:\n  name: ask\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n",
-    )
-    .unwrap();
+    std::fs::write(&machine, ASK).unwrap();
     let db = dir.path().join("f.db").display().to_string();
     let o = flowhost_e2e::run(
         &cache,

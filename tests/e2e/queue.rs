@@ -758,23 +758,17 @@ fn every_example_gives_the_same_output_run_locally_and_on_the_queue() {
             .display()
             .to_string()
     };
-    let runs: Vec<(&str, Value)> = vec![
-        (
-            "content_moderation/moderation.yml",
-            json!({"text": "Great product, love it."}),
-        ),
-        (
-            "content_moderation/moderation.yml",
-            json!({"text": "Call me at +44 20 7946 0958, thanks!"}),
-        ),
-        (
-            "content_moderation/moderation.yml",
-            json!({"text": "You are all idiots, stupid and pathetic."}),
-        ),
-        (
-            "content_moderation/moderation.yml",
-            json!({"text": "WINNER!!! Click here for FREE MONEY https://x.example"}),
-        ),
+    let texts = [
+        "Great product, love it.",
+        "Call me at +44 20 7946 0958, thanks!",
+        "You are all idiots, stupid and pathetic.",
+        "WINNER!!! Click here for FREE MONEY https://x.example",
+    ];
+    let mut runs: Vec<(&str, Value)> = texts
+        .iter()
+        .map(|t| ("content_moderation/moderation.yml", json!({ "text": t })))
+        .collect();
+    runs.extend([
         (
             "polyglot/review.yml",
             json!({"review": "Slow and buggy. Bad docs."}),
@@ -793,7 +787,7 @@ fn every_example_gives_the_same_output_run_locally_and_on_the_queue() {
             "distributed_worker/job_worker.yml",
             json!({"pool_id": "empty", "worker_id": "w"}),
         ),
-    ];
+    ]);
     let mut expected = Vec::new();
     for (i, (file, input)) in runs.iter().enumerate() {
         let input = input.to_string();
@@ -897,11 +891,7 @@ fn a_submitted_deadline_cancels_a_waiting_execution_with_kind_timeout() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();
     let machine = dir.path().join("ask.yml");
-    std::fs::write(
-        &machine,
-        "spec: flatmachine\ndata:\n  name: ask\n  states:\n    ask: {type: initial, wait_for: answer, transitions: [{to: done}]}\n    done: {type: final}\n",
-    )
-    .unwrap();
+    std::fs::write(&machine, crate::engine::ASK).unwrap();
     let machine = machine.display().to_string();
     let db = dir.path().join("q.db").display().to_string();
     let bad = run(
