@@ -80,20 +80,7 @@ fn submitted_executions_run_on_any_worker_and_submit_wait_returns_the_result() {
     assert!(stderr(&late).contains("still"), "{}", stderr(&late));
 
     // Two workers share the queue and exit once it is empty.
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            flowhost(&cache)
-                .args(["worker", "--executions", "--exit-when-empty", "--db", &db])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    drain_with_two_workers(&cache, &db);
     for (n, id) in ids.iter().enumerate() {
         let r = run(&cache, &["result", id, "--db", &db]);
         assert!(r.status.success(), "{}", stderr(&r));
@@ -290,6 +277,18 @@ fn spawn_worker(cache: &std::path::Path, db: &str, extra: &[&str]) -> std::proce
         .unwrap()
 }
 
+/// Runs two `worker --executions` processes until the run queue is empty;
+/// both must exit cleanly.
+fn drain_with_two_workers(cache: &std::path::Path, db: &str) {
+    let workers: Vec<_> = (0..2)
+        .map(|_| spawn_worker(cache, db, &["--exit-when-empty"]))
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
 /// The workers (by id) that completed run-queue jobs for these executions.
 fn workers_of(
     jobs: &[flowhost::backend::Job],
@@ -423,13 +422,7 @@ fn two_hundred_submitted_executions_complete_across_two_workers() {
             });
         }
     });
-    let workers: Vec<_> = (0..2)
-        .map(|_| spawn_worker(&cache, &db, &["--exit-when-empty"]))
-        .collect();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    drain_with_two_workers(&cache, &db);
     let store = SqliteBackend::open(std::path::Path::new(&db), Durability::Normal).unwrap();
     let jobs = futures_block(store.jobs("executions", None, 1000)).unwrap();
     let ids: Vec<String> = (0..200).map(|n| format!("e{n}")).collect();
@@ -812,26 +805,7 @@ fn every_example_gives_the_same_output_run_locally_and_on_the_queue() {
         );
         assert!(o.status.success(), "{file}: {}", stderr(&o));
     }
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            flowhost(&cache)
-                .args([
-                    "worker",
-                    "--executions",
-                    "--exit-when-empty",
-                    "--db",
-                    &queue_db,
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    drain_with_two_workers(&cache, &queue_db);
     for (i, ((file, input), expected)) in runs.iter().zip(&expected).enumerate() {
         let r = run(
             &cache,
