@@ -497,6 +497,95 @@ async fn fan_in_suite(b: &dyn Backend) {
     assert_eq!(refused.kind, StoreErrorKind::Conflict, "{refused}");
 }
 
+async fn state_suite(b: Arc<dyn Backend>) {
+    use std::collections::BTreeMap;
+    assert!(b.state("e").await.unwrap().is_empty());
+    let ok = |r: BackendResult<Result<StateAnswer, StateConflict>>| r.unwrap().unwrap();
+    // Concurrent increments: none is lost.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                b.state_apply("e", "n", StateOp::Increment(1))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.state_get("e", "n").await.unwrap(), Some(json!(200)));
+    assert_eq!(
+        ok(b.state_apply("e", "n", StateOp::Increment(-201)).await),
+        StateAnswer::Count(-1)
+    );
+    // A value that does not allow the operation: refused, unchanged.
+    ok(b.state_apply("e", "t", StateOp::Set(json!("text"))).await);
+    let refused = b
+        .state_apply("e", "t", StateOp::Increment(1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.0.contains("not an integer"), "{refused}");
+    assert!(
+        b.state_apply("e", "t", StateOp::Append(json!(1)))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert_eq!(b.state_get("e", "t").await.unwrap(), Some(json!("text")));
+    // Lists and sets.
+    assert_eq!(
+        ok(b.state_apply("e", "l", StateOp::Append(json!(1))).await),
+        StateAnswer::Length(1)
+    );
+    assert_eq!(
+        ok(b.state_apply("e", "l", StateOp::Append(json!(1))).await),
+        StateAnswer::Length(2)
+    );
+    assert_eq!(
+        ok(b.state_apply("e", "s", StateOp::Add(json!("a"))).await),
+        StateAnswer::Added(true)
+    );
+    assert_eq!(
+        ok(b.state_apply("e", "s", StateOp::Add(json!("a"))).await),
+        StateAnswer::Added(false)
+    );
+    assert_eq!(b.state_get("e", "s").await.unwrap(), Some(json!(["a"])));
+    // Compare-and-swap creates, refuses with the value found, deletes.
+    let cas =
+        |expected: Option<Value>, new: Option<Value>| StateOp::CompareAndSwap { expected, new };
+    assert_eq!(
+        ok(b.state_apply("e", "k", cas(None, Some(json!(1)))).await),
+        StateAnswer::Swapped {
+            swapped: true,
+            current: None
+        }
+    );
+    assert_eq!(
+        ok(b.state_apply("e", "k", cas(None, Some(json!(2)))).await),
+        StateAnswer::Swapped {
+            swapped: false,
+            current: Some(json!(1))
+        }
+    );
+    ok(b.state_apply("e", "k", cas(Some(json!(1)), None)).await);
+    assert_eq!(b.state_get("e", "k").await.unwrap(), None);
+    // Other executions are separate; replace swaps the whole state.
+    assert!(b.state("other").await.unwrap().is_empty());
+    let all = b.state("e").await.unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), ["l", "n", "s", "t"]);
+    b.state_replace("e", BTreeMap::from([("only".to_string(), json!({"a": 1}))]))
+        .await
+        .unwrap();
+    assert_eq!(b.state("e").await.unwrap().len(), 1);
+    ok(b.state_apply("e", "only", StateOp::Delete).await);
+    assert!(b.state("e").await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
@@ -506,6 +595,7 @@ async fn memory_backend_conforms() {
     history_suite(&MemoryBackend::new()).await;
     fence_suite(&MemoryBackend::new()).await;
     fan_in_suite(&MemoryBackend::new()).await;
+    state_suite(Arc::new(MemoryBackend::new())).await;
 }
 
 #[tokio::test]
@@ -522,6 +612,10 @@ async fn sqlite_backend_conforms_and_persists() {
         fence_suite(&b).await;
         fan_in_suite(&b).await;
     }
+    state_suite(Arc::new(
+        SqliteBackend::open(&dir.path().join("state.db"), Durability::Normal).unwrap(),
+    ))
+    .await;
     // A second open sees the same data and does not re-run migrations.
     let b = SqliteBackend::open(&path, Durability::Normal).unwrap();
     assert_eq!(b.load("a").await.unwrap().unwrap().step, 7);

@@ -26,6 +26,8 @@ pub(super) struct Data {
     pub(super) workers: HashMap<String, WorkerInfo>,
     pub(super) leases: HashMap<String, super::owners::Lease>,
     pub(super) history: HashMap<String, std::collections::BTreeMap<u64, super::history::NewEvent>>,
+    /// Execution state: execution → key → value.
+    pub(super) state: HashMap<String, std::collections::BTreeMap<String, Value>>,
 }
 
 impl Data {

@@ -1,5 +1,6 @@
 //! Storage behind the engine and the workers: execution checkpoints, durable
-//! results, signals, pinned machine definitions, execution ownership (leases), job pools and the worker
+//! results, signals, pinned machine definitions, execution state (atomic
+//! key/value operations), execution ownership (leases), job pools and the worker
 //! registry, as async traits with an in-memory implementation (tests,
 //! `run --memory`) and an embedded SQLite one (the default).
 //!
@@ -16,6 +17,7 @@ pub mod owners;
 pub mod pools;
 mod sqlite;
 mod sqlite_pools;
+pub mod state;
 pub mod status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -24,6 +26,7 @@ pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
 pub use sqlite::{Durability, SqliteBackend};
+pub use state::{State, StateAnswer, StateConflict, StateOp};
 pub use status::{ExecutionStatus, JobStatus, WorkerStatus};
 
 use serde::Serialize;
@@ -271,7 +274,7 @@ pub trait Definitions: Send + Sync {
 
 /// Everything the engine and the workers need from a store.
 pub trait Backend:
-    Checkpoints + Results + Signals + Definitions + History + WorkPools + Workers + Ownership
+    Checkpoints + Results + Signals + Definitions + History + State + WorkPools + Workers + Ownership
 {
     /// A short description for messages (`sqlite:/path/flowhost.db`, `memory`).
     fn describe(&self) -> String;

@@ -128,6 +128,14 @@ CREATE TABLE fan_ins (
     remaining  INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE state (
+    execution  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    PRIMARY KEY (execution, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// How hard a commit waits for the disk.

@@ -11,7 +11,7 @@ use super::{Engine, MachineDef};
 use crate::config::schema::{ExecutionType, Mode};
 use crate::config::{Children, State, StateType};
 use crate::failure::FailureKind;
-use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent, MemoryState};
+use crate::plugin::{CallContext, CallMeta, CancelToken, HookEvent};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -252,7 +252,7 @@ impl Engine {
 
         if let Some(plugin) = frame.def.runners.get(&name) {
             let meta = self.meta(rec, plugin.as_ref());
-            let (ctx, kv) = self.call_context(frame, rec);
+            let ctx = self.call_context(frame, rec);
             let started = std::time::Instant::now();
             let result = if state.is_step() {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
@@ -264,7 +264,6 @@ impl Engine {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
                 plugin.process(&meta, &arg, &ctx).await.map(|o| (o, None))
             };
-            keep_state(rec, &kv);
             let called = Event::PluginCalled {
                 state: name.clone(),
                 step: rec.step,
@@ -733,9 +732,8 @@ impl Engine {
         let mut redirect = None;
         for hook in hooks {
             let meta = self.meta(rec, hook.as_ref());
-            let (ctx, kv) = self.call_context(frame, rec);
+            let ctx = self.call_context(frame, rec);
             let result = hook.on_event(&event, &meta, &rec.context, &ctx).await;
-            keep_state(rec, &kv);
             let result = result.map_err(|e| {
                 failure(
                     e.kind().into(),
@@ -766,21 +764,18 @@ impl Engine {
         }
     }
 
-    /// The call context of one plugin call, and the execution state it sees.
-    fn call_context(&self, frame: &Frame, rec: &Record) -> (CallContext, Arc<MemoryState>) {
-        let state = Arc::new(MemoryState::new(rec.kv.clone()));
-        let ctx = CallContext {
-            state: state.clone(),
+    /// The call context of one plugin call: the execution's state in the
+    /// store, and the execution's cancel token.
+    fn call_context(&self, frame: &Frame, rec: &Record) -> CallContext {
+        CallContext {
+            state: Arc::new(super::state::StoreState::new(
+                self.backend.clone(),
+                rec.id.clone(),
+            )),
             cancel: frame.cancel.clone(),
             events: None,
-        };
-        (ctx, state)
+        }
     }
-}
-
-/// Copies the execution state a call may have changed back into the record.
-fn keep_state(rec: &mut Record, state: &MemoryState) {
-    rec.kv = state.snapshot();
 }
 
 fn kind_of(v: &Value) -> &'static str {

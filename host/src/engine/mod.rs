@@ -31,6 +31,7 @@ pub mod queue;
 pub mod record;
 pub mod runner;
 pub mod services;
+pub mod state;
 mod step;
 
 pub use control::{CancelOptions, Cancelled};

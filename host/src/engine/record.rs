@@ -145,7 +145,8 @@ pub struct Record {
     pub attempt: u32,
     pub input: Value,
     pub context: Value,
-    /// Execution state plugins reach through `state-get/set/...`.
+    /// The engine's own notes on the execution (the worker actions' job id
+    /// and fence). Plugins' execution state lives in the store ([`crate::backend::State`]).
     #[serde(default)]
     pub kv: BTreeMap<String, Value>,
     /// Runs on the run queue under a lease of its own (not its root's): its
