@@ -66,6 +66,31 @@ async fn suite(b: &dyn Backend) {
         .await
         .unwrap();
     assert_eq!(limited.len(), 1);
+    // Pages: each starts after the last one of the page before.
+    let page = |after: Option<(u64, String)>| ListFilter {
+        limit: Some(2),
+        after,
+        ..Default::default()
+    };
+    let first = b.list(&page(None)).await.unwrap();
+    let last = first.last().unwrap();
+    let second = b
+        .list(&page(Some((last.created_ms, last.id.clone()))))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first.iter().chain(&second).map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+    let children = b
+        .list(&ListFilter {
+            parent: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
 
     assert_eq!(b.read_result("a").await.unwrap(), None);
     let result = StoredResult {
@@ -732,6 +757,10 @@ async fn pools_suite(b: &dyn Backend) {
     later.delay_ms = 3_600_000;
     b.push("p", later).await.unwrap();
     b.push("other", NewJob::new(json!({}))).await.unwrap();
+    // Three pending, one of them delayed: two are due.
+    let s = b.stats("p").await.unwrap();
+    assert_eq!((s.pending, s.due), (3, 2));
+    assert!(s.oldest_due_ms.is_some());
 
     // Claims: priority first, delayed and other pools untouched, never twice.
     let got = b.claim("p", "w1", 10, 60_000).await.unwrap();
@@ -744,6 +773,7 @@ async fn pools_suite(b: &dyn Backend) {
     assert!(b.claim("p", "w2", 10, 60_000).await.unwrap().is_empty());
     let s = b.stats("p").await.unwrap();
     assert_eq!((s.pending, s.claimed, s.depth()), (1, 2, 3));
+    assert_eq!((s.due, s.oldest_due_ms), (0, None), "the delayed job is not due");
 
     // Complete with the current fence; a stale fence is rejected.
     let job_a = got.iter().find(|j| j.id == a).unwrap().clone();

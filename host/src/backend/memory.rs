@@ -136,6 +136,12 @@ impl Checkpoints for MemoryBackend {
             .filter(|c| filter.status.as_ref().is_none_or(|s| &c.status == s))
             .filter(|c| filter.machine.as_ref().is_none_or(|m| &c.machine == m))
             .filter(|c| !filter.roots_only || c.parent.is_none())
+            .filter(|c| filter.parent.is_none() || c.parent == filter.parent)
+            .filter(|c| {
+                filter.after.as_ref().is_none_or(|(ms, id)| {
+                    c.created_ms < *ms || (c.created_ms == *ms && c.id < *id)
+                })
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));

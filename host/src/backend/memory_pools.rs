@@ -175,10 +175,17 @@ impl WorkPools for MemoryBackend {
     }
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
+        let now = self.clock.now_ms();
         let d = self.lock();
         let mut s = PoolStats::default();
         for j in d.jobs.iter().filter(|j| j.pool == pool) {
             match j.status {
+                JobStatus::Pending if j.run_at_ms <= now => {
+                    s.pending += 1;
+                    s.due += 1;
+                    s.oldest_due_ms =
+                        Some(s.oldest_due_ms.map_or(j.run_at_ms, |o| o.min(j.run_at_ms)));
+                }
                 JobStatus::Pending => s.pending += 1,
                 JobStatus::Claimed => s.claimed += 1,
                 JobStatus::Done => s.done += 1,

@@ -170,6 +170,11 @@ pub struct ListFilter {
     pub machine: Option<String>,
     /// Only executions without a parent.
     pub roots_only: bool,
+    /// Only the children of this execution.
+    pub parent: Option<String>,
+    /// Only executions listed after this one (newest first): the
+    /// `(created_ms, id)` of the last one of the previous page.
+    pub after: Option<(u64, String)>,
     pub limit: Option<usize>,
 }
 

@@ -67,6 +67,12 @@ pub struct PoolStats {
     pub claimed: u64,
     pub done: u64,
     pub poisoned: u64,
+    /// Pending jobs that are due now (not delayed into the future).
+    #[serde(default)]
+    pub due: u64,
+    /// When the oldest due job became due (ms since the epoch, store clock).
+    #[serde(default)]
+    pub oldest_due_ms: Option<u64>,
 }
 
 impl PoolStats {

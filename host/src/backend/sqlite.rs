@@ -129,6 +129,8 @@ CREATE TABLE fan_ins (
 ) WITHOUT ROWID;
 "#,
     r#"
+CREATE INDEX executions_created ON executions(created_ms, id);
+CREATE INDEX executions_machine ON executions(machine, created_ms);
 CREATE TABLE state (
     execution  TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -760,15 +762,28 @@ impl Checkpoints for SqliteBackend {
         let sql = format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM executions
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR machine = ?2)
-               AND (?3 = 0 OR parent IS NULL)
+               AND (?3 = 0 OR parent IS NULL) AND (?5 IS NULL OR parent = ?5)
+               AND (?6 IS NULL OR created_ms < ?6 OR (created_ms = ?6 AND id < ?7))
              ORDER BY created_ms DESC, id DESC LIMIT ?4"
         );
         let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
+        let (after_ms, after_id) = match &filter.after {
+            Some((ms, id)) => (Some(*ms as i64), Some(id.as_str())),
+            None => (None, None),
+        };
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&self.path))?;
         let rows = stmt
             .query_map(
-                params![filter.status, filter.machine, filter.roots_only, limit],
+                params![
+                    filter.status,
+                    filter.machine,
+                    filter.roots_only,
+                    limit,
+                    filter.parent,
+                    after_ms,
+                    after_id
+                ],
                 row_checkpoint,
             )
             .map_err(db_error(&self.path))?;

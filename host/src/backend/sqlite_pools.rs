@@ -329,6 +329,7 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
+        let now = self.clock.now_ms() as i64;
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT status, COUNT(*) FROM jobs WHERE pool = ?1 GROUP BY status",
@@ -346,6 +347,14 @@ impl WorkPools for SqliteBackend {
                     JobStatus::Poisoned => s.poisoned = n,
                 }
             }
+            let (due, oldest): (i64, Option<i64>) = c
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(run_at_ms) FROM jobs
+                     WHERE pool = ?1 AND status = 'pending' AND run_at_ms <= ?2",
+                )?
+                .query_row(params![pool, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            s.due = due as u64;
+            s.oldest_due_ms = oldest.map(|ms| ms as u64);
             Ok(s)
         })
     }

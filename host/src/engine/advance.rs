@@ -556,9 +556,12 @@ impl Engine {
         Advance::Continue
     }
 
-    /// Notes an event in the record's journal (unless the machine keeps no
-    /// history).
+    /// Tells the observer of an event, and notes it in the record's journal
+    /// (unless the machine keeps no history).
     pub(super) fn note(&self, frame: &Frame, rec: &mut Record, event: Event) {
+        if let Some(o) = &self.observer {
+            o.event(rec, &event);
+        }
         if history_limit(&frame.def) > 0 {
             history::note(rec, self.now(), &event);
         }

@@ -195,6 +195,9 @@ impl Engine {
             after: failed.map(|f| f.kind),
         };
         history::note(&mut rec, self.now(), &retried);
+        if let Some(o) = &self.observer {
+            o.event(&rec, &retried);
+        }
         self.backend.delete_result(id).await?;
         // Stored before it runs: a crash now leaves a running execution to
         // resume, not a failed one without its result.
@@ -321,8 +324,13 @@ impl Engine {
             state: rec.state.clone(),
             reason: reason.to_string(),
         };
-        history::note(rec, now, &cancelled);
-        history::note(rec, now, &history::finished(rec));
+        let finished = history::finished(rec);
+        for event in [&cancelled, &finished] {
+            history::note(rec, now, event);
+            if let Some(o) = &self.observer {
+                o.event(rec, event);
+            }
+        }
         // (The machine is not loaded to cancel: its history is kept under
         // the default bound.)
         let events = std::mem::take(&mut rec.journal);

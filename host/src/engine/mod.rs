@@ -118,6 +118,9 @@ pub trait Observer: Send + Sync {
     fn child_finished(&self, _id: &str, _state: &str) {}
     /// All of them finished.
     fn fanout_done(&self, _id: &str, _state: &str) {}
+    /// An event of an execution's history happened (told whether or not
+    /// the machine keeps history): what metrics count.
+    fn event(&self, _rec: &Record, _event: &history::Event) {}
 }
 
 /// Machine trees this engine has loaded, by root file and by the digest of
