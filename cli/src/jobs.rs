@@ -260,7 +260,7 @@ pub(super) struct WorkerArgs {
 /// `flowhost worker`: runs until SIGTERM / Ctrl-C (finishing the jobs it
 /// holds), or until the pool is empty with --exit-when-empty.
 pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
-    use flowhost::plugin::{Runtime, World};
+    use flowhost::plugin::Runtime;
     use flowhost::worker::{Processor, WorkerConfig};
     use std::sync::Arc;
     if a.concurrency == 0 {
@@ -292,19 +292,14 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
         let engine = engine();
         engines.push(engine.clone());
         Processor::Executions(engine)
-    } else if processor.ends_with(".yml") || processor.ends_with(".yaml") {
-        let engine = engine();
-        let file = std::path::PathBuf::from(&processor);
-        engine.load(&file).map_err(|e| match e {
-            flowhost::engine::EngineError::Config(errors) => CliError::Config(errors.to_string()),
-            other => CliError::Other(other.to_string()),
-        })?;
-        Processor::Machine(engine, file)
     } else {
-        let plugin = runtime
-            .load_named(&processor, &dir, World::Processor, |_| {})
-            .map_err(CliError::plugin(format!("--processor {processor}")))?;
-        Processor::Plugin(plugin)
+        Processor::named(&processor, engine(), &runtime, &dir).map_err(|e| match e {
+            flowhost::engine::EngineError::Plugin { error, .. } => CliError::Plugin {
+                context: format!("--processor {processor}"),
+                error,
+            },
+            other => super::run::engine_error(other),
+        })?
     };
     let config = WorkerConfig {
         concurrency: a.concurrency,

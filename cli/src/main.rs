@@ -8,6 +8,7 @@ mod graph;
 mod jobs;
 mod plugin;
 mod run;
+mod serve;
 mod validate;
 
 use clap::{Args, Parser, Subcommand};
@@ -72,6 +73,8 @@ enum Command {
     Checker(jobs::CheckerArgs),
     /// Mark workers without a recent heartbeat lost and release their jobs.
     Reaper(jobs::ReaperArgs),
+    /// Run the daemon: the HTTP API, workers that scale with the queues, the reaper.
+    Serve(Box<serve::ServeArgs>),
     /// Benchmarks of the engine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -265,8 +268,12 @@ fn main() -> ExitCode {
             Command::Worker(a) => jobs::worker(a).await,
             Command::Checker(a) => jobs::checker(a).await,
             Command::Reaper(a) => jobs::reaper(a).await,
+            Command::Serve(a) => serve::serve(*a).await,
         }
     });
+    // Blocking tasks still running (a plugin compiling for the daemon's
+    // catalog) are not waited for: their results have no reader any more.
+    runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => e.report(),

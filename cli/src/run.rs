@@ -652,6 +652,7 @@ pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> 
             machine: None,
             roots_only: !a.all,
             limit: Some(a.limit),
+            ..Default::default()
         })
         .await
         .map_err(store_error)?;

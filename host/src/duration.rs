@@ -62,6 +62,16 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}`: a duration may be at most {}", max_text()))
 }
 
+/// [`parse`], also taking zero (`0`, `0s`): for settings where "at once"
+/// makes sense.
+pub fn parse_or_zero(text: &str) -> Result<Duration, String> {
+    let number = text.trim().trim_end_matches(['m', 's', 'h']);
+    match number.trim().parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +83,10 @@ mod tests {
         assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_or_zero("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_or_zero("-1s").is_err());
         assert_eq!(parse("40"), Ok(Duration::from_millis(40)));
         assert!(parse("0s").is_err());
         assert!(parse("soon").unwrap_err().contains("not a duration"));

@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod engine;
 pub mod expr;

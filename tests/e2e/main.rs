@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod daemon;
 mod definitions;
 mod engine;
 mod failures;

@@ -773,7 +773,11 @@ async fn pools_suite(b: &dyn Backend) {
     assert!(b.claim("p", "w2", 10, 60_000).await.unwrap().is_empty());
     let s = b.stats("p").await.unwrap();
     assert_eq!((s.pending, s.claimed, s.depth()), (1, 2, 3));
-    assert_eq!((s.due, s.oldest_due_ms), (0, None), "the delayed job is not due");
+    assert_eq!(
+        (s.due, s.oldest_due_ms),
+        (0, None),
+        "the delayed job is not due"
+    );
 
     // Complete with the current fence; a stale fence is rejected.
     let job_a = got.iter().find(|j| j.id == a).unwrap().clone();

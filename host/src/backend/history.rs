@@ -24,7 +24,7 @@ pub struct NewEvent {
 }
 
 /// One stored event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub seq: u64,
     pub at_ms: u64,

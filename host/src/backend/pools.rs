@@ -37,7 +37,7 @@ impl NewJob {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
     pub pool: String,
@@ -61,7 +61,7 @@ pub struct Job {
 }
 
 /// Counts by status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStats {
     pub pending: u64,
     pub claimed: u64,
@@ -172,7 +172,7 @@ pub trait WorkPools: Send + Sync {
 }
 
 /// A registered worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub id: String,
     pub pool: String,

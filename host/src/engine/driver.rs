@@ -789,7 +789,11 @@ impl Engine {
             written_ms: self.now(),
             counts_toward: Engine::counts_toward(rec),
         };
-        Ok(self.backend.write_result(&rec.id, result).await?)
+        self.backend.write_result(&rec.id, result).await?;
+        if let Some(o) = &self.observer {
+            o.result_written(&rec.id);
+        }
+        Ok(())
     }
 }
 

@@ -121,6 +121,9 @@ pub trait Observer: Send + Sync {
     /// An event of an execution's history happened (told whether or not
     /// the machine keeps history): what metrics count.
     fn event(&self, _rec: &Record, _event: &history::Event) {}
+    /// The durable result of execution `id` was written (whoever waits for
+    /// it can read it now).
+    fn result_written(&self, _id: &str) {}
 }
 
 /// Machine trees this engine has loaded, by root file and by the digest of

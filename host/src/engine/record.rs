@@ -32,7 +32,7 @@ impl MachineRef {
 pub use crate::backend::ExecutionStatus as Status;
 
 /// Why a state or an execution failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
@@ -111,7 +111,7 @@ pub struct FanInRef {
 }
 
 /// A fire-and-forget child, written to the outbox with the parent's checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Launch {
     pub id: String,
     pub machine: String,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// One execution as `flowhost status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Description {
     pub id: String,
     pub machine: String,
@@ -48,7 +48,7 @@ pub struct Description {
 }
 
 /// The process that runs an execution tree.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Holder {
     pub pid: u32,
     pub host: String,
@@ -57,7 +57,7 @@ pub struct Holder {
 
 /// How far the children of a fan-out state are (read from the children's
 /// own records: the parent's record does not keep their outcomes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     pub total: usize,
     pub done: usize,
@@ -183,9 +183,28 @@ pub async fn wait(
     id: &str,
     timeout: Option<Duration>,
 ) -> Result<Waited, EngineError> {
+    wait_woken(backend, id, timeout, None).await
+}
+
+/// [`wait`], also reading the store again as soon as `wake` is notified
+/// (by whoever writes results in this process: the daemon's own workers),
+/// so a result written here is seen at once.
+pub async fn wait_woken(
+    backend: &dyn Backend,
+    id: &str,
+    timeout: Option<Duration>,
+    wake: Option<&tokio::sync::Notify>,
+) -> Result<Waited, EngineError> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut pause = Duration::from_millis(5);
     loop {
+        // Listening before the read, so a result written between the read
+        // and the pause still wakes it.
+        let woken = wake.map(|n| n.notified());
+        tokio::pin!(woken);
+        if let Some(w) = woken.as_mut().as_pin_mut() {
+            w.enable();
+        }
         if let Some(result) = backend.read_result(id).await? {
             return Ok(Waited::Finished(result));
         }
@@ -196,7 +215,15 @@ pub async fn wait(
             Some(d) => (now + pause).min(d),
             None => now + pause,
         };
-        tokio::time::sleep_until(next).await;
+        match woken.as_mut().as_pin_mut() {
+            Some(w) => {
+                tokio::select! {
+                    _ = w => {}
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+            }
+            None => tokio::time::sleep_until(next).await,
+        }
         pause = (pause * 3 / 2).min(Duration::from_millis(250));
     }
 }

@@ -13,6 +13,7 @@ use crate::plugin::{CallContext, CallMeta, Plugin};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,6 +28,31 @@ pub enum Processor {
     /// Submitted executions (the run queue): the payload names one
     /// (`{"execution": id}`); the result is how its run ended.
     Executions(Arc<Engine>),
+}
+
+impl Processor {
+    /// The processor a pool's jobs run through, named as on the command
+    /// line: a machine config (`.yml`/`.yaml`, loaded and checked now) or a
+    /// processor plugin (a name in `plugins_dir`, or a `.wasm` path).
+    pub fn named(
+        spec: &str,
+        engine: Arc<Engine>,
+        runtime: &crate::plugin::Runtime,
+        plugins_dir: &std::path::Path,
+    ) -> Result<Processor, crate::engine::EngineError> {
+        if spec.ends_with(".yml") || spec.ends_with(".yaml") {
+            let file = PathBuf::from(spec);
+            engine.load(&file)?;
+            return Ok(Processor::Machine(engine, file));
+        }
+        runtime
+            .load_named(spec, plugins_dir, crate::plugin::World::Processor, |_| {})
+            .map(Processor::Plugin)
+            .map_err(|error| crate::engine::EngineError::Plugin {
+                context: format!("processor `{spec}`"),
+                error,
+            })
+    }
 }
 
 #[derive(Clone)]
@@ -46,6 +72,19 @@ pub struct WorkerConfig {
     /// Retry every failure, also kinds that would fail again
     /// (`invalid_input`, `fatal`, ...); by default only transient kinds are.
     pub retry_all: bool,
+    /// Counted as the worker goes (shared by whoever watches it: the
+    /// daemon's metrics).
+    pub counters: Arc<WorkerCounters>,
+}
+
+/// What workers did so far, counted as it happens.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    /// Jobs whose outcome was not written because their lease was lost
+    /// (another worker claimed the job).
+    pub leases_lost: AtomicU64,
 }
 
 impl WorkerConfig {
@@ -59,6 +98,7 @@ impl WorkerConfig {
             exit_when_empty: false,
             backoff: Backoff::default(),
             retry_all: false,
+            counters: Arc::default(),
         }
     }
 }
@@ -218,14 +258,14 @@ pub async fn run(
         }
         // Wait for a job to finish, the poll interval, or shutdown.
         tokio::select! {
-            Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, done),
+            Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, &config.counters, done),
             _ = tokio::time::sleep(idle), if !got => {}
             _ = shutdown.changed() => {}
         }
     }
     // Finish what is held, then release anything left and deregister.
     while let Some(done) = running.join_next().await {
-        tally(&mut report, done);
+        tally(&mut report, &config.counters, done);
     }
     beat.abort();
     report.released = backend.release_worker(&id).await?;
@@ -244,12 +284,22 @@ enum JobOutcome {
 
 fn tally(
     report: &mut WorkerReport,
+    counters: &WorkerCounters,
     done: Result<Result<JobOutcome, BackendError>, tokio::task::JoinError>,
 ) {
     match done {
-        Ok(Ok(JobOutcome::Completed)) => report.completed += 1,
-        Ok(Ok(JobOutcome::Failed)) => report.failed += 1,
-        Ok(Ok(JobOutcome::Rejected)) => report.rejected += 1,
+        Ok(Ok(JobOutcome::Completed)) => {
+            report.completed += 1;
+            counters.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(JobOutcome::Failed)) => {
+            report.failed += 1;
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(JobOutcome::Rejected)) => {
+            report.rejected += 1;
+            counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Err(e)) => tracing::error!("job bookkeeping failed: {e}"),
         Err(e) => tracing::error!("job task stopped: {e}"),
     }

@@ -18,6 +18,8 @@
 //! - `flaky` (`fail_times`, `kind`): fails with `kind` (default `retryable`)
 //!   while the call's attempt number is at most `fail_times`; then returns
 //!   `{"attempt": n, "idempotency_key": ...}`.
+//! - `state` (`key`, default `calls`): increments the key in the execution
+//!   state (the store's, shared with the daemon's `/workflows/{id}/state`).
 //! - `sleep` (`ms`): sleeps, checking `cancelled()` each millisecond; returns
 //!   `{"slept_ms": ms, "attempt": n}`.
 
@@ -121,6 +123,13 @@ impl Guest for Adversary {
                     json!({"attempt": meta.attempt, "idempotency_key": meta.idempotency_key})
                         .to_string(),
                 )
+            }
+            "state" => {
+                // Counts its calls in the execution's state (the store's).
+                let key = input.get("key").and_then(Value::as_str).unwrap_or("calls");
+                let n = host::state::increment(key, 1)
+                    .map_err(|e| PluginError::Fatal(format!("state: {e:?}")))?;
+                Ok(json!({ "count": n }).to_string())
             }
             "sleep" => {
                 let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);

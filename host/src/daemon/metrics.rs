@@ -1,0 +1,369 @@
+//! The daemon's metrics in Prometheus text: what the engine tells its
+//! [`Observer`] (executions started and finished by machine, state and
+//! plugin-call latency, plugin errors by kind), HTTP requests by route and
+//! status, and what is read from the store at each scrape (queue depth and
+//! the oldest due job's wait per queue, workers by status, leases lost).
+//!
+//! Imports `engine` (the observer), `backend` and `worker` (counters).
+
+use crate::backend::{Backend, WorkerStatus};
+use crate::engine::history::Event;
+use crate::engine::{Observer, Record};
+use crate::worker::WorkerCounters;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MachineLabel {
+    machine: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    machine: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    machine: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginErrorLabels {
+    plugin: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+type Seconds = Gauge<f64, AtomicU64>;
+
+/// Latency buckets from 50 µs to ~13 s (doubling).
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+/// Calls and failures of one plugin, for `GET /plugins`.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct PluginCalls {
+    pub calls: u64,
+    /// Failed calls by error kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Everything the daemon counts.
+pub struct Metrics {
+    registry: Registry,
+    started: Family<MachineLabel, Counter>,
+    finished: Family<FinishedLabels, Counter>,
+    resumed: Family<MachineLabel, Counter>,
+    state_seconds: Family<StateLabels, Histogram>,
+    plugin_seconds: Family<PluginLabel, Histogram>,
+    plugin_errors: Family<PluginErrorLabels, Counter>,
+    queue_depth: Family<QueueLabel, Gauge>,
+    queue_due: Family<QueueLabel, Gauge>,
+    queue_oldest: Family<QueueLabel, Seconds>,
+    workers: Family<StatusLabel, Gauge>,
+    pool_workers: Family<QueueLabel, Gauge>,
+    leases_lost: Counter,
+    http_requests: Family<HttpLabels, Counter>,
+    http_seconds: Family<RouteLabel, Histogram>,
+    /// The workers' own counters, and how much of them is counted already.
+    worker_counters: Arc<WorkerCounters>,
+    leases_counted: AtomicU64,
+    /// The state each execution is in, and since when (to time states).
+    states: Mutex<HashMap<String, (String, String, Instant)>>,
+    calls: Mutex<BTreeMap<String, PluginCalls>>,
+}
+
+/// Executions whose state is being timed; past this, the oldest are
+/// forgotten (an execution parked here and continued elsewhere never
+/// reports back).
+const TIMED_EXECUTIONS: usize = 100_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each update is one map operation: a poisoned lock holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    pub fn new(worker_counters: Arc<WorkerCounters>) -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            started: Family::default(),
+            finished: Family::default(),
+            resumed: Family::default(),
+            state_seconds: Family::new_with_constructor(latency),
+            plugin_seconds: Family::new_with_constructor(latency),
+            plugin_errors: Family::default(),
+            queue_depth: Family::default(),
+            queue_due: Family::default(),
+            queue_oldest: Family::default(),
+            workers: Family::default(),
+            pool_workers: Family::default(),
+            leases_lost: Counter::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(latency),
+            worker_counters,
+            leases_counted: AtomicU64::new(0),
+            states: Mutex::default(),
+            calls: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "flowhost_executions_started",
+            "Executions that entered their first state, by machine",
+            m.started.clone(),
+        );
+        registry.register(
+            "flowhost_executions_finished",
+            "Executions that ended, by machine and status (done, failed, cancelled)",
+            m.finished.clone(),
+        );
+        registry.register(
+            "flowhost_executions_resumed",
+            "Executions continued by resume or retry, by machine",
+            m.resumed.clone(),
+        );
+        registry.register(
+            "flowhost_state_seconds",
+            "Time spent in a state, by machine and state",
+            m.state_seconds.clone(),
+        );
+        registry.register(
+            "flowhost_plugin_call_seconds",
+            "Plugin call latency, by plugin",
+            m.plugin_seconds.clone(),
+        );
+        registry.register(
+            "flowhost_plugin_errors",
+            "Failed plugin calls, by plugin and error kind",
+            m.plugin_errors.clone(),
+        );
+        registry.register(
+            "flowhost_queue_depth",
+            "Jobs pending or claimed, by queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "flowhost_queue_due",
+            "Pending jobs that are due now, by queue",
+            m.queue_due.clone(),
+        );
+        registry.register(
+            "flowhost_queue_oldest_waiting_seconds",
+            "How long the oldest due job has waited, by queue",
+            m.queue_oldest.clone(),
+        );
+        registry.register(
+            "flowhost_workers",
+            "Registered workers of every process on the store, by status",
+            m.workers.clone(),
+        );
+        registry.register(
+            "flowhost_daemon_workers",
+            "This daemon's own workers, by queue",
+            m.pool_workers.clone(),
+        );
+        registry.register(
+            "flowhost_leases_lost",
+            "Jobs whose outcome was not written: their lease was lost to another worker",
+            m.leases_lost.clone(),
+        );
+        registry.register(
+            "flowhost_http_requests",
+            "HTTP requests, by method, route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "flowhost_http_request_seconds",
+            "HTTP request latency, by route",
+            m.http_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an HTTP request.
+    pub fn http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts an execution continued by resume or retry.
+    pub fn resumed(&self, machine: &str) {
+        self.resumed
+            .get_or_create(&MachineLabel {
+                machine: machine.to_string(),
+            })
+            .inc();
+    }
+
+    /// Calls and errors of each plugin called so far.
+    pub fn plugin_calls(&self) -> BTreeMap<String, PluginCalls> {
+        lock(&self.calls).clone()
+    }
+
+    /// The text a scrape returns: reads the store's queues (`queues`) and
+    /// workers first. `own` is this daemon's workers per queue.
+    pub async fn render(
+        &self,
+        backend: &dyn Backend,
+        queues: &[String],
+        own: &[(String, usize)],
+    ) -> Result<String, crate::backend::BackendError> {
+        let now = backend.clock().now_ms();
+        for queue in queues {
+            let stats = backend.stats(queue).await?;
+            let label = QueueLabel {
+                queue: queue.clone(),
+            };
+            self.queue_depth
+                .get_or_create(&label)
+                .set(stats.depth() as i64);
+            self.queue_due.get_or_create(&label).set(stats.due as i64);
+            let waited = stats
+                .oldest_due_ms
+                .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1e3);
+            self.queue_oldest.get_or_create(&label).set(waited);
+        }
+        let mut by_status: BTreeMap<&str, i64> =
+            WorkerStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for w in backend.workers(None).await? {
+            *by_status.entry(w.status.as_str()).or_default() += 1;
+        }
+        for (status, n) in by_status {
+            self.workers
+                .get_or_create(&StatusLabel {
+                    status: status.to_string(),
+                })
+                .set(n);
+        }
+        for (queue, n) in own {
+            self.pool_workers
+                .get_or_create(&QueueLabel {
+                    queue: queue.clone(),
+                })
+                .set(*n as i64);
+        }
+        let lost = self.worker_counters.leases_lost.load(Ordering::Relaxed);
+        let counted = self.leases_counted.swap(lost, Ordering::Relaxed);
+        self.leases_lost.inc_by(lost.saturating_sub(counted));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|e| crate::backend::BackendError::new(format!("metrics: {e}")))?;
+        Ok(text)
+    }
+
+    /// The state `id` was in ends now.
+    fn state_ended(&self, id: &str) {
+        if let Some((machine, state, since)) = lock(&self.states).remove(id) {
+            self.state_seconds
+                .get_or_create(&StateLabels { machine, state })
+                .observe(since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Observer for Metrics {
+    fn state(&self, id: &str, machine: &str, state: &str, step: u64) {
+        self.state_ended(id);
+        if step == 1 {
+            self.started
+                .get_or_create(&MachineLabel {
+                    machine: machine.to_string(),
+                })
+                .inc();
+        }
+        let mut states = lock(&self.states);
+        if states.len() >= TIMED_EXECUTIONS {
+            states.clear();
+        }
+        states.insert(
+            id.to_string(),
+            (machine.to_string(), state.to_string(), Instant::now()),
+        );
+    }
+
+    fn event(&self, rec: &Record, event: &Event) {
+        match event {
+            Event::PluginCalled {
+                plugin, ms, error, ..
+            } => {
+                let label = PluginLabel {
+                    plugin: plugin.clone(),
+                };
+                self.plugin_seconds.get_or_create(&label).observe(ms / 1e3);
+                let mut calls = lock(&self.calls);
+                let entry = calls.entry(plugin.clone()).or_default();
+                entry.calls += 1;
+                if let Some(kind) = error {
+                    *entry.errors.entry(kind.as_str().to_string()).or_default() += 1;
+                    self.plugin_errors
+                        .get_or_create(&PluginErrorLabels {
+                            plugin: plugin.clone(),
+                            kind: kind.as_str().to_string(),
+                        })
+                        .inc();
+                }
+            }
+            Event::Finished { status, .. } => {
+                self.state_ended(&rec.id);
+                self.finished
+                    .get_or_create(&FinishedLabels {
+                        machine: rec.machine.clone(),
+                        status: status.as_str().to_string(),
+                    })
+                    .inc();
+            }
+            Event::Interrupted { .. } => self.state_ended(&rec.id),
+            Event::Retried { .. } => self.resumed(&rec.machine),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,913 @@
+//! The daemon (`flowhost serve`) driven over HTTP on a free loopback port:
+//! workflows submitted, waited for, listed, signalled and cancelled;
+//! execution state under concurrent clients; scaling; bad requests; the
+//! token; metrics; a drain with work in flight; a daemon and a separate
+//! worker process sharing one store.
+
+use flowhost_e2e::{flowhost, shared_cache, stderr};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+const DOUBLE: &str = r#"spec: flatmachine
+data:
+  name: double
+  plugins: {echo: echo}
+  states:
+    call: {type: initial, plugin: echo, input: {n: "{{ input.n }}"}, output_to_context: {n: "{{ output.n }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {twice: "{{ context.n * 2 }}"}}
+"#;
+
+/// Three plugin calls that count themselves in the execution's state.
+const COUNTER: &str = r#"spec: flatmachine
+data:
+  name: counter
+  plugins: {adversary: adversary}
+  states:
+    a: {type: initial, plugin: adversary, input: {attack: state, key: seen}, transitions: [{to: b}]}
+    b: {plugin: adversary, input: {attack: state, key: seen}, transitions: [{to: c}]}
+    c: {plugin: adversary, input: {attack: state, key: seen}, output_to_context: {seen: "{{ output.count }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {seen: "{{ context.seen }}"}}
+"#;
+
+/// Sleeps `input.ms` in its middle state.
+const SLOW: &str = r#"spec: flatmachine
+data:
+  name: slow
+  plugins: {adversary: adversary}
+  states:
+    start: {type: initial, transitions: [{to: nap}]}
+    nap: {plugin: adversary, input: {attack: sleep, ms: "{{ input.ms }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {n: "{{ input.n }}"}}
+"#;
+
+const FANOUT: &str = r#"spec: flatmachine
+data:
+  name: fanout
+  machines:
+    one: ./double.yml
+  states:
+    each: {type: initial, foreach: "{{ input.items }}", as: item, machine: one, input: {n: "{{ item }}"}, output_to_context: {all: "{{ output }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {all: "{{ context.all }}"}}
+"#;
+
+/// A running `flowhost serve`, killed (by its PID) if a test ends early.
+struct Served {
+    child: Option<Child>,
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A folder with the test machines, a database and a compile cache.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let machines = dir.path().join("machines");
+        std::fs::create_dir(&machines).unwrap();
+        for (name, text) in [
+            ("double", DOUBLE),
+            ("counter", COUNTER),
+            ("slow", SLOW),
+            ("fanout", FANOUT),
+            ("ask", crate::engine::ASK),
+        ] {
+            std::fs::write(machines.join(format!("{name}.yml")), text).unwrap();
+        }
+        Site { dir }
+    }
+
+    fn machines(&self) -> PathBuf {
+        self.dir.path().join("machines")
+    }
+
+    fn db(&self) -> String {
+        self.dir.path().join("flowhost.db").display().to_string()
+    }
+
+    /// Starts `flowhost serve` on a free port with these extra flags.
+    fn serve(&self, extra: &[&str]) -> Served {
+        let machines = self.machines().display().to_string();
+        let db = self.db();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &db,
+            "--machines",
+            &machines,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = flowhost(&shared_cache())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.is_empty() {
+            let out = child.wait_with_output().unwrap();
+            panic!("serve did not start: {}", stderr(&out));
+        }
+        let base = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve printed {first:?}"))
+            .to_string();
+        let token = extra
+            .iter()
+            .position(|a| *a == "--token")
+            .map(|i| extra[i + 1].to_string());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Served {
+            child: Some(child),
+            base,
+            token,
+            agent,
+        }
+    }
+}
+
+impl Served {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a request; returns the status and the body as JSON (or as a
+    /// JSON string when it is not JSON).
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut res = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            (m, body) => {
+                let mut r = match m {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call("POST", path, Some(body))
+    }
+
+    /// A request with a raw body and content type.
+    fn raw(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type);
+        if let Some(t) = &self.token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        let mut res = r.send(body).unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Submits and waits for the result.
+    fn run(&self, machine: &str, input: Value) -> Value {
+        let (status, body) = self.post(
+            "/workflows?wait=60s",
+            &json!({"machine": machine, "input": input}),
+        );
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// SIGTERM, then the exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().unwrap();
+        signal(child.id(), "-TERM");
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a process this test started.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn error_kind(body: &Value) -> &str {
+    body["error"]["kind"].as_str().unwrap_or_default()
+}
+
+/// Polls `check` (a read of the daemon) until it holds; the bound only
+/// stops a broken daemon from hanging the test.
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn workflows_are_submitted_waited_for_listed_and_described_over_http() {
+    let site = Site::new();
+    let d = site.serve(&[]);
+    let (status, health) = d.get("/healthz");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+
+    // ?wait returns the result; the same id again returns the same execution.
+    let first = d.run("double", json!({"n": 4}));
+    assert_eq!(first["result"], json!({"twice": 8}));
+    assert_eq!(first["status"], "done");
+    let again = d.post(
+        "/workflows?wait=10s",
+        &json!({"machine": "double", "id": "fixed", "input": {"n": 1}}),
+    );
+    assert_eq!(again.0, 201, "{}", again.1);
+    let same = d.post(
+        "/workflows?wait=10s",
+        &json!({"machine": "double", "id": "fixed", "input": {"n": 100}}),
+    );
+    assert_eq!(same.0, 200, "{}", same.1);
+    assert_eq!(
+        (same.1["created"].as_bool(), &same.1["result"]),
+        (Some(false), &json!({"twice": 2}))
+    );
+
+    // Without ?wait: 202 and a status, never an empty result.
+    let (status, queued) = d.post(
+        "/workflows",
+        &json!({"machine": "double", "input": {"n": 5}}),
+    );
+    assert_eq!(status, 202, "{queued}");
+    assert!(queued.get("result").is_none(), "{queued}");
+    let id = queued["id"].as_str().unwrap().to_string();
+    until("the queued execution finishes", || {
+        d.get(&format!("/workflows/{id}")).1["status"] == "done"
+    });
+    let (_, view) = d.get(&format!("/workflows/{id}"));
+    assert_eq!(view["result"], json!({"twice": 10}));
+    let (_, history) = d.get(&format!("/workflows/{id}/history"));
+    let events: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"]["event"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"plugin_called") && events.contains(&"finished"),
+        "{events:?}"
+    );
+
+    // `flowhost submit --wait` on the daemon's store: the daemon runs it.
+    let machine = site.machines().join("double.yml").display().to_string();
+    let db = site.db();
+    let o = flowhost(&shared_cache())
+        .args([
+            "submit",
+            &machine,
+            "--input",
+            r#"{"n": 21}"#,
+            "--wait",
+            "--timeout",
+            "60s",
+            "--db",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout).unwrap(),
+        json!({"twice": 42})
+    );
+
+    // Pages: every root execution once, newest first.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/workflows?limit=2&cursor={c}"),
+            None => "/workflows?limit=2".to_string(),
+        };
+        let (status, page) = d.get(&path);
+        assert_eq!(status, 200, "{page}");
+        for w in page["workflows"].as_array().unwrap() {
+            seen.push(w["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.contains(&id) && seen.contains(&"fixed".to_string()));
+    let (_, done) = d.get("/workflows?status=done&machine=double&limit=100");
+    assert_eq!(done["workflows"].as_array().unwrap().len(), 4);
+
+    // A fan-out's children, with their status.
+    let fan = d.run("fanout", json!({"items": [1, 2, 3]}));
+    assert_eq!(
+        fan["result"],
+        json!({"all": [{"twice": 2}, {"twice": 4}, {"twice": 6}]})
+    );
+    let fan_id = fan["id"].as_str().unwrap();
+    let (_, children) = d.get(&format!("/workflows/{fan_id}/jobs"));
+    let children = children["workflows"].as_array().unwrap();
+    assert_eq!(children.len(), 3);
+    assert!(
+        children
+            .iter()
+            .all(|c| c["status"] == "done" && c["parent"] == fan_id)
+    );
+
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn signals_cancel_and_state_reach_executions() {
+    let site = Site::new();
+    let d = site.serve(&[]);
+    // A waiting execution goes on when signalled.
+    let (status, ask) = d.post("/workflows", &json!({"machine": "ask"}));
+    assert_eq!(status, 202, "{ask}");
+    let id = ask["id"].as_str().unwrap().to_string();
+    until("it waits", || {
+        d.get(&format!("/workflows/{id}")).1["status"] == "waiting"
+    });
+    let (status, sent) = d.post(
+        &format!("/workflows/{id}/signal/answer"),
+        &json!({"yes": 1}),
+    );
+    assert_eq!(
+        (status, sent["delivery"].as_str()),
+        (202, Some("awaited")),
+        "{sent}"
+    );
+    until("it finishes", || {
+        d.get(&format!("/workflows/{id}")).1["status"] == "done"
+    });
+    let (status, body) = d.post(
+        &format!("/workflows/{id}/signal/flowhost:cancel"),
+        &json!(null),
+    );
+    assert_eq!((status, error_kind(&body)), (400, "invalid_request"));
+
+    // Cancel a waiting one; a second cancel is a conflict.
+    let (_, ask) = d.post("/workflows", &json!({"machine": "ask"}));
+    let id = ask["id"].as_str().unwrap().to_string();
+    until("it waits", || {
+        d.get(&format!("/workflows/{id}")).1["status"] == "waiting"
+    });
+    let (status, cancelled) = d.post(
+        &format!("/workflows/{id}/cancel"),
+        &json!({"reason": "not needed", "wait": "30s"}),
+    );
+    assert_eq!(status, 200, "{cancelled}");
+    let (_, view) = d.get(&format!("/workflows/{id}"));
+    assert_eq!(view["status"], "cancelled");
+    assert_eq!(view["error"]["message"], "not needed");
+    let (status, again) = d.call("POST", &format!("/workflows/{id}/cancel"), None);
+    assert_eq!((status, error_kind(&again)), (409, "finished"));
+
+    // Plugins and the API change the same state.
+    let counted = d.run("counter", json!({}));
+    assert_eq!(counted["result"], json!({"seen": 3}));
+    let cid = counted["id"].as_str().unwrap().to_string();
+    let (status, state) = d.get(&format!("/workflows/{cid}/state"));
+    assert_eq!((status, &state), (200, &json!({"seen": 3})));
+    let (_, inc) = d.post(
+        &format!("/workflows/{cid}/state/seen/increment"),
+        &json!({"by": 10}),
+    );
+    assert_eq!(inc["value"], 13);
+    let (_, inc) = d.call(
+        "POST",
+        &format!("/workflows/{cid}/state/seen/increment"),
+        None,
+    );
+    assert_eq!(inc["value"], 14, "no body increments by 1");
+    let (_, len) = d.post(
+        &format!("/workflows/{cid}/state/log/append"),
+        &json!({"value": "x"}),
+    );
+    assert_eq!(len["length"], 1);
+    let (_, added) = d.post(
+        &format!("/workflows/{cid}/state/tags/add"),
+        &json!({"value": "a"}),
+    );
+    let (_, twice) = d.post(
+        &format!("/workflows/{cid}/state/tags/add"),
+        &json!({"value": "a"}),
+    );
+    assert_eq!(
+        (added["added"].as_bool(), twice["added"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let (status, conflict) = d.post(&format!("/workflows/{cid}/state/log/increment"), &json!({}));
+    assert_eq!(
+        (status, error_kind(&conflict)),
+        (409, "state_conflict"),
+        "{conflict}"
+    );
+    let (status, _) = d.call(
+        "PUT",
+        &format!("/workflows/{cid}/state"),
+        Some(&json!({"only": 1})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        d.get(&format!("/workflows/{cid}/state")).1,
+        json!({"only": 1})
+    );
+    let (status, missing) = d.get("/workflows/nope/state");
+    assert_eq!((status, error_kind(&missing)), (404, "unknown_execution"));
+
+    // 8 clients × 1,000 increments: exactly 8,000.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..1000 {
+                    let (status, body) =
+                        d.call("POST", &format!("/workflows/{cid}/state/n/increment"), None);
+                    assert_eq!(status, 200, "{body}");
+                }
+            });
+        }
+    });
+    assert_eq!(d.get(&format!("/workflows/{cid}/state")).1["n"], 8000);
+
+    // Compare-and-swap: a conflict is reported with the value found, and
+    // 8 clients retrying on conflicts lose no update.
+    let conflicts = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    loop {
+                        let current = d.get(&format!("/workflows/{cid}/state")).1["c"].clone();
+                        let next = current.as_i64().unwrap_or(0) + 1;
+                        let (status, body) = d.post(
+                            &format!("/workflows/{cid}/state/c/cas"),
+                            &json!({"expected": current, "new": next}),
+                        );
+                        if status == 200 {
+                            break;
+                        }
+                        assert_eq!((status, error_kind(&body)), (409, "cas_mismatch"), "{body}");
+                        assert!(body["error"]["current"].is_i64(), "{body}");
+                        conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(d.get(&format!("/workflows/{cid}/state")).1["c"], 400);
+    eprintln!("cas conflicts reported: {}", conflicts.into_inner());
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_requests_get_4xx_with_a_kind_and_create_nothing() {
+    let site = Site::new();
+    let d = site.serve(&["--max-body", "2048"]);
+    let cases: Vec<(u16, &str, (u16, Value))> = vec![
+        (
+            400,
+            "invalid_json",
+            d.raw("/workflows", "application/json", b"{\"machine\": "),
+        ),
+        (
+            415,
+            "unsupported_media_type",
+            d.raw("/workflows", "text/plain", b"{}"),
+        ),
+        (
+            413,
+            "payload_too_large",
+            d.raw("/workflows", "application/json", &vec![b' '; 4096]),
+        ),
+        (
+            400,
+            "unknown_machine",
+            d.post("/workflows", &json!({"machine": "nope"})),
+        ),
+        (
+            400,
+            "unknown_machine",
+            d.post("/workflows", &json!({"machine": "/no/such.yml"})),
+        ),
+        (
+            400,
+            "invalid_request",
+            d.post("/workflows", &json!({"machin": "double"})),
+        ),
+        (
+            400,
+            "invalid_request",
+            d.post("/workflows", &json!({"machine": "double", "id": "bad id!"})),
+        ),
+        (
+            400,
+            "invalid_request",
+            d.post("/workflows?wait=forever", &json!({"machine": "double"})),
+        ),
+        (400, "invalid_request", d.get("/workflows?limit=0")),
+        (400, "invalid_request", d.get("/workflows?cursor=zzz")),
+        (400, "invalid_request", d.get("/workflows?status=sleeping")),
+        (404, "unknown_execution", d.get("/workflows/nope")),
+        (
+            404,
+            "unknown_execution",
+            d.call("POST", "/workflows/nope/cancel", None),
+        ),
+        (404, "not_found", d.get("/no/such/route")),
+        (
+            405,
+            "method_not_allowed",
+            d.call("PUT", "/workflows", Some(&json!({}))),
+        ),
+        (
+            400,
+            "invalid_request",
+            d.post("/pools/executions/jobs", &json!({"payload": 1})),
+        ),
+        (
+            400,
+            "invalid_request",
+            d.post("/workers/scale", &json!({"workers": 100000})),
+        ),
+        (
+            404,
+            "unknown_queue",
+            d.post("/workers/scale", &json!({"workers": 1, "queue": "nope"})),
+        ),
+    ];
+    for (status, kind, (got, body)) in &cases {
+        assert_eq!((got, error_kind(body)), (status, *kind), "{body}");
+        assert!(
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{body}"
+        );
+    }
+    // Nothing was created by any of them.
+    let (_, page) = d.get("/workflows?all=true");
+    assert_eq!(page["workflows"], json!([]));
+    // A machine that does not validate: its errors, nothing stored.
+    std::fs::write(
+        site.machines().join("broken.yml"),
+        "spec: flatmachine\ndata:\n  states: {}\n",
+    )
+    .unwrap();
+    let (status, body) = d.post("/workflows", &json!({"machine": "broken"}));
+    assert_eq!(
+        (status, error_kind(&body)),
+        (400, "invalid_config"),
+        "{body}"
+    );
+    assert_eq!(d.get("/workflows?all=true").1["workflows"], json!([]));
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn a_token_guards_every_route_but_healthz_and_off_loopback_one_is_required() {
+    let site = Site::new();
+    // Off loopback without a token: refused before listening.
+    let db = site.db();
+    let o = flowhost(&shared_cache())
+        .args(["serve", "--listen", "0.0.0.0:0", "--db", &db])
+        .env_remove("FLOWHOST_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("token is required"), "{}", stderr(&o));
+
+    let token = "correct-horse-battery-staple";
+    let d = site.serve(&["--token", token]);
+    assert_eq!(d.get("/workflows").0, 200);
+    let url = format!("{}/workflows", d.base);
+    for auth in [None, Some("Bearer wrong-token-wrong-token"), Some(token)] {
+        let mut r = d.agent.get(&url);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let mut res = r.call().unwrap();
+        assert_eq!(res.status().as_u16(), 401);
+        let body: Value = res.body_mut().read_json().unwrap();
+        assert_eq!(error_kind(&body), "unauthorized");
+    }
+    let health = d.agent.get(format!("{}/healthz", d.base)).call().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let (status, log) = d.stop();
+    assert!(status.success());
+    assert!(!log.contains(token), "the token is never logged: {log}");
+}
+
+#[test]
+fn workers_scale_on_request_and_back_to_the_queue_when_idle() {
+    let site = Site::new();
+    let d = site.serve(&["--max-workers", "4", "--idle-timeout", "0s"]);
+    let running = |d: &Served| -> u64 {
+        let (_, w) = d.get("/workers");
+        w["pools"][0]["running"].as_u64().unwrap()
+    };
+    let (status, view) = d.post("/workers/scale", &json!({"workers": 3}));
+    assert_eq!((status, view["running"].as_u64()), (200, Some(3)), "{view}");
+    until("three daemon workers are registered", || {
+        let (_, w) = d.get("/workers");
+        w["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["status"] == "active" && w["pool"] == "executions")
+            .count()
+            == 3
+    });
+    let (status, view) = d.post("/workers/scale", &json!({"workers": null}));
+    assert_eq!((status, view["fixed"].clone()), (200, Value::Null));
+    until("idle workers stop down to --min-workers", || {
+        running(&d) == 1
+    });
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+/// Parses Prometheus text: every sample line is `name{labels} value`; the
+/// value of a sample by its name and labels.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample is `series value`");
+        let value: f64 = value.parse().expect("a sample's value is a number");
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        assert!(
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        assert!(rest.ends_with('}'), "bad labels in {line}");
+        if metric == name && rest.trim_end_matches('}') == labels {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[test]
+fn metrics_parse_and_move_with_the_work() {
+    let site = Site::new();
+    let d = site.serve(&[]);
+    let text = |d: &Served| d.get("/metrics").1.as_str().unwrap().to_string();
+    let before = text(&d);
+    assert_eq!(
+        sample(
+            &before,
+            "flowhost_executions_finished_total",
+            r#"machine="double",status="done""#
+        ),
+        None
+    );
+    for n in 0..5 {
+        d.run("double", json!({"n": n}));
+    }
+    let after = text(&d);
+    for line in after.lines().filter(|l| l.starts_with("# TYPE")) {
+        let kind = line.split_whitespace().nth(3).unwrap();
+        assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+    }
+    assert_eq!(
+        sample(
+            &after,
+            "flowhost_executions_finished_total",
+            r#"machine="double",status="done""#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "flowhost_executions_started_total",
+            r#"machine="double""#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "flowhost_plugin_call_seconds_count",
+            r#"plugin="echo""#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "flowhost_http_requests_total",
+            r#"method="POST",route="/workflows",status="201""#
+        ),
+        Some(5.0)
+    );
+    // (The last run-queue jobs may still be completing.)
+    assert!(sample(&after, "flowhost_queue_depth", r#"queue="executions""#).is_some());
+    assert!(sample(&after, "flowhost_workers", r#"status="active""#).unwrap() >= 1.0);
+    // The plugins view counts the same calls.
+    until("the plugins folder is scanned", || {
+        d.get("/plugins").1["plugins"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["name"] == "echo" && p["loaded_ms"].is_u64())
+        })
+    });
+    let (_, plugins) = d.get("/plugins");
+    let echo = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "echo")
+        .unwrap();
+    assert_eq!(
+        (echo["calls"].as_u64(), echo["world"].as_str()),
+        (Some(5), Some("processor"))
+    );
+    assert!(
+        echo["digest"].as_str().is_some_and(|d| d.len() == 64),
+        "{echo}"
+    );
+    // The OpenAPI description lists the routes.
+    let (status, doc) = d.get("/openapi.json");
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for path in [
+        "/workflows",
+        "/workflows/{id}/state/{key}/increment",
+        "/workers/scale",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} not in the description"
+        );
+    }
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+/// Each plugin call's worker (`host:pid`) in the executions' histories.
+fn pids_that_ran(d: &Served, ids: &[String]) -> std::collections::BTreeSet<String> {
+    let mut pids = std::collections::BTreeSet::new();
+    for id in ids {
+        let (_, h) = d.get(&format!("/workflows/{id}/history"));
+        for e in h["events"].as_array().unwrap() {
+            if let Some(w) = e["event"]["worker"].as_str() {
+                pids.insert(w.rsplit(':').next().unwrap_or(w).to_string());
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_drain_loses_nothing_and_a_worker_process_shares_the_work() {
+    let site = Site::new();
+    let db = site.db();
+    let d = site.serve(&["--concurrency", "4", "--max-workers", "2", "--grace", "30s"]);
+    // Work in flight: 40 executions that nap 50 ms each.
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let (status, body) = d.post(
+            "/workflows",
+            &json!({"machine": "slow", "input": {"n": n, "ms": 50}}),
+        );
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    until("some are running", || {
+        d.get("/workflows?status=running&limit=1").1["workflows"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+    });
+    let daemon_pid = d.pid().to_string();
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+
+    // A worker process and a new daemon on the same store finish them all.
+    let worker = flowhost(&shared_cache())
+        .args(["worker", "--executions", "--concurrency", "4", "--db", &db])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = Served {
+        child: Some(worker),
+        base: String::new(),
+        token: None,
+        agent: ureq::Agent::new_with_defaults(),
+    };
+    let d = site.serve(&["--concurrency", "4"]);
+    for (n, id) in ids.iter().enumerate() {
+        let (status, body) = d.post(
+            "/workflows?wait=60s",
+            &json!({"machine": "slow", "id": id, "input": {}}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"], json!({"n": n}), "{id}");
+    }
+    // More work, shared by the daemon and the worker process.
+    let mut more = Vec::new();
+    for n in 0..60 {
+        let (_, body) = d.post(
+            "/workflows",
+            &json!({"machine": "slow", "input": {"n": n, "ms": 20}}),
+        );
+        more.push(body["id"].as_str().unwrap().to_string());
+    }
+    for id in &more {
+        let (status, body) = d.post("/workflows?wait=60s", &json!({"machine": "slow", "id": id}));
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("done")),
+            "{body}"
+        );
+    }
+    let pids = pids_that_ran(&d, &more);
+    let second = d.pid().to_string();
+    let worker_pid = worker.pid().to_string();
+    assert!(
+        pids.contains(&second) && pids.contains(&worker_pid),
+        "ran on {pids:?}; daemon {second}, worker {worker_pid}"
+    );
+    assert!(
+        !pids.contains(&daemon_pid),
+        "the stopped daemon ran none of the new work"
+    );
+    let (status, _) = d.stop();
+    assert!(status.success());
+    let (status, _) = worker.stop();
+    assert!(status.success());
+}
