@@ -4,8 +4,9 @@
 //!   (profile `plugin`), and the Python, JavaScript and C plugins (see
 //!   `polyglot`), into `<target>/plugins/<name>.wasm`, where the tests and the
 //!   demo find them.
-//! - `test`: `plugins`, build the `flowhost` binary once, then run every test
-//!   (`cargo test --workspace`). This is the README's test command and what CI runs.
+//! - `test`: `plugins`, build the `flowhost` binary once, install the pinned
+//!   OpenAPI fuzzer (schemathesis, into `<target>/toolchains`), then run every
+//!   test (`cargo test --workspace`). This is the README's test command and what CI runs.
 //! - `demo`: `plugins`, then show the plugin runtime at work and run the peering example.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
 //!   job and distributed-execution benchmarks.
@@ -151,9 +152,14 @@ fn plugins() -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// The OpenAPI fuzzer the daemon's API test runs (PyPI, pinned).
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
 fn test() -> Result<(), String> {
     plugins()?;
     build_host("debug")?;
+    // The e2e test of the daemon's API finds it in <target>/toolchains.
+    polyglot::pip_tool("schemathesis", SCHEMATHESIS, "schemathesis")?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run(test)

@@ -93,26 +93,29 @@ fn is_fresh(target: &Path, sources: &Path) -> Result<bool, String> {
     Ok(built > newest(sources).max(newest(&root().join("wit"))))
 }
 
-fn python(name: &str, dir: &Path, target: &Path) -> Result<(), String> {
-    let venv = target_dir().join("toolchains").join("python");
-    let tool = venv.join("bin").join("componentize-py");
+/// A Python tool from PyPI at its pin, in its own venv under
+/// `<target>/toolchains/<venv>`; installed once, reinstalled when the pin
+/// changes. Returns the path of its executable `bin`.
+pub(crate) fn pip_tool(venv: &str, pin: &str, bin: &str) -> Result<PathBuf, String> {
+    let venv = target_dir().join("toolchains").join(venv);
+    let tool = venv.join("bin").join(bin);
     // The venv records which pin it holds; a changed pin reinstalls.
     let stamp = venv.join("flowhost-pin");
     let pinned = std::fs::read_to_string(&stamp).ok();
-    if !tool.is_file() || pinned.as_deref() != Some(COMPONENTIZE_PY) {
+    if !tool.is_file() || pinned.as_deref() != Some(pin) {
         let mut make = Command::new("python3");
         make.args(["-m", "venv"]).arg(&venv);
-        run(make).map_err(|e| format!("{e}\n(Python plugins need python3 with venv)"))?;
+        run(make).map_err(|e| format!("{e}\n(installing {pin} needs python3 with venv)"))?;
         let mut pip = Command::new(venv.join("bin").join("pip"));
-        pip.args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            COMPONENTIZE_PY,
-        ]);
+        pip.args(["install", "--quiet", "--disable-pip-version-check", pin]);
         run(pip)?;
-        std::fs::write(&stamp, COMPONENTIZE_PY).map_err(|e| format!("{}: {e}", stamp.display()))?;
+        std::fs::write(&stamp, pin).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
+    Ok(tool)
+}
+
+fn python(name: &str, dir: &Path, target: &Path) -> Result<(), String> {
+    let tool = pip_tool("python", COMPONENTIZE_PY, "componentize-py")?;
     let mut cmd = Command::new(tool);
     cmd.arg("--wit-path")
         .arg(root().join("wit"))

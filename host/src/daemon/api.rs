@@ -132,6 +132,11 @@ impl From<EngineError> for ApiError {
 
 impl From<crate::backend::BackendError> for ApiError {
     fn from(e: crate::backend::BackendError) -> ApiError {
+        if e.kind == crate::backend::StoreErrorKind::Conflict {
+            // Another process took the execution over while this request
+            // acted on it: nothing was written; asking again sees the new owner.
+            return ApiError::new(StatusCode::CONFLICT, "owned", e.to_string());
+        }
         let status = match e.kind {
             crate::backend::StoreErrorKind::Busy | crate::backend::StoreErrorKind::Full => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -358,8 +358,13 @@ async fn process(
         Processor::Executions(engine) => run_submitted(engine, &job.payload).await,
     };
     // A lease the heartbeat found lost: another worker owns the job now.
-    let still_held =
-        held.lock().unwrap_or_else(|p| p.into_inner()).get(&job.id) == Some(&job.fence);
+    // (Taken out of the held set now: the outcome is written next, and a
+    // heartbeat extending a job that is done would report a lost lease.)
+    let still_held = held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&job.id)
+        == Some(job.fence);
     if !still_held {
         tracing::warn!(
             job = job.id,
