@@ -44,6 +44,8 @@ enum Command {
     Resume(run::ResumeArgs),
     /// Put an execution on the run queue for `flowhost worker --executions`; prints its id (or, with --wait, its result).
     Submit(run::SubmitArgs),
+    /// Map items through one plugin and reduce the outputs with another, on the run queue.
+    Mapreduce(run::MapReduceArgs),
     /// Show one execution: status, state, context, result.
     Status(run::StatusArgs),
     /// List executions, newest first.
@@ -251,6 +253,7 @@ fn main() -> ExitCode {
             Command::Run(a) => run::run(a).await,
             Command::Resume(a) => run::resume(a).await,
             Command::Submit(a) => run::submit(a).await,
+            Command::Mapreduce(a) => run::mapreduce(a).await,
             Command::Status(a) => run::status(a).await,
             Command::Executions(a) => run::executions(a).await,
             Command::Signal(a) => run::signal(a).await,

@@ -91,6 +91,16 @@ impl StoreArgs {
         args
     }
 
+    /// The folder the database is in: where flowhost keeps the machines it
+    /// writes itself (MapReduce) next to the store.
+    pub(super) fn folder(&self) -> PathBuf {
+        let (path, _) = db_path(&self.db);
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+            .join("machines")
+    }
+
     fn durability(&self) -> Durability {
         match self.sync {
             SyncMode::Full => Durability::Full,
@@ -294,6 +304,35 @@ pub(super) struct SubmitArgs {
     /// `settings.timeout` applies too; the earlier wins).
     #[arg(long, value_parser = super::parse_duration)]
     deadline: Option<std::time::Duration>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+pub(super) struct MapReduceArgs {
+    /// The processor plugin that maps one item.
+    #[arg(long)]
+    mapper: String,
+    /// The processor plugin that gets the list of the mapper's outputs.
+    #[arg(long)]
+    reducer: String,
+    /// The items: a JSON list, @file.json, or - for stdin.
+    #[arg(long, value_name = "JSON|@FILE")]
+    items: String,
+    /// Items mapped at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: u32,
+    /// The execution's id: submitting the same id again changes nothing.
+    #[arg(long)]
+    id: Option<String>,
+    /// Wait for the result and print it (as `flowhost wait`).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (exit 6; the execution goes on).
+    #[arg(long, requires = "wait", value_parser = super::parse_duration)]
+    timeout: Option<std::time::Duration>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -750,6 +789,48 @@ pub(super) async fn submit(a: SubmitArgs) -> Result<ExitCode, CliError> {
                 .iter()
                 .map(|f| format!(" {f}"))
                 .collect::<String>()
+        );
+    } else {
+        eprintln!("execution {} exists already: not submitted again", sent.id);
+    }
+    if !a.wait {
+        println!("{}", sent.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    await_result(backend.as_ref(), &sent.id, a.timeout).await
+}
+
+/// `flowhost mapreduce`: submits a MapReduce execution to the run queue
+/// (workers or a daemon on the same store run it).
+pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
+    let items = registry::read_json_arg("--items", &a.items).map_err(CliError::Usage)?;
+    if !items.is_array() {
+        return Err(CliError::Usage("--items must be a JSON list".into()));
+    }
+    let dir = registry::plugins_dir(a.runtime.plugins.as_deref());
+    for (flag, name) in [("--mapper", &a.mapper), ("--reducer", &a.reducer)] {
+        registry::locate(name, &dir).map_err(CliError::plugin(format!("{flag} {name}")))?;
+    }
+    let backend = a.store.open_or_create()?;
+    let session = engine(backend.clone(), None, &a.runtime)?;
+    let job = flowhost::engine::mapreduce::MapReduce {
+        mapper: a.mapper.clone(),
+        reducer: a.reducer.clone(),
+        parallelism: a.parallel,
+    };
+    let options = flowhost::engine::queue::SubmitOptions {
+        id: a.id.clone(),
+        deadline: None,
+    };
+    let sent = session
+        .engine
+        .submit_mapreduce(&job, items, &a.store.folder(), options)
+        .await
+        .map_err(engine_error)?;
+    if sent.created {
+        eprintln!(
+            "submitted MapReduce {} ({} → {}); a worker or a daemon on this store runs it",
+            sent.id, a.mapper, a.reducer
         );
     } else {
         eprintln!("execution {} exists already: not submitted again", sent.id);

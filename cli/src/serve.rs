@@ -106,6 +106,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     config.grace = a.grace;
     config.stale_after = a.stale_after;
     config.body_limit = a.max_body;
+    config.work_dir = a.store.folder();
     if let Some(dir) = &a.machines
         && !dir.is_dir()
     {

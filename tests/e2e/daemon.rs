@@ -970,3 +970,101 @@ fn the_api_holds_under_a_schema_driven_fuzzer() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+/// The documents of `examples/mapreduce`.
+fn documents() -> Vec<Value> {
+    let path = flowhost_e2e::plugin_source("../examples/mapreduce/documents.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Word counts as the example's mapper and reducer define them.
+fn count_words(docs: &[Value]) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for doc in docs {
+        for word in doc
+            .as_str()
+            .unwrap()
+            .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+            .map(|w| w.trim_matches('\''))
+            .filter(|w| !w.is_empty())
+        {
+            *counts.entry(word.to_lowercase()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn mapreduce_counts_words_over_http_and_from_the_command_line() {
+    let site = Site::new();
+    let d = site.serve(&[]);
+    let docs = documents();
+    let expected = count_words(&docs);
+    let (status, body) = d.post(
+        "/workflows/mapreduce?wait=60s",
+        &json!({"mapper": "count-words", "reducer": "sum-counts", "items": docs, "parallelism": 3}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["result"]["words"], json!(expected));
+    assert_eq!(
+        body["result"]["total"],
+        json!(expected.values().sum::<u64>())
+    );
+    // An ordinary execution: its children are the mapped items.
+    let id = body["id"].as_str().unwrap();
+    let (_, children) = d.get(&format!("/workflows/{id}/jobs?limit=100"));
+    assert_eq!(children["workflows"].as_array().unwrap().len(), docs.len());
+    let (_, view) = d.get(&format!("/workflows/{id}"));
+    assert_eq!(
+        (view["machine"].as_str(), view["status"].as_str()),
+        (Some("mapreduce"), Some("done"))
+    );
+
+    // Bad ones: nothing is created.
+    let bad = [
+        json!({"mapper": "nope", "reducer": "sum-counts", "items": []}),
+        json!({"mapper": "count-words", "reducer": "sum-counts"}),
+        json!({"mapper": "count-words", "reducer": "sum-counts", "items_from": id}),
+        json!({"mapper": "count-words", "reducer": "sum-counts", "items": [], "parallelism": 0}),
+    ];
+    for (body, kind) in bad.iter().zip([
+        "unknown_plugin",
+        "invalid_request",
+        "invalid_request",
+        "invalid_request",
+    ]) {
+        let (status, answer) = d.post("/workflows/mapreduce", body);
+        assert_eq!(
+            (status, error_kind(&answer)),
+            (400, kind),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(
+        d.get("/workflows").1["workflows"].as_array().unwrap().len(),
+        1
+    );
+
+    // `flowhost mapreduce --wait` on the daemon's store gives the same.
+    let items = site.dir.path().join("docs.json");
+    std::fs::write(&items, serde_json::to_string(&docs).unwrap()).unwrap();
+    let db = site.db();
+    let o = flowhost(&shared_cache())
+        .args([
+            "mapreduce",
+            "--mapper",
+            "count-words",
+            "--reducer",
+            "sum-counts",
+        ])
+        .arg("--items")
+        .arg(format!("@{}", items.display()))
+        .args(["--parallel", "2", "--wait", "--timeout", "60s", "--db", &db])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(result["words"], json!(expected));
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

@@ -409,9 +409,19 @@ async fn submit(
             },
         )
         .await?;
+    answer(&d, sent, wait).await
+}
+
+/// What a submit answers: the result when it is there (waiting up to
+/// `wait` for it), else the status.
+async fn answer(
+    d: &Daemon,
+    sent: crate::engine::queue::Submitted,
+    wait: Option<Duration>,
+) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
     d.added.notify_one();
     let waited = match wait {
-        Some(w) => wait_for(&d, &sent.id, w).await?,
+        Some(w) => wait_for(d, &sent.id, w).await?,
         None => match d.backend.read_result(&sent.id).await? {
             Some(r) => Waited::Finished(r),
             None => Waited::TimedOut(
@@ -422,11 +432,7 @@ async fn submit(
             ),
         },
     };
-    let (mut status, body) = waited_ref(sent.id, sent.created, waited);
-    if wait.is_none() && status == StatusCode::ACCEPTED && sent.created {
-        status = StatusCode::ACCEPTED;
-    }
-    Ok((status, body))
+    Ok(waited_ref(sent.id, sent.created, waited))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -774,6 +780,105 @@ async fn children(
         ..Default::default()
     };
     Ok(Json(page(&d, filter, q.limit).await?))
+}
+
+/// A MapReduce: every item through the mapper (spread over the workers),
+/// the list of outputs through the reducer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MapReduceBody {
+    /// A processor plugin that maps one item.
+    pub mapper: String,
+    /// A processor plugin that gets the list of the mapper's outputs.
+    pub reducer: String,
+    /// The items (a list).
+    #[serde(default)]
+    pub items: Option<Vec<Value>>,
+    /// Or the items from a finished execution's result (a list):
+    /// `flowhost://<id>/result` or an id.
+    #[serde(default)]
+    pub items_from: Option<String>,
+    /// Items mapped at once (default 16).
+    #[serde(default)]
+    pub parallelism: Option<u32>,
+    /// The execution's id, an idempotency key.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Cancelled with kind `timeout` if not finished this long after the
+    /// submit, e.g. `10m`.
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+/// Submit a MapReduce: an ordinary execution (status, history, cancel work).
+#[utoipa::path(post, path = "/workflows/mapreduce", tag = "workflows", params(WaitQuery),
+    request_body = MapReduceBody,
+    responses(
+        (status = 201, description = "Created (with ?wait: and finished)", body = WorkflowRef),
+        (status = 200, description = "It existed already (same id)", body = WorkflowRef),
+        (status = 202, description = "Queued or still running when ?wait ran out", body = WorkflowRef),
+        (status = "4XX", description = "Bad request", body = ErrorBody),
+    ))]
+async fn mapreduce(
+    State(d): D,
+    Params(q): Params<WaitQuery>,
+    Body(body): Body<MapReduceBody>,
+) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
+    if let Some(id) = &body.id {
+        check_id(id)?;
+    }
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| duration("wait", w, MAX_WAIT))
+        .transpose()?;
+    let deadline = body
+        .deadline
+        .as_deref()
+        .map(|t| duration("deadline", t, crate::duration::MAX))
+        .transpose()?;
+    let items = match (body.items, body.items_from) {
+        (Some(items), None) => Value::Array(items),
+        (None, Some(from)) => {
+            let id = crate::backend::parse_result_uri(&from).map_err(ApiError::invalid)?;
+            match d.backend.read_result(&id).await? {
+                Some(r) if r.status == ExecutionStatus::Done && r.value.is_array() => r.value,
+                Some(r) => {
+                    return Err(ApiError::invalid(format!(
+                        "items_from: execution {id} ended {} with a result that is not a list",
+                        r.status
+                    )));
+                }
+                None => return Err(EngineError::NotFound(id).into()),
+            }
+        }
+        _ => return Err(ApiError::invalid("give either items or items_from")),
+    };
+    for (what, name) in [("mapper", &body.mapper), ("reducer", &body.reducer)] {
+        if !d.catalog.contains(name) {
+            return Err(ApiError::bad(
+                "unknown_plugin",
+                format!(
+                    "{what}: no plugin `{}` in the daemon's plugins folder",
+                    crate::text::escape_control(name)
+                ),
+            ));
+        }
+    }
+    let job = crate::engine::mapreduce::MapReduce {
+        mapper: body.mapper,
+        reducer: body.reducer,
+        parallelism: body.parallelism.unwrap_or(16),
+    };
+    let options = crate::engine::queue::SubmitOptions {
+        id: body.id,
+        deadline,
+    };
+    let sent = d
+        .engine
+        .submit_mapreduce(&job, items, &d.config.work_dir, options)
+        .await?;
+    answer(&d, sent, wait).await
 }
 
 // ----------------------------------------------------------------- state
@@ -1283,6 +1388,7 @@ fn routes_and_doc() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
     }
     OpenApiRouter::with_openapi(doc)
         .routes(routes!(submit, list))
+        .routes(routes!(mapreduce))
         .routes(routes!(describe))
         .routes(routes!(history))
         .routes(routes!(cancel))

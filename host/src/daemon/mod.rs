@@ -75,6 +75,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// Where the daemon writes the machines it makes (MapReduce).
+    pub work_dir: PathBuf,
 }
 
 impl Config {
@@ -96,6 +98,7 @@ impl Config {
             grace: Duration::from_secs(30),
             stale_after: Duration::from_secs(60),
             body_limit: 1 << 20,
+            work_dir: PathBuf::from(".flowhost").join("machines"),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod definition;
 mod driver;
 pub mod history;
 pub mod machines;
+pub mod mapreduce;
 pub mod owner;
 pub mod queue;
 pub mod record;
