@@ -1068,3 +1068,139 @@ fn mapreduce_counts_words_over_http_and_from_the_command_line() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+const HOT: &str = r#"spec: flatmachine
+data:
+  name: hot
+  plugins: {p: p}
+  states:
+    call: {type: initial, plugin: p, input: "{{ input.text }}", output_to_context: {out: "{{ output }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {out: "{{ context.out }}"}}
+"#;
+
+const PARKED: &str = r#"spec: flatmachine
+data:
+  name: parked
+  plugins: {p: p}
+  states:
+    ask: {type: initial, wait_for: go, transitions: [{to: call}]}
+    call: {plugin: p, input: "a a", output_to_context: {out: "{{ output }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {out: "{{ context.out }}"}}
+"#;
+
+/// Replaces a file the way a deploy does: written beside it, then renamed.
+fn replace(path: &std::path::Path, bytes: &[u8]) {
+    let part = path.with_extension("part");
+    std::fs::write(&part, bytes).unwrap();
+    std::fs::rename(&part, path).unwrap();
+}
+
+#[test]
+fn plugins_reload_while_calls_stream_and_a_broken_file_keeps_the_old_version() {
+    let site = Site::new();
+    let plugins = site.dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(site.machines().join("hot.yml"), HOT).unwrap();
+    std::fs::write(site.machines().join("parked.yml"), PARKED).unwrap();
+    let p = plugins.join("p.wasm");
+    std::fs::copy(flowhost_e2e::plugin("echo"), &p).unwrap();
+    let dir = plugins.display().to_string();
+    let d = site.serve(&["--plugins", &dir]);
+    let entry = |d: &Served| -> Value {
+        let (_, list) = d.get("/plugins");
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "p")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    until("p is loaded", || entry(&d)["loaded_ms"].is_u64());
+    let first = entry(&d)["digest"].as_str().unwrap().to_string();
+    let echo = json!({"out": "a a"});
+    let counted = json!({"out": {"a": 2}});
+    assert_eq!(d.run("hot", json!({"text": "a a"}))["result"], echo);
+    // An execution pinned to the first version, parked before its call.
+    let (_, parked) = d.post("/workflows", &json!({"machine": "parked"}));
+    let parked = parked["id"].as_str().unwrap().to_string();
+    until("it waits", || {
+        d.get(&format!("/workflows/{parked}")).1["status"] == "waiting"
+    });
+
+    // Calls stream from four clients while the plugin is replaced.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outputs = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = d.run("hot", json!({"text": "a a"}));
+                    assert_eq!(r["status"], "done", "a call failed during the reload: {r}");
+                    outputs.lock().unwrap().push(r["result"].clone());
+                }
+            });
+        }
+        // A new version: count-words instead of echo (same world).
+        replace(
+            &p,
+            &std::fs::read(flowhost_e2e::plugin("count-words")).unwrap(),
+        );
+        until("the new version is swapped in", || {
+            let e = entry(&d);
+            e["reloads"] == 1 && e["digest"].as_str() != Some(&first)
+        });
+        // Every call submitted from now on runs the new version.
+        let after = outputs.lock().unwrap().len();
+        until("calls use the new version", || {
+            outputs.lock().unwrap().len() > after + 8
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = outputs.lock().unwrap();
+        assert!(seen.iter().all(|o| *o == echo || *o == counted), "{seen:?}");
+    });
+    for _ in 0..3 {
+        assert_eq!(d.run("hot", json!({"text": "a a"}))["result"], counted);
+    }
+
+    // A broken file: the version before stays, and /plugins says why.
+    let second = entry(&d)["digest"].clone();
+    replace(&p, b"not a component");
+    until("the broken file is reported", || {
+        entry(&d)["error"].is_string()
+    });
+    assert_eq!(entry(&d)["digest"], second);
+    assert_eq!(d.run("hot", json!({"text": "a a"}))["result"], counted);
+    let metrics = d.get("/metrics").1.as_str().unwrap().to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowhost_plugin_reloads_total",
+            r#"plugin="p",result="ok""#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowhost_plugin_reloads_total",
+            r#"plugin="p",result="error""#
+        ),
+        Some(1.0)
+    );
+
+    // The file removed: the parked execution still runs the version it was
+    // pinned to (the first).
+    std::fs::remove_file(&p).unwrap();
+    until("p is gone from the catalog", || entry(&d).is_null());
+    let (status, _) = d.post(&format!("/workflows/{parked}/signal/go"), &json!(null));
+    assert_eq!(status, 202);
+    let (status, done) = d.post(
+        "/workflows?wait=30s",
+        &json!({"machine": "parked", "id": parked}),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["result"], echo, "{done}");
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

@@ -51,6 +51,12 @@ struct PluginErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    plugin: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: String,
 }
@@ -104,6 +110,7 @@ pub struct Metrics {
     leases_lost: Counter,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Family<RouteLabel, Histogram>,
+    reloads: Family<ReloadLabels, Counter>,
     /// The workers' own counters, and how much of them is counted already.
     worker_counters: Arc<WorkerCounters>,
     leases_counted: AtomicU64,
@@ -140,6 +147,7 @@ impl Metrics {
             leases_lost: Counter::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency),
+            reloads: Family::default(),
             worker_counters,
             leases_counted: AtomicU64::new(0),
             states: Mutex::default(),
@@ -216,7 +224,22 @@ impl Metrics {
             "HTTP request latency, by route",
             m.http_seconds.clone(),
         );
+        registry.register(
+            "flowhost_plugin_reloads",
+            "Plugins swapped in from the folder (result ok), or kept because the new file did not load (result error)",
+            m.reloads.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a hot reload of `plugin`.
+    pub fn reloaded(&self, plugin: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                plugin: plugin.to_string(),
+                result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
     }
 
     /// Counts an HTTP request.

@@ -1,8 +1,9 @@
 //! The daemon (`flowhost serve`): one long-lived process that serves the
 //! HTTP API ([`api`]) over the same library services as the command line,
 //! runs submitted executions and pool jobs on in-process workers that scale
-//! with the work waiting ([`pool`]), reaps silent workers on a timer, keeps
-//! a catalog of the plugins folder, and counts what happens ([`metrics`]).
+//! with the work waiting ([`pool`]), reaps silent workers on a timer, watches
+//! the plugins folder and swaps changed plugins in ([`catalog`]), and counts
+//! what happens ([`metrics`]).
 //! On shutdown it drains: no new requests or claims, work in hand finishes
 //! or stops at a state boundary within a grace period, nothing is lost.
 //!
@@ -295,7 +296,9 @@ impl Daemon {
                 }
             }
         });
-        self.catalog.scan_in_background();
+        let watcher = self
+            .catalog
+            .watch(self.engine.clone(), self.metrics.clone());
         let router = api::router(self.clone());
         let d = self.clone();
         let (drain_started, mut drain_wait) = watch::channel(false);
@@ -317,6 +320,7 @@ impl Daemon {
                 let _ = drain_wait.wait_for(|s| *s).await;
                 scaler.abort();
                 reaper.abort();
+                watcher.abort();
                 d.engine.stop("the daemon is stopping");
                 let mut left = 0;
                 for pool in &d.pools {

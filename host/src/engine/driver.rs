@@ -71,6 +71,14 @@ impl Engine {
         Ok(self.load_root(file)?.1.def)
     }
 
+    /// Plugin `name` changed on disk (a hot reload): machines loaded from
+    /// files are loaded again on their next use, with the new version; trees
+    /// pinned by running executions keep the version they were pinned to.
+    pub fn plugin_changed(&self, name: &str) {
+        self.runners.forget(name);
+        self.lock_trees().by_file.clear();
+    }
+
     fn load_root(&self, file: &Path) -> Result<(PathBuf, Tree), EngineError> {
         let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
         if let Some(tree) = self.lock_trees().by_file.get(&key) {

@@ -58,11 +58,15 @@ impl MachineDef {
     }
 }
 
-/// Loads plugins by name or by a `{plugin, config, limits, ...}` spec, once each.
+/// Loads plugins by name or by a `{plugin, config, limits, ...}` spec, once
+/// each (again after [`Runners::forget`]); every version loaded stays
+/// available by its digest for executions pinned to it.
 pub struct Library {
     runtime: Arc<Runtime>,
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Plugin>>,
+    /// (spec key, digest) → every version loaded in this process.
+    versions: Mutex<HashMap<(String, String), Plugin>>,
 }
 
 impl Library {
@@ -71,12 +75,17 @@ impl Library {
             runtime,
             dir,
             loaded: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn key(spec: &PluginSpec) -> String {
+        serde_json::to_string(spec).unwrap_or_else(|_| spec.plugin.clone())
     }
 
     /// The plugin a spec names, loaded once per spec.
     pub fn plugin(&self, spec: &PluginSpec, world: World) -> Result<Plugin, EngineError> {
-        let key = serde_json::to_string(spec).unwrap_or_else(|_| spec.plugin.clone());
+        let key = Library::key(spec);
         if let Some(p) = self.lock().get(&key) {
             return Ok(p.clone());
         }
@@ -102,12 +111,21 @@ impl Library {
         } else {
             plugin.tightened(&limits)
         };
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((key.clone(), plugin.digest().to_string()), plugin.clone());
         self.lock().insert(key, plugin.clone());
         Ok(plugin)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Plugin>> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every plugin loaded now (the current version of each spec).
+    pub fn current(&self) -> Vec<Plugin> {
+        self.lock().values().cloned().collect()
     }
 }
 
@@ -133,6 +151,25 @@ impl Runners for Library {
 
     fn plugins_dir(&self) -> Option<&Path> {
         Some(&self.dir)
+    }
+
+    fn version(&self, spec: &PluginSpec, world: World, digest: &str) -> Option<Loaded> {
+        let plugin = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(Library::key(spec), digest.to_string()))
+            .cloned()
+            .filter(|p| p.world() == world)?;
+        Some(Loaded {
+            name: spec.plugin.clone(),
+            digest: digest.to_string(),
+            runner: Arc::new(plugin),
+        })
+    }
+
+    fn forget(&self, name: &str) {
+        self.lock().retain(|_, p| p.name() != name);
     }
 }
 
@@ -189,7 +226,16 @@ impl Loader<'_> {
     }
 
     fn plugin(&mut self, spec: &PluginSpec, world: World) -> Result<Arc<dyn Runner>, EngineError> {
-        let loaded = self.runners.load(spec, world)?;
+        // A pinned tree takes the version it was pinned to, when this
+        // process still has it (the file may have changed since).
+        let pinned = self
+            .pinned
+            .and_then(|d| d.plugins.get(&spec.plugin))
+            .and_then(|digest| self.runners.version(spec, world, digest));
+        let loaded = match pinned {
+            Some(l) => l,
+            None => self.runners.load(spec, world)?,
+        };
         self.plugins.insert(loaded.name, loaded.digest);
         Ok(loaded.runner)
     }

@@ -59,6 +59,16 @@ pub struct Loaded {
 pub trait Runners: Send + Sync {
     /// The runner a plugin spec names, to be used as `world`.
     fn load(&self, spec: &PluginSpec, world: World) -> Result<Loaded, EngineError>;
+    /// The runner for `spec` whose digest is `digest`, if this process
+    /// loaded that version before (it may have changed on disk since): what
+    /// an execution pinned to it continues on.
+    fn version(&self, _spec: &PluginSpec, _world: World, _digest: &str) -> Option<Loaded> {
+        None
+    }
+    /// Plugin `name` changed on disk: the next [`Runners::load`] reads it
+    /// again. Versions handed out keep running (calls in flight, executions
+    /// pinned to them).
+    fn forget(&self, _name: &str) {}
     /// The plugins folder names are checked against (and that spawned
     /// processes are given), when there is one.
     fn plugins_dir(&self) -> Option<&Path>;
