@@ -52,6 +52,11 @@ pub(super) struct ServeArgs {
     /// Workers of any process silent this long are reaped (their jobs released).
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     stale_after: Duration,
+    /// Warm plugin pools: a TOML file of `[<plugin>]` tables with `min`,
+    /// `max`, `idle_timeout`, `max_uses`, `warm_up` (they win over a
+    /// plugin's own `[pool]`).
+    #[arg(long, value_name = "FILE")]
+    warm_pools: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -86,6 +91,22 @@ async fn shutdown_signal() {
     });
 }
 
+/// Reads and checks a warm-pools file.
+fn warm_pools(
+    file: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, flowhost::plugin::OperatorPool>, CliError> {
+    let at = file.display();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("--warm-pools {at}: {e}")))?;
+    let pools: std::collections::BTreeMap<String, flowhost::plugin::OperatorPool> =
+        toml::from_str(&text).map_err(|e| CliError::Usage(format!("--warm-pools {at}: {e}")))?;
+    for (name, pool) in &pools {
+        pool.pool()
+            .map_err(|e| CliError::Usage(format!("--warm-pools {at}: [{name}]: {e}")))?;
+    }
+    Ok(pools)
+}
+
 pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     let token = a
         .token
@@ -115,9 +136,13 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
             dir.display()
         )));
     }
+    let mut runtime_config = a.runtime.runtime_config(false);
+    if let Some(file) = &a.warm_pools {
+        runtime_config.warm_pools = warm_pools(file)?;
+    }
     let backend = a.store.open_or_create()?;
     let runtime = Arc::new(
-        Runtime::new(a.runtime.runtime_config(false))
+        Runtime::new(runtime_config)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let spawner = Spawner::current(a.store.to_args(), &config.plugins_dir)

@@ -1204,3 +1204,103 @@ fn plugins_reload_while_calls_stream_and_a_broken_file_keeps_the_old_version() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+const ATTACK: &str = r#"spec: flatmachine
+data:
+  name: attack
+  plugins: {adversary: adversary}
+  states:
+    call: {type: initial, plugin: adversary, input: {attack: "{{ input.attack }}"}, output_to_context: {out: "{{ output }}"}, transitions: [{to: done}]}
+    done: {type: final, output: {out: "{{ context.out }}"}}
+"#;
+
+#[test]
+fn warm_pools_serve_calls_from_warm_instances_and_drop_one_after_a_trap() {
+    let site = Site::new();
+    std::fs::write(site.machines().join("attack.yml"), ATTACK).unwrap();
+    let pools = site.dir.path().join("pools.toml");
+    std::fs::write(
+        &pools,
+        "[echo]\nmin = 2\nwarm_up = true\nmax_uses = 100\n\n[adversary]\nmax = 1\nidle_timeout = \"10m\"\n",
+    )
+    .unwrap();
+    let file = pools.display().to_string();
+    // One worker running one execution at a time: calls come one by one.
+    let d = site.serve(&[
+        "--warm-pools",
+        &file,
+        "--max-workers",
+        "1",
+        "--concurrency",
+        "1",
+    ]);
+    for n in 0..10 {
+        assert_eq!(
+            d.run("double", json!({"n": n}))["result"],
+            json!({"twice": n * 2})
+        );
+    }
+    let echo = |d: &Served| {
+        let (_, list) = d.get("/plugins");
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "echo")
+            .cloned()
+            .unwrap()
+    };
+    until("the catalog has echo", || echo(&d)["warm"].is_object());
+    let warm = echo(&d)["warm"].clone();
+    // Warmed up at load: at most the first call can miss (if it came
+    // before the warm-up finished).
+    let (hits, misses) = (
+        warm["hits"].as_u64().unwrap(),
+        warm["misses"].as_u64().unwrap(),
+    );
+    assert!(hits + misses == 10 && hits >= 9, "{warm}");
+    let metrics = d.get("/metrics").1.as_str().unwrap().to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowhost_plugin_pool_hits_total",
+            r#"plugin="echo""#
+        ),
+        Some(hits as f64)
+    );
+
+    // An instance lives on between calls, and a trap discards it.
+    let calls = |attack: &str| d.run("attack", json!({"attack": attack}));
+    assert_eq!(calls("count")["result"]["out"]["calls_in_this_instance"], 1);
+    assert_eq!(calls("count")["result"]["out"]["calls_in_this_instance"], 2);
+    assert_eq!(calls("panic")["status"], "failed");
+    assert_eq!(
+        calls("count")["result"]["out"]["calls_in_this_instance"],
+        1,
+        "a fresh instance after the trap"
+    );
+
+    // A bad pools file is refused at start.
+    std::fs::write(&pools, "[echo]\nmin = 5\nmax = 2\n").unwrap();
+    let db = site.db();
+    let o = flowhost(&shared_cache())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &db,
+            "--warm-pools",
+            &file,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("[echo]") && stderr(&o).contains("min"),
+        "{}",
+        stderr(&o)
+    );
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

@@ -1263,6 +1263,16 @@ pub struct PluginAnswer {
     pub plugin: PluginEntry,
     #[serde(flatten)]
     pub calls: PluginCalls,
+    /// Its warm pool (reused plugins that ran here).
+    pub warm: Option<WarmView>,
+}
+
+/// A plugin's warm pool so far.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarmView {
+    pub hits: u64,
+    pub misses: u64,
+    pub idle: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -1276,13 +1286,23 @@ pub struct PluginsAnswer {
     responses((status = 200, body = PluginsAnswer)))]
 async fn plugins(State(d): D) -> Json<PluginsAnswer> {
     let mut calls = d.metrics.plugin_calls();
+    let warm = d.engine.warm_stats();
     let plugins = d
         .catalog
         .entries()
         .into_iter()
-        .map(|plugin| PluginAnswer {
-            calls: calls.remove(&plugin.name).unwrap_or_default(),
-            plugin,
+        .map(|plugin| {
+            let mine: Vec<_> = warm.iter().filter(|(n, _)| *n == plugin.name).collect();
+            let warm = (mine.iter().any(|(_, w)| w.hits + w.misses > 0)).then(|| WarmView {
+                hits: mine.iter().map(|(_, w)| w.hits).sum(),
+                misses: mine.iter().map(|(_, w)| w.misses).sum(),
+                idle: mine.iter().map(|(_, w)| w.idle).sum(),
+            });
+            PluginAnswer {
+                calls: calls.remove(&plugin.name).unwrap_or_default(),
+                warm,
+                plugin,
+            }
         })
         .collect();
     Json(PluginsAnswer { plugins })
@@ -1315,7 +1335,11 @@ async fn metrics(State(d): D) -> Result<Response, ApiError> {
         .iter()
         .map(|p| (p.queue().to_string(), p.view().running))
         .collect();
-    let text = d.metrics.render(d.backend.as_ref(), &queues, &own).await?;
+    let warm = d.engine.warm_stats();
+    let text = d
+        .metrics
+        .render(d.backend.as_ref(), &queues, &own, &warm)
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,

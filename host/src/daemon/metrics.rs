@@ -111,6 +111,11 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Family<RouteLabel, Histogram>,
     reloads: Family<ReloadLabels, Counter>,
+    warm_hits: Family<PluginLabel, Counter>,
+    warm_misses: Family<PluginLabel, Counter>,
+    warm_idle: Family<PluginLabel, Gauge>,
+    /// Warm-pool hits and misses per plugin counted already.
+    warm_counted: Mutex<HashMap<String, (u64, u64)>>,
     /// The workers' own counters, and how much of them is counted already.
     worker_counters: Arc<WorkerCounters>,
     leases_counted: AtomicU64,
@@ -148,6 +153,10 @@ impl Metrics {
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency),
             reloads: Family::default(),
+            warm_hits: Family::default(),
+            warm_misses: Family::default(),
+            warm_idle: Family::default(),
+            warm_counted: Mutex::default(),
             worker_counters,
             leases_counted: AtomicU64::new(0),
             states: Mutex::default(),
@@ -229,7 +238,54 @@ impl Metrics {
             "Plugins swapped in from the folder (result ok), or kept because the new file did not load (result error)",
             m.reloads.clone(),
         );
+        registry.register(
+            "flowhost_plugin_pool_hits",
+            "Plugin calls that found a warm instance, by plugin",
+            m.warm_hits.clone(),
+        );
+        registry.register(
+            "flowhost_plugin_pool_misses",
+            "Calls of reused plugins that had to make an instance, by plugin",
+            m.warm_misses.clone(),
+        );
+        registry.register(
+            "flowhost_plugin_pool_idle",
+            "Warm instances waiting, by plugin",
+            m.warm_idle.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Brings the warm-pool figures up to `warm` (per plugin, summed over
+    /// its loaded specs). A plugin reloaded starts counting again; what it
+    /// counts from then on is added.
+    fn warm(&self, warm: &[(String, crate::plugin::WarmStats)]) {
+        let mut by_plugin: BTreeMap<&str, crate::plugin::WarmStats> = BTreeMap::new();
+        for (name, w) in warm {
+            let s = by_plugin.entry(name).or_default();
+            s.hits += w.hits;
+            s.misses += w.misses;
+            s.idle += w.idle;
+        }
+        let mut counted = lock(&self.warm_counted);
+        for (name, w) in by_plugin {
+            if w.hits + w.misses == 0 {
+                continue;
+            }
+            let label = PluginLabel {
+                plugin: name.to_string(),
+            };
+            let (hits, misses) = counted.entry(name.to_string()).or_default();
+            let delta = |now: u64, before: u64| if now >= before { now - before } else { now };
+            self.warm_hits
+                .get_or_create(&label)
+                .inc_by(delta(w.hits, *hits));
+            self.warm_misses
+                .get_or_create(&label)
+                .inc_by(delta(w.misses, *misses));
+            self.warm_idle.get_or_create(&label).set(w.idle as i64);
+            (*hits, *misses) = (w.hits, w.misses);
+        }
     }
 
     /// Counts a hot reload of `plugin`.
@@ -279,7 +335,9 @@ impl Metrics {
         backend: &dyn Backend,
         queues: &[String],
         own: &[(String, usize)],
+        warm: &[(String, crate::plugin::WarmStats)],
     ) -> Result<String, crate::backend::BackendError> {
+        self.warm(warm);
         let now = backend.clock().now_ms();
         for queue in queues {
             let stats = backend.stats(queue).await?;

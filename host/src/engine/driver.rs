@@ -71,6 +71,11 @@ impl Engine {
         Ok(self.load_root(file)?.1.def)
     }
 
+    /// The warm pools of the plugins this engine has loaded, by name.
+    pub fn warm_stats(&self) -> Vec<(String, crate::plugin::WarmStats)> {
+        self.runners.warm_stats()
+    }
+
     /// Plugin `name` changed on disk (a hot reload): machines loaded from
     /// files are loaded again on their next use, with the new version; trees
     /// pinned by running executions keep the version they were pinned to.

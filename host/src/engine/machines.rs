@@ -115,6 +115,16 @@ impl Library {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((key.clone(), plugin.digest().to_string()), plugin.clone());
+        // A pool that says `warm_up` gets its `min` instances now, beside
+        // the first call instead of in its way.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let warm = plugin.clone();
+            handle.spawn(async move {
+                if let Err(e) = warm.warm_up().await {
+                    tracing::warn!(plugin = %warm.name(), "{e}");
+                }
+            });
+        }
         self.lock().insert(key, plugin.clone());
         Ok(plugin)
     }
@@ -166,6 +176,13 @@ impl Runners for Library {
             digest: digest.to_string(),
             runner: Arc::new(plugin),
         })
+    }
+
+    fn warm_stats(&self) -> Vec<(String, crate::plugin::WarmStats)> {
+        self.current()
+            .iter()
+            .map(|p| (p.name().to_string(), p.warm_stats()))
+            .collect()
     }
 
     fn forget(&self, name: &str) {

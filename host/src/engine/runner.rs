@@ -69,6 +69,10 @@ pub trait Runners: Send + Sync {
     /// again. Versions handed out keep running (calls in flight, executions
     /// pinned to them).
     fn forget(&self, _name: &str) {}
+    /// The warm pools of the plugins loaded now, by plugin name.
+    fn warm_stats(&self) -> Vec<(String, crate::plugin::WarmStats)> {
+        Vec::new()
+    }
     /// The plugins folder names are checked against (and that spawned
     /// processes are given), when there is one.
     fn plugins_dir(&self) -> Option<&Path>;

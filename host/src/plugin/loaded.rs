@@ -11,6 +11,7 @@ use crate::text::escape_control;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -18,8 +19,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 /// Extra time the outer fence waits beyond the epoch deadline before it drops
 /// the call (only reached if the guest is stuck in a host call).
 const FENCE_GRACE: Duration = Duration::from_millis(250);
-/// Most idle warm instances kept per plugin.
-const MAX_WARM: usize = 16;
+/// Most idle warm instances kept per plugin, whatever its pool says.
+const MAX_WARM: usize = 1024;
 
 pub use wit::CallMeta;
 
@@ -70,6 +71,19 @@ struct Warm {
     store: Store<StoreState>,
     instance: Instance,
     uses: u32,
+    /// When it went back to the pool.
+    idle_since: Instant,
+}
+
+/// How a plugin's warm pool has served calls so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WarmStats {
+    /// Calls that found a warm instance.
+    pub hits: u64,
+    /// Calls that had to make one (the pool was empty).
+    pub misses: u64,
+    /// Instances waiting now.
+    pub idle: usize,
 }
 
 struct Inner {
@@ -80,8 +94,12 @@ struct Inner {
     limits: Limits,
     grants: Vec<DirGrant>,
     reuse: u32,
+    pool: super::runtime::WarmPool,
     report: LoadReport,
+    /// Oldest first.
     warm: Mutex<Vec<Warm>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// A plugin ready to call. Cheap to clone; clones share warm instances.
@@ -109,8 +127,11 @@ impl Plugin {
                 limits,
                 grants: settings.grants,
                 reuse: settings.reuse,
+                pool: settings.pool,
                 report,
                 warm: Mutex::new(Vec::new()),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
         }
     }
@@ -145,8 +166,11 @@ impl Plugin {
                 limits: i.limits.tightened_by(overrides),
                 grants: i.grants.clone(),
                 reuse: i.reuse,
+                pool: i.pool,
                 report: i.report,
                 warm: Mutex::new(Vec::new()),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
         }
     }
@@ -348,6 +372,7 @@ impl Plugin {
                         store,
                         instance,
                         uses: uses + 1,
+                        idle_since: Instant::now(),
                     });
                 }
                 Ok((result, stats))
@@ -435,22 +460,78 @@ impl Plugin {
         PluginError::Trap { message }
     }
 
+    fn warm_pool(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        // Each change is one push or pop: a poisoned lock holds a usable list.
+        self.inner.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops idle instances past the idle timeout, oldest first, keeping `min`.
+    fn prune(&self, pool: &mut Vec<Warm>) {
+        let p = &self.inner.pool;
+        let keep_from = pool
+            .iter()
+            .position(|w| w.idle_since.elapsed() < p.idle_timeout)
+            .unwrap_or(pool.len())
+            .min(pool.len().saturating_sub(p.min as usize));
+        pool.drain(..keep_from);
+    }
+
     fn take_warm(&self) -> Option<Warm> {
         if self.inner.reuse == 0 {
             return None;
         }
-        self.inner
-            .warm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
+        let mut pool = self.warm_pool();
+        self.prune(&mut pool);
+        let warm = pool.pop();
+        let counter = match warm {
+            Some(_) => &self.inner.hits,
+            None => &self.inner.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        warm
     }
 
     fn put_warm(&self, warm: Warm) {
-        let mut pool = self.inner.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < MAX_WARM {
+        let mut pool = self.warm_pool();
+        self.prune(&mut pool);
+        if pool.len() < (self.inner.pool.max as usize).min(MAX_WARM) {
             pool.push(warm);
         }
+    }
+
+    /// Its warm pool so far (all zero for a plugin that is not reused).
+    pub fn warm_stats(&self) -> WarmStats {
+        WarmStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            idle: self.warm_pool().len(),
+        }
+    }
+
+    /// Makes instances until `min` wait warm (a reused plugin whose pool
+    /// says `warm_up`); returns how many it made.
+    pub async fn warm_up(&self) -> Result<usize, PluginError> {
+        let p = &self.inner.pool;
+        if self.inner.reuse == 0 || !p.warm_up {
+            return Ok(0);
+        }
+        let mut made = 0;
+        while self.warm_pool().len() < p.min as usize {
+            let mut store = self.new_store()?;
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = self
+                .instantiate(&mut store)
+                .await
+                .map_err(|e| PluginError::load(format!("warm-up of `{}`: {e:#}", self.name())))?;
+            self.put_warm(Warm {
+                store,
+                instance,
+                uses: 0,
+                idle_since: Instant::now(),
+            });
+            made += 1;
+        }
+        Ok(made)
     }
 }
 

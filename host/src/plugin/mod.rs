@@ -28,10 +28,10 @@ pub use error::{ErrorKind, PluginError};
 pub use limits::{LimitOverrides, Limits};
 pub use loaded::{
     CallMeta, CallStats, ErrorInfo, HookEvent, HookResult, Plugin, PluginInfo, StepOutput,
-    TransitionInfo, standalone_meta,
+    TransitionInfo, WarmStats, standalone_meta,
 };
 pub use runtime::{
-    CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary, LoadReport, LoadSource, PluginSettings,
-    Runtime, RuntimeConfig, RuntimeError, World,
+    CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary, LoadReport, LoadSource, OperatorPool,
+    PluginSettings, Runtime, RuntimeConfig, RuntimeError, WarmPool, World,
 };
 pub use state::{ExecutionState, MemoryState};

@@ -7,6 +7,12 @@
 //! version = "0.1.0"        # informational
 //! sha256 = "ab12..."       # refuse to load any other file
 //! reuse = 0                # calls per instance; 0 = fresh instance per call
+//! [pool]                   # a warm pool instead (reuse = max_uses)
+//! min = 2                  # kept warm when idle
+//! max = 8                  # most idle instances kept
+//! idle_timeout = "60s"     # idle ones beyond min dropped after this
+//! max_uses = 1000          # calls per instance
+//! warm_up = true           # make `min` instances at load
 //! [limits]
 //! memory_mb = 32
 //! timeout_ms = 2000
@@ -47,6 +53,8 @@ pub struct Manifest {
     #[serde(default)]
     pub dirs: Vec<ManifestDir>,
     pub config: Option<toml::Table>,
+    /// A warm pool of reused instances (sets `reuse` to its `max_uses`).
+    pub pool: Option<super::OperatorPool>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -71,6 +79,10 @@ impl Manifest {
         let mut settings = PluginSettings::new(name);
         settings.sha256 = self.sha256.clone();
         settings.reuse = self.reuse;
+        if let Some(pool) = &self.pool {
+            pool.apply(&mut settings)
+                .map_err(|e| PluginError::load(format!("manifest of `{name}`: [pool]: {e}")))?;
+        }
         settings.limits = self.limits.clone();
         if let Some(config) = &self.config {
             settings.config = serde_json::to_value(config)
@@ -268,6 +280,54 @@ mod tests {
         assert!(
             err.contains("p.toml") && err.contains("line 3") && err.contains("memroy_mb"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pool_table_turns_reuse_on_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[pool]
+min = 2
+idle_timeout = \"90s\"
+warm_up = true
+",
+        )
+        .unwrap();
+        let s = Manifest::read(&path)
+            .unwrap()
+            .settings("p", dir.path())
+            .unwrap();
+        assert_eq!(s.reuse, 1000, "max_uses defaults to 1000");
+        assert_eq!(
+            (
+                s.pool.min,
+                s.pool.max,
+                s.pool.idle_timeout.as_secs(),
+                s.pool.warm_up
+            ),
+            (2, 16, 90, true)
+        );
+        for bad in [
+            "[pool]\nmin = 3\nmax = 2\n",
+            "[pool]\nmax_uses = 0\n",
+            "[pool]\nidle_timeout = \"soon\"\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Manifest::read(&path)
+                .and_then(|m| m.settings("p", dir.path()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("[pool]"), "{bad}: {err}");
+        }
+        std::fs::write(&path, "[pool]\nminn = 1\n").unwrap();
+        assert!(
+            Manifest::read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("minn")
         );
     }
 

@@ -37,6 +37,9 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Limits of a plugin that sets none.
     pub defaults: Limits,
+    /// Warm pools the operator sets per plugin name (they win over the
+    /// plugin's manifest): `max_uses` as the plugin's `reuse`, and the pool.
+    pub warm_pools: std::collections::BTreeMap<String, OperatorPool>,
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +50,7 @@ impl Default for RuntimeConfig {
             fuel: false,
             cache_dir: CompileCache::default_dir(),
             defaults: Limits::default(),
+            warm_pools: Default::default(),
         }
     }
 }
@@ -129,7 +133,10 @@ pub struct PluginSettings {
     pub grants: Vec<DirGrant>,
     /// Calls one instance may serve before it is discarded; 0 = a fresh
     /// instance for every call (the default, and the isolated choice).
+    /// With reuse, finished instances wait in a warm pool (`pool`).
     pub reuse: u32,
+    /// How the warm pool of a reused plugin is kept.
+    pub pool: WarmPool,
     /// Refuse to load unless the file's sha256 is this (hex).
     pub sha256: Option<String>,
 }
@@ -142,8 +149,87 @@ impl PluginSettings {
             limits: LimitOverrides::default(),
             grants: Vec::new(),
             reuse: 0,
+            pool: WarmPool::default(),
             sha256: None,
         }
+    }
+}
+
+/// The warm instances of a plugin whose instances are reused: kept between
+/// calls, discarded after any failed call or `reuse` calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmPool {
+    /// Instances kept warm even when idle (and made ahead with `warm_up`).
+    pub min: u32,
+    /// Most idle instances kept.
+    pub max: u32,
+    /// An idle instance beyond `min` is dropped after this long.
+    pub idle_timeout: std::time::Duration,
+    /// Make `min` instances when the plugin loads, before any call needs one.
+    pub warm_up: bool,
+}
+
+impl Default for WarmPool {
+    fn default() -> Self {
+        WarmPool {
+            min: 0,
+            max: 16,
+            idle_timeout: std::time::Duration::from_secs(300),
+            warm_up: false,
+        }
+    }
+}
+
+/// A warm pool as a manifest's `[pool]` table or the daemon's pools file
+/// (`[<plugin>]` tables) gives it; what it leaves out keeps its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorPool {
+    /// Calls one instance serves before it is discarded (default 1000).
+    pub max_uses: Option<u32>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    /// A duration (`60s`, `5m`).
+    pub idle_timeout: Option<String>,
+    pub warm_up: Option<bool>,
+}
+
+impl OperatorPool {
+    /// The pool it describes, or why it is not one.
+    pub fn pool(&self) -> Result<(u32, WarmPool), String> {
+        let d = WarmPool::default();
+        let idle_timeout = match &self.idle_timeout {
+            Some(t) => crate::duration::parse(t).map_err(|e| format!("idle_timeout: {e}"))?,
+            None => d.idle_timeout,
+        };
+        let pool = WarmPool {
+            min: self.min.unwrap_or(d.min),
+            max: self.max.unwrap_or(d.max.max(self.min.unwrap_or(0))),
+            idle_timeout,
+            warm_up: self.warm_up.unwrap_or(d.warm_up),
+        };
+        if pool.min > pool.max || pool.max > 1024 {
+            return Err(format!(
+                "min ({}) must be at most max ({}), and max at most 1024",
+                pool.min, pool.max
+            ));
+        }
+        let uses = self.max_uses.unwrap_or(1000);
+        if uses == 0 {
+            return Err(
+                "max_uses must be at least 1 (leave the pool out for a fresh instance per call)"
+                    .into(),
+            );
+        }
+        Ok((uses, pool))
+    }
+
+    /// Applies it to a plugin's settings: reuse on, and this pool.
+    pub fn apply(&self, settings: &mut PluginSettings) -> Result<(), String> {
+        let (uses, pool) = self.pool()?;
+        settings.reuse = uses;
+        settings.pool = pool;
+        Ok(())
     }
 }
 
@@ -275,6 +361,12 @@ impl Runtime {
         settings: PluginSettings,
     ) -> Result<Plugin, PluginError> {
         let started = Instant::now();
+        let mut settings = settings;
+        if let Some(pool) = self.inner.config.warm_pools.get(&settings.name) {
+            pool.apply(&mut settings).map_err(|e| {
+                PluginError::load(format!("the warm pool of `{}`: {e}", settings.name))
+            })?;
+        }
         if let Some(pin) = &settings.sha256
             && let sha256 = sha256_hex(bytes)
             && !pin.eq_ignore_ascii_case(&sha256)
