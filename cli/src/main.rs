@@ -4,6 +4,7 @@
 //! machine config).
 
 mod bench;
+mod bench_daemon;
 mod graph;
 mod jobs;
 mod plugin;
@@ -91,6 +92,9 @@ enum BenchCommand {
     /// Submitted executions through worker processes: states/s, per-state
     /// overhead, foreach items/s, and submit→result latency of a paced stream.
     Executions(bench::BenchExecutionsArgs),
+    /// The daemon over HTTP: submit→result latency, submissions and state
+    /// increments per second, warm-pool vs fresh plugin calls per language.
+    Daemon(bench_daemon::BenchDaemonArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Engine(a)) => run::bench(a).await,
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,
             Command::Bench(BenchCommand::Executions(a)) => bench::executions(a).await,
+            Command::Bench(BenchCommand::Daemon(a)) => bench_daemon::daemon(a).await,
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,
             Command::Worker(a) => jobs::worker(a).await,

@@ -22,7 +22,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Latency {
+    /// The percentiles of `samples` (calls_per_sec: one after another).
+    pub fn of(mut samples: Vec<Duration>) -> Latency {
         samples.sort();
         let at = |q: f64| {
             let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
