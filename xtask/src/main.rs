@@ -9,7 +9,7 @@
 //!   test (`cargo test --workspace`). This is the README's test command and what CI runs.
 //! - `demo`: `plugins`, then show the plugin runtime at work and run the peering example.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
-//!   job and distributed-execution benchmarks.
+//!   job, distributed-execution and daemon benchmarks.
 
 mod polyglot;
 
@@ -248,5 +248,8 @@ fn bench() -> Result<(), String> {
     run(jobs)?;
     let mut executions = flowhost("release");
     executions.args(["bench", "executions"]);
-    run(executions)
+    run(executions)?;
+    let mut daemon = flowhost("release");
+    daemon.args(["bench", "daemon"]);
+    run(daemon)
 }
