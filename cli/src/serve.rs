@@ -67,25 +67,27 @@ pub(super) struct ServeArgs {
 }
 
 /// Resolves at the first SIGTERM or SIGINT; a second one ends the process.
+/// Both streams exist from the start, so a second signal that comes before
+/// the first is handled is not missed.
 async fn shutdown_signal() {
-    let next = || async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = term => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("warning: cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");
+        return std::future::pending().await;
     };
-    next().await;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     eprintln!("stopping: draining (again to exit at once)");
     tokio::spawn(async move {
-        next().await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         eprintln!("exiting at once: leases let other workers take over");
         std::process::exit(130);
     });

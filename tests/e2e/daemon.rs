@@ -1304,3 +1304,53 @@ fn warm_pools_serve_calls_from_warm_instances_and_drop_one_after_a_trap() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_lease_hands_the_work_on() {
+    let site = Site::new();
+    let db = site.db();
+    let d = site.serve(&["--lease", "1s"]);
+    let (_, body) = d.post(
+        "/workflows",
+        &json!({"machine": "slow", "input": {"n": 7, "ms": 3000}}),
+    );
+    let id = body["id"].as_str().unwrap().to_string();
+    until("it is running", || {
+        d.get(&format!("/workflows/{id}")).1["status"] == "running"
+    });
+    let mut d = d;
+    let child = d.child.take().unwrap();
+    signal(child.id(), "-TERM");
+    // The first signal drains: the nap in flight would hold it for seconds.
+    signal(child.id(), "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another worker takes it over once the lease runs out, and finishes it.
+    let o = flowhost(&shared_cache())
+        .args([
+            "worker",
+            "--executions",
+            "--exit-when-empty",
+            "--lease",
+            "1s",
+            "--db",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = flowhost(&shared_cache())
+        .args(["result", &id, "--db", &db])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.stdout).unwrap(),
+        json!({"n": 7})
+    );
+}
