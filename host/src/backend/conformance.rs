@@ -16,6 +16,7 @@ fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Che
         updated_ms: created,
         record: format!("{{\"id\":\"{id}\"}}"),
         consumes_signal: None,
+        enqueue: Vec::new(),
         fence: None,
     }
 }
@@ -90,6 +91,17 @@ async fn suite(b: &dyn Backend) {
     assert_eq!(
         children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["b"]
+    );
+    // A checkpoint can carry jobs: stored in the same write.
+    let mut with_job = checkpoint("j", None, "queued", 40);
+    with_job.enqueue = vec![("runq".into(), NewJob::new(json!({"execution": "j"})))];
+    b.save(with_job).await.unwrap();
+    assert_eq!(b.stats("runq").await.unwrap().pending, 1);
+    b.save(checkpoint("j", None, "done", 41)).await.unwrap();
+    assert_eq!(
+        b.stats("runq").await.unwrap().pending,
+        1,
+        "a later save pushes nothing"
     );
 
     assert_eq!(b.read_result("a").await.unwrap(), None);

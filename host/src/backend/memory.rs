@@ -84,9 +84,13 @@ impl MemoryBackend {
 
 #[async_trait::async_trait]
 impl Checkpoints for MemoryBackend {
-    async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+    async fn save(&self, mut checkpoint: Checkpoint) -> BackendResult<()> {
+        let now = self.clock.now_ms();
         let mut data = self.lock();
         data.check_fence(checkpoint.fence.as_ref())?;
+        for (pool, job) in std::mem::take(&mut checkpoint.enqueue) {
+            data.insert_job(now, &pool, job);
+        }
         if let Some(seq) = checkpoint.consumes_signal {
             for (_, queue) in data
                 .signals
@@ -107,6 +111,7 @@ impl Checkpoints for MemoryBackend {
                 created_ms: created,
                 consumes_signal: None,
                 fence: None,
+                enqueue: Vec::new(),
                 ..checkpoint
             },
         );

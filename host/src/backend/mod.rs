@@ -130,6 +130,11 @@ pub struct Checkpoint {
     /// still the lease's token. Only for writing; `None` when read.
     #[serde(skip)]
     pub fence: Option<Fence>,
+    /// Jobs pushed (pool, job) in the same transaction as the checkpoint:
+    /// an execution and the job that runs it exist together or not at all.
+    /// Only for writing; empty when read.
+    #[serde(skip)]
+    pub enqueue: Vec<(String, NewJob)>,
 }
 
 /// A write's claim to ownership: the tree's root and the lease token the

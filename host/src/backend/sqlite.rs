@@ -542,6 +542,9 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                     .and_then(|mut s| s.execute(params![seq as i64, c.id]))
                     .map_err(&err)?;
             }
+            for (pool, job) in &c.enqueue {
+                super::sqlite_pools::insert_job(tx, c.updated_ms, pool, job).map_err(&err)?;
+            }
             Ok(None)
         }
         Op::WriteResult(id, r) => {
@@ -706,6 +709,7 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         updated_ms: r.get::<_, i64>(7)? as u64,
         record: r.get(8)?,
         consumes_signal: None,
+        enqueue: Vec::new(),
         fence: None,
     })
 }

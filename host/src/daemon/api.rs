@@ -419,7 +419,7 @@ async fn answer(
     sent: crate::engine::queue::Submitted,
     wait: Option<Duration>,
 ) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
-    d.added.notify_one();
+    d.added_work();
     let waited = match wait {
         Some(w) => wait_for(d, &sent.id, w).await?,
         None => match d.backend.read_result(&sent.id).await? {
@@ -1127,7 +1127,7 @@ async fn push(
     }
     job.idempotency_key = body.idempotency_key;
     let (id, created) = d.backend.push(&name, job).await?;
-    d.added.notify_one();
+    d.added_work();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -1195,7 +1195,7 @@ async fn requeue(
     check_queue(&name)?;
     let ids = body.ids.unwrap_or_default();
     let requeued = d.backend.requeue(&name, &ids).await?;
-    d.added.notify_one();
+    d.added_work();
     Ok(Json(Requeued { requeued }))
 }
 

@@ -149,6 +149,8 @@ pub struct Daemon {
     pub(crate) results: Arc<Notify>,
     /// Notified when work was added here: scale now, not at the next tick.
     pub(crate) added: Notify,
+    /// Notified (all waiters) when work was added here: idle workers claim now.
+    pub(crate) work: Arc<Notify>,
     /// Turns true when the drain begins (waiting requests answer at once).
     pub(crate) draining: watch::Sender<bool>,
     token: Option<auth::Token>,
@@ -182,6 +184,7 @@ impl Daemon {
             )));
         }
         let counters = Arc::new(WorkerCounters::default());
+        let work = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new(counters.clone()));
         let results = Arc::new(Notify::new());
         let observe = Arc::new(Observe {
@@ -200,6 +203,7 @@ impl Daemon {
             lease: config.lease,
             heartbeat: config.heartbeat,
             counters: counters.clone(),
+            wake: Some(work.clone()),
             ..WorkerConfig::new(queue)
         };
         let mut pools = vec![ScaledPool::new(
@@ -245,9 +249,16 @@ impl Daemon {
             catalog,
             results,
             added: Notify::new(),
+            work,
             draining: watch::channel(false).0,
             token,
         }))
+    }
+
+    /// Work was added through this daemon: scale and claim now.
+    pub(crate) fn added_work(&self) {
+        self.added.notify_one();
+        self.work.notify_waiters();
     }
 
     pub fn pool(&self, queue: &str) -> Option<&Arc<ScaledPool>> {

@@ -849,6 +849,7 @@ pub(super) fn to_checkpoint(
         record,
         consumes_signal,
         fence: fence.cloned(),
+        enqueue: Vec::new(),
     })
 }
 

@@ -82,11 +82,24 @@ impl Engine {
         options: SubmitOptions,
     ) -> Result<Submitted, EngineError> {
         let id = options.id.unwrap_or_else(Engine::new_execution_id);
-        let (created, deadline_ms) = match self.backend.load(&id).await? {
-            Some(cp) if cp.status != Status::Queued => {
-                return Ok(Submitted { id, created: false });
+        let jobs = |deadline_ms: Option<u64>| {
+            let mut jobs = vec![run_job(&id, &id)];
+            if let Some(at) = deadline_ms {
+                jobs.push(self.run_job_at(&id, &format!("{id}/deadline"), at));
             }
-            Some(cp) => (false, super::services::parse_record(&cp)?.deadline_ms),
+            jobs
+        };
+        match self.backend.load(&id).await? {
+            Some(cp) if cp.status != Status::Queued => Ok(Submitted { id, created: false }),
+            Some(cp) => {
+                // Stored by a submit that stopped before its jobs were (or
+                // they are there: idempotency keys make this a no-op).
+                let deadline_ms = super::services::parse_record(&cp)?.deadline_ms;
+                self.backend
+                    .push_many(EXECUTIONS_POOL, jobs(deadline_ms))
+                    .await?;
+                Ok(Submitted { id, created: false })
+            }
             None => {
                 let (def, definition) = self.pin_file(file).await?;
                 let mut rec = self.new_record(&def, &definition, id.clone(), None, input);
@@ -96,18 +109,17 @@ impl Engine {
                 // (An initial context that did not render is an error the
                 // worker's first step reports.)
                 rec.status = Status::Queued;
-                // Nobody owns it yet: nothing to fence.
-                let checkpoint = to_checkpoint(&rec, self.now(), None, None)?;
+                // Nobody owns it yet: nothing to fence. The execution and its
+                // run-queue jobs are stored in one write.
+                let mut checkpoint = to_checkpoint(&rec, self.now(), None, None)?;
+                checkpoint.enqueue = jobs(rec.deadline_ms)
+                    .into_iter()
+                    .map(|j| (EXECUTIONS_POOL.to_string(), j))
+                    .collect();
                 self.backend.save(checkpoint).await?;
-                (true, rec.deadline_ms)
+                Ok(Submitted { id, created: true })
             }
-        };
-        let mut jobs = vec![run_job(&id, &id)];
-        if let Some(at) = deadline_ms {
-            jobs.push(self.run_job_at(&id, &format!("{id}/deadline"), at));
         }
-        self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
-        Ok(Submitted { id, created })
     }
 
     /// Runs a queued execution (or continues one a worker left behind):

@@ -925,6 +925,7 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
             updated_ms: 0,
             record: "{}".into(),
             consumes_signal: None,
+            enqueue: Vec::new(),
             fence: None,
         })
         .await

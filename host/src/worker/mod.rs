@@ -75,6 +75,9 @@ pub struct WorkerConfig {
     /// Counted as the worker goes (shared by whoever watches it: the
     /// daemon's metrics).
     pub counters: Arc<WorkerCounters>,
+    /// Notified by whoever adds work in this process (the daemon's API): an
+    /// idle worker claims at once instead of at its next poll.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// What workers did so far, counted as it happens.
@@ -99,6 +102,7 @@ impl WorkerConfig {
             backoff: Backoff::default(),
             retry_all: false,
             counters: Arc::default(),
+            wake: None,
         }
     }
 }
@@ -256,10 +260,17 @@ pub async fn run(
         {
             break;
         }
-        // Wait for a job to finish, the poll interval, or shutdown.
+        // Wait for a job to finish, the poll interval, new work, or shutdown.
+        let woken = async {
+            match &config.wake {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, &config.counters, done),
             _ = tokio::time::sleep(idle), if !got => {}
+            _ = woken, if !got && free > 0 => idle = Duration::from_millis(1),
             _ = shutdown.changed() => {}
         }
     }
