@@ -1354,3 +1354,51 @@ fn a_second_signal_exits_at_once_and_the_lease_hands_the_work_on() {
         json!({"n": 7})
     );
 }
+
+#[test]
+fn pool_jobs_pushed_over_http_run_on_the_daemons_pool_workers() {
+    let site = Site::new();
+    let d = site.serve(&["--pool", "resize=echo", "--pool", "bad=adversary"]);
+    for n in 0..20 {
+        let (status, body) = d.post(
+            "/pools/resize/jobs",
+            &json!({"payload": {"n": n}, "idempotency_key": format!("k{n}")}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, again) = d.post(
+        "/pools/resize/jobs",
+        &json!({"payload": {}, "idempotency_key": "k3"}),
+    );
+    assert_eq!((status, again["created"].as_bool()), (200, Some(false)));
+    until("the pool's workers ran them all", || {
+        d.get("/pools/resize").1["stats"]["done"] == 20
+    });
+    let (_, pool) = d.get("/pools/resize");
+    assert!(pool["workers"]["running"].as_u64().unwrap() >= 1, "{pool}");
+
+    // A job that fails for good is poisoned, shown, and can be requeued.
+    let (status, _) = d.post(
+        "/pools/bad/jobs",
+        &json!({"payload": {"attack": "guest_error", "kind": "fatal"}, "max_retries": 0}),
+    );
+    assert_eq!(status, 201);
+    until("it is poisoned", || {
+        d.get("/pools/bad").1["stats"]["poisoned"] == 1
+    });
+    let (_, bad) = d.get("/pools/bad");
+    assert!(
+        bad["poisoned"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fatal"),
+        "{bad}"
+    );
+    let (status, requeued) = d.call("POST", "/pools/bad/requeue", None);
+    assert_eq!((status, requeued["requeued"].as_u64()), (200, Some(1)));
+    until("it is poisoned again", || {
+        d.get("/pools/bad").1["stats"]["poisoned"] == 1
+    });
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

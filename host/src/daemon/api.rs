@@ -422,6 +422,8 @@ async fn answer(
     d.added_work();
     let waited = match wait {
         Some(w) => wait_for(d, &sent.id, w).await?,
+        // Just stored: queued.
+        None if sent.created => Waited::TimedOut(ExecutionStatus::Queued),
         None => match d.backend.read_result(&sent.id).await? {
             Some(r) => Waited::Finished(r),
             None => Waited::TimedOut(
