@@ -122,7 +122,7 @@ fn concurrently(
 
 fn row(name: &str, l: &Latency) -> String {
     format!(
-        "{name:<44} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
+        "{name:<54} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
         l.p50_us / 1e3,
         l.p99_us / 1e3,
         l.max_us / 1e3
@@ -210,28 +210,6 @@ pub(super) async fn daemon(a: BenchDaemonArgs) -> Result<ExitCode, CliError> {
         concurrent_rate
     );
 
-    let (times, wall) = concurrently(a.clients, a.per_client, |agent, c, i| {
-        let (status, body) = post(
-            agent,
-            &submit_only,
-            &json!({"machine": "three", "input": {"n": c * 100_000 + i}}),
-        )?;
-        if status == 202 || status == 201 {
-            Ok(())
-        } else {
-            Err(format!("a submit answered {status}: {body}"))
-        }
-    })?;
-    let accepted = times.len() as f64 / wall.as_secs_f64();
-    let accept_latency = Latency::of(times);
-    eprintln!(
-        "{}   {accepted:.0} submissions/s accepted",
-        row(
-            &format!("submit (no wait), {} clients", a.clients),
-            &accept_latency
-        )
-    );
-
     let inc_url = format!("{base}/workflows/{last}/state/n/increment");
     let (times, wall) = concurrently(a.clients, a.per_client, |agent, _, _| {
         let (status, body) = post(agent, &inc_url, &json!({}))?;
@@ -250,6 +228,37 @@ pub(super) async fn daemon(a: BenchDaemonArgs) -> Result<ExitCode, CliError> {
             &inc_latency
         )
     );
+    // Submissions accepted: with the daemon's workers running them, and
+    // with its workers held at 0 (what the API and the store take in a
+    // burst; the queue keeps them for later).
+    let scale_url = format!("{base}/workers/scale");
+    let submit = |agent: &ureq::Agent, c: u32, i: u32| {
+        let input = json!({"machine": "three", "input": {"n": c * 100_000 + i}});
+        let (status, body) = post(agent, &submit_only, &input)?;
+        if status == 202 || status == 201 {
+            Ok(())
+        } else {
+            Err(format!("a submit answered {status}: {body}"))
+        }
+    };
+    let mut accepted = Vec::new();
+    for (label, workers) in [
+        ("workers running", Value::Null),
+        ("workers held at 0", json!(0)),
+    ] {
+        post(&agent, &scale_url, &json!({"workers": workers})).map_err(CliError::Other)?;
+        let (times, wall) = concurrently(a.clients, a.per_client, submit)?;
+        let rate = times.len() as f64 / wall.as_secs_f64();
+        let latency = Latency::of(times);
+        let name = format!("submit (no wait), {} clients, {label}", a.clients);
+        eprintln!(
+            "{}   {rate:.0} submissions/s accepted",
+            row(&name, &latency)
+        );
+        accepted.push(json!({"workers": label, "submissions_per_sec": rate, "latency": latency}));
+    }
+    post(&agent, &scale_url, &json!({"workers": null})).map_err(CliError::Other)?;
+
     drop(daemon);
 
     // Warm pool vs a fresh instance per call, one plugin per language.
@@ -307,7 +316,7 @@ pub(super) async fn daemon(a: BenchDaemonArgs) -> Result<ExitCode, CliError> {
     let report = json!({
         "sequential": sequential,
         "concurrent": {"clients": a.clients, "latency": concurrent, "runs_per_sec": concurrent_rate},
-        "accepted": {"clients": a.clients, "submissions_per_sec": accepted, "latency": accept_latency},
+        "accepted": accepted,
         "increments": {"clients": a.clients, "per_sec": increments, "latency": inc_latency},
         "plugins": languages,
     });
