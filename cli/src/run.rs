@@ -324,6 +324,10 @@ pub(super) struct MapReduceArgs {
     /// Items mapped at once.
     #[arg(long, default_value_t = 16)]
     parallel: u32,
+    /// Keep this many mapper instances warm (made ahead, reused across
+    /// items) instead of a fresh instance per item.
+    #[arg(long, value_name = "N")]
+    warm: Option<u32>,
     /// The execution's id: submitting the same id again changes nothing.
     #[arg(long)]
     id: Option<String>,
@@ -817,6 +821,12 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
         mapper: a.mapper.clone(),
         reducer: a.reducer.clone(),
         parallelism: a.parallel,
+        pool: a.warm.map(|n| flowhost::warm::OperatorPool {
+            min: Some(n),
+            max: Some(n.max(1)),
+            warm_up: Some(true),
+            ..Default::default()
+        }),
     };
     let options = flowhost::engine::queue::SubmitOptions {
         id: a.id.clone(),

@@ -14,6 +14,8 @@
 //! - [`text`]: "did you mean" suggestions, escaping outside text.
 //! - [`duration`]: bounded durations from outside, converted without panics.
 //! - [`spawn`]: starting worker processes on the same store.
+//! - [`warm`]: the settings of warm plugin pools.
+//! - [`daemon`]: `flowhost serve` (HTTP API, scaling workers, hot reload, metrics).
 //!
 //! The `flowhost` binary (the command line) is the `flowhost-cli` crate; this
 //! library has no command-line dependencies.
@@ -28,4 +30,5 @@ pub mod failure;
 pub mod plugin;
 pub mod spawn;
 pub mod text;
+pub mod warm;
 pub mod worker;

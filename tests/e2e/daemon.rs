@@ -1020,15 +1020,38 @@ fn mapreduce_counts_words_over_http_and_from_the_command_line() {
         (Some("mapreduce"), Some("done"))
     );
 
+    // With a warm pool for the mapper: the same counts, from reused instances.
+    let (status, pooled) = d.post(
+        "/workflows/mapreduce?wait=60s",
+        &json!({"mapper": "count-words", "reducer": "sum-counts", "items": docs,
+                "parallelism": 1, "pool": {"min": 1, "max": 2, "warm_up": true}}),
+    );
+    assert_eq!(status, 201, "{pooled}");
+    assert_eq!(pooled["result"]["words"], json!(expected));
+    let (_, plugins) = d.get("/plugins");
+    let mapper = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "count-words")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        mapper["warm"]["hits"].as_u64().unwrap_or(0) >= 1,
+        "{mapper}"
+    );
+
     // Bad ones: nothing is created.
     let bad = [
         json!({"mapper": "nope", "reducer": "sum-counts", "items": []}),
         json!({"mapper": "count-words", "reducer": "sum-counts"}),
         json!({"mapper": "count-words", "reducer": "sum-counts", "items_from": id}),
         json!({"mapper": "count-words", "reducer": "sum-counts", "items": [], "parallelism": 0}),
+        json!({"mapper": "count-words", "reducer": "sum-counts", "items": [], "pool": {"min": 3, "max": 1}}),
     ];
     for (body, kind) in bad.iter().zip([
         "unknown_plugin",
+        "invalid_request",
         "invalid_request",
         "invalid_request",
         "invalid_request",
@@ -1042,7 +1065,7 @@ fn mapreduce_counts_words_over_http_and_from_the_command_line() {
     }
     assert_eq!(
         d.get("/workflows").1["workflows"].as_array().unwrap().len(),
-        1
+        2
     );
 
     // `flowhost mapreduce --wait` on the daemon's store gives the same.
@@ -1059,7 +1082,17 @@ fn mapreduce_counts_words_over_http_and_from_the_command_line() {
         ])
         .arg("--items")
         .arg(format!("@{}", items.display()))
-        .args(["--parallel", "2", "--wait", "--timeout", "60s", "--db", &db])
+        .args([
+            "--parallel",
+            "2",
+            "--warm",
+            "2",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--db",
+            &db,
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

@@ -54,6 +54,8 @@ pub struct PluginSpec {
     pub limits: PluginLimits,
     /// Calls a warm instance serves before it is replaced.
     pub reuse: Option<u32>,
+    /// A warm pool of reused instances (checked by validation).
+    pub pool: Option<Box<crate::warm::OperatorPool>>,
 }
 
 impl PluginSpec {
@@ -66,6 +68,7 @@ impl PluginSpec {
             config: None,
             limits: PluginLimits::default(),
             reuse: None,
+            pool: None,
         }
     }
 }

@@ -310,3 +310,30 @@ fn an_on_error_route_must_name_a_state() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_plugin_spec_may_ask_for_a_warm_pool_and_a_bad_one_is_named() {
+    let machine = |pool: &str| {
+        format!(
+            "spec: flatmachine\ndata:\n  name: p\n  plugins:\n    t: {{plugin: text, pool: {pool}}}\n  states:\n    start: {{type: initial, plugin: t, transitions: [{{to: done}}]}}\n    done: {{type: final}}\n"
+        )
+    };
+    let m = check(&machine("{min: 2, warm_up: true}")).unwrap();
+    let spec = m.data().plugins.get("t").expect("the alias");
+    let pool = spec.pool.as_ref().expect("a pool");
+    assert_eq!((pool.min, pool.warm_up), (Some(2), Some(true)));
+    for (bad, says) in [
+        ("{min: 3, max: 1}", "min"),
+        ("{mni: 1}", "mni"),
+        ("{idle_timeout: soon}", "idle_timeout"),
+    ] {
+        let text: Vec<String> = errors(&machine(bad))
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            text.iter().any(|e| e.contains("pool") && e.contains(says)),
+            "{bad}: {text:?}"
+        );
+    }
+}

@@ -27,7 +27,9 @@ const CHECKPOINT_EVENTS: [&str; 6] = [
     "machine_end",
     "waiting",
 ];
-const PLUGIN_KEYS: [&str; 6] = ["plugin", "version", "sha256", "config", "limits", "reuse"];
+const PLUGIN_KEYS: [&str; 7] = [
+    "plugin", "version", "sha256", "config", "limits", "reuse", "pool",
+];
 
 /// A did-you-mean suffix for `word` among `names`.
 fn hint(word: &str, names: &[String]) -> String {
@@ -821,8 +823,20 @@ fn read_plugin(value: &Value) -> Result<PluginSpec, String> {
                 .ok_or_else(|| format!("`reuse` must be a whole number, not {v}"))?,
         ),
     };
+    let pool = match m.get("pool") {
+        None => None,
+        Some(v) => {
+            let pool: crate::warm::OperatorPool =
+                serde_json::from_value(v.clone()).map_err(|e| {
+                    format!("`pool`: {e} (keys: min, max, idle_timeout, max_uses, warm_up)")
+                })?;
+            pool.pool().map_err(|e| format!("`pool`: {e}"))?;
+            Some(Box::new(pool))
+        }
+    };
     Ok(PluginSpec {
         plugin: plugin.clone(),
+        pool,
         version: text("version")?,
         sha256: text("sha256")?,
         config: m.get("config").cloned(),

@@ -803,6 +803,10 @@ pub struct MapReduceBody {
     /// Items mapped at once (default 16).
     #[serde(default)]
     pub parallelism: Option<u32>,
+    /// A warm pool for the mapper (`min`, `max`, `idle_timeout`,
+    /// `max_uses`, `warm_up`): pooled instances map the items.
+    #[serde(default)]
+    pub pool: Option<crate::warm::OperatorPool>,
     /// The execution's id, an idempotency key.
     #[serde(default)]
     pub id: Option<String>,
@@ -871,6 +875,7 @@ async fn mapreduce(
         mapper: body.mapper,
         reducer: body.reducer,
         parallelism: body.parallelism.unwrap_or(16),
+        pool: body.pool,
     };
     let options = crate::engine::queue::SubmitOptions {
         id: body.id,

@@ -99,6 +99,12 @@ impl Library {
                 if let Some(reuse) = spec.reuse {
                     settings.reuse = reuse;
                 }
+                // (Validation checked the pool already.)
+                if let Some(pool) = &spec.pool
+                    && let Err(e) = settings.pooled(pool)
+                {
+                    tracing::warn!(plugin = %spec.plugin, "pool: {e}");
+                }
                 if let Some(sha) = &spec.sha256 {
                     settings.sha256 = Some(sha.clone());
                 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What a MapReduce runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MapReduce {
     /// A processor plugin: one item in, anything out.
     pub mapper: String,
@@ -24,6 +24,9 @@ pub struct MapReduce {
     pub reducer: String,
     /// Items mapped at once (the fan-out's `max_concurrency`).
     pub parallelism: u32,
+    /// A warm pool for the mapper (the seed's agent pooling): its instances
+    /// are reused across items instead of made fresh for each.
+    pub pool: Option<crate::warm::OperatorPool>,
 }
 
 /// Most items mapped at once.
@@ -55,11 +58,19 @@ impl MapReduce {
                 "parallelism must be from 1 to {MAX_PARALLELISM}"
             )));
         }
+        let mapper = match &self.pool {
+            None => json!(self.mapper),
+            Some(pool) => {
+                pool.pool()
+                    .map_err(|e| EngineError::Invalid(format!("pool: {e}")))?;
+                json!({"plugin": self.mapper, "pool": pool})
+            }
+        };
         let map = json!({
             "spec": "flatmachine",
             "data": {
                 "name": "map",
-                "plugins": {"mapper": self.mapper},
+                "plugins": {"mapper": mapper},
                 "states": {
                     "map": {
                         "type": "initial",
@@ -160,6 +171,7 @@ mod tests {
             mapper: mapper.into(),
             reducer: "sum".into(),
             parallelism: 4,
+            pool: None,
         };
         let text = job("count-words").machine().unwrap();
         assert!(text.contains("max_concurrency: 4"), "{text}");
@@ -171,5 +183,24 @@ mod tests {
             ..job("m")
         };
         assert!(none.machine().is_err());
+        let pooled = MapReduce {
+            pool: Some(crate::warm::OperatorPool {
+                min: Some(2),
+                warm_up: Some(true),
+                ..Default::default()
+            }),
+            ..job("m")
+        };
+        let text = pooled.machine().unwrap();
+        assert!(text.contains("warm_up: true"), "{text}");
+        let bad = MapReduce {
+            pool: Some(crate::warm::OperatorPool {
+                min: Some(9),
+                max: Some(1),
+                ..Default::default()
+            }),
+            ..job("m")
+        };
+        assert!(bad.machine().is_err());
     }
 }

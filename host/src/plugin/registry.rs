@@ -80,7 +80,8 @@ impl Manifest {
         settings.sha256 = self.sha256.clone();
         settings.reuse = self.reuse;
         if let Some(pool) = &self.pool {
-            pool.apply(&mut settings)
+            settings
+                .pooled(pool)
                 .map_err(|e| PluginError::load(format!("manifest of `{name}`: [pool]: {e}")))?;
         }
         settings.limits = self.limits.clone();

@@ -8,6 +8,7 @@ use super::call::{DirGrant, StoreState};
 use super::error::PluginError;
 use super::limits::{LimitOverrides, Limits};
 use super::loaded::Plugin;
+pub use crate::warm::{OperatorPool, WarmPool};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -155,80 +156,12 @@ impl PluginSettings {
     }
 }
 
-/// The warm instances of a plugin whose instances are reused: kept between
-/// calls, discarded after any failed call or `reuse` calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WarmPool {
-    /// Instances kept warm even when idle (and made ahead with `warm_up`).
-    pub min: u32,
-    /// Most idle instances kept.
-    pub max: u32,
-    /// An idle instance beyond `min` is dropped after this long.
-    pub idle_timeout: std::time::Duration,
-    /// Make `min` instances when the plugin loads, before any call needs one.
-    pub warm_up: bool,
-}
-
-impl Default for WarmPool {
-    fn default() -> Self {
-        WarmPool {
-            min: 0,
-            max: 16,
-            idle_timeout: std::time::Duration::from_secs(300),
-            warm_up: false,
-        }
-    }
-}
-
-/// A warm pool as a manifest's `[pool]` table or the daemon's pools file
-/// (`[<plugin>]` tables) gives it; what it leaves out keeps its default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorPool {
-    /// Calls one instance serves before it is discarded (default 1000).
-    pub max_uses: Option<u32>,
-    pub min: Option<u32>,
-    pub max: Option<u32>,
-    /// A duration (`60s`, `5m`).
-    pub idle_timeout: Option<String>,
-    pub warm_up: Option<bool>,
-}
-
-impl OperatorPool {
-    /// The pool it describes, or why it is not one.
-    pub fn pool(&self) -> Result<(u32, WarmPool), String> {
-        let d = WarmPool::default();
-        let idle_timeout = match &self.idle_timeout {
-            Some(t) => crate::duration::parse(t).map_err(|e| format!("idle_timeout: {e}"))?,
-            None => d.idle_timeout,
-        };
-        let pool = WarmPool {
-            min: self.min.unwrap_or(d.min),
-            max: self.max.unwrap_or(d.max.max(self.min.unwrap_or(0))),
-            idle_timeout,
-            warm_up: self.warm_up.unwrap_or(d.warm_up),
-        };
-        if pool.min > pool.max || pool.max > 1024 {
-            return Err(format!(
-                "min ({}) must be at most max ({}), and max at most 1024",
-                pool.min, pool.max
-            ));
-        }
-        let uses = self.max_uses.unwrap_or(1000);
-        if uses == 0 {
-            return Err(
-                "max_uses must be at least 1 (leave the pool out for a fresh instance per call)"
-                    .into(),
-            );
-        }
-        Ok((uses, pool))
-    }
-
-    /// Applies it to a plugin's settings: reuse on, and this pool.
-    pub fn apply(&self, settings: &mut PluginSettings) -> Result<(), String> {
-        let (uses, pool) = self.pool()?;
-        settings.reuse = uses;
-        settings.pool = pool;
+impl PluginSettings {
+    /// Reuse on, with the warm pool `pool` describes.
+    pub fn pooled(&mut self, pool: &OperatorPool) -> Result<(), String> {
+        let (uses, warm) = pool.pool()?;
+        self.reuse = uses;
+        self.pool = warm;
         Ok(())
     }
 }
@@ -363,7 +296,7 @@ impl Runtime {
         let started = Instant::now();
         let mut settings = settings;
         if let Some(pool) = self.inner.config.warm_pools.get(&settings.name) {
-            pool.apply(&mut settings).map_err(|e| {
+            settings.pooled(pool).map_err(|e| {
                 PluginError::load(format!("the warm pool of `{}`: {e}", settings.name))
             })?;
         }
