@@ -773,6 +773,16 @@ async fn pools_suite(b: &dyn Backend) {
     let s = b.stats("p").await.unwrap();
     assert_eq!((s.pending, s.due), (3, 2));
     assert!(s.oldest_due_ms.is_some());
+    let backlog = b.backlog("p").await.unwrap();
+    assert_eq!(
+        (
+            backlog.pending,
+            backlog.claimed,
+            backlog.due,
+            backlog.oldest_due_ms
+        ),
+        (3, 0, 2, s.oldest_due_ms)
+    );
 
     // Claims: priority first, delayed and other pools untouched, never twice.
     let got = b.claim("p", "w1", 10, 60_000).await.unwrap();

@@ -2,7 +2,9 @@
 
 use super::BackendResult;
 use super::memory::{Data, MemoryBackend};
-use super::pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
+use super::pools::{
+    Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
+};
 use super::status::{JobStatus, WorkerStatus};
 use serde_json::Value;
 
@@ -175,24 +177,42 @@ impl WorkPools for MemoryBackend {
     }
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
-        let now = self.clock.now_ms();
-        let d = self.lock();
-        let mut s = PoolStats::default();
-        for j in d.jobs.iter().filter(|j| j.pool == pool) {
+        let b = self.backlog(pool).await?;
+        let mut s = PoolStats {
+            pending: b.pending,
+            claimed: b.claimed,
+            due: b.due,
+            oldest_due_ms: b.oldest_due_ms,
+            ..PoolStats::default()
+        };
+        for j in self.lock().jobs.iter().filter(|j| j.pool == pool) {
             match j.status {
-                JobStatus::Pending if j.run_at_ms <= now => {
-                    s.pending += 1;
-                    s.due += 1;
-                    s.oldest_due_ms =
-                        Some(s.oldest_due_ms.map_or(j.run_at_ms, |o| o.min(j.run_at_ms)));
-                }
-                JobStatus::Pending => s.pending += 1,
-                JobStatus::Claimed => s.claimed += 1,
                 JobStatus::Done => s.done += 1,
                 JobStatus::Poisoned => s.poisoned += 1,
+                _ => {}
             }
         }
         Ok(s)
+    }
+
+    async fn backlog(&self, pool: &str) -> BackendResult<Backlog> {
+        let now = self.clock.now_ms();
+        let mut b = Backlog::default();
+        for j in self.lock().jobs.iter().filter(|j| j.pool == pool) {
+            match j.status {
+                JobStatus::Pending => {
+                    b.pending += 1;
+                    if j.run_at_ms <= now {
+                        b.due += 1;
+                        b.oldest_due_ms =
+                            Some(b.oldest_due_ms.map_or(j.run_at_ms, |o| o.min(j.run_at_ms)));
+                    }
+                }
+                JobStatus::Claimed => b.claimed += 1,
+                _ => {}
+            }
+        }
+        Ok(b)
     }
 
     async fn job(&self, id: i64) -> BackendResult<Option<Job>> {

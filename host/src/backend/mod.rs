@@ -24,7 +24,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use history::{History, HistoryEntry, NewEvent};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};
-pub use pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
+pub use pools::{
+    Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
+};
 pub use sqlite::{Durability, SqliteBackend};
 pub use state::{State, StateAnswer, StateConflict, StateOp};
 pub use status::{ExecutionStatus, JobStatus, WorkerStatus};

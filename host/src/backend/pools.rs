@@ -60,6 +60,17 @@ pub struct Job {
     pub updated_ms: u64,
 }
 
+/// A pool's work not yet done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backlog {
+    pub pending: u64,
+    pub claimed: u64,
+    /// Pending jobs due now (not delayed into the future).
+    pub due: u64,
+    /// When the oldest due job became due (ms since the epoch, store clock).
+    pub oldest_due_ms: Option<u64>,
+}
+
 /// Counts by status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStats {
@@ -161,6 +172,9 @@ pub trait WorkPools: Send + Sync {
     /// Poisoned jobs (all, or these ids) back to pending with fresh retries.
     async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64>;
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats>;
+    /// The work waiting and in hand, without counting finished jobs (cheap
+    /// however many a pool has done: what scaling and metrics read often).
+    async fn backlog(&self, pool: &str) -> BackendResult<Backlog>;
     async fn job(&self, id: i64) -> BackendResult<Option<Job>>;
     /// Jobs of a pool, oldest first.
     async fn jobs(

@@ -3,7 +3,9 @@
 //! `UPDATE … WHERE status = 'pending' … RETURNING`, so two processes can never
 //! claim the same job.
 
-use super::pools::{Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers};
+use super::pools::{
+    Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
+};
 use super::sqlite::{Op, SqliteBackend};
 use super::status::{JobStatus, WorkerStatus};
 use super::{BackendError, BackendResult, StoreErrorKind};
@@ -329,22 +331,51 @@ impl WorkPools for SqliteBackend {
     }
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
-        let now = self.clock.now_ms() as i64;
+        let backlog = self.backlog(pool).await?;
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT status, COUNT(*) FROM jobs WHERE pool = ?1 GROUP BY status",
+                "SELECT status, COUNT(*) FROM jobs
+                 WHERE pool = ?1 AND status IN ('done', 'poisoned') GROUP BY status",
             )?;
-            let mut s = PoolStats::default();
+            let mut s = PoolStats {
+                pending: backlog.pending,
+                claimed: backlog.claimed,
+                due: backlog.due,
+                oldest_due_ms: backlog.oldest_due_ms,
+                ..PoolStats::default()
+            };
             let rows = stmt.query_map(params![pool], |r| {
                 Ok((r.get::<_, JobStatus>(0)?, r.get::<_, i64>(1)? as u64))
             })?;
             for row in rows {
-                let (status, n) = row?;
-                match status {
-                    JobStatus::Pending => s.pending = n,
-                    JobStatus::Claimed => s.claimed = n,
-                    JobStatus::Done => s.done = n,
-                    JobStatus::Poisoned => s.poisoned = n,
+                match row? {
+                    (JobStatus::Done, n) => s.done = n,
+                    (JobStatus::Poisoned, n) => s.poisoned = n,
+                    _ => {}
+                }
+            }
+            Ok(s)
+        })
+    }
+
+    async fn backlog(&self, pool: &str) -> BackendResult<Backlog> {
+        let now = self.clock.now_ms() as i64;
+        self.read(|c| {
+            // Both use the claim index's (pool, status) prefix: only the
+            // pending and claimed rows are counted.
+            let mut stmt = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM jobs
+                 WHERE pool = ?1 AND status IN ('pending', 'claimed') GROUP BY status",
+            )?;
+            let mut b = Backlog::default();
+            let rows = stmt.query_map(params![pool], |r| {
+                Ok((r.get::<_, JobStatus>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            for row in rows {
+                match row? {
+                    (JobStatus::Pending, n) => b.pending = n,
+                    (JobStatus::Claimed, n) => b.claimed = n,
+                    _ => {}
                 }
             }
             let (due, oldest): (i64, Option<i64>) = c
@@ -353,9 +384,9 @@ impl WorkPools for SqliteBackend {
                      WHERE pool = ?1 AND status = 'pending' AND run_at_ms <= ?2",
                 )?
                 .query_row(params![pool, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            s.due = due as u64;
-            s.oldest_due_ms = oldest.map(|ms| ms as u64);
-            Ok(s)
+            b.due = due as u64;
+            b.oldest_due_ms = oldest.map(|ms| ms as u64);
+            Ok(b)
         })
     }
 

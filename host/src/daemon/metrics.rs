@@ -340,13 +340,13 @@ impl Metrics {
         self.warm(warm);
         let now = backend.clock().now_ms();
         for queue in queues {
-            let stats = backend.stats(queue).await?;
+            let stats = backend.backlog(queue).await?;
             let label = QueueLabel {
                 queue: queue.clone(),
             };
             self.queue_depth
                 .get_or_create(&label)
-                .set(stats.depth() as i64);
+                .set((stats.pending + stats.claimed) as i64);
             self.queue_due.get_or_create(&label).set(stats.due as i64);
             let waited = stats
                 .oldest_due_ms

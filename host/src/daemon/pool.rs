@@ -126,7 +126,7 @@ impl ScaledPool {
     /// How many workers the work waiting wants: one per `concurrency` jobs
     /// due or running, within min and max.
     async fn wanted(&self) -> u32 {
-        let work = match self.backend.stats(&self.config.pool).await {
+        let work = match self.backend.backlog(&self.config.pool).await {
             Ok(s) => s.due + s.claimed,
             Err(e) => {
                 tracing::warn!(queue = %self.config.pool, "cannot read the queue to scale: {e}");

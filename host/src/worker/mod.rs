@@ -254,9 +254,9 @@ pub async fn run(
             && running.is_empty()
             && config.exit_when_empty
             && backend
-                .stats(&config.pool)
+                .backlog(&config.pool)
                 .await
-                .is_ok_and(|stats| stats.depth() == 0)
+                .is_ok_and(|b| b.pending + b.claimed == 0)
         {
             break;
         }
