@@ -91,14 +91,14 @@ impl StoreArgs {
         args
     }
 
-    /// The folder the database is in: where flowhost keeps the machines it
-    /// writes itself (MapReduce) next to the store.
-    pub(super) fn folder(&self) -> PathBuf {
+    /// Where flowhost keeps the machines it writes itself (MapReduce): a
+    /// `generated` folder beside the database.
+    pub(super) fn generated(&self) -> PathBuf {
         let (path, _) = db_path(&self.db);
         path.parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
-            .join("machines")
+            .join("generated")
     }
 
     fn durability(&self) -> Durability {
@@ -834,7 +834,7 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
     };
     let sent = session
         .engine
-        .submit_mapreduce(&job, items, &a.store.folder(), options)
+        .submit_mapreduce(&job, items, &a.store.generated(), options)
         .await
         .map_err(engine_error)?;
     if sent.created {

@@ -129,7 +129,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     config.grace = a.grace;
     config.stale_after = a.stale_after;
     config.body_limit = a.max_body;
-    config.work_dir = a.store.folder();
+    config.work_dir = a.store.generated();
     if let Some(dir) = &a.machines
         && !dir.is_dir()
     {

@@ -99,7 +99,7 @@ impl Config {
             grace: Duration::from_secs(30),
             stale_after: Duration::from_secs(60),
             body_limit: 1 << 20,
-            work_dir: PathBuf::from(".flowhost").join("machines"),
+            work_dir: PathBuf::from(".flowhost").join("generated"),
         }
     }
 }
@@ -333,9 +333,13 @@ impl Daemon {
                 reaper.abort();
                 watcher.abort();
                 d.engine.stop("the daemon is stopping");
+                // Every queue stops claiming at once; then one grace period
+                // for all of them.
+                let stopping: Vec<_> = d.pools.iter().map(|p| p.stop_claiming()).collect();
+                let deadline = tokio::time::Instant::now() + d.config.grace;
                 let mut left = 0;
-                for pool in &d.pools {
-                    left += pool.drain(d.config.grace).await;
+                for workers in stopping {
+                    left += pool::wait_for(workers, deadline).await;
                 }
                 left
             }

@@ -206,10 +206,9 @@ impl ScaledPool {
         Slot { stop, task }
     }
 
-    /// Stops claiming and waits up to `grace` for the workers to finish
-    /// what they hold; returns how many had not by then (their leases let
-    /// other workers take over).
-    pub async fn drain(&self, grace: Duration) -> usize {
+    /// Stops scaling and tells every worker to stop claiming (each
+    /// finishes what it holds, then deregisters); returns them to wait for.
+    pub fn stop_claiming(&self) -> Vec<Stopping> {
         let slots = {
             let mut s = self.lock();
             s.draining = true;
@@ -218,18 +217,26 @@ impl ScaledPool {
         for slot in &slots {
             let _ = slot.stop.send(true);
         }
-        let deadline = Instant::now() + grace;
-        let mut left = 0;
-        for slot in slots {
-            match tokio::time::timeout_at(deadline, slot.task).await {
-                Ok(Ok(Ok(report))) => {
-                    tracing::info!(worker = %report.id, completed = report.completed, "worker stopped")
-                }
-                Ok(Ok(Err(e))) => tracing::error!("a worker stopped: {e}"),
-                Ok(Err(e)) => tracing::error!("a worker task failed: {e}"),
-                Err(_) => left += 1,
-            }
-        }
-        left
+        slots.into_iter().map(|s| Stopping(s.task)).collect()
     }
+}
+
+/// A worker told to stop.
+pub struct Stopping(JoinHandle<Result<WorkerReport, WorkerError>>);
+
+/// Waits until `deadline` for stopping workers; returns how many had not
+/// stopped by then (their leases let other workers take over).
+pub async fn wait_for(workers: Vec<Stopping>, deadline: Instant) -> usize {
+    let mut left = 0;
+    for Stopping(task) in workers {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(report))) => {
+                tracing::info!(worker = %report.id, completed = report.completed, "worker stopped")
+            }
+            Ok(Ok(Err(e))) => tracing::error!("a worker stopped: {e}"),
+            Ok(Err(e)) => tracing::error!("a worker task failed: {e}"),
+            Err(_) => left += 1,
+        }
+    }
+    left
 }
