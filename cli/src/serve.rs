@@ -49,6 +49,9 @@ pub(super) struct ServeArgs {
     /// How long a drain (SIGTERM) waits for work in hand.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     grace: Duration,
+    /// How often the daemon's workers say they are alive.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+    heartbeat: Duration,
     /// Workers of any process silent this long are reaped (their jobs released).
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     stale_after: Duration,
@@ -128,6 +131,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     config.lease = a.lease;
     config.grace = a.grace;
     config.stale_after = a.stale_after;
+    config.heartbeat = a.heartbeat;
     config.body_limit = a.max_body;
     config.work_dir = a.store.generated();
     if let Some(dir) = &a.machines

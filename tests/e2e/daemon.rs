@@ -1435,3 +1435,43 @@ fn pool_jobs_pushed_over_http_run_on_the_daemons_pool_workers() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+#[test]
+fn the_daemons_reaper_marks_a_killed_worker_lost() {
+    let site = Site::new();
+    let db = site.db();
+    let d = site.serve(&["--stale-after", "1s", "--heartbeat", "200ms"]);
+    // The daemon's own workers beat faster than its reaper's bound.
+    let mut worker = flowhost(&shared_cache())
+        .args([
+            "worker",
+            "--executions",
+            "--heartbeat",
+            "200ms",
+            "--db",
+            &db,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    let status_of = |d: &Served| {
+        d.get("/workers").1["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["pid"] == pid)
+            .map(|w| w["status"].as_str().unwrap_or_default().to_string())
+    };
+    until("the worker registers", || {
+        status_of(&d).as_deref() == Some("active")
+    });
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    until("the reaper marks it lost", || {
+        status_of(&d).as_deref() == Some("lost")
+    });
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

@@ -177,6 +177,12 @@ impl Daemon {
                 )));
             }
         };
+        if config.stale_after <= config.heartbeat * 2 {
+            return Err(DaemonError::Refused(format!(
+                "--stale-after ({:?}) must be more than twice the heartbeat ({:?}), or the reaper takes live workers for dead",
+                config.stale_after, config.heartbeat
+            )));
+        }
         if config.sizing.min > config.sizing.max || config.sizing.max == 0 {
             return Err(DaemonError::Refused(format!(
                 "--max-workers must be at least 1 and at least --min-workers ({})",
