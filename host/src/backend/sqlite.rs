@@ -130,7 +130,11 @@ CREATE TABLE fan_ins (
 "#,
     r#"
 CREATE INDEX executions_created ON executions(created_ms, id);
-CREATE INDEX executions_machine ON executions(machine, created_ms);
+CREATE INDEX executions_machine ON executions(machine, created_ms, id);
+DROP INDEX executions_status;
+CREATE INDEX executions_status ON executions(status, created_ms, id);
+DROP INDEX executions_parent;
+CREATE INDEX executions_parent ON executions(parent, created_ms, id);
 CREATE TABLE state (
     execution  TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -763,33 +767,47 @@ impl Checkpoints for SqliteBackend {
     }
 
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM executions
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR machine = ?2)
-               AND (?3 = 0 OR parent IS NULL) AND (?5 IS NULL OR parent = ?5)
-               AND (?6 IS NULL OR created_ms < ?6 OR (created_ms = ?6 AND id < ?7))
-             ORDER BY created_ms DESC, id DESC LIMIT ?4"
-        );
-        let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
-        let (after_ms, after_id) = match &filter.after {
-            Some((ms, id)) => (Some(*ms as i64), Some(id.as_str())),
-            None => (None, None),
+        // Only the filters given are in the statement (one cached statement
+        // per combination), so SQLite plans each on its index — by status,
+        // machine or parent — instead of one generic plan that walks them all.
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut param = |v: rusqlite::types::Value| {
+            values.push(v);
+            format!("?{}", values.len())
         };
+        if let Some(status) = filter.status {
+            conditions.push(format!(
+                "status = {}",
+                param(status.as_str().to_string().into())
+            ));
+        }
+        if let Some(machine) = &filter.machine {
+            conditions.push(format!("machine = {}", param(machine.clone().into())));
+        }
+        if let Some(parent) = &filter.parent {
+            conditions.push(format!("parent = {}", param(parent.clone().into())));
+        }
+        if let Some((ms, id)) = &filter.after {
+            let (ms, id) = (param((*ms as i64).into()), param(id.clone().into()));
+            conditions.push(format!("(created_ms, id) < ({ms}, {id})"));
+        }
+        let limit = param(filter.limit.map_or(-1, |l| l as i64).into());
+        if filter.roots_only {
+            conditions.push("parent IS NULL".to_string());
+        }
+        let filters = match conditions.is_empty() {
+            true => String::new(),
+            false => format!("WHERE {}", conditions.join(" AND ")),
+        };
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM executions {filters}
+             ORDER BY created_ms DESC, id DESC LIMIT {limit}"
+        );
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&self.path))?;
         let rows = stmt
-            .query_map(
-                params![
-                    filter.status,
-                    filter.machine,
-                    filter.roots_only,
-                    limit,
-                    filter.parent,
-                    after_ms,
-                    after_id
-                ],
-                row_checkpoint,
-            )
+            .query_map(rusqlite::params_from_iter(values), row_checkpoint)
             .map_err(db_error(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(db_error(&self.path))
     }
