@@ -122,7 +122,7 @@ fn concurrently(
 
 fn row(name: &str, l: &Latency) -> String {
     format!(
-        "{name:<54} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
+        "{name:<54} p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
         l.p50_us / 1e3,
         l.p99_us / 1e3,
         l.max_us / 1e3
