@@ -35,6 +35,9 @@ struct Slot {
 
 struct Scale {
     slots: Vec<Slot>,
+    /// Workers told to stop by a scale-down, still finishing what they hold
+    /// (a drain waits for them too).
+    stopping: Vec<JoinHandle<Result<WorkerReport, WorkerError>>>,
     /// Set by `scale`: the size to hold, instead of following the queue.
     fixed: Option<u32>,
     /// Since when fewer workers were wanted than run.
@@ -78,6 +81,7 @@ impl ScaledPool {
             sizing,
             scale: Mutex::new(Scale {
                 slots: Vec::new(),
+                stopping: Vec::new(),
                 fixed: None,
                 surplus_since: None,
                 draining: false,
@@ -154,6 +158,7 @@ impl ScaledPool {
             .into_iter()
             .partition(|slot| slot.task.is_finished());
         s.slots = live;
+        s.stopping.retain(|t| !t.is_finished());
         for slot in ended {
             // A worker loop ends on its own only when the store failed it.
             tokio::spawn(async move {
@@ -184,9 +189,11 @@ impl ScaledPool {
             if stop > 0 {
                 s.surplus_since = Some(now);
                 let keep = s.slots.len() - stop;
-                for slot in s.slots.drain(keep..) {
+                let stopped: Vec<Slot> = s.slots.drain(keep..).collect();
+                for slot in stopped {
                     // It finishes what it holds, then deregisters.
                     let _ = slot.stop.send(true);
+                    s.stopping.push(slot.task);
                 }
                 tracing::info!(queue = %self.config.pool, workers = running as usize - stop, "scaled down");
             }
@@ -209,15 +216,23 @@ impl ScaledPool {
     /// Stops scaling and tells every worker to stop claiming (each
     /// finishes what it holds, then deregisters); returns them to wait for.
     pub fn stop_claiming(&self) -> Vec<Stopping> {
-        let slots = {
+        let (slots, stopping) = {
             let mut s = self.lock();
             s.draining = true;
-            std::mem::take(&mut s.slots)
+            (
+                std::mem::take(&mut s.slots),
+                std::mem::take(&mut s.stopping),
+            )
         };
         for slot in &slots {
             let _ = slot.stop.send(true);
         }
-        slots.into_iter().map(|s| Stopping(s.task)).collect()
+        slots
+            .into_iter()
+            .map(|s| s.task)
+            .chain(stopping)
+            .map(Stopping)
+            .collect()
     }
 }
 
