@@ -78,6 +78,16 @@ pub fn run(cache: &Path, args: &[&str]) -> Output {
     flowhost(cache).args(args).output().expect("flowhost runs")
 }
 
+/// Sends a signal (`-TERM`, `-STOP`, …) to a process the test started.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -290,15 +290,8 @@ pub(super) struct SubmitArgs {
     /// The input: JSON text, @file, or - for stdin.
     #[arg(long)]
     input: Option<String>,
-    /// The execution's id: submitting the same id again changes nothing.
-    #[arg(long)]
-    id: Option<String>,
-    /// Wait for the result and print it (as `flowhost wait`).
-    #[arg(long)]
-    wait: bool,
-    /// With --wait: give up after this long (exit 6; the execution goes on).
-    #[arg(long, requires = "wait", value_parser = super::parse_duration)]
-    timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    queued: QueuedArgs,
     /// The execution's own deadline, e.g. 10m: not finished by then, it is
     /// cancelled with kind `timeout` wherever it is (the machine's
     /// `settings.timeout` applies too; the earlier wins).
@@ -308,6 +301,43 @@ pub(super) struct SubmitArgs {
     store: StoreArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// What `submit` and `mapreduce` share: the execution's id, and whether
+/// to wait for its result.
+#[derive(Args)]
+pub(super) struct QueuedArgs {
+    /// The execution's id: submitting the same id again changes nothing.
+    #[arg(long)]
+    id: Option<String>,
+    /// Wait for the result and print it (as `flowhost wait`).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (exit 6; the execution goes on).
+    #[arg(long, requires = "wait", value_parser = super::parse_duration)]
+    timeout: Option<std::time::Duration>,
+}
+
+impl QueuedArgs {
+    /// After a submit: says what happened (on stderr), then prints the id,
+    /// or waits for the result and prints it.
+    async fn report(
+        &self,
+        backend: &dyn Backend,
+        sent: &flowhost::engine::queue::Submitted,
+        created: String,
+    ) -> Result<ExitCode, CliError> {
+        if sent.created {
+            eprintln!("{created}");
+        } else {
+            eprintln!("execution {} exists already: not submitted again", sent.id);
+        }
+        if !self.wait {
+            println!("{}", sent.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        await_result(backend, &sent.id, self.timeout).await
+    }
 }
 
 #[derive(Args)]
@@ -328,15 +358,8 @@ pub(super) struct MapReduceArgs {
     /// items) instead of a fresh instance per item.
     #[arg(long, value_name = "N")]
     warm: Option<u32>,
-    /// The execution's id: submitting the same id again changes nothing.
-    #[arg(long)]
-    id: Option<String>,
-    /// Wait for the result and print it (as `flowhost wait`).
-    #[arg(long)]
-    wait: bool,
-    /// With --wait: give up after this long (exit 6; the execution goes on).
-    #[arg(long, requires = "wait", value_parser = super::parse_duration)]
-    timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    queued: QueuedArgs,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -778,30 +801,22 @@ pub(super) async fn submit(a: SubmitArgs) -> Result<ExitCode, CliError> {
             &a.machine,
             input,
             flowhost::engine::queue::SubmitOptions {
-                id: a.id.clone(),
+                id: a.queued.id.clone(),
                 deadline: a.deadline,
             },
         )
         .await
         .map_err(engine_error)?;
-    if sent.created {
-        eprintln!(
-            "submitted {}; a worker runs it (flowhost worker --executions{})",
-            sent.id,
-            a.store
-                .to_args()
-                .iter()
-                .map(|f| format!(" {f}"))
-                .collect::<String>()
-        );
-    } else {
-        eprintln!("execution {} exists already: not submitted again", sent.id);
-    }
-    if !a.wait {
-        println!("{}", sent.id);
-        return Ok(ExitCode::SUCCESS);
-    }
-    await_result(backend.as_ref(), &sent.id, a.timeout).await
+    let created = format!(
+        "submitted {}; a worker runs it (flowhost worker --executions{})",
+        sent.id,
+        a.store
+            .to_args()
+            .iter()
+            .map(|f| format!(" {f}"))
+            .collect::<String>()
+    );
+    a.queued.report(backend.as_ref(), &sent, created).await
 }
 
 /// `flowhost mapreduce`: submits a MapReduce execution to the run queue
@@ -829,7 +844,7 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
         }),
     };
     let options = flowhost::engine::queue::SubmitOptions {
-        id: a.id.clone(),
+        id: a.queued.id.clone(),
         deadline: None,
     };
     let sent = session
@@ -837,19 +852,11 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
         .submit_mapreduce(&job, items, &a.store.generated(), options)
         .await
         .map_err(engine_error)?;
-    if sent.created {
-        eprintln!(
-            "submitted MapReduce {} ({} → {}); a worker or a daemon on this store runs it",
-            sent.id, a.mapper, a.reducer
-        );
-    } else {
-        eprintln!("execution {} exists already: not submitted again", sent.id);
-    }
-    if !a.wait {
-        println!("{}", sent.id);
-        return Ok(ExitCode::SUCCESS);
-    }
-    await_result(backend.as_ref(), &sent.id, a.timeout).await
+    let created = format!(
+        "submitted MapReduce {} ({} → {}); a worker or a daemon on this store runs it",
+        sent.id, a.mapper, a.reducer
+    );
+    a.queued.report(backend.as_ref(), &sent, created).await
 }
 
 /// `flowhost wait`: the result as `result` prints it, once there is one.

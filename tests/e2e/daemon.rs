@@ -4,20 +4,11 @@
 //! token; metrics; a drain with work in flight; a daemon and a separate
 //! worker process sharing one store.
 
-use flowhost_e2e::{flowhost, shared_cache, stderr};
+use flowhost_e2e::{flowhost, shared_cache, signal, stderr};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-
-const DOUBLE: &str = r#"spec: flatmachine
-data:
-  name: double
-  plugins: {echo: echo}
-  states:
-    call: {type: initial, plugin: echo, input: {n: "{{ input.n }}"}, output_to_context: {n: "{{ output.n }}"}, transitions: [{to: done}]}
-    done: {type: final, output: {twice: "{{ context.n * 2 }}"}}
-"#;
 
 /// Three plugin calls that count themselves in the execution's state.
 const COUNTER: &str = r#"spec: flatmachine
@@ -71,7 +62,7 @@ impl Site {
         let machines = dir.path().join("machines");
         std::fs::create_dir(&machines).unwrap();
         for (name, text) in [
-            ("double", DOUBLE),
+            ("double", crate::queue::MACHINE),
             ("counter", COUNTER),
             ("slow", SLOW),
             ("fanout", FANOUT),
@@ -234,16 +225,6 @@ impl Drop for Served {
             let _ = child.wait();
         }
     }
-}
-
-/// Sends a signal to a process this test started.
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 fn error_kind(body: &Value) -> &str {

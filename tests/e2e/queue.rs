@@ -6,7 +6,8 @@ use flowhost_e2e::{flowhost, run, shared_cache, stderr};
 use serde_json::{Value, json};
 use std::process::Stdio;
 
-const MACHINE: &str = r#"spec: flatmachine
+/// Doubles `input.n` through the echo plugin (the daemon tests use it too).
+pub(crate) const MACHINE: &str = r#"spec: flatmachine
 data:
   name: double
   plugins: {echo: echo}

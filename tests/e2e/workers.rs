@@ -2,7 +2,7 @@
 //! SQLite database.
 
 use flowhost::backend::{Durability, JobStatus, SqliteBackend, WorkPools, WorkerStatus};
-use flowhost_e2e::{flowhost, shared_cache, stderr};
+use flowhost_e2e::{flowhost, shared_cache, signal, stderr};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,15 +174,6 @@ async fn claimed_by(store: &SqliteBackend, id: i64) -> String {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 async fn one_slow_job(cache: &std::path::Path, db: &str) -> (SqliteBackend, i64) {

@@ -71,6 +71,12 @@ pub fn apply(
 ) -> Result<(Option<Value>, StateAnswer), StateConflict> {
     let conflict =
         |what: &str, v: &Value| StateConflict(format!("state `{key}` is {}, not {what}", short(v)));
+    // Appends and adds work on a list; an absent key is an empty one.
+    let list_of = |current: Option<Value>, what: &str| match current {
+        None => Ok(vec![]),
+        Some(Value::Array(list)) => Ok(list),
+        Some(v) => Err(conflict(what, &v)),
+    };
     match op {
         StateOp::Set(v) => Ok((Some(v), StateAnswer::Done)),
         StateOp::Delete => Ok((None, StateAnswer::Done)),
@@ -85,21 +91,13 @@ pub fn apply(
             Ok((Some(Value::from(next)), StateAnswer::Count(next)))
         }
         StateOp::Append(item) => {
-            let mut list = match current {
-                None => vec![],
-                Some(Value::Array(list)) => list,
-                Some(v) => return Err(conflict("a list", &v)),
-            };
+            let mut list = list_of(current, "a list")?;
             list.push(item);
             let len = list.len() as u64;
             Ok((Some(Value::Array(list)), StateAnswer::Length(len)))
         }
         StateOp::Add(item) => {
-            let mut set = match current {
-                None => vec![],
-                Some(Value::Array(list)) => list,
-                Some(v) => return Err(conflict("a set (a list)", &v)),
-            };
+            let mut set = list_of(current, "a set (a list)")?;
             let added = !set.contains(&item);
             if added {
                 set.push(item);

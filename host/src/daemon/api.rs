@@ -324,6 +324,27 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// What a submit body and its query ask for besides the machine: the
+/// execution's id and deadline (checked), and how long to wait.
+fn submit_options(
+    id: Option<String>,
+    deadline: Option<&str>,
+    q: &WaitQuery,
+) -> Result<(crate::engine::queue::SubmitOptions, Option<Duration>), ApiError> {
+    if let Some(id) = &id {
+        check_id(id)?;
+    }
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| duration("wait", w, MAX_WAIT))
+        .transpose()?;
+    let deadline = deadline
+        .map(|t| duration("deadline", t, crate::duration::MAX))
+        .transpose()?;
+    Ok((crate::engine::queue::SubmitOptions { id, deadline }, wait))
+}
+
 /// Waits for a result, answering early when the daemon drains.
 async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Waited, ApiError> {
     let mut draining = d.draining.subscribe();
@@ -381,34 +402,12 @@ async fn submit(
     Params(q): Params<WaitQuery>,
     Body(body): Body<SubmitBody>,
 ) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
-    if let Some(id) = &body.id {
-        check_id(id)?;
-    }
-    let wait = q
-        .wait
-        .as_deref()
-        .map(|w| duration("wait", w, MAX_WAIT))
-        .transpose()?;
-    let deadline = body
-        .deadline
-        .as_deref()
-        .map(|t| duration("deadline", t, crate::duration::MAX))
-        .transpose()?;
+    let (options, wait) = submit_options(body.id, body.deadline.as_deref(), &q)?;
     let file = d
         .machine_file(&body.machine)
         .map_err(|m| ApiError::bad("unknown_machine", m))?;
     let input = body.input.unwrap_or_else(|| json!({}));
-    let sent = d
-        .engine
-        .submit_with(
-            &file,
-            input,
-            crate::engine::queue::SubmitOptions {
-                id: body.id,
-                deadline,
-            },
-        )
-        .await?;
+    let sent = d.engine.submit_with(&file, input, options).await?;
     answer(&d, sent, wait).await
 }
 
@@ -830,19 +829,7 @@ async fn mapreduce(
     Params(q): Params<WaitQuery>,
     Body(body): Body<MapReduceBody>,
 ) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
-    if let Some(id) = &body.id {
-        check_id(id)?;
-    }
-    let wait = q
-        .wait
-        .as_deref()
-        .map(|w| duration("wait", w, MAX_WAIT))
-        .transpose()?;
-    let deadline = body
-        .deadline
-        .as_deref()
-        .map(|t| duration("deadline", t, crate::duration::MAX))
-        .transpose()?;
+    let (options, wait) = submit_options(body.id, body.deadline.as_deref(), &q)?;
     let items = match (body.items, body.items_from) {
         (Some(items), None) => Value::Array(items),
         (None, Some(from)) => {
@@ -876,10 +863,6 @@ async fn mapreduce(
         reducer: body.reducer,
         parallelism: body.parallelism.unwrap_or(16),
         pool: body.pool,
-    };
-    let options = crate::engine::queue::SubmitOptions {
-        id: body.id,
-        deadline,
     };
     let sent = d
         .engine
