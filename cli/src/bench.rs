@@ -114,7 +114,7 @@ pub(super) async fn executions(a: BenchExecutionsArgs) -> Result<ExitCode, CliEr
     let store = Arc::new(SqliteBackend::open(&db, Durability::Full).map_err(store_error)?);
     let plugins = a.runtime.plugins_dir();
     let rt = Arc::new(
-        Runtime::new(a.runtime.runtime_config(false))
+        Runtime::new(a.runtime.runtime_config(false)?)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let backend: Arc<dyn Backend> = store.clone();

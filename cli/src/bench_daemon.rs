@@ -264,7 +264,7 @@ pub(super) async fn daemon(a: BenchDaemonArgs) -> Result<ExitCode, CliError> {
     // Warm pool vs a fresh instance per call, one plugin per language.
     let mut languages = Vec::new();
     if a.plugin_calls > 0 {
-        let config = a.runtime.runtime_config(false);
+        let config = a.runtime.runtime_config(false)?;
         for (language, name, input) in [
             ("rust", "echo", sample_input(256)),
             (

@@ -268,7 +268,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     }
     let backend = a.store.open_or_create()?;
     let runtime = Arc::new(
-        Runtime::new(a.runtime.runtime_config(false))
+        Runtime::new(a.runtime.runtime_config(false)?)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let dir = a.runtime.plugins_dir();

@@ -112,6 +112,16 @@ struct RuntimeArgs {
     /// Plugin instances that may be alive at once.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_instances: u32,
+    /// Let plugins send HTTP requests to HOST[:PORT] (repeatable; `*.domain`
+    /// and `*` work). A plugin's manifest must list the host too. Also
+    /// $FLOWHOST_ALLOW_HOSTS (comma separated).
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    allow_hosts: Vec<String>,
+    /// A TOML file of secrets the host adds to requests for their hosts
+    /// (default: $FLOWHOST_SECRETS). Provider keys such as OPENAI_API_KEY
+    /// are taken from the environment as well.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
 }
 
 impl RuntimeArgs {
@@ -119,19 +129,25 @@ impl RuntimeArgs {
         registry::plugins_dir(self.plugins.as_deref())
     }
 
-    fn runtime_config(&self, fuel: bool) -> RuntimeConfig {
+    /// The runtime's settings; bad `--allow-host` rules or secrets are a
+    /// usage error.
+    fn runtime_config(&self, fuel: bool) -> Result<RuntimeConfig, CliError> {
+        let net =
+            flowhost::plugin::NetConfig::from_flags(&self.allow_hosts, self.secrets.as_deref())
+                .map_err(CliError::Usage)?;
         let defaults = RuntimeConfig::default();
         let cache_dir = if self.no_cache {
             None
         } else {
             self.cache_dir.clone().or(defaults.cache_dir.clone())
         };
-        RuntimeConfig {
+        Ok(RuntimeConfig {
             max_instances: self.max_instances,
             fuel,
             cache_dir,
+            net: std::sync::Arc::new(net),
             ..defaults
-        }
+        })
     }
 }
 

@@ -148,7 +148,7 @@ fn parse_grant(spec: &str) -> Result<DirGrant, String> {
 }
 
 fn runtime(args: &RuntimeArgs, fuel: bool) -> Result<Runtime, CliError> {
-    Runtime::new(args.runtime_config(fuel)).map_err(|e| CliError::Other(e.to_string()))
+    Runtime::new(args.runtime_config(fuel)?).map_err(|e| CliError::Other(e.to_string()))
 }
 
 fn locate(spec: &str, args: &RuntimeArgs) -> Result<Located, CliError> {
@@ -485,7 +485,7 @@ async fn bench_cmd(a: BenchArgs) -> Result<ExitCode, CliError> {
         Some(i) => json_arg("--input", i)?,
         None => bench::sample_input(a.input_bytes),
     };
-    let config = a.runtime.runtime_config(false);
+    let config = a.runtime.runtime_config(false)?;
     if let Some(limit) = a.timeout {
         settings.limits.timeout_ms = Some(limit.as_millis().max(1) as u64);
         let report =

@@ -406,7 +406,7 @@ fn engine(
     store: Option<Vec<String>>,
     runtime: &RuntimeArgs,
 ) -> Result<Session, CliError> {
-    let rt = Runtime::new(runtime.runtime_config(false))
+    let rt = Runtime::new(runtime.runtime_config(false)?)
         .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?;
     let dir = registry::plugins_dir(runtime.plugins.as_deref());
     let mut engine = Engine::new(backend, Arc::new(rt), dir.clone());
@@ -1088,7 +1088,7 @@ pub(super) async fn bench(a: BenchArgs) -> Result<ExitCode, CliError> {
         machines.push((label, written));
     }
     let rt = Arc::new(
-        Runtime::new(a.runtime.runtime_config(false))
+        Runtime::new(a.runtime.runtime_config(false)?)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
     let plugins = registry::plugins_dir(a.runtime.plugins.as_deref());

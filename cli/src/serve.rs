@@ -142,7 +142,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
             dir.display()
         )));
     }
-    let mut runtime_config = a.runtime.runtime_config(false);
+    let mut runtime_config = a.runtime.runtime_config(false)?;
     if let Some(file) = &a.warm_pools {
         runtime_config.warm_pools = warm_pools(file)?;
     }

@@ -27,6 +27,7 @@ pub(super) fn run(a: ValidateArgs) -> Result<ExitCode, CliError> {
             .clone()
             .or_else(|| std::env::var_os("FLOWHOST_PLUGINS").map(PathBuf::from)),
         pinned: false,
+        files: Default::default(),
     };
     let mut bad = 0;
     for file in &a.files {

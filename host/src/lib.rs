@@ -15,6 +15,7 @@
 //! - [`duration`]: bounded durations from outside, converted without panics.
 //! - [`spawn`]: starting worker processes on the same store.
 //! - [`warm`]: the settings of warm plugin pools.
+//! - [`providers`]: model providers known by name (base URL, key variable).
 //! - [`daemon`]: `flowhost serve` (HTTP API, scaling workers, hot reload, metrics).
 //!
 //! The `flowhost` binary (the command line) is the `flowhost-cli` crate; this
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod expr;
 pub mod failure;
 pub mod plugin;
+pub mod providers;
 pub mod spawn;
 pub mod text;
 pub mod warm;

@@ -24,12 +24,15 @@
 //! # Layout
 //! - [`types`]: the author-facing types ([`Meta`], [`Error`], [`HookEvent`], ...).
 //! - [`host`]: calls into the host (log, progress, config, cancelled, state).
+//! - `http` (feature `http`): outbound HTTP requests.
 //! - [`testing`]: the fake host for native tests (not on wasm32).
 //! - the `processor!`, `hook!` and `step!` macros export a function as a plugin.
 
 extern crate self as flowhost_sdk;
 
 pub mod host;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod testing;
 pub mod types;
 

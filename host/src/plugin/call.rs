@@ -170,6 +170,8 @@ pub struct StoreState {
     log_lines: u32,
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: super::net::Hooks,
 }
 
 impl StoreState {
@@ -178,6 +180,7 @@ impl StoreState {
         config: Arc<str>,
         grants: &[DirGrant],
         memory_limit: u64,
+        http: Arc<super::net::HttpPolicy>,
     ) -> Result<Self, String> {
         let stderr = GuestOutput::new(plugin.clone(), "stderr");
         let mut wasi = WasiCtxBuilder::new();
@@ -206,6 +209,8 @@ impl StoreState {
             log_lines: 0,
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: super::net::Hooks(http),
         })
     }
 
@@ -225,6 +230,17 @@ impl WasiView for StoreState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+/// `wasi:http`: every request goes through the plugin's [`super::net`] policy.
+impl wasmtime_wasi_http::WasiHttpView for StoreState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -93,6 +93,8 @@ struct Inner {
     config: Arc<str>,
     limits: Limits,
     grants: Vec<DirGrant>,
+    /// Outbound HTTP (shared by tightened copies: one concurrency cap).
+    http: Arc<super::net::HttpPolicy>,
     reuse: u32,
     pool: super::runtime::WarmPool,
     report: LoadReport,
@@ -118,14 +120,21 @@ impl Plugin {
         limits: Limits,
         report: LoadReport,
     ) -> Plugin {
+        let name: Arc<str> = settings.name.into();
+        let http = Arc::new(super::net::HttpPolicy::new(
+            name.clone(),
+            settings.http,
+            runtime.config.net.clone(),
+        ));
         Plugin {
             inner: Arc::new(Inner {
                 runtime,
                 compiled,
-                name: settings.name.into(),
+                name,
                 config: settings.config.to_string().into(),
                 limits,
                 grants: settings.grants,
+                http,
                 reuse: settings.reuse,
                 pool: settings.pool,
                 report,
@@ -165,6 +174,7 @@ impl Plugin {
                 config: i.config.clone(),
                 limits: i.limits.tightened_by(overrides),
                 grants: i.grants.clone(),
+                http: i.http.clone(),
                 reuse: i.reuse,
                 pool: i.pool,
                 report: i.report,
@@ -387,6 +397,7 @@ impl Plugin {
             i.config.clone(),
             &i.grants,
             i.limits.memory_bytes,
+            i.http.clone(),
         )
         .map_err(PluginError::load)?;
         let mut store = Store::new(&i.runtime.engine, data);

@@ -19,6 +19,7 @@ pub mod error;
 pub mod golden;
 pub mod limits;
 mod loaded;
+pub mod net;
 pub mod registry;
 mod runtime;
 pub mod state;
@@ -30,6 +31,7 @@ pub use loaded::{
     CallMeta, CallStats, ErrorInfo, HookEvent, HookResult, Plugin, PluginInfo, StepOutput,
     TransitionInfo, WarmStats, standalone_meta,
 };
+pub use net::{HostRule, HttpGrant, HttpLimits, NetConfig, Secrets};
 pub use runtime::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary, LoadReport, LoadSource, OperatorPool,
     PluginSettings, Runtime, RuntimeConfig, RuntimeError, WarmPool, World,

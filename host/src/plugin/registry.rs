@@ -24,6 +24,10 @@
 //! greeting = "hi"
 //! ```
 //!
+//! Outbound HTTP (see `net`): `allowed_hosts = ["api.example.com"]` at the
+//! top, and an `[http]` table (`timeout_ms`, `max_response_mb`,
+//! `max_concurrent`).
+//!
 //! A manifest travels with a plugin, so it cannot grant what the operator did
 //! not: a relative `host` must stay inside the plugins folder (after `..` and
 //! symbolic links are resolved), and an absolute one is refused unless it lies
@@ -55,6 +59,13 @@ pub struct Manifest {
     pub config: Option<toml::Table>,
     /// A warm pool of reused instances (sets `reuse` to its `max_uses`).
     pub pool: Option<super::OperatorPool>,
+    /// Hosts the plugin may send HTTP requests to (the operator must allow
+    /// them too).
+    #[serde(default)]
+    pub allowed_hosts: Vec<super::HostRule>,
+    /// Limits of its outbound HTTP.
+    #[serde(default)]
+    pub http: super::HttpLimits,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -85,6 +96,13 @@ impl Manifest {
                 .map_err(|e| PluginError::load(format!("manifest of `{name}`: [pool]: {e}")))?;
         }
         settings.limits = self.limits.clone();
+        self.http
+            .check()
+            .map_err(|e| PluginError::load(format!("manifest of `{name}`: {e}")))?;
+        settings.http = super::HttpGrant {
+            allowed_hosts: self.allowed_hosts.clone(),
+            limits: self.http,
+        };
         if let Some(config) = &self.config {
             settings.config = serde_json::to_value(config)
                 .map_err(|e| PluginError::load(format!("config of `{name}`: {e}")))?;

@@ -41,6 +41,8 @@ pub struct RuntimeConfig {
     /// Warm pools the operator sets per plugin name (they win over the
     /// plugin's manifest): `max_uses` as the plugin's `reuse`, and the pool.
     pub warm_pools: std::collections::BTreeMap<String, OperatorPool>,
+    /// Outbound HTTP: the hosts the operator allows, the secrets added.
+    pub net: Arc<super::net::NetConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -52,6 +54,7 @@ impl Default for RuntimeConfig {
             cache_dir: CompileCache::default_dir(),
             defaults: Limits::default(),
             warm_pools: Default::default(),
+            net: Default::default(),
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct PluginSettings {
     pub pool: WarmPool,
     /// Refuse to load unless the file's sha256 is this (hex).
     pub sha256: Option<String>,
+    /// Outbound HTTP the plugin asks for (its manifest's `allowed_hosts`).
+    pub http: super::net::HttpGrant,
 }
 
 impl PluginSettings {
@@ -152,6 +157,7 @@ impl PluginSettings {
             reuse: 0,
             pool: WarmPool::default(),
             sha256: None,
+            http: Default::default(),
         }
     }
 }
@@ -223,6 +229,9 @@ impl Runtime {
         };
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
         link(processor::Processor::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+            &mut linker,
+        ))?;
         // An unusable cache is not a reason to refuse every call: warn once
         // and compile in memory.
         let cache =
