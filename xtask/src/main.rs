@@ -107,6 +107,18 @@ fn plugin_crates() -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The folder of plugin crate `name`.
+fn plugin_dir(name: &str) -> Result<PathBuf, String> {
+    for path in plugin_files("Cargo.toml")? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.lines().any(|l| l == format!("name = \"{name}\"")) {
+            return Ok(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+    }
+    Err(format!("no plugin crate `{name}` under plugins/"))
+}
+
 /// Installs the wasm32-wasip2 target through rustup when it is missing.
 fn ensure_wasm_target() -> Result<(), String> {
     let Ok(out) = Command::new("rustup")
@@ -147,6 +159,13 @@ fn plugins() -> Result<PathBuf, String> {
             .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
         let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
         eprintln!("xtask: plugin {n:<16} {size:>8} bytes  {}", to.display());
+        // A crate's `manifest.toml` ships beside its component as `<name>.toml`.
+        let manifest = plugin_dir(n)?.join("manifest.toml");
+        if manifest.is_file() {
+            let to = out.join(format!("{n}.toml"));
+            std::fs::copy(&manifest, &to)
+                .map_err(|e| format!("copy {} -> {}: {e}", manifest.display(), to.display()))?;
+        }
     }
     polyglot::build(&out)?;
     Ok(out)
