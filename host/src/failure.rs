@@ -46,10 +46,12 @@ pub enum FailureKind {
     Cancelled,
     /// The execution's config does not fit its record (a state is missing).
     InvalidConfig,
+    /// More than `settings.max_agent_calls` agent calls were asked for.
+    MaxAgentCalls,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 15] = [
+    pub const ALL: [FailureKind; 16] = [
         FailureKind::InvalidInput,
         FailureKind::Retryable,
         FailureKind::Fatal,
@@ -65,6 +67,7 @@ impl FailureKind {
         FailureKind::Store,
         FailureKind::Cancelled,
         FailureKind::InvalidConfig,
+        FailureKind::MaxAgentCalls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl FailureKind {
             FailureKind::Store => "store",
             FailureKind::Cancelled => "cancelled",
             FailureKind::InvalidConfig => "invalid_config",
+            FailureKind::MaxAgentCalls => "max_agent_calls",
         }
     }
 
@@ -91,11 +95,14 @@ impl FailureKind {
         FailureKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
-    /// Whether `on_error` can route it. `max_steps` and `invalid_config` end
-    /// the execution: routing them would run a machine past its bound or on
-    /// a config that does not fit.
+    /// Whether `on_error` can route it. `max_steps`, `max_agent_calls` and
+    /// `invalid_config` end the execution: routing them would run a machine
+    /// past its bound or on a config that does not fit.
     pub fn is_routable(self) -> bool {
-        !matches!(self, FailureKind::MaxSteps | FailureKind::InvalidConfig)
+        !matches!(
+            self,
+            FailureKind::MaxSteps | FailureKind::InvalidConfig | FailureKind::MaxAgentCalls
+        )
     }
 
     /// Transient kinds: worth trying again under `execution: {type: retry}`

@@ -12,6 +12,7 @@
 //! Imports `expr` (to check templates and conditions), `text`, `duration`
 //! and `failure`.
 
+pub mod agent;
 pub mod graph;
 mod locate;
 pub mod model;
@@ -75,6 +76,9 @@ pub struct Machine {
     pub data: Data,
     /// The state the machine starts in.
     pub initial: String,
+    /// Agent and profile files the config names, by that name, as read
+    /// (what a pinned definition keeps besides the config itself).
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 impl Machine {
@@ -95,6 +99,9 @@ pub struct Options {
     /// The config comes from a pinned definition, which holds its child
     /// machines' files: they are not looked for on disk.
     pub pinned: bool,
+    /// With `pinned`: the agent and profile files the definition holds for
+    /// this config, by the name the config gives them.
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// Deepest nesting of flow collections (`[` / `{`) accepted in a config.
@@ -170,11 +177,12 @@ pub fn parse_with(path: &Path, source: &str, options: &Options) -> Result<Machin
         return Err(ConfigErrors(vec![err]));
     }
     let file = deserialize(path, &index, source)?;
-    let (initial, data) = validate::validate(path, &index, file, options)?;
+    let (initial, data, files) = validate::validate(path, &index, file, options)?;
     Ok(Machine {
         path: path.to_path_buf(),
         data,
         initial,
+        files,
     })
 }
 

@@ -177,6 +177,9 @@ pub struct Runs {
     /// The alias or agent name as the state wrote it.
     pub name: String,
     pub spec: PluginSpec,
+    /// A FlatAgents agent: the `llm` plugin runs it and answers with an
+    /// envelope (`{output, usage}` or `{error}`) the engine unwraps.
+    pub llm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,6 +73,10 @@ pub struct Settings {
     /// start, or its submit); past it, it is cancelled with kind `timeout`.
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Most agent calls (LLM requests) one execution may make; past it the
+    /// state fails with kind `max_agent_calls`.
+    #[serde(default)]
+    pub max_agent_calls: Option<u64>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -178,6 +182,12 @@ pub struct Transition {
 pub enum ExecutionType {
     Default,
     Retry,
+    /// Agent states: `n_samples` calls at once; the output is `{results, count}`.
+    Parallel,
+    /// Agent states: sample until one answer leads the others by `k_margin`
+    /// votes (at most `max_candidates` calls); the output is that answer.
+    #[serde(rename = "mdap_voting")]
+    MdapVoting,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,4 +201,17 @@ pub struct Execution {
     /// Fraction of each backoff added or removed at random.
     #[serde(default)]
     pub jitter: Option<f64>,
+    /// An empty output (null, "", {}, [] or an empty `content`) counts as a
+    /// retryable failure.
+    #[serde(default)]
+    pub retry_on_empty: bool,
+    /// `parallel`: calls made at once (default 3).
+    #[serde(default)]
+    pub n_samples: Option<u32>,
+    /// `mdap_voting`: the lead that wins (default 3).
+    #[serde(default)]
+    pub k_margin: Option<u32>,
+    /// `mdap_voting`: most calls (default 10).
+    #[serde(default)]
+    pub max_candidates: Option<u32>,
 }

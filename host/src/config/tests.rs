@@ -153,15 +153,79 @@ fn bad_templates_and_conditions_name_the_state() {
 }
 
 #[test]
-fn seed_style_llm_agents_get_a_clear_message() {
-    let yaml = GOOD.replace("    worker: {plugin: text}", "    worker: ./worker.yml");
-    let e = &errors(&yaml)[0];
+fn flatagents_agent_files_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("machine.yml");
+    let yaml = GOOD
+        .replace("    worker: {plugin: text}", "    worker: ./worker.yml")
+        .replace(
+            "  name: demo\n",
+            "  name: demo\n  profiles: ./profiles.yml\n",
+        );
+    std::fs::write(dir.path().join("child.yml"), "").unwrap();
+    let load = |yaml: &str| super::parse(&machine, yaml);
+
+    let e = load(&yaml).unwrap_err().0;
     assert!(
-        e.message
-            .contains("agent `worker` points at `./worker.yml`")
-            && e.message.contains("{plugin:"),
-        "{e}"
+        e.iter().any(|e| e
+            .message
+            .contains("agent `worker` (./worker.yml): cannot read `./worker.yml`")),
+        "{e:?}"
     );
+    assert!(
+        e.iter().any(
+            |e| e.message.contains("profiles `./profiles.yml`: cannot read") && e.line == Some(6)
+        ),
+        "{e:?}"
+    );
+    std::fs::write(
+        dir.path().join("profiles.yml"),
+        "spec: flatprofiles\ndata:\n  model_profiles:\n    fast: {provider: openai, name: gpt-x}\n  default: fast\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("worker.yml"),
+        "spec: flatagent\ndata:\n  model: fats\n  user: 'Do {{ input.task }}'\n",
+    )
+    .unwrap();
+    let e = load(&yaml).unwrap_err().0;
+    assert!(
+        e[0].message.contains("no profile `fats`") && e[0].message.contains("did you mean `fast`"),
+        "{e:?}"
+    );
+    std::fs::write(
+        dir.path().join("worker.yml"),
+        "spec: flatagent\ndata:\n  model: fast\n  user: 'Do {{ input.task }}'\n  output: {done: {type: bool}}\n",
+    )
+    .unwrap();
+    let m = load(&yaml).unwrap();
+    let spec = &m.data.agents["worker"];
+    assert_eq!(spec.plugin, "llm");
+    let config = spec.config.as_ref().unwrap();
+    assert_eq!(config["model"]["base_url"], "https://api.openai.com/v1");
+    assert_eq!(config["agent"]["output"]["done"]["type"], "bool");
+    let runs = m
+        .data
+        .states
+        .values()
+        .find_map(|s| s.runs.as_ref().filter(|r| r.llm));
+    assert!(runs.is_some(), "the agent state runs an LLM agent");
+    assert_eq!(
+        m.files.len(),
+        2,
+        "agent and profiles kept for pinning: {:?}",
+        m.files.keys()
+    );
+
+    // A pinned definition's texts are used, not the disk.
+    std::fs::remove_file(dir.path().join("worker.yml")).unwrap();
+    let options = super::Options {
+        pinned: true,
+        files: m.files.clone(),
+        ..Default::default()
+    };
+    let again = super::parse_with(&machine, &yaml, &options).unwrap();
+    assert_eq!(again.data.agents["worker"], *spec);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! problem comes out as the typed [`model`](super::model): the flexible keys
 //! are read here and nowhere else.
 
+use super::agent;
 use super::locate::LineIndex;
 use super::model;
 use super::model::{
@@ -99,6 +100,10 @@ struct Checker<'a> {
     plugins_dir: Option<&'a Path>,
     /// Child machine files are not on disk to check (see [`Options::pinned`]).
     pinned: bool,
+    /// Texts of agent and profile files a pinned definition holds.
+    files: &'a BTreeMap<String, String>,
+    /// Agent and profile files read, by the path the config names them.
+    read: BTreeMap<String, String>,
     exprs: Expressions,
     errors: Vec<ConfigError>,
 }
@@ -144,6 +149,41 @@ impl Checker<'_> {
         ))
     }
 
+    /// The text of a file the config names next to itself (an agent or a
+    /// profiles file): from the pinned definition, or read from disk and
+    /// kept for pinning.
+    fn file_text(&mut self, rel: &str) -> Result<String, String> {
+        if let Some(t) = self.read.get(rel) {
+            return Ok(t.clone());
+        }
+        let text = if self.pinned {
+            self.files
+                .get(rel)
+                .cloned()
+                .ok_or_else(|| format!("the pinned definition holds no file `{rel}`"))?
+        } else {
+            let path = self.path.parent().unwrap_or(Path::new(".")).join(rel);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read `{rel}` next to this config: {e}"))?
+        };
+        self.read.insert(rel.to_string(), text.clone());
+        Ok(text)
+    }
+
+    /// Whether a file `rel` is next to this config (in the pinned
+    /// definition, when pinned).
+    fn pinned_or_beside(&self, rel: &str) -> bool {
+        if self.pinned {
+            self.files.contains_key(rel)
+        } else {
+            self.path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(rel)
+                .is_file()
+        }
+    }
+
     fn in_state(&mut self, state: &str, needles: &[&str], message: String) {
         let line = self.index.in_state(state, needles);
         self.error(Some(state), line, message);
@@ -165,18 +205,21 @@ impl Checker<'_> {
     }
 }
 
-/// Validates the file; returns the initial state's name and the typed model.
+/// Validates the file; returns the initial state's name, the typed model
+/// and the agent and profile files it read.
 pub(super) fn validate(
     path: &Path,
     index: &LineIndex,
     owned: MachineFile,
     options: &Options,
-) -> Result<(String, Data), ConfigErrors> {
+) -> Result<(String, Data, BTreeMap<String, String>), ConfigErrors> {
     let mut c = Checker {
         path,
         index,
         plugins_dir: options.plugins_dir.as_deref(),
         pinned: options.pinned,
+        files: &options.files,
+        read: BTreeMap::new(),
         exprs: Expressions::new(),
         errors: Vec::new(),
     };
@@ -216,7 +259,7 @@ pub(super) fn validate(
         c.template(None, key, value);
     }
     let plugins = check_plugins(&mut c, data.plugins.iter(), "plugins");
-    let agents = check_agents(&mut c, &data.agents);
+    let (agents, llm_agents) = check_agents(&mut c, &data.agents, data.profiles.as_deref());
     let machines = check_machines(&mut c, path, &data.machines);
     let mut hooks = Vec::new();
     for (key, spec) in [
@@ -280,6 +323,7 @@ pub(super) fn validate(
         agents: &agents,
         plugin_names: data.plugins.keys().cloned().collect(),
         agent_names: data.agents.keys().cloned().collect(),
+        llm_agents: &llm_agents,
         machines: data.machines.keys().cloned().collect(),
     };
     let mut states = indexmap::IndexMap::new();
@@ -302,7 +346,7 @@ pub(super) fn validate(
             persistence: data.persistence,
             hooks,
         };
-        Ok((initial.unwrap_or_default(), model))
+        Ok((initial.unwrap_or_default(), model, c.read))
     } else {
         c.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(ConfigErrors(c.errors))
@@ -355,6 +399,8 @@ struct Known<'a> {
     /// Every name declared (a bad spec is reported where it is declared).
     plugin_names: Vec<String>,
     agent_names: Vec<String>,
+    /// Agents that are FlatAgents agents (run by the `llm` plugin).
+    llm_agents: &'a std::collections::BTreeSet<String>,
     machines: Vec<String>,
 }
 
@@ -453,6 +499,7 @@ fn check_state(
             kind,
             name: name.clone(),
             spec: specs.get(name)?.clone(),
+            llm: kind == RunKind::Agent && known.llm_agents.contains(name),
         })
     });
     let machine = match &s.machine {
@@ -574,6 +621,26 @@ fn check_state(
                 name,
                 &["jitter"],
                 "`execution.jitter` must be between 0 and 1".into(),
+            );
+        }
+    }
+    if let Some(ex) = &s.execution
+        && matches!(ex.kind, ExecutionType::Parallel | ExecutionType::MdapVoting)
+    {
+        if s.agent.is_none() {
+            c.in_state(
+                name,
+                &["execution", "type"],
+                "`execution` types `parallel` and `mdap_voting` sample an agent: the state needs `agent:`".into(),
+            );
+        }
+        let bounded = |v: Option<u32>| v.is_none_or(|n| (1..=100).contains(&n));
+        if !bounded(ex.n_samples) || !bounded(ex.k_margin) || !bounded(ex.max_candidates) {
+            c.in_state(
+                name,
+                &["n_samples", "k_margin", "max_candidates"],
+                "`n_samples`, `k_margin` and `max_candidates` are whole numbers from 1 to 100"
+                    .into(),
             );
         }
     }
@@ -870,22 +937,114 @@ fn read_limits(limits: &Value) -> Result<PluginLimits, String> {
     Ok(out)
 }
 
-/// Checks `data.agents`; the agents (each a plugin) without a problem.
+/// Checks `data.agents`: the agents (each a plugin) without a problem, and
+/// which of them are FlatAgents agents (`./agent.yml`, an inline
+/// `spec: flatagent` map or `{type: flatagent, ref}`), run by the `llm`
+/// plugin with the agent, resolved against the profiles, as its config.
 fn check_agents(
     c: &mut Checker<'_>,
     agents: &BTreeMap<String, Value>,
-) -> BTreeMap<String, PluginSpec> {
+    profiles_file: Option<&str>,
+) -> (
+    BTreeMap<String, PluginSpec>,
+    std::collections::BTreeSet<String>,
+) {
+    let mut profiles: Option<Option<agent::Profiles>> = None;
+    let mut specs = BTreeMap::new();
+    let mut llm = std::collections::BTreeSet::new();
     for (name, value) in agents {
-        if let Value::String(path) = value {
-            c.top(
-                &[name.as_str(), path.as_str()],
-                format!(
-                    "agent `{name}` points at `{path}`, a FlatAgents LLM agent; flowhost runs agents as plugins: `{name}: {{plugin: <plugin>}}`"
-                ),
-            );
+        let source = match value {
+            Value::String(rel) => Some((rel.clone(), None)),
+            Value::Object(m) if m.contains_key("spec") => {
+                Some((format!("data.agents.{name}"), Some(value.clone())))
+            }
+            Value::Object(m) if m.contains_key("type") && !m.contains_key("plugin") => {
+                match (m.get("type").and_then(Value::as_str), m.get("ref")) {
+                    (Some("flatagent"), Some(Value::String(rel))) => Some((rel.clone(), None)),
+                    (Some("flatagent"), _) => {
+                        c.top(
+                            &[name.as_str(), ":"],
+                            format!("agent `{name}`: `type: flatagent` needs `ref: ./agent.yml`"),
+                        );
+                        continue;
+                    }
+                    (kind, _) => {
+                        c.top(
+                            &[name.as_str(), ":"],
+                            format!(
+                                "agent `{name}`: adapter `{}` is not supported; flowhost runs FlatAgents agents (`spec: flatagent`) and plugins (`{{plugin: <name>}}`)",
+                                kind.unwrap_or("?")
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some((label, inline)) = source else {
+            continue;
+        };
+        if profiles.is_none() {
+            // As FlatAgents does: without `data.profiles`, a `profiles.yml`
+            // beside the machine is used.
+            let beside = c.pinned_or_beside(DEFAULT_PROFILES);
+            let profiles_file = profiles_file.or(beside.then_some(DEFAULT_PROFILES));
+            profiles = Some(profiles_file.and_then(|rel| {
+                let read = c
+                    .file_text(rel)
+                    .and_then(|t| agent::yaml(Path::new(rel), &t))
+                    .and_then(|doc| agent::read_profiles(rel, &doc));
+                read.map_err(|e| c.top(&["profiles:"], format!("profiles `{rel}`: {e}")))
+                    .ok()
+            }));
+        }
+        let doc = match inline {
+            Some(doc) => Ok(doc),
+            None => c
+                .file_text(&label)
+                .and_then(|t| agent::yaml(Path::new(&label), &t)),
+        };
+        let config = doc.and_then(|d| {
+            agent::read_agent(&label, &d, profiles.as_ref().and_then(Option::as_ref))
+        });
+        let config = config.and_then(|config| match c.missing_plugin(agent::LLM_PLUGIN) {
+            Some(why) => Err(format!(
+                "FlatAgents agents run on the provided `{}` plugin: {why} (`cargo xtask plugins` builds it)",
+                agent::LLM_PLUGIN
+            )),
+            None => Ok(config),
+        });
+        match config {
+            Ok(config) => {
+                let mut spec = PluginSpec::named(agent::LLM_PLUGIN);
+                spec.config = Some(config);
+                specs.insert(name.clone(), spec);
+                llm.insert(name.clone());
+            }
+            Err(why) => c.top(
+                &[name.as_str(), label.as_str()],
+                format!("agent `{name}` ({label}): {why}"),
+            ),
         }
     }
-    check_plugins(c, agents.iter().filter(|(_, v)| !v.is_string()), "agents")
+    let plugins = check_plugins(
+        c,
+        agents
+            .iter()
+            .filter(|(_, v)| !v.is_string() && !is_flat_agent(v)),
+        "agents",
+    );
+    specs.extend(plugins);
+    (specs, llm)
+}
+
+/// The profiles file used when a machine names none.
+const DEFAULT_PROFILES: &str = "profiles.yml";
+
+/// An agent given as an inline `spec: flatagent` map or `{type, ref}`.
+fn is_flat_agent(v: &Value) -> bool {
+    v.get("spec").is_some() || (v.get("type").is_some() && v.get("plugin").is_none())
 }
 
 /// The chain of machine files from `child` back to `root` (`root` is

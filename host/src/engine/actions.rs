@@ -68,6 +68,7 @@ impl Engine {
             kind: crate::failure::FailureKind::Fatal,
             message: format!("action `{action}`: {m}"),
             state: state.clone(),
+            retry_after_ms: None,
         };
         let b = self.backend.clone();
         let pool = text(rec, "pool_id", "default");

@@ -65,11 +65,12 @@ impl Frame {
     }
 }
 
-fn failure(kind: FailureKind, message: impl Into<String>, state: &str) -> Failure {
+pub(super) fn failure(kind: FailureKind, message: impl Into<String>, state: &str) -> Failure {
     Failure {
         kind,
         message: message.into(),
         state: state.to_string(),
+        retry_after_ms: None,
     }
 }
 
@@ -250,6 +251,15 @@ impl Engine {
             _ => None,
         };
 
+        if let (Some(plugin), Some(runs)) = (frame.def.runners.get(&name), &state.runs)
+            && runs.llm
+        {
+            let arg = input.unwrap_or_else(|| rec.context.clone());
+            return self
+                .agent(frame, rec, state, &runs.name, plugin, arg)
+                .await
+                .map(|o| Work::Output(o, None));
+        }
         if let Some(plugin) = frame.def.runners.get(&name) {
             let meta = self.meta(rec, plugin.as_ref());
             let ctx = self.call_context(frame, rec);
@@ -634,7 +644,9 @@ impl Engine {
                 let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
                 tracing::info!(execution = %rec.id, state = %rec.state, attempt = rec.attempt, kind = %f.kind, "retrying: {}", f.message);
                 rec.attempt += 1;
-                let pause = crate::duration::clamp_secs(base * factor);
+                let pause = crate::duration::clamp_secs(base * factor).max(
+                    std::time::Duration::from_millis(f.retry_after_ms.unwrap_or(0)),
+                );
                 let retry = Event::RetryScheduled {
                     state: rec.state.clone(),
                     attempt: rec.attempt,
@@ -754,7 +766,7 @@ impl Engine {
         Ok(redirect)
     }
 
-    fn meta(&self, rec: &Record, runner: &dyn Runner) -> CallMeta {
+    pub(super) fn meta(&self, rec: &Record, runner: &dyn Runner) -> CallMeta {
         let deadline = self.now() + runner.timeout().as_millis() as u64;
         CallMeta {
             idempotency_key: format!("{}/{}/{}", rec.id, rec.step, rec.attempt),
@@ -769,7 +781,7 @@ impl Engine {
 
     /// The call context of one plugin call: the execution's state in the
     /// store, and the execution's cancel token.
-    fn call_context(&self, frame: &Frame, rec: &Record) -> CallContext {
+    pub(super) fn call_context(&self, frame: &Frame, rec: &Record) -> CallContext {
         CallContext {
             state: Arc::new(super::state::StoreState::new(
                 self.backend.clone(),

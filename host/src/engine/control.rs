@@ -318,6 +318,7 @@ impl Engine {
             kind: FailureKind::Cancelled,
             message: reason.to_string(),
             state: rec.state.clone(),
+            retry_after_ms: None,
         });
         let now = self.now();
         let cancelled = Event::Cancelled {

@@ -35,6 +35,9 @@ pub struct PinnedFile {
     /// Where the file was read from (for messages).
     pub file: PathBuf,
     pub text: String,
+    /// Agent and profile files the config names, by that name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 impl Definition {
@@ -115,11 +118,13 @@ mod tests {
                     path: vec![],
                     file: "/m/main.yml".into(),
                     text: "root".into(),
+                    files: Default::default(),
                 },
                 PinnedFile {
                     path: vec!["child".into()],
                     file: "/m/child.yml".into(),
                     text: "child".into(),
+                    files: [("agent.yml".to_string(), "spec: flatagent".to_string())].into(),
                 },
             ],
             plugins: [("echo".to_string(), "a".repeat(64))].into(),

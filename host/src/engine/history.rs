@@ -38,6 +38,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output_bytes: Option<u64>,
     },
+    /// An agent state's model calls: how many, the tokens they used.
+    AgentCalled {
+        state: String,
+        agent: String,
+        model: String,
+        calls: u32,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        total_tokens: u64,
+    },
     RetryScheduled {
         state: String,
         /// The attempt that will run after the pause.
@@ -130,6 +140,18 @@ impl Event {
                     "`{state}` (step {step}{attempt}) called {plugin} in {ms:.1} ms on {worker}: {outcome}"
                 )
             }
+            Event::AgentCalled {
+                state,
+                agent,
+                model,
+                calls,
+                prompt_tokens,
+                completion_tokens,
+                total_tokens,
+            } => format!(
+                "`{state}` asked agent {agent} ({model}) {calls} time{}: {total_tokens} tokens ({prompt_tokens} in, {completion_tokens} out)",
+                if *calls == 1 { "" } else { "s" }
+            ),
             Event::RetryScheduled {
                 state,
                 attempt,

@@ -213,19 +213,11 @@ struct Loader<'a> {
 impl Loader<'_> {
     /// The config of the machine at `path` in the tree, read from `file`.
     fn machine(&mut self, path: &[String], file: &Path) -> Result<Machine, EngineError> {
-        let options = self.options();
         match self.pinned {
             None => {
                 let text = std::fs::read_to_string(file)
                     .map_err(|e| config_error(file, format!("cannot read: {e}")))?;
-                let machine =
-                    config::parse_with(file, &text, &options).map_err(EngineError::Config)?;
-                self.read.push(PinnedFile {
-                    path: path.to_vec(),
-                    file: file.to_path_buf(),
-                    text,
-                });
-                Ok(machine)
+                self.parse(path, file, text, false)
             }
             Some(def) => {
                 let pinned = def.file(path).ok_or_else(|| {
@@ -235,16 +227,43 @@ impl Loader<'_> {
                         path.join(".")
                     ))
                 })?;
-                config::parse_with(&pinned.file, &pinned.text, &options)
-                    .map_err(EngineError::Config)
+                self.parse(path, &pinned.file, pinned.text.clone(), false)
             }
         }
+    }
+
+    /// Parses the config text of the machine at `path` (read from `file`,
+    /// or `inline` in its parent); from disk, notes it and the agent and
+    /// profile files it read for the definition (an inline machine only if
+    /// it read some: its text is in its parent's).
+    fn parse(
+        &mut self,
+        path: &[String],
+        file: &Path,
+        text: String,
+        inline: bool,
+    ) -> Result<Machine, EngineError> {
+        let mut options = self.options();
+        if let Some(pinned) = self.pinned.and_then(|d| d.file(path)) {
+            options.files = pinned.files.clone();
+        }
+        let machine = config::parse_with(file, &text, &options).map_err(EngineError::Config)?;
+        if self.pinned.is_none() && !(inline && machine.files.is_empty()) {
+            self.read.push(PinnedFile {
+                path: path.to_vec(),
+                file: file.to_path_buf(),
+                text,
+                files: machine.files.clone(),
+            });
+        }
+        Ok(machine)
     }
 
     fn options(&self) -> config::Options {
         config::Options {
             plugins_dir: self.runners.plugins_dir().map(Path::to_path_buf),
             pinned: self.pinned.is_some(),
+            files: Default::default(),
         }
     }
 
@@ -388,7 +407,7 @@ fn build(
             }
             ChildMachine::Inline(text) => {
                 let pseudo = machine.path.with_extension(format!("{name}.inline.yml"));
-                config::parse_with(&pseudo, text, &loader.options()).map_err(EngineError::Config)?
+                loader.parse(&child_source.path, &pseudo, text.clone(), true)?
             }
         };
         loader.stack.push(child.path.clone());

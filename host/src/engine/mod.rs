@@ -20,6 +20,7 @@
 
 mod actions;
 mod advance;
+mod agent;
 pub mod bench;
 mod control;
 pub mod definition;

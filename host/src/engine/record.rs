@@ -37,6 +37,10 @@ pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
     pub state: String,
+    /// The service asked to be called again no sooner than this (a model
+    /// provider's `Retry-After`); a retry waits at least as long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// How a state's children combine into its output.
@@ -177,6 +181,9 @@ pub struct Record {
     /// The number of the last history event noted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub history_seq: u64,
+    /// Agent calls (model requests) made so far (`settings.max_agent_calls`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub agent_calls: u64,
     /// Events noted since the last save, written to the store's history with
     /// the next save; never part of the checkpoint.
     #[serde(skip)]

@@ -159,6 +159,7 @@ pub fn settle(
                 kind: FailureKind::Fatal,
                 message: "failed without an error".into(),
                 state: String::new(),
+                retry_after_ms: None,
             }))
         }
     };
@@ -198,6 +199,7 @@ pub fn children_timed_out(state: &str, limit: Duration) -> Failure {
             limit.as_secs_f64()
         ),
         state: state.to_string(),
+        retry_after_ms: None,
     }
 }
 
@@ -240,6 +242,7 @@ impl Engine {
             error: None,
             created_ms: self.now(),
             history_seq: 0,
+            agent_calls: 0,
             journal: Vec::new(),
         };
         let vars = json!({"input": rec.input, "context": {}});
@@ -255,6 +258,7 @@ impl Engine {
                         kind: FailureKind::Template,
                         message: format!("context.{key}: {e}"),
                         state: rec.state.clone(),
+                        retry_after_ms: None,
                     });
                 }
             }
