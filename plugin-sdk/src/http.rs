@@ -208,20 +208,27 @@ mod imp {
             let _ = options.set_first_byte_timeout(Some(nanos));
         }
         let pending = outgoing_handler::handle(req, Some(options)).map_err(code)?;
+        // A request the host refuses fails while its body is written; the
+        // response future then says why, so look there first.
+        let mut sent = Ok(());
         {
             let out = body.write().map_err(|_| protocol("body"))?;
             for chunk in r.body.chunks(4096) {
-                out.blocking_write_and_flush(chunk)
-                    .map_err(|e| HttpError::Network(format!("sending the body: {e:?}")))?;
+                if let Err(e) = out.blocking_write_and_flush(chunk) {
+                    sent = Err(HttpError::Network(format!("sending the body: {e:?}")));
+                    break;
+                }
             }
         }
-        OutgoingBody::finish(body, None).map_err(code)?;
+        let finished = OutgoingBody::finish(body, None);
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(r))) => r,
             Some(Ok(Err(e))) => return Err(code(e)),
             _ => return Err(HttpError::Network("no response".into())),
         };
+        sent?;
+        finished.map_err(code)?;
         let status = response.status();
         let headers = response
             .headers()

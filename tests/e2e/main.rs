@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `flowhost` binary and library against the real
 //! plugins. One test binary, one module per topic. Run with `cargo xtask test`.
 
+mod agents;
 mod cache;
 mod cli;
 mod daemon;

@@ -7,7 +7,10 @@
 //! - `test`: `plugins`, build the `flowhost` binary once, install the pinned
 //!   OpenAPI fuzzer (schemathesis, into `<target>/toolchains`), then run every
 //!   test (`cargo test --workspace`). This is the README's test command and what CI runs.
-//! - `demo`: `plugins`, then show the plugin runtime at work and run the peering example.
+//! - `demo`: `plugins`, then show the plugin runtime at work, run the peering
+//!   example, and the agents example (below).
+//! - `agents`: the FlatAgents writer/critic example (`examples/agents/`)
+//!   against the test model server on 127.0.0.1:7781.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
 //!   job, distributed-execution and daemon benchmarks.
 
@@ -22,8 +25,9 @@ fn main() -> ExitCode {
         "plugins" => plugins().map(|_| ()),
         "test" => test(),
         "demo" => demo(),
+        "agents" => agents(),
         "bench" => bench(),
-        _ => Err("usage: cargo xtask <plugins|test|demo|bench>".to_string()),
+        _ => Err("usage: cargo xtask <plugins|test|demo|agents|bench>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,7 +241,67 @@ fn demo() -> Result<(), String> {
     run(peering)?;
     let mut executions = flowhost("debug");
     executions.args(["executions", "--db", &db, "--limit", "5"]);
-    run(executions)
+    run(executions)?;
+    // FlatAgents agents against the test model server.
+    run_agents_example()
+}
+
+/// Where the agents example's profile expects the test model server.
+const MODEL_SERVER: &str = "127.0.0.1:7781";
+
+/// The agents example (writer/critic) against the test model server.
+fn agents() -> Result<(), String> {
+    plugins()?;
+    build_host("debug")?;
+    run_agents_example()
+}
+
+fn run_agents_example() -> Result<(), String> {
+    let mut build = cargo();
+    build.args(["build", "-p", "flowhost-e2e", "--bin", "model-server"]);
+    run(build)?;
+    let mut server = Command::new(target_dir().join("debug").join("model-server"))
+        .args(["--listen", MODEL_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the test model server: {e}"))?;
+    // Its first line says it listens (or it exits, e.g. the port is taken).
+    let mut line = String::new();
+    if let Some(out) = server.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    if !line.starts_with("listening on") {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(format!(
+            "the test model server did not start on {MODEL_SERVER} (is the port taken?)"
+        ));
+    }
+    eprintln!("xtask: test model server {}", line.trim());
+    let db = target_dir().join("demo").join("agents.db");
+    std::fs::create_dir_all(target_dir().join("demo")).map_err(|e| format!("demo dir: {e}"))?;
+    let _ = std::fs::remove_file(&db);
+    let db = db.display().to_string();
+    let mut example = flowhost("debug");
+    example.args([
+        "run",
+        "examples/agents/machine.yml",
+        "--allow-host",
+        MODEL_SERVER,
+        "--db",
+        &db,
+        "--input",
+        r#"{"product": "a solar-powered kettle"}"#,
+    ]);
+    let result = run(example).and_then(|()| {
+        let mut executions = flowhost("debug");
+        executions.args(["executions", "--db", &db, "--limit", "1"]);
+        run(executions)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }
 
 fn bench() -> Result<(), String> {
