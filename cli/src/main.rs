@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_daemon;
+mod bench_llm;
 mod graph;
 mod jobs;
 mod plugin;
@@ -95,6 +96,9 @@ enum BenchCommand {
     /// The daemon over HTTP: submit→result latency, submissions and state
     /// increments per second, warm-pool vs fresh plugin calls per language.
     Daemon(bench_daemon::BenchDaemonArgs),
+    /// The host's overhead per LLM call: the llm plugin and the HTTP round
+    /// trip to a loopback endpoint, without the endpoint's own time.
+    Llm(bench_llm::BenchLlmArgs),
 }
 
 /// Where plugins live and how the runtime is sized.
@@ -287,6 +291,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,
             Command::Bench(BenchCommand::Executions(a)) => bench::executions(a).await,
             Command::Bench(BenchCommand::Daemon(a)) => bench_daemon::daemon(a).await,
+            Command::Bench(BenchCommand::Llm(a)) => bench_llm::llm(a).await,
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,
             Command::Worker(a) => jobs::worker(a).await,

@@ -77,7 +77,7 @@ fn ok(o: &Output, what: &str) -> Value {
 }
 
 /// Copies a folder of configs, changing only `profiles.yml`: every
-/// profile gets a `base_url` pointing at `base`.
+/// profile's `base_url` points at `base`.
 fn copy_pointed_at(src: &Path, dst: &Path, base: &str) {
     std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
@@ -87,6 +87,7 @@ fn copy_pointed_at(src: &Path, dst: &Path, base: &str) {
         if name == "profiles.yml" {
             text = text
                 .lines()
+                .filter(|l| !l.trim_start().starts_with("base_url:"))
                 .map(|l| match l.trim_start().strip_prefix("provider:") {
                     Some(_) => {
                         let indent = &l[..l.len() - l.trim_start().len()];
@@ -626,4 +627,89 @@ fn keys_reach_the_provider_and_nowhere_else() {
         assert!(!text.contains(key), "the key leaked: {text}");
         assert!(!text.contains("7c1f0d9a"), "part of the key leaked");
     }
+}
+
+/// The daemon runs the agents example: `serve --allow-host`, a submitted
+/// writer/critic loop finishes, `/machines` lists only the machine (not its
+/// agent and profile files), and `/metrics` counts the agents' calls and
+/// tokens.
+#[test]
+fn the_daemon_runs_agents_and_counts_their_tokens() {
+    let server = ModelServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let machines = dir.path().join("machines");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agents");
+    copy_pointed_at(&example, &machines, &server.base_url());
+    let db = dir.path().join("d.db").display().to_string();
+    let mut child = fh(&shared_cache(), &server.addr)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db", &db])
+        .args(["--machines", &machines.display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut res = agent
+        .post(format!("{base}/workflows?wait=60s"))
+        .send_json(json!({"machine": "machine", "input": {"product": "tea"}}))
+        .unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.body_mut().read_json().unwrap();
+    let listed: Value = agent
+        .get(format!("{base}/machines"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let metrics = agent
+        .get(format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "done", "{body}");
+    assert!(body["result"]["tagline"].is_string(), "{body}");
+    assert!(!listed.to_string().contains("critic"), "{listed}");
+    assert!(listed.to_string().contains("machine"), "{listed}");
+    let tokens: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("flowhost_agent_tokens_total{") && l.contains("kind=\"prompt\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(tokens > 0.0, "{metrics}");
+    assert!(metrics.contains("flowhost_agent_calls_total{"), "{metrics}");
+}
+
+/// `flowhost bench llm` runs end to end at a small size (its figures are
+/// printed, never asserted).
+#[test]
+fn the_llm_benchmark_runs_at_a_small_size() {
+    let o = flowhost(&shared_cache())
+        .args(["bench", "llm", "--calls", "5", "--json"])
+        .output()
+        .unwrap();
+    let out = ok(&o, "bench llm");
+    let rows = out["llm"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r["overhead"]["p50_us"].as_f64().unwrap() > 0.0)
+    );
 }

@@ -12,7 +12,7 @@
 //! - `agents`: the FlatAgents writer/critic example (`examples/agents/`)
 //!   against the test model server on 127.0.0.1:7781.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
-//!   job, distributed-execution and daemon benchmarks.
+//!   job, distributed-execution, daemon and LLM-call benchmarks.
 
 mod polyglot;
 
@@ -334,5 +334,8 @@ fn bench() -> Result<(), String> {
     run(executions)?;
     let mut daemon = flowhost("release");
     daemon.args(["bench", "daemon"]);
-    run(daemon)
+    run(daemon)?;
+    let mut llm = flowhost("release");
+    llm.args(["bench", "llm"]);
+    run(llm)
 }

@@ -51,6 +51,22 @@ struct PluginErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    machine: String,
+    agent: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    machine: String,
+    agent: String,
+    model: String,
+    /// `prompt` or `completion`.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     plugin: String,
     result: String,
@@ -114,6 +130,8 @@ pub struct Metrics {
     warm_hits: Family<PluginLabel, Counter>,
     warm_misses: Family<PluginLabel, Counter>,
     warm_idle: Family<PluginLabel, Gauge>,
+    agent_calls: Family<AgentLabels, Counter>,
+    agent_tokens: Family<TokenLabels, Counter>,
     /// Warm-pool hits and misses per plugin counted already.
     warm_counted: Mutex<HashMap<String, (u64, u64)>>,
     /// The workers' own counters, and how much of them is counted already.
@@ -156,6 +174,8 @@ impl Metrics {
             warm_hits: Family::default(),
             warm_misses: Family::default(),
             warm_idle: Family::default(),
+            agent_calls: Family::default(),
+            agent_tokens: Family::default(),
             warm_counted: Mutex::default(),
             worker_counters,
             leases_counted: AtomicU64::new(0),
@@ -252,6 +272,16 @@ impl Metrics {
             "flowhost_plugin_pool_idle",
             "Warm instances waiting, by plugin",
             m.warm_idle.clone(),
+        );
+        registry.register(
+            "flowhost_agent_calls",
+            "Model calls of FlatAgents agents, by machine, agent and model",
+            m.agent_calls.clone(),
+        );
+        registry.register(
+            "flowhost_agent_tokens",
+            "Tokens of FlatAgents agents' model calls, by machine, agent, model and kind (prompt, completion)",
+            m.agent_tokens.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -441,6 +471,33 @@ impl Observer for Metrics {
                         status: status.as_str().to_string(),
                     })
                     .inc();
+            }
+            Event::AgentCalled {
+                agent,
+                model,
+                calls,
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => {
+                let (machine, agent, model) = (rec.machine.clone(), agent.clone(), model.clone());
+                self.agent_calls
+                    .get_or_create(&AgentLabels {
+                        machine: machine.clone(),
+                        agent: agent.clone(),
+                        model: model.clone(),
+                    })
+                    .inc_by(u64::from(*calls));
+                for (kind, n) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
+                    self.agent_tokens
+                        .get_or_create(&TokenLabels {
+                            machine: machine.clone(),
+                            agent: agent.clone(),
+                            model: model.clone(),
+                            kind: kind.to_string(),
+                        })
+                        .inc_by(*n);
+                }
             }
             Event::Interrupted { .. } => self.state_ended(&rec.id),
             Event::Retried { .. } => self.resumed(&rec.machine),

@@ -23,7 +23,7 @@ use crate::worker::{Processor, WorkerConfig, WorkerCounters};
 use metrics::Metrics;
 use pool::{ScaledPool, Sizing};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -392,6 +392,7 @@ impl Daemon {
     }
 
     /// Names of the machines in the machines folder, sorted.
+    /// The machines in the machines folder (files with `spec: flatmachine`).
     pub(crate) fn machine_names(&self) -> Vec<String> {
         let Some(dir) = &self.config.machines_dir else {
             return Vec::new();
@@ -402,10 +403,22 @@ impl Daemon {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+            // Agent and profile files live beside the machines that name them.
+            .filter(|p| is_machine_file(p))
             .filter_map(|p| Some(p.file_stem()?.to_str()?.to_string()))
             .collect();
         names.sort();
         names.dedup();
         names
     }
+}
+
+/// Whether a YAML file says `spec: flatmachine` (not an agent or profiles file).
+fn is_machine_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("spec:")
+                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == "flatmachine")
+        })
+    })
 }
