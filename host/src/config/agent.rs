@@ -10,7 +10,7 @@
 //! the prompt instead). Everything is checked here, so a typo in an agent
 //! file is a validation error naming the file, not a failed call.
 //!
-//! Imports `crate::providers`.
+//! Imports `crate::providers` and `crate::text`.
 
 use serde_json::{Map, Value, json};
 use std::path::Path;

@@ -9,8 +9,11 @@
 //! `schema` is the serde form of the YAML; validation turns it into the
 //! typed [`model`], the only form the rest of the host sees.
 //!
-//! Imports `expr` (to check templates and conditions), `text`, `duration`
-//! and `failure`.
+//! FlatAgents agent and profile files that a machine names are read here
+//! too ([`agent`]), into the config of the provided `llm` plugin.
+//!
+//! Imports `expr` (to check templates and conditions), `text`, `duration`,
+//! `failure`, `warm` and `providers`.
 
 pub mod agent;
 pub mod graph;

@@ -3,12 +3,14 @@
 //!
 //! Owns: the wasmtime engine and linker ([`Runtime`]), loading and the
 //! compiled-code cache ([`cache`]), per-call stores with limits and a
-//! deny-by-default WASI context ([`call`]), typed calls into the three worlds
+//! deny-by-default WASI context ([`call`]), outbound HTTP under two
+//! allow-lists with host-side secrets ([`net`]), typed calls into the three worlds
 //! ([`Plugin`]), the plugins folder and manifests ([`registry`]), and golden
 //! tests and benchmarks of single plugins ([`golden`], [`bench`]).
 //!
-//! Imports only the leaf modules `text`, `duration` and `failure` (its error
-//! kinds convert into failure kinds): the engine hands in execution state
+//! Imports only the leaf modules `text`, `duration`, `failure` (its error
+//! kinds convert into failure kinds), `warm` and `providers` (the key
+//! variables of known model providers): the engine hands in execution state
 //! through the [`ExecutionState`] trait.
 
 pub mod bench;
