@@ -13,7 +13,7 @@
 //!   first N requests for that model fail). FAULT is `429` (with
 //!   `Retry-After: 1`), `500`, `400`, `401`, `slow=MS`, `malformed` (a body
 //!   that is not JSON), `badschema` (JSON that breaks the schema), `empty`
-//!   (empty content) or `redirect=URL` (302).
+//!   (empty content), `big=BYTES` (a reply that long) or `redirect=URL` (302).
 //! - `GET /_requests`: every request so far (path, headers, body), for
 //!   tests that check what arrived (the key the host added).
 //!
@@ -146,6 +146,9 @@ async fn chat(State(s): State<Arc<Server>>, uri: Uri, headers: HeaderMap, body: 
         Some(f) if f.starts_with("slow=") => {
             let ms = f[5..].parse::<u64>().unwrap_or(1000);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        Some(f) if f.starts_with("big=") => {
+            content = "x".repeat(f[4..].parse::<usize>().unwrap_or(1 << 20));
         }
         Some(f) if f.starts_with("redirect=") => {
             return (StatusCode::FOUND, [("location", f[9..].to_string())], "").into_response();

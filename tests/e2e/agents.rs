@@ -179,6 +179,20 @@ fn flatagents_sdk_examples_run_unmodified_locally_and_on_the_queue() {
             .unwrap();
         assert!(o.status.success(), "{example}: {}", stderr(&o));
     }
+    // The executions are pinned to the texts they were submitted with: the
+    // workers never read the agent or profile files again.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let copy = entry.unwrap().path();
+        if copy.is_dir() {
+            for file in std::fs::read_dir(&copy).unwrap() {
+                let file = file.unwrap().path();
+                let text = std::fs::read_to_string(&file).unwrap();
+                if text.contains("spec: flatagent") || text.contains("spec: flatprofiles") {
+                    std::fs::write(&file, "spec: broken\n").unwrap();
+                }
+            }
+        }
+    }
     let workers: Vec<_> = (0..2)
         .map(|_| {
             fh(&cache, &server.addr)
@@ -712,4 +726,55 @@ fn the_llm_benchmark_runs_at_a_small_size() {
         rows.iter()
             .all(|r| r["overhead"]["p50_us"].as_f64().unwrap() > 0.0)
     );
+}
+
+/// A plugin's `[http]` limits hold: a response over its size cap and an
+/// answer slower than its request timeout end the request, each with its
+/// own error, and the host says why.
+#[test]
+fn per_plugin_http_limits_hold() {
+    let server = ModelServer::start();
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        flowhost_e2e::plugins_dir().join("llm.wasm"),
+        plugins.join("llm.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("llm.toml"),
+        "allowed_hosts = [\"127.0.0.1\"]\n[http]\ntimeout_ms = 300\nmax_response_mb = 1\n",
+    )
+    .unwrap();
+    let call = |model: &str| {
+        let config = json!({
+            "agent": {"user": "hi"},
+            "model": {"name": model, "base_url": server.base_url()},
+        })
+        .to_string();
+        let o = flowhost(&cache)
+            .env("FLOWHOST_PLUGINS", &plugins)
+            .env("FLOWHOST_LOG", "warn")
+            .args(["plugin", "call", "llm", "--config", &config])
+            .args(["--allow-host", &server.addr])
+            .output()
+            .unwrap();
+        (ok(&o, model), stderr(&o))
+    };
+    let (out, _) = call("m+big=1000");
+    assert!(out["output"]["content"].is_string(), "under the cap: {out}");
+    let (out, log) = call("m+big=3000000");
+    assert_eq!(out["error"]["kind"], "retryable", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BodySize"),
+        "{out}"
+    );
+    assert!(log.contains("over the 1 MiB cap"), "{log}");
+    let (out, _) = call("m+slow=3000");
+    assert_eq!(out["error"]["kind"], "timeout", "{out}");
 }
