@@ -362,6 +362,28 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
     let rt = runtime(&a.runtime, false)?;
     let summary =
         loading(&located.name, || rt.inspect(&bytes)).map_err(CliError::plugin(&context))?;
+    // Outbound HTTP: what the component asks for, and who allows what.
+    let http = summary
+        .imports
+        .iter()
+        .any(|i| i.starts_with("wasi:http/outgoing-handler"));
+    let manifest_hosts: Vec<String> = located
+        .settings()
+        .map(|s| {
+            s.http
+                .allowed_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let operator_hosts: Vec<String> = rt
+        .config()
+        .net
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let info = match summary.link_error {
         None => {
             let settings = located.settings().map_err(CliError::plugin(&context))?;
@@ -382,6 +404,7 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
             "exports": summary.exports,
             "info": info,
             "link_error": summary.link_error,
+            "network": {"http": http, "allowed_hosts": manifest_hosts, "operator_allows": operator_hosts},
         }))?;
     } else {
         println!("file:     {}", located.wasm.display());
@@ -401,6 +424,22 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
         println!("sha256:   {}", summary.sha256);
         println!("imports:  {}", summary.imports.join("\n          "));
         println!("exports:  {}", summary.exports.join(", "));
+        let list = |l: &[String]| {
+            if l.is_empty() {
+                "none".to_string()
+            } else {
+                l.join(", ")
+            }
+        };
+        if http {
+            println!(
+                "network:  outbound HTTP; the manifest allows {}; the operator allows {}",
+                list(&manifest_hosts),
+                list(&operator_hosts)
+            );
+        } else {
+            println!("network:  none");
+        }
         if let Some(e) = &summary.link_error {
             println!("links:    NO: {e}");
         } else {

@@ -482,6 +482,24 @@ fn the_sandbox_holds_for_outbound_http() {
     };
     let plugins = flowhost_e2e::plugins_dir();
 
+    // `plugin inspect` shows who allows what.
+    let o = flowhost(&cache)
+        .args([
+            "plugin",
+            "inspect",
+            "llm",
+            "--json",
+            "--allow-host",
+            &server.addr,
+        ])
+        .output()
+        .unwrap();
+    let shown = ok(&o, "inspect");
+    assert_eq!(
+        shown["network"],
+        json!({"http": true, "allowed_hosts": ["*"], "operator_allows": [server.addr]})
+    );
+
     // Allowed by both: a real answer.
     let (out, _) = call(&plugins, Some(&server.addr), &config);
     assert!(out["output"]["content"].is_string(), "{out}");
