@@ -289,6 +289,12 @@ pub(super) fn validate(
             ),
         );
     }
+    if data.settings.max_agent_calls == Some(0) {
+        c.top(
+            &["max_agent_calls"],
+            "`settings.max_agent_calls` must be at least 1".into(),
+        );
+    }
     if data.settings.max_concurrency == Some(0) {
         c.top(
             &["max_concurrency"],
