@@ -76,6 +76,24 @@ fn ok(o: &Output, what: &str) -> Value {
     })
 }
 
+/// `flowhost run MACHINE --json` allowed to reach `addr`; its JSON answer.
+fn run_json(cache: &Path, addr: &str, machine: &str, db: &str, what: &str) -> Value {
+    let o = fh(cache, addr)
+        .args(["run", machine, "--json", "--db", db])
+        .output()
+        .unwrap();
+    ok(&o, what)
+}
+
+/// An execution's timeline (`flowhost history`).
+fn history(cache: &Path, id: &str, db: &str) -> String {
+    let h = flowhost(cache)
+        .args(["history", id, "--db", db])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&h.stdout).into_owned()
+}
+
 /// Copies a folder of configs, changing only `profiles.yml`: every
 /// profile's `base_url` points at `base`.
 fn copy_pointed_at(src: &Path, dst: &Path, base: &str) {
@@ -153,11 +171,7 @@ fn flatagents_sdk_examples_run_unmodified_locally_and_on_the_queue() {
         // The model's tokens are in the execution's history (the root's,
         // unless its agents run in child machines).
         let id = out["id"].as_str().unwrap();
-        let h = flowhost(&cache)
-            .args(["history", id, "--db", &local])
-            .output()
-            .unwrap();
-        let timeline = String::from_utf8_lossy(&h.stdout);
+        let timeline = history(&cache, id, &local);
         assert!(
             *example == "parallelism"
                 || (timeline.contains("asked agent") && timeline.contains("tokens")),
@@ -309,11 +323,7 @@ fn provider_failures_get_their_kinds_and_are_retried_or_routed() {
     let db = dir.path().join("f.db").display().to_string();
     for (model, output, kind) in cases {
         let machine = fault_machine(dir.path(), &base, model, "{type: default}", output);
-        let o = fh(&cache, &server.addr)
-            .args(["run", &machine, "--json", "--db", &db])
-            .output()
-            .unwrap();
-        let out = ok(&o, model);
+        let out = run_json(&cache, &server.addr, &machine, &db, model);
         assert_eq!(out["output"]["kind"], kind, "{model}: {out}");
         assert!(
             !out["output"]["message"].as_str().unwrap_or("").is_empty(),
@@ -334,17 +344,9 @@ fn provider_failures_get_their_kinds_and_are_retried_or_routed() {
         "{type: retry, backoffs: [0, 0]}",
         false,
     );
-    let o = fh(&cache, &server.addr)
-        .args(["run", &machine, "--json", "--db", &db])
-        .output()
-        .unwrap();
-    let out = ok(&o, "429 once");
+    let out = run_json(&cache, &server.addr, &machine, &db, "429 once");
     assert_eq!(out["status"], "done", "{out}");
-    let h = flowhost(&cache)
-        .args(["history", out["id"].as_str().unwrap(), "--db", &db])
-        .output()
-        .unwrap();
-    let timeline = String::from_utf8_lossy(&h.stdout);
+    let timeline = history(&cache, out["id"].as_str().unwrap(), &db);
     assert!(
         timeline.contains("will try attempt 2 in 1000 ms"),
         "{timeline}"
@@ -358,11 +360,7 @@ fn provider_failures_get_their_kinds_and_are_retried_or_routed() {
         "{type: retry, backoffs: [0], retry_on_empty: true}",
         false,
     );
-    let o = fh(&cache, &server.addr)
-        .args(["run", &machine, "--json", "--db", &db])
-        .output()
-        .unwrap();
-    let out = ok(&o, "empty once");
+    let out = run_json(&cache, &server.addr, &machine, &db, "empty once");
     assert_eq!(out["status"], "done", "{out}");
     assert!(
         out["output"]["answer"]["content"]
@@ -389,13 +387,7 @@ fn agent_execution_types_and_the_call_budget() {
         "{type: parallel, n_samples: 4}",
         false,
     );
-    let out = ok(
-        &fh(&cache, &server.addr)
-            .args(["run", &machine, "--json", "--db", &db])
-            .output()
-            .unwrap(),
-        "parallel",
-    );
+    let out = run_json(&cache, &server.addr, &machine, &db, "parallel");
     assert_eq!(out["output"]["answer"]["count"], 4, "{out}");
     assert_eq!(
         out["output"]["answer"]["results"].as_array().unwrap().len(),
@@ -410,13 +402,7 @@ fn agent_execution_types_and_the_call_budget() {
         "{type: mdap_voting, k_margin: 2, max_candidates: 6}",
         false,
     );
-    let out = ok(
-        &fh(&cache, &server.addr)
-            .args(["run", &machine, "--json", "--db", &db])
-            .output()
-            .unwrap(),
-        "mdap",
-    );
+    let out = run_json(&cache, &server.addr, &machine, &db, "mdap");
     assert!(out["output"]["answer"]["content"].is_string(), "{out}");
     assert_eq!(
         server.requests().len() - before,
