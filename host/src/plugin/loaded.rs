@@ -93,7 +93,7 @@ struct Inner {
     config: Arc<str>,
     limits: Limits,
     grants: Vec<DirGrant>,
-    /// Outbound HTTP (shared by tightened copies: one concurrency cap).
+    /// Outbound HTTP (one per plugin name and grant: one concurrency cap).
     http: Arc<super::net::HttpPolicy>,
     reuse: u32,
     pool: super::runtime::WarmPool,
@@ -121,11 +121,7 @@ impl Plugin {
         report: LoadReport,
     ) -> Plugin {
         let name: Arc<str> = settings.name.into();
-        let http = Arc::new(super::net::HttpPolicy::new(
-            name.clone(),
-            settings.http,
-            runtime.config.net.clone(),
-        ));
+        let http = runtime.http_policy(&name, settings.http);
         Plugin {
             inner: Arc::new(Inner {
                 runtime,

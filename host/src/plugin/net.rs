@@ -39,7 +39,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 /// A host (and optionally a port) a rule lets through: `api.example.com`,
 /// `api.example.com:8443`, `*.example.com`, `127.0.0.1:7781`, `[::1]:80`, `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostRule {
     /// Lower case; `*` alone or a leading `*.` is a wildcard.
     host: String,
@@ -124,16 +124,16 @@ impl<'de> Deserialize<'de> for HostRule {
 /// [http]
 /// timeout_ms = 60000        # one request, connect to last byte
 /// max_response_mb = 16      # response body cap
-/// max_concurrent = 8        # requests in flight at once, all instances together
+/// max_concurrent = 8        # requests in flight at once, every instance and spec of the plugin together
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HttpGrant {
     pub allowed_hosts: Vec<HostRule>,
     pub limits: HttpLimits,
 }
 
 /// `[http]` of a manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
     pub timeout_ms: u64,

@@ -204,7 +204,29 @@ pub(crate) struct RuntimeInner {
     pub(crate) config: RuntimeConfig,
     cache: Option<CompileCache>,
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    /// The outbound-HTTP policy of each plugin name and grant, shared by
+    /// every spec loaded from it (one `max_concurrent` for all its agents).
+    http: Mutex<HashMap<(String, super::net::HttpGrant), Arc<super::net::HttpPolicy>>>,
     _ticker: Ticker,
+}
+
+impl RuntimeInner {
+    pub(crate) fn http_policy(
+        &self,
+        name: &Arc<str>,
+        grant: super::net::HttpGrant,
+    ) -> Arc<super::net::HttpPolicy> {
+        let mut all = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry((name.to_string(), grant.clone()))
+            .or_insert_with(|| {
+                Arc::new(super::net::HttpPolicy::new(
+                    name.clone(),
+                    grant,
+                    self.config.net.clone(),
+                ))
+            })
+            .clone()
+    }
 }
 
 /// The plugin runtime. Cheap to clone; all clones share one engine.
@@ -256,6 +278,7 @@ impl Runtime {
                 config,
                 cache,
                 compiled: Mutex::new(HashMap::new()),
+                http: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
         })
@@ -658,6 +681,29 @@ mod tests {
                 .to_string()
                 .contains("not a WebAssembly file")
         );
+    }
+
+    #[test]
+    fn a_plugin_has_one_http_policy_for_all_its_specs() {
+        let rt = Runtime::new(RuntimeConfig {
+            max_instances: 2,
+            cache_dir: None,
+            ..Default::default()
+        })
+        .unwrap();
+        let name: Arc<str> = "llm".into();
+        let grant = super::super::net::HttpGrant {
+            allowed_hosts: vec![super::super::net::HostRule::parse("*").unwrap()],
+            limits: Default::default(),
+        };
+        let a = rt.inner.http_policy(&name, grant.clone());
+        let b = rt.inner.http_policy(&name, grant.clone());
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "one concurrency cap for every agent of `llm`"
+        );
+        let other = rt.inner.http_policy(&"echo".into(), grant);
+        assert!(!Arc::ptr_eq(&a, &other));
     }
 
     #[test]
