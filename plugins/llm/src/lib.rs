@@ -15,7 +15,8 @@
 //! `system`, `user` and `instruction_suffix` are Jinja templates over
 //! `input` (the state's rendered input). With an `output` schema the reply
 //! must be a JSON object that fits it (asked for through `response_format`,
-//! or in the prompt where the provider has no JSON schema mode); without
+//! or in the prompt where the provider has no JSON schema mode — and again
+//! in the prompt when a provider refuses the schema with a 400); without
 //! one the output is `{content}`.
 //!
 //! The answer is an envelope the engine unwraps:
@@ -93,50 +94,20 @@ fn call(meta: &Meta, config: &Value, input: &Value) -> Result<Value, Failure> {
     let output = agent.get("output").and_then(Value::as_object);
     let structured = model.get("structured").and_then(Value::as_str) != Some("prompt");
 
-    let (system, user) = prompts(agent, input, output.filter(|_| !structured))?;
-    let mut body = json!({
-        "model": name,
-        "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": user},
-        ],
-    });
-    for (k, v) in model {
-        if !NOT_PARAMS.contains(&k.as_str()) && !v.is_null() {
-            body[k] = v.clone();
-        }
+    let request = |structured: bool| -> Result<http::Response, Failure> {
+        let body = request_body(agent, model, name, input, output, structured)?;
+        send(meta, base, &body)
+    };
+    let mut reply = request(structured)?;
+    // The fallback: a provider without JSON-schema output refuses
+    // `response_format` with a 400; ask for the JSON in the prompt instead.
+    if reply.status == 400 && structured && output.is_some() {
+        host::warn(format!(
+            "{base} refused the request with a JSON schema ({}); asking for JSON in the prompt instead",
+            status_failure(&reply, base).message
+        ));
+        reply = request(false)?;
     }
-    if let (Some(fields), true) = (output, structured) {
-        let schema_name: String = agent
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("output")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        body["response_format"] = json!({
-            "type": "json_schema",
-            "json_schema": {"name": schema_name, "schema": schema::json_schema(fields)},
-        });
-    }
-
-    let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-    let mut request = Request::post(&url)
-        .json(&body)
-        .header("accept", "application/json")
-        .header("x-idempotency-key", &meta.idempotency_key);
-    if meta.deadline_ms > 0 {
-        request = request.timeout(Duration::from_millis(meta.deadline_ms));
-    }
-    let reply = http::send(&request).map_err(|e| match e {
-        HttpError::Refused(m) => Failure::new(
-            "fatal",
-            format!("the request to {base} was refused by the host ({m}); the operator allows hosts with --allow-host"),
-        ),
-        HttpError::Timeout(m) => Failure::new("timeout", format!("{base} did not answer in time ({m})")),
-        HttpError::Network(m) => Failure::new("retryable", format!("cannot reach {base}: {m}")),
-        HttpError::Protocol(m) => Failure::new("retryable", format!("{base}: {m}")),
-    })?;
     if reply.status != 200 {
         return Err(status_failure(&reply, base));
     }
@@ -189,6 +160,66 @@ fn call(meta: &Meta, config: &Value, input: &Value) -> Result<Value, Failure> {
         "model": answer.get("model").and_then(Value::as_str).unwrap_or(name),
         "finish_reason": answer.pointer("/choices/0/finish_reason").cloned().unwrap_or(Value::Null),
     }))
+}
+
+/// The chat-completions request: the prompts, the model's parameters, and
+/// the output schema as `response_format` (`structured`) or in the prompt.
+fn request_body(
+    agent: &Map<String, Value>,
+    model: &Map<String, Value>,
+    name: &str,
+    input: &Value,
+    output: Option<&Map<String, Value>>,
+    structured: bool,
+) -> Result<Value, Failure> {
+    let (system, user) = prompts(agent, input, output.filter(|_| !structured))?;
+    let mut body = json!({
+        "model": name,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ],
+    });
+    for (k, v) in model {
+        if !NOT_PARAMS.contains(&k.as_str()) && !v.is_null() {
+            body[k] = v.clone();
+        }
+    }
+    if let (Some(fields), true) = (output, structured) {
+        let schema_name: String = agent
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("output")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        body["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": {"name": schema_name, "schema": schema::json_schema(fields)},
+        });
+    }
+    Ok(body)
+}
+
+/// POSTs a request to `<base>/chat/completions`; transport failures as kinds.
+fn send(meta: &Meta, base: &str, body: &Value) -> Result<http::Response, Failure> {
+    let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+    let mut request = Request::post(&url)
+        .json(body)
+        .header("accept", "application/json")
+        .header("x-idempotency-key", &meta.idempotency_key);
+    if meta.deadline_ms > 0 {
+        request = request.timeout(Duration::from_millis(meta.deadline_ms));
+    }
+    http::send(&request).map_err(|e| match e {
+        HttpError::Refused(m) => Failure::new(
+            "fatal",
+            format!("the request to {base} was refused by the host ({m}); the operator allows hosts with --allow-host"),
+        ),
+        HttpError::Timeout(m) => Failure::new("timeout", format!("{base} did not answer in time ({m})")),
+        HttpError::Network(m) => Failure::new("retryable", format!("cannot reach {base}: {m}")),
+        HttpError::Protocol(m) => Failure::new("retryable", format!("{base}: {m}")),
+    })
 }
 
 /// The rendered system and user prompts; with `prompt_schema`, the system
@@ -389,6 +420,34 @@ mod tests {
             reply(200, chat(r#"{"score": "high"}"#), &[]),
         );
         assert_eq!(out["error"]["kind"], "invalid_output", "{out}");
+    }
+
+    #[test]
+    fn a_provider_refusing_json_schema_is_asked_in_the_prompt() {
+        let schema = json!({"score": {"type": "int"}});
+        let _host = FakeHost::new()
+            .config(config(Some(schema), "json_schema"))
+            .install();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let log = seen.clone();
+        http::fake(move |r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            log.borrow_mut().push(body.clone());
+            Ok(if body.get("response_format").is_some() {
+                reply(
+                    400,
+                    json!({"error": {"message": "response_format is not supported"}}),
+                    &[],
+                )
+            } else {
+                reply(200, chat(r#"{"score": 6}"#), &[])
+            })
+        });
+        let out = run(&Meta::default(), json!({})).unwrap();
+        assert_eq!(out["output"], json!({"score": 6}), "{out}");
+        assert_eq!(seen.borrow().len(), 2, "one fallback request");
+        let system = seen.borrow()[1]["messages"][0]["content"].clone();
+        assert!(system.as_str().unwrap().contains("JSON schema"), "{system}");
     }
 
     #[test]
