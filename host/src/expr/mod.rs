@@ -99,12 +99,61 @@ fn is_ident(p: &&str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)`
+/// (`leeway` by name only):
+/// text longer than `length + leeway` is cut to `length` characters, ending
+/// in `end`, at a word boundary unless `killwords`.
+fn truncate(
+    value: String,
+    length: Option<usize>,
+    killwords: Option<bool>,
+    end: Option<String>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<String, minijinja::Error> {
+    let length = kwargs
+        .get::<Option<usize>>("length")?
+        .or(length)
+        .unwrap_or(255);
+    let killwords = kwargs
+        .get::<Option<bool>>("killwords")?
+        .or(killwords)
+        .unwrap_or(false);
+    let end = kwargs
+        .get::<Option<String>>("end")?
+        .or(end)
+        .unwrap_or_else(|| "...".to_string());
+    let leeway = kwargs.get::<Option<usize>>("leeway")?.unwrap_or(5);
+    kwargs.assert_all_used()?;
+    let chars = value.chars().count();
+    if chars <= length.saturating_add(leeway) {
+        return Ok(value);
+    }
+    let keep: String = value
+        .chars()
+        .take(length.saturating_sub(end.chars().count()))
+        .collect();
+    let kept = if killwords {
+        keep
+    } else {
+        match keep.rsplit_once(' ') {
+            Some((head, _)) => head.to_string(),
+            None => keep,
+        }
+    };
+    Ok(kept + &end)
+}
+
 impl Expressions {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_fuel(Some(FUEL));
         env.add_global("null", JinjaValue::from(()));
+        // Jinja2's filters that minijinja leaves out, and Python's methods.
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Jinja2's signature: positional arguments too (`truncate(500, true)`).
+        env.add_filter("truncate", truncate);
         env.add_filter(
             "fromjson",
             |text: String| -> Result<JinjaValue, minijinja::Error> {

@@ -186,3 +186,29 @@ fn unknown_filters_and_tests_are_found_without_evaluating() {
             .contains("unknown filter or test `nosuchfilter`")
     );
 }
+
+#[test]
+fn jinja2_filters_and_python_methods_that_flatmachines_templates_use() {
+    assert_eq!(
+        render(json!(
+            "{{ 'a long sentence here' | truncate(9, true, '...', leeway=0) }}"
+        )),
+        json!("a long...")
+    );
+    assert_eq!(
+        render(json!(
+            "{{ 'a long sentence here' | truncate(12, leeway=0) }}"
+        )),
+        json!("a long...")
+    );
+    assert_eq!(
+        render(json!("{{ 'short' | truncate(500, true) }}")),
+        json!("short")
+    );
+    assert_eq!(render(json!("{{ context.name.upper() }}")), json!("PEER"));
+    assert_eq!(
+        render(json!("{{ context.nested.items() | list | length }}")),
+        json!(1)
+    );
+    assert_eq!(render(json!("{{ ' x '.strip() }}")), json!("x"));
+}

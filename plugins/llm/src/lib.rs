@@ -231,6 +231,10 @@ fn prompts(
 ) -> Result<(String, String), Failure> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    // Jinja2's filters minijinja leaves out, and Python's string methods,
+    // as FlatAgents prompts use them.
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     let vars = json!({ "input": input });
     let ctx = minijinja::Value::from(minijinja::value::Serde(&vars));
     let render = |key: &str| -> Result<String, Failure> {
