@@ -724,6 +724,13 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_client_settings_build() {
+        let config = tls_config().expect("ring gives TLS 1.2 and 1.3");
+        assert!(config.alpn_protocols.is_empty(), "HTTP/1.1 only");
+        assert!(Arc::ptr_eq(&config, &tls_config().unwrap()), "built once");
+    }
+
+    #[test]
     fn secrets_never_show_their_value() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secrets.toml");
