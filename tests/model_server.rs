@@ -7,8 +7,8 @@
 //! - `POST …/chat/completions`: the answer depends only on the request. With
 //!   `response_format.json_schema`, a JSON object fitting the schema (strings
 //!   from the field name and the prompt, numbers from a hash of the
-//!   messages, the first `enum` value); otherwise a line of text quoting the
-//!   prompt. Usage counts words.
+//!   messages, the first `enum` value); otherwise a short line of text picked
+//!   by a hash of the messages. Usage counts words.
 //! - The model name picks a fault: `NAME+FAULT` or `NAME+FAULT*N` (only the
 //!   first N requests for that model fail). FAULT is `429` (with
 //!   `Retry-After: 1`), `500`, `400`, `401`, `slow=MS`, `malformed` (a body
@@ -176,20 +176,33 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// A line of text quoting the first line of the last user message.
+/// A short line chosen by a hash of the messages: the same request gets
+/// the same line, another request most likely another.
 fn plain(req: &Value) -> String {
-    let user = req["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("");
-    let first = user
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    let first: String = first.chars().take(80).collect();
-    format!("A reply to: {first}")
+    const FIRST: [&str; 8] = [
+        "Bright", "Quiet", "Bold", "Simple", "Warm", "Clever", "Steady", "Fresh",
+    ];
+    const SECOND: [&str; 8] = [
+        "mornings", "ideas", "moments", "journeys", "habits", "sparks", "rituals", "wins",
+    ];
+    const THIRD: [&str; 8] = [
+        "made easy",
+        "every day",
+        "without the fuss",
+        "for everyone",
+        "done right",
+        "that last",
+        "in every cup",
+        "start here",
+    ];
+    let h = hash(&req["messages"].to_string());
+    let pick = |list: &[&'static str; 8], shift: u32| list[((h >> shift) % 8) as usize];
+    format!(
+        "{} {}, {}.",
+        pick(&FIRST, 0),
+        pick(&SECOND, 8),
+        pick(&THIRD, 16)
+    )
 }
 
 /// FNV-1a: a stable hash (std's is seeded per process).
