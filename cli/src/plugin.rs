@@ -367,8 +367,9 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
         .imports
         .iter()
         .any(|i| i.starts_with("wasi:http/outgoing-handler"));
-    let manifest_hosts: Vec<String> = located
-        .settings()
+    let settings = located.settings();
+    let manifest_hosts: Vec<String> = settings
+        .as_ref()
         .map(|s| {
             s.http
                 .allowed_hosts
@@ -386,7 +387,7 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {
         .collect();
     let info = match summary.link_error {
         None => {
-            let settings = located.settings().map_err(CliError::plugin(&context))?;
+            let settings = settings.map_err(CliError::plugin(&context))?;
             let plugin = rt
                 .load_bytes(&bytes, settings)
                 .map_err(CliError::plugin(&context))?;

@@ -33,6 +33,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Time to the first byte of the answer (the host's limit applies too).
     pub timeout: Option<Duration>,
+    /// Why [`Request::json`] could not serialize the body ([`send`] reports it).
+    body_error: Option<String>,
 }
 
 impl Request {
@@ -43,6 +45,7 @@ impl Request {
             headers: Vec::new(),
             body: Vec::new(),
             timeout: None,
+            body_error: None,
         }
     }
     pub fn get(url: &str) -> Request {
@@ -57,7 +60,10 @@ impl Request {
     }
     /// A JSON body (and its content type).
     pub fn json<T: serde::Serialize>(mut self, body: &T) -> Request {
-        self.body = serde_json::to_vec(body).unwrap_or_default();
+        match serde_json::to_vec(body) {
+            Ok(bytes) => self.body = bytes,
+            Err(e) => self.body_error = Some(format!("the JSON body cannot be written: {e}")),
+        }
         self.header("content-type", "application/json")
     }
     pub fn timeout(mut self, timeout: Duration) -> Request {
@@ -124,6 +130,9 @@ impl std::error::Error for HttpError {}
 
 /// Sends a request and reads the whole response.
 pub fn send(request: &Request) -> Result<Response, HttpError> {
+    if let Some(e) = &request.body_error {
+        return Err(HttpError::Protocol(e.clone()));
+    }
     imp::send(request)
 }
 
@@ -292,4 +301,21 @@ mod imp {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn fake(responder: impl Fn(&Request) -> Result<Response, HttpError> + 'static) {
     imp::RESPONDER.with(|c| *c.borrow_mut() = Some(Box::new(responder)));
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_cannot_be_json_is_an_error_not_an_empty_body() {
+        let mut bad = std::collections::HashMap::new();
+        bad.insert(vec![1u8], 1); // map keys must be strings in JSON
+        fake(|_| panic!("nothing is sent"));
+        let err = send(&Request::post("http://h/x").json(&bad)).unwrap_err();
+        assert!(
+            matches!(err, HttpError::Protocol(ref m) if m.contains("JSON body")),
+            "{err}"
+        );
+    }
 }

@@ -89,9 +89,10 @@ fn plugin_files(name: &str) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
-/// Every plugin crate: a Cargo.toml under plugins/ with a cdylib.
-fn plugin_crates() -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
+/// Every plugin crate (a Cargo.toml under plugins/ with a cdylib): its
+/// package name and its folder, sorted by name.
+fn plugin_crates() -> Result<Vec<(String, PathBuf)>, String> {
+    let mut crates = Vec::new();
     for path in plugin_files("Cargo.toml")? {
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -105,22 +106,11 @@ fn plugin_crates() -> Result<Vec<String>, String> {
                     .and_then(|r| r.strip_suffix('"'))
             })
             .ok_or_else(|| format!("{}: no package name", path.display()))?;
-        names.push(name.to_string());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        crates.push((name.to_string(), dir));
     }
-    names.sort();
-    Ok(names)
-}
-
-/// The folder of plugin crate `name`.
-fn plugin_dir(name: &str) -> Result<PathBuf, String> {
-    for path in plugin_files("Cargo.toml")? {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if text.lines().any(|l| l == format!("name = \"{name}\"")) {
-            return Ok(path.parent().map(Path::to_path_buf).unwrap_or_default());
-        }
-    }
-    Err(format!("no plugin crate `{name}` under plugins/"))
+    crates.sort();
+    Ok(crates)
 }
 
 /// Installs the wasm32-wasip2 target through rustup when it is missing.
@@ -144,10 +134,10 @@ fn ensure_wasm_target() -> Result<(), String> {
 
 fn plugins() -> Result<PathBuf, String> {
     ensure_wasm_target()?;
-    let names = plugin_crates()?;
+    let crates = plugin_crates()?;
     let mut cmd = cargo();
     cmd.args(["build", "--target", "wasm32-wasip2", "--profile", "plugin"]);
-    for n in &names {
+    for (n, _) in &crates {
         cmd.args(["-p", n]);
     }
     run(cmd).map_err(|e| {
@@ -156,7 +146,7 @@ fn plugins() -> Result<PathBuf, String> {
     let built = target_dir().join("wasm32-wasip2").join("plugin");
     let out = target_dir().join("plugins");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    for n in &names {
+    for (n, dir) in &crates {
         let from = built.join(format!("{}.wasm", n.replace('-', "_")));
         let to = out.join(format!("{n}.wasm"));
         std::fs::copy(&from, &to)
@@ -164,7 +154,7 @@ fn plugins() -> Result<PathBuf, String> {
         let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
         eprintln!("xtask: plugin {n:<16} {size:>8} bytes  {}", to.display());
         // A crate's `manifest.toml` ships beside its component as `<name>.toml`.
-        let manifest = plugin_dir(n)?.join("manifest.toml");
+        let manifest = dir.join("manifest.toml");
         if manifest.is_file() {
             let to = out.join(format!("{n}.toml"));
             std::fs::copy(&manifest, &to)

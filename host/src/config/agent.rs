@@ -28,8 +28,6 @@ const AGENT_KEYS: [&str; 7] = [
     "output",
     "mcp",
 ];
-/// Model keys flowhost reads; any other key is passed to the provider.
-const MODEL_KEYS: [&str; 4] = ["provider", "name", "base_url", "structured_output"];
 const FIELD_TYPES: [&str; 7] = ["str", "int", "float", "bool", "json", "list", "object"];
 const FIELD_KEYS: [&str; 6] = [
     "type",
@@ -321,11 +319,9 @@ fn resolve_model(model: Option<&Value>, profiles: Option<&Profiles>) -> Result<V
         None if known.is_none_or(|p| p.json_schema) => "json_schema".into(),
         None => "prompt".into(),
     };
-    for key in MODEL_KEYS {
-        if key != "name" && key != "provider" {
-            resolved.remove(key);
-        }
-    }
+    // What the plugin reads: the endpoint and how to ask for structure
+    // (every other key but `provider` and `name` goes to the provider).
+    resolved.remove("structured_output");
     resolved.insert("base_url".into(), Value::String(base_url));
     resolved.insert("structured".into(), Value::String(structured));
     Ok(Value::Object(resolved))

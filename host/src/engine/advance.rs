@@ -274,16 +274,13 @@ impl Engine {
                 let arg = input.unwrap_or_else(|| rec.context.clone());
                 plugin.process(&meta, &arg, &ctx).await.map(|o| (o, None))
             };
-            let called = Event::PluginCalled {
-                state: name.clone(),
-                step: rec.step,
-                plugin: plugin.name().to_string(),
-                attempt: rec.attempt,
-                ms: started.elapsed().as_secs_f64() * 1e3,
-                worker: history::worker().into(),
-                error: result.as_ref().err().map(|e| e.kind().into()),
-                output_bytes: result.as_ref().ok().map(|(o, _)| history::json_size(o)),
-            };
+            let called = Event::plugin_called(
+                rec,
+                plugin.name(),
+                started.elapsed(),
+                result.as_ref().err().map(|e| e.kind().into()),
+                result.as_ref().ok().map(|(o, _)| o),
+            );
             self.note(frame, rec, called);
             return result
                 .map(|(o, n)| Work::Output(o, n))

@@ -10,7 +10,7 @@
 
 use super::Engine;
 use super::advance::{Frame, failure};
-use super::history::{self, Event};
+use super::history::Event;
 use super::record::{Failure, Record};
 use super::runner::Runner;
 use crate::config::State;
@@ -221,16 +221,13 @@ impl Engine {
                     model: None,
                 },
             };
-            let event = Event::PluginCalled {
-                state: state.clone(),
-                step: rec.step,
-                plugin: plugin.name().to_string(),
-                attempt: rec.attempt,
-                ms: took.as_secs_f64() * 1e3,
-                worker: history::worker().into(),
-                error: call.result.as_ref().err().map(|f| f.kind),
-                output_bytes: call.result.as_ref().ok().map(history::json_size),
-            };
+            let event = Event::plugin_called(
+                rec,
+                plugin.name(),
+                took,
+                call.result.as_ref().err().map(|f| f.kind),
+                call.result.as_ref().ok(),
+            );
             self.note(frame, rec, event);
             calls.push(call);
         }

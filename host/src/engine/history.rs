@@ -106,6 +106,27 @@ pub enum Event {
 }
 
 impl Event {
+    /// A plugin call of the record's current state and attempt, made from
+    /// this process, that took `took` and failed with `error` or gave `output`.
+    pub(super) fn plugin_called(
+        rec: &super::record::Record,
+        plugin: &str,
+        took: std::time::Duration,
+        error: Option<FailureKind>,
+        output: Option<&serde_json::Value>,
+    ) -> Event {
+        Event::PluginCalled {
+            state: rec.state.clone(),
+            step: rec.step,
+            plugin: plugin.to_string(),
+            attempt: rec.attempt,
+            ms: took.as_secs_f64() * 1e3,
+            worker: worker().into(),
+            error,
+            output_bytes: output.map(json_size),
+        }
+    }
+
     /// One line for a timeline: what happened, and where.
     pub fn line(&self) -> String {
         match self {

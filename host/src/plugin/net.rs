@@ -426,9 +426,10 @@ impl HttpPolicy {
         None
     }
 
-    fn refuse(&self, host: &str, port: u16, why: &str) -> HttpError {
+    /// Logs why a request to `host:port` was refused; `error` is what the guest sees.
+    fn refuse(&self, host: &str, port: u16, why: &str, error: HttpError) -> HttpError {
         tracing::warn!(plugin = %self.plugin, "outbound request to {host}:{port} refused: {why}");
-        HttpError::HttpRequestDenied
+        error
     }
 
     /// Sends one request under this policy.
@@ -447,7 +448,7 @@ impl HttpPolicy {
         let https = uri.scheme() == Some(&Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if let Some(why) = self.refusal(&host, port) {
-            return Err(self.refuse(&host, port, &why));
+            return Err(self.refuse(&host, port, &why, HttpError::HttpRequestDenied));
         }
         let limits = self.grant.limits;
         let mut budget = Duration::from_millis(limits.timeout_ms);
@@ -470,8 +471,8 @@ impl HttpPolicy {
                 })?
                 .collect();
         if let Some(why) = rebinding(&host, &addrs) {
-            tracing::warn!(plugin = %self.plugin, "outbound request to {host}:{port} refused: {why}");
-            return Err(HttpError::DestinationIpProhibited);
+            let prohibited = HttpError::DestinationIpProhibited;
+            return Err(self.refuse(&host, port, &why, prohibited));
         }
         if addrs.is_empty() {
             return Err(HttpError::DestinationNotFound);
