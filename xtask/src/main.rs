@@ -1,28 +1,32 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `plugins`: build every plugin crate under `plugins/` for wasm32-wasip2
-//!   (profile `plugin`), and the Python, JavaScript and C plugins (see
-//!   `polyglot`), into `<target>/plugins/<name>.wasm`, where the tests and the
-//!   demo find them.
+//! - `plugins`: build every plugin under `plugins/` into
+//!   `<target>/plugins/<name>.wasm`, where the tests and the demo find them:
+//!   the Rust crates (profile `plugin`, one cargo run) and the Python
+//!   (`plugins/python/<name>/`), JavaScript (`plugins/js/<name>/`) and C
+//!   (`plugins/c/<name>/`) projects — with `flowhost_authoring`, the code
+//!   behind `flowhost plugin build`, and its pinned toolchains installed
+//!   into `<target>/toolchains`.
 //! - `test`: `plugins`, build the `flowhost` binary once, install the pinned
 //!   OpenAPI fuzzer (schemathesis, into `<target>/toolchains`), then run every
 //!   test (`cargo test --workspace`). This is the README's test command and what CI runs.
-//! - `demo`: `plugins`, then show the plugin runtime at work, run the peering
-//!   example, and the agents example (below).
+//! - `demo`: `plugins` (skipping, with one line each, the languages whose
+//!   toolchain this machine lacks and cannot install), then show the plugin
+//!   runtime at work, run the peering example, and the agents example
+//!   (below). `test` needs every language.
 //! - `agents`: the FlatAgents writer/critic example (`examples/agents/`)
 //!   against the test model server on 127.0.0.1:7781.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
 //!   job, distributed-execution, daemon and LLM-call benchmarks.
 
-mod polyglot;
-
+use flowhost_authoring::{BuildOptions, Built, Lang, Project, Toolchains};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
-        "plugins" => plugins().map(|_| ()),
+        "plugins" => plugins(Need::Every).map(|_| ()),
         "test" => test(),
         "demo" => demo(),
         "agents" => agents(),
@@ -89,9 +93,8 @@ fn plugin_files(name: &str) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
-/// Every plugin crate (a Cargo.toml under plugins/ with a cdylib): its
-/// package name and its folder, sorted by name.
-fn plugin_crates() -> Result<Vec<(String, PathBuf)>, String> {
+/// Every plugin crate (a Cargo.toml under plugins/ with a cdylib).
+fn plugin_crates() -> Result<Vec<Project>, String> {
     let mut crates = Vec::new();
     for path in plugin_files("Cargo.toml")? {
         let text =
@@ -99,80 +102,101 @@ fn plugin_crates() -> Result<Vec<(String, PathBuf)>, String> {
         if !text.contains("cdylib") {
             continue;
         }
-        let name = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("name = \"")
-                    .and_then(|r| r.strip_suffix('"'))
-            })
-            .ok_or_else(|| format!("{}: no package name", path.display()))?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        crates.push((name.to_string(), dir));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        crates.push(Project::open(dir).map_err(|e| e.to_string())?);
     }
-    crates.sort();
+    crates.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(crates)
 }
 
-/// Installs the wasm32-wasip2 target through rustup when it is missing.
-fn ensure_wasm_target() -> Result<(), String> {
-    let Ok(out) = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-    else {
-        return Ok(()); // no rustup: let cargo report a missing target itself
-    };
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == "wasm32-wasip2")
-    {
-        return Ok(());
-    }
-    let mut add = Command::new("rustup");
-    add.args(["target", "add", "wasm32-wasip2"]);
-    run(add)
-}
-
-fn plugins() -> Result<PathBuf, String> {
-    ensure_wasm_target()?;
-    let crates = plugin_crates()?;
-    let mut cmd = cargo();
-    cmd.args(["build", "--target", "wasm32-wasip2", "--profile", "plugin"]);
-    for (n, _) in &crates {
-        cmd.args(["-p", n]);
-    }
-    run(cmd).map_err(|e| {
-        format!("{e}\n(is the target installed? `rustup target add wasm32-wasip2`)")
-    })?;
-    let built = target_dir().join("wasm32-wasip2").join("plugin");
-    let out = target_dir().join("plugins");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    for (n, dir) in &crates {
-        let from = built.join(format!("{}.wasm", n.replace('-', "_")));
-        let to = out.join(format!("{n}.wasm"));
-        std::fs::copy(&from, &to)
-            .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
-        let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
-        eprintln!("xtask: plugin {n:<16} {size:>8} bytes  {}", to.display());
-        // A crate's `manifest.toml` ships beside its component as `<name>.toml`.
-        let manifest = dir.join("manifest.toml");
-        if manifest.is_file() {
-            let to = out.join(format!("{n}.toml"));
-            std::fs::copy(&manifest, &to)
-                .map_err(|e| format!("copy {} -> {}: {e}", manifest.display(), to.display()))?;
+/// The projects in `plugins/<lang>/<name>/` for the other languages.
+fn polyglot_projects() -> Result<Vec<Project>, String> {
+    let mut projects = Vec::new();
+    for lang in ["python", "js", "c"] {
+        let Ok(entries) = std::fs::read_dir(root().join("plugins").join(lang)) else {
+            continue;
+        };
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            projects.push(Project::open(&dir).map_err(|e| e.to_string())?);
         }
     }
-    polyglot::build(&out)?;
-    Ok(out)
+    projects.sort_by(|a, b| (a.lang, &a.name).cmp(&(b.lang, &b.name)));
+    Ok(projects)
+}
+
+/// Whether every language must build (`test`), or the demo may go on
+/// without the languages this machine has no toolchain for.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    Every,
+    WhatThisMachineCan,
+}
+
+/// Builds every plugin; returns the source folders of those skipped.
+fn plugins(need: Need) -> Result<Vec<PathBuf>, String> {
+    let tc = Toolchains::at(target_dir().join("toolchains"), |note| {
+        eprintln!("xtask: {note}")
+    });
+    let out = target_dir().join("plugins");
+    let show = |b: &Built| {
+        let state = if b.rebuilt { "built" } else { "up to date" };
+        eprintln!(
+            "xtask: plugin {:<16} {:>8} bytes  {} ({}, {state})",
+            b.name,
+            b.size,
+            b.wasm.display(),
+            b.lang
+        );
+    };
+    let rust = BuildOptions {
+        out: out.clone(),
+        wit: None,
+        cargo_profile: Some("plugin".into()),
+    };
+    for built in flowhost_authoring::build::build_rust(&plugin_crates()?, &rust, &tc)
+        .map_err(|e| e.to_string())?
+    {
+        show(&built);
+    }
+    // The repository's plugins build against its own wit/.
+    let others = BuildOptions {
+        wit: Some(root().join("wit")),
+        ..rust
+    };
+    let mut skipped = Vec::new();
+    let mut missing: Option<Lang> = None;
+    for project in polyglot_projects()? {
+        if missing == Some(project.lang) {
+            skipped.push(project.dir);
+            continue;
+        }
+        match flowhost_authoring::build(&project, &others, &tc) {
+            Ok(built) => show(&built),
+            Err(e @ flowhost_authoring::Error::ToolchainMissing { .. })
+                if need == Need::WhatThisMachineCan =>
+            {
+                eprintln!("xtask: skipping the {} plugins: {e}", project.lang);
+                missing = Some(project.lang);
+                skipped.push(project.dir);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(skipped)
 }
 
 /// The OpenAPI fuzzer the daemon's API test runs (PyPI, pinned).
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 fn test() -> Result<(), String> {
-    plugins()?;
+    plugins(Need::Every)?;
     build_host("debug")?;
     // The e2e test of the daemon's API finds it in <target>/toolchains.
-    polyglot::pip_tool("schemathesis", SCHEMATHESIS, "schemathesis")?;
+    Toolchains::at(target_dir().join("toolchains"), |note| {
+        eprintln!("xtask: {note}")
+    })
+    .pip_tool(Lang::Python, "schemathesis", SCHEMATHESIS, "schemathesis")
+    .map_err(|e| e.to_string())?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run(test)
@@ -188,11 +212,13 @@ fn build_host(profile: &str) -> Result<(), String> {
     run(build)
 }
 
-/// Every folder under `plugins/` that has golden cases, sorted.
-fn golden_dirs() -> Result<Vec<PathBuf>, String> {
+/// Every folder under `plugins/` that has golden cases, sorted, but those
+/// of `skipped` plugins.
+fn golden_dirs(skipped: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(plugin_files("golden.json")?
         .iter()
         .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .filter(|d| !skipped.contains(d))
         .collect())
 }
 
@@ -204,7 +230,7 @@ fn flowhost(profile: &str) -> Command {
 }
 
 fn demo() -> Result<(), String> {
-    plugins()?;
+    let skipped = plugins(Need::WhatThisMachineCan)?;
     build_host("debug")?;
     let mut list = flowhost("debug");
     list.args(["plugin", "list"]);
@@ -220,7 +246,7 @@ fn demo() -> Result<(), String> {
     ]);
     run(call)?;
     let mut test = flowhost("debug");
-    test.args(["plugin", "test"]).args(golden_dirs()?);
+    test.args(["plugin", "test"]).args(golden_dirs(&skipped)?);
     run(test)?;
     // The seed's peering demo on the embedded SQLite store.
     let db = target_dir().join("demo").join("flowhost.db");
@@ -241,7 +267,7 @@ const MODEL_SERVER: &str = "127.0.0.1:7781";
 
 /// The agents example (writer/critic) against the test model server.
 fn agents() -> Result<(), String> {
-    plugins()?;
+    plugins(Need::WhatThisMachineCan)?;
     build_host("debug")?;
     run_agents_example()
 }
@@ -295,7 +321,7 @@ fn run_agents_example() -> Result<(), String> {
 }
 
 fn bench() -> Result<(), String> {
-    plugins()?;
+    plugins(Need::Every)?;
     build_host("release")?;
     let mut echo = flowhost("release");
     echo.args(["plugin", "bench", "echo", "--input-bytes", "1024"]);
