@@ -3,6 +3,7 @@
 //! (see `ErrorKind::exit_code`; 1 = other failure, 2 = bad usage, 3 = invalid
 //! machine config).
 
+mod author;
 mod bench;
 mod bench_daemon;
 mod bench_llm;

@@ -1,6 +1,7 @@
-//! `flowhost plugin call | test | inspect | list | bench`.
+//! `flowhost plugin call | test | inspect | list | bench` (and `new | build`
+//! from `author`).
 
-use super::{CliError, RuntimeArgs, loading, parse_duration};
+use super::{CliError, RuntimeArgs, author, loading, parse_duration};
 use clap::{Args, Subcommand};
 use flowhost::plugin::bench::{self, BenchReport};
 use flowhost::plugin::golden::{self, Suite};
@@ -8,6 +9,7 @@ use flowhost::plugin::registry::{self, Located};
 use flowhost::plugin::{
     CallContext, DirGrant, LoadSource, MemoryState, PluginSettings, Runtime, World, standalone_meta,
 };
+use flowhost_authoring::Project;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +18,12 @@ use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub(super) enum PluginCommand {
+    /// Create a plugin project: a working example, golden cases, a machine
+    /// that uses it, its manifest and the WIT it builds against.
+    New(super::author::NewArgs),
+    /// Build a plugin project into a component (installs the pinned
+    /// toolchain once), check that it links, print size and digest.
+    Build(super::author::BuildArgs),
     /// Call a plugin once and print its output as JSON.
     Call(CallArgs),
     /// Run a plugin's golden cases (input → expected output or error kind).
@@ -71,12 +79,18 @@ pub(super) struct CallArgs {
 
 #[derive(Args)]
 pub(super) struct TestArgs {
-    /// Plugin source folders holding golden.json, golden .json files, or plugin names.
+    /// Folders (every golden.json in or below them), golden .json files, or
+    /// plugin names. A plugin project built with `plugin build` is tested
+    /// with its own dist/ component.
     #[arg(required = true)]
     targets: Vec<String>,
     /// The golden cases file (for a single target given by name or .wasm path).
     #[arg(long, value_name = "FILE")]
     cases: Option<PathBuf>,
+    /// Keep going: whenever a file under the targets changes, rebuild the
+    /// projects that have a dist/ build and run the cases again (Ctrl-C stops).
+    #[arg(long)]
+    watch: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -127,6 +141,8 @@ pub(super) struct BenchArgs {
 
 pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
     match command {
+        PluginCommand::New(a) => super::author::new(a),
+        PluginCommand::Build(a) => super::author::build(a).await,
         PluginCommand::Call(a) => call(a).await,
         PluginCommand::Test(a) => test(a).await,
         PluginCommand::Inspect(a) => inspect(a).await,
@@ -262,6 +278,64 @@ fn source_name(source: LoadSource) -> &'static str {
     }
 }
 
+/// Folders that are build output or tool caches, never searched for golden
+/// cases or watched.
+const NOT_SEARCHED: [&str; 5] = ["target", "dist", "node_modules", "__pycache__", ".git"];
+
+/// Every file under `dir` (build output and hidden folders left out).
+fn tree_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if path.is_dir() {
+            if !name.starts_with('.') && !NOT_SEARCHED.contains(&name.as_ref()) {
+                tree_files(&path, files);
+            }
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+/// The targets with every folder that has no golden.json of its own
+/// replaced by the folders below it that have one.
+fn expand_targets(targets: &[String]) -> Result<Vec<String>, CliError> {
+    let mut out = Vec::new();
+    for target in targets {
+        let path = Path::new(target);
+        if !path.is_dir() || path.join("golden.json").is_file() {
+            out.push(target.clone());
+            continue;
+        }
+        let mut files = Vec::new();
+        tree_files(path, &mut files);
+        let mut found: Vec<String> = files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n == "golden.json"))
+            .filter_map(|f| f.parent().map(|d| d.display().to_string()))
+            .collect();
+        if found.is_empty() {
+            return Err(CliError::Usage(format!(
+                "no golden.json in or below {target}"
+            )));
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// A project folder's own build (`plugin build` → dist/<name>.wasm), if any.
+fn project_build(dir: &Path) -> Option<(Project, PathBuf)> {
+    let project = Project::open(dir).ok()?;
+    let wasm = author::dist(dir).join(format!("{}.wasm", project.name));
+    wasm.is_file().then_some((project, wasm))
+}
+
 /// Resolves a `plugin test` target to (plugin, cases file).
 fn test_target(
     target: &str,
@@ -292,6 +366,11 @@ fn test_target(
             cases_file.display()
         )));
     }
+    if path.is_dir()
+        && let Some((_, wasm)) = project_build(path)
+    {
+        return Ok((locate(&wasm.display().to_string(), args)?, cases_file));
+    }
     let suite = Suite::read(&cases_file).map_err(CliError::Usage)?;
     let default_name = if path.is_dir() {
         path.file_name()
@@ -306,16 +385,102 @@ fn test_target(
             .to_string()
     };
     let name = suite.plugin.unwrap_or(default_name);
-    Ok((locate(&name, args)?, cases_file))
+    match locate(&name, args) {
+        Err(_) if path.is_dir() && Project::open(path).is_ok() => Err(CliError::Usage(format!(
+            "{target} is a plugin project without a build: run `flowhost plugin build {target}` first \
+             (or pass --plugins DIR with its component)"
+        ))),
+        found => Ok((found?, cases_file)),
+    }
 }
 
 async fn test(a: TestArgs) -> Result<ExitCode, CliError> {
-    if a.cases.is_some() && a.targets.len() > 1 {
+    let targets = expand_targets(&a.targets)?;
+    if a.cases.is_some() && targets.len() > 1 {
         return Err(CliError::Usage("--cases goes with a single target".into()));
     }
     let rt = runtime(&a.runtime, false)?;
+    if !a.watch {
+        let failed = run_golden(&rt, &targets, &a).await?;
+        return Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let tc = author::toolchains(None);
+    loop {
+        let before = look(&targets, &a.runtime);
+        for target in &targets {
+            if let Some((project, _)) = project_build(Path::new(target)) {
+                let out = author::dist(Path::new(target));
+                if let Err(e) = author::build_and_check(&project, &out, &tc).await {
+                    e.report();
+                }
+            }
+        }
+        if let Err(e) = run_golden(&rt, &targets, &a).await {
+            e.report();
+        }
+        println!("watching {} for changes (Ctrl-C stops)", targets.join(", "));
+        wait_for_change(before, || look(&targets, &a.runtime)).await;
+    }
+}
+
+/// What `--watch` compares: every file under the targets and the plugins
+/// folder's components and manifests, with size and modification time.
+type Look = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+fn look(targets: &[String], args: &RuntimeArgs) -> Look {
+    let mut files = Vec::new();
+    for target in targets {
+        let path = Path::new(target);
+        if path.is_dir() {
+            tree_files(path, &mut files);
+        } else {
+            files.push(path.to_path_buf());
+        }
+    }
+    files.extend(
+        registry::list(&args.plugins_dir())
+            .into_iter()
+            .flat_map(|l| std::iter::once(l.wasm).chain(l.manifest)),
+    );
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (f, len, modified)
+        })
+        .collect()
+}
+
+/// Polls until the look differs from `before` and then holds still for one
+/// more look (an editor's save is often several writes).
+async fn wait_for_change(before: Look, look: impl Fn() -> Look) {
+    const EVERY: Duration = Duration::from_millis(250);
+    let mut seen = before;
+    let mut changed = false;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let now = look();
+        if now != seen {
+            changed = true;
+            seen = now;
+        } else if changed {
+            return;
+        }
+    }
+}
+
+/// Runs the golden cases of every target; prints one line per case and a
+/// summary; returns how many failed.
+async fn run_golden(rt: &Runtime, targets: &[String], a: &TestArgs) -> Result<usize, CliError> {
     let (mut passed, mut failed) = (0, 0);
-    for target in &a.targets {
+    for target in targets {
         let (located, cases_file) = test_target(target, a.cases.as_deref(), &a.runtime)?;
         let suite = Suite::read(&cases_file).map_err(CliError::Usage)?;
         let settings = located
@@ -332,7 +497,7 @@ async fn test(a: TestArgs) -> Result<ExitCode, CliError> {
             suite.cases.len(),
             cases_file.display()
         );
-        for result in golden::run_suite(&rt, &located.wasm, &settings, &suite).await {
+        for result in golden::run_suite(rt, &located.wasm, &settings, &suite).await {
             let ms = result.duration.as_secs_f64() * 1e3;
             match result.failure {
                 None => {
@@ -347,11 +512,7 @@ async fn test(a: TestArgs) -> Result<ExitCode, CliError> {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(failed)
 }
 
 async fn inspect(a: InspectArgs) -> Result<ExitCode, CliError> {

@@ -64,6 +64,8 @@ pub struct Case {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
+    /// `null` is an expectation too (a hook that leaves the context alone).
+    #[serde(default, deserialize_with = "present")]
     pub output: Option<Value>,
     pub error: Option<String>,
     pub message_contains: Option<String>,
@@ -71,6 +73,11 @@ pub struct Expect {
     pub redirect: Option<String>,
     #[serde(default)]
     pub state: BTreeMap<String, Value>,
+}
+
+/// A field that is there, even as `null`, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// The outcome of one case.
@@ -307,6 +314,29 @@ pub fn parse_event(event: Option<&Value>) -> Result<HookEvent, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_expected_null_output_is_an_expectation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.json");
+        std::fs::write(
+            &path,
+            r#"{"cases": [{"name": "a", "expect": {"output": null}}]}"#,
+        )
+        .unwrap();
+        let suite = Suite::read(&path).unwrap();
+        let expect = &suite.cases[0].expect;
+        assert_eq!(expect.output, Some(Value::Null));
+        let produced = |output| {
+            Ok(Produced {
+                output,
+                next: None,
+                redirect: None,
+            })
+        };
+        assert!(check(expect, produced(Value::Null)).is_ok());
+        assert!(check(expect, produced(json!({"x": 1}))).is_err());
+    }
 
     #[test]
     fn suites_need_one_expectation_and_known_kinds() {
