@@ -72,10 +72,10 @@ pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<
     )?;
     let wasm = opts.out.join(format!("{}.wasm", project.name));
     let stamp = opts.out.join(format!(".{}.build", project.name));
-    let manifest = write_manifest(project, &opts.out)?;
     if let Ok(bytes) = std::fs::read(&wasm)
         && std::fs::read_to_string(&stamp).ok() == Some(stamp_line(&print, &bytes))
     {
+        let manifest = write_manifest(project, &opts.out)?;
         return Ok(built(project, wasm, manifest, &bytes, false, started));
     }
     let partial = opts.out.join(format!(".{}.wasm.partial", project.name));
@@ -93,6 +93,7 @@ pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<
     std::fs::rename(&partial, &wasm).map_err(|e| Error::io(wasm.display(), e))?;
     std::fs::write(&stamp, stamp_line(&print, &bytes))
         .map_err(|e| Error::io(stamp.display(), e))?;
+    let manifest = write_manifest(project, &opts.out)?;
     Ok(built(project, wasm, manifest, &bytes, true, started))
 }
 
@@ -285,6 +286,7 @@ fn js(project: &Project, wit: &Path, out: &Path, tc: &Toolchains) -> Result<(), 
         )));
     };
     let tool = tc.componentize_js()?;
+    check_js_syntax(project, &entry, tc)?;
     let mut cmd = Command::new(tool);
     // No wasi:http: a JavaScript plugin gets no fetch().
     cmd.arg("--wit")
@@ -294,6 +296,31 @@ fn js(project: &Project, wit: &Path, out: &Path, tc: &Toolchains) -> Result<(), 
         .arg(out)
         .arg(entry);
     compile(project, "componentize-js", &mut cmd)
+}
+
+/// componentize-js reports a syntax error without saying where; node's
+/// parser does (on a copy named .mjs, so it reads the file as a module).
+fn check_js_syntax(project: &Project, entry: &Path, tc: &Toolchains) -> Result<(), Error> {
+    let dir = tc.dir().join("js-check");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+    let copy = dir.join(format!("{}-{}.mjs", project.name, std::process::id()));
+    std::fs::copy(entry, &copy).map_err(|e| Error::io(entry.display(), e))?;
+    let checked = Command::new("node").arg("--check").arg(&copy).output();
+    let _ = std::fs::remove_file(&copy);
+    let Ok(checked) = checked else {
+        return Ok(()); // no node: componentize-js will say so
+    };
+    if checked.status.success() {
+        return Ok(());
+    }
+    let message = String::from_utf8_lossy(&checked.stderr)
+        .replace(&copy.display().to_string(), &entry.display().to_string());
+    eprint!("{message}");
+    Err(Error::Compile {
+        name: project.name.clone(),
+        lang: Lang::Js,
+        message: "a syntax error (node's message is above)".into(),
+    })
 }
 
 fn c(project: &Project, wit: &Path, out: &Path, tc: &Toolchains) -> Result<(), Error> {

@@ -2,6 +2,7 @@
 //! plugins. One test binary, one module per topic. Run with `cargo xtask test`.
 
 mod agents;
+mod authoring;
 mod cache;
 mod cli;
 mod daemon;
