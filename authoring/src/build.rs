@@ -16,7 +16,7 @@
 //! Imports the crate root, `project` and `toolchain`.
 
 use crate::project::{Project, fingerprint, hex};
-use crate::toolchain::{COMPONENTIZE_PY, Toolchains};
+use crate::toolchain::{COMPONENTIZE_PY, Toolchains, js_pin};
 use crate::{Error, Lang};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -51,20 +51,21 @@ pub struct Built {
 
 /// Builds one project.
 pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<Built, Error> {
-    if project.lang == Lang::Rust {
-        let mut built = build_rust(std::slice::from_ref(project), opts, tc)?;
-        return built
-            .pop()
-            .ok_or_else(|| Error::Project(format!("{}: nothing built", project.dir.display())));
-    }
+    type Compile = fn(&Project, &Path, &Path, &Toolchains) -> Result<(), Error>;
+    let (pin, compile): (String, Compile) = match project.lang {
+        Lang::Rust => {
+            let mut built = build_rust(std::slice::from_ref(project), opts, tc)?;
+            return built.pop().ok_or_else(|| {
+                Error::Project(format!("{}: nothing built", project.dir.display()))
+            });
+        }
+        Lang::Python => (COMPONENTIZE_PY.to_string(), python),
+        Lang::Js => (js_pin(), js),
+        Lang::C => ("clang".to_string(), c),
+    };
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(opts.out.display(), e))?;
     let wit = wit_dir(project, opts, tc)?;
-    let pin = match project.lang {
-        Lang::Python => COMPONENTIZE_PY,
-        Lang::Js => "componentize-js",
-        _ => "clang",
-    };
     let print = fingerprint(
         project,
         &wit,
@@ -78,14 +79,8 @@ pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<
         let manifest = write_manifest(project, &opts.out)?;
         return Ok(built(project, wasm, manifest, &bytes, false, started));
     }
-    let partial = opts.out.join(format!(".{}.wasm.partial", project.name));
-    let made = match project.lang {
-        Lang::Python => python(project, &wit, &partial, tc),
-        Lang::Js => js(project, &wit, &partial, tc),
-        Lang::C => c(project, &wit, &partial, tc),
-        Lang::Rust => unreachable!("built above"),
-    };
-    if let Err(e) = made {
+    let partial = partial_path(&opts.out, &project.name);
+    if let Err(e) = compile(project, &wit, &partial, tc) {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
@@ -170,7 +165,7 @@ pub fn build_rust(
         let wasm = opts.out.join(format!("{}.wasm", p.name));
         let same = std::fs::read(&wasm).is_ok_and(|old| old == bytes);
         if !same {
-            let partial = opts.out.join(format!(".{}.wasm.partial", p.name));
+            let partial = partial_path(&opts.out, &p.name);
             std::fs::write(&partial, &bytes).map_err(|e| Error::io(partial.display(), e))?;
             std::fs::rename(&partial, &wasm).map_err(|e| Error::io(wasm.display(), e))?;
         }
@@ -178,6 +173,12 @@ pub fn build_rust(
         all.push(built(p, wasm, manifest, &bytes, !same, started));
     }
     Ok(all)
+}
+
+/// Where a component is written before it is renamed into place (one per
+/// process, so two builds into one folder do not mix their bytes).
+fn partial_path(out: &Path, name: &str) -> PathBuf {
+    out.join(format!(".{name}.wasm.{}.partial", std::process::id()))
 }
 
 fn names(projects: &[Project]) -> String {

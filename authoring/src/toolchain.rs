@@ -29,6 +29,11 @@ const JS_LOCK: &str = include_str!("../pins/js/package-lock.json");
 /// Debian's packages that build C for wasm32-wasi.
 pub const C_PACKAGES: [&str; 4] = ["clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32"];
 
+/// The pin of the JavaScript toolchain: a digest of its package and lock files.
+pub fn js_pin() -> String {
+    hex(&Sha256::digest(format!("{JS_PACKAGE}{JS_LOCK}").as_bytes()))
+}
+
 /// Where toolchains live, and how progress is reported.
 #[derive(Debug, Clone)]
 pub struct Toolchains {
@@ -164,7 +169,7 @@ impl Toolchains {
             .join("node_modules")
             .join(".bin")
             .join("componentize-js");
-        let pin = hex(&Sha256::digest(format!("{JS_PACKAGE}{JS_LOCK}").as_bytes()));
+        let pin = js_pin();
         let stamp = dir.join("flowhost-pin");
         let installed =
             || tool.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&pin);

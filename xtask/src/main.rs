@@ -124,6 +124,13 @@ fn polyglot_projects() -> Result<Vec<Project>, String> {
     Ok(projects)
 }
 
+/// The toolchains of this checkout: `<target>/toolchains`.
+fn toolchains() -> Toolchains {
+    Toolchains::at(target_dir().join("toolchains"), |note| {
+        eprintln!("xtask: {note}")
+    })
+}
+
 /// Whether every language must build (`test`), or the demo may go on
 /// without the languages this machine has no toolchain for.
 #[derive(Clone, Copy, PartialEq)]
@@ -134,9 +141,7 @@ enum Need {
 
 /// Builds every plugin; returns the source folders of those skipped.
 fn plugins(need: Need) -> Result<Vec<PathBuf>, String> {
-    let tc = Toolchains::at(target_dir().join("toolchains"), |note| {
-        eprintln!("xtask: {note}")
-    });
+    let tc = toolchains();
     let out = target_dir().join("plugins");
     let show = |b: &Built| {
         let state = if b.rebuilt { "built" } else { "up to date" };
@@ -192,11 +197,9 @@ fn test() -> Result<(), String> {
     plugins(Need::Every)?;
     build_host("debug")?;
     // The e2e test of the daemon's API finds it in <target>/toolchains.
-    Toolchains::at(target_dir().join("toolchains"), |note| {
-        eprintln!("xtask: {note}")
-    })
-    .pip_tool(Lang::Python, "schemathesis", SCHEMATHESIS, "schemathesis")
-    .map_err(|e| e.to_string())?;
+    toolchains()
+        .pip_tool(Lang::Python, "schemathesis", SCHEMATHESIS, "schemathesis")
+        .map_err(|e| e.to_string())?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run(test)
