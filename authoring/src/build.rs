@@ -286,9 +286,12 @@ fn js(project: &Project, wit: &Path, out: &Path, tc: &Toolchains) -> Result<(), 
             project.name
         )));
     };
-    let tool = tc.componentize_js()?;
+    let (tool, wizer) = tc.componentize_js()?;
     check_js_syntax(project, &entry, tc)?;
     let mut cmd = Command::new(tool);
+    if let Some(wizer) = wizer {
+        cmd.arg("--wizer-bin").arg(wizer);
+    }
     // No wasi:http: a JavaScript plugin gets no fetch().
     cmd.arg("--wit")
         .arg(wit)

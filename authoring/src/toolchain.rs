@@ -162,8 +162,50 @@ impl Toolchains {
         self.pip_tool(Lang::Python, "python", COMPONENTIZE_PY, "componentize-py")
     }
 
-    /// componentize-js at the pinned versions (JavaScript plugins).
-    pub fn componentize_js(&self) -> Result<PathBuf, Error> {
+    /// componentize-js at the pinned versions (JavaScript plugins), and the
+    /// wizer it should run.
+    ///
+    /// componentize-js starts wizer with an empty environment, so wizer's
+    /// compile cache falls back to the account's home folder from the user
+    /// database — which a service account may not have (`/nonexistent`).
+    /// The returned wrapper runs wizer with its cache in the toolchain folder.
+    pub fn componentize_js(&self) -> Result<(PathBuf, Option<PathBuf>), Error> {
+        let tool = self.install_componentize_js()?;
+        let dir = self.dir.join("js");
+        let scope = dir.join("node_modules").join("@bytecodealliance");
+        let wizer = std::fs::read_dir(&scope)
+            .map_err(|e| Error::io(scope.display(), e))?
+            .flatten()
+            .map(|e| e.path().join("wizer"))
+            .find(|p| {
+                p.is_file()
+                    && p.parent()
+                        .and_then(|d| d.file_name())
+                        .is_some_and(|n| n.to_string_lossy().starts_with("wizer-"))
+            });
+        let Some(wizer) = wizer else {
+            return Ok((tool, None));
+        };
+        let wrapper = dir.join("wizer-with-cache");
+        let script = format!(
+            "#!/bin/sh\n# Written by flowhost: wizer with its compile cache here, not in $HOME.\n\
+             XDG_CACHE_HOME='{}' exec '{}' \"$@\"\n",
+            quoted(&dir.join("cache")),
+            quoted(&wizer)
+        );
+        if std::fs::read_to_string(&wrapper).ok().as_deref() != Some(&script) {
+            std::fs::write(&wrapper, &script).map_err(|e| Error::io(wrapper.display(), e))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| Error::io(wrapper.display(), e))?;
+            }
+        }
+        Ok((tool, Some(wrapper)))
+    }
+
+    fn install_componentize_js(&self) -> Result<PathBuf, Error> {
         let dir = self.dir.join("js");
         let tool = dir
             .join("node_modules")
@@ -325,6 +367,11 @@ impl Toolchains {
         let _ = std::fs::remove_file(source.with_extension("wasm"));
         Ok(ok)
     }
+}
+
+/// A path inside single quotes of a shell script.
+fn quoted(path: &Path) -> String {
+    path.display().to_string().replace('\'', "'\\''")
 }
 
 /// Runs a command quietly; true if it ran and succeeded.
