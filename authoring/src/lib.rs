@@ -50,6 +50,16 @@ impl Lang {
         }
     }
 
+    /// The language's name in prose: Rust, Python, JavaScript, C.
+    pub fn title(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+            Lang::C => "C",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Lang> {
         match s.to_ascii_lowercase().as_str() {
             "rust" | "rs" => Some(Lang::Rust),
@@ -102,7 +112,7 @@ impl fmt::Display for World {
 pub enum Error {
     /// A language's toolchain is missing and cannot be installed here.
     /// `what` names it, `how` says how to get it.
-    #[error("{lang} plugins need {what}: {how}")]
+    #[error("{} plugins need {what}: {how}", lang.title())]
     ToolchainMissing {
         lang: Lang,
         what: String,

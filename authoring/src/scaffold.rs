@@ -83,16 +83,10 @@ pub fn scaffold(name: &str, lang: Lang, world: World, dir: &Path) -> Result<Vec<
         World::Hook => "on-event(event, meta, context)",
         World::Step => "run(meta, context)",
     };
-    let lang_name = match lang {
-        Lang::Rust => "Rust",
-        Lang::Python => "Python",
-        Lang::Js => "JavaScript",
-        Lang::C => "C",
-    };
     let readme = include_str!("../templates/README.md")
         .replace("__SOURCE__", &source_file)
         .replace("__EXPORT__", export)
-        .replace("__LANGNAME__", lang_name)
+        .replace("__LANGNAME__", lang.title())
         .replace("__WORLD__", world.as_str())
         .replace("__SAMPLE__", sample)
         .replace("__EVENT__", event)

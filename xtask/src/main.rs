@@ -180,7 +180,7 @@ fn plugins(need: Need) -> Result<Vec<PathBuf>, String> {
             Err(e @ flowhost_authoring::Error::ToolchainMissing { .. })
                 if need == Need::WhatThisMachineCan =>
             {
-                eprintln!("xtask: skipping the {} plugins: {e}", project.lang);
+                eprintln!("xtask: skipped: {e}");
                 missing = Some(project.lang);
                 skipped.push(project.dir);
             }
