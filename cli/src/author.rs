@@ -166,7 +166,7 @@ pub(super) async fn build_and_check(
         "{verb} {}  {} bytes  sha256 {}  ({:.1} s){}",
         built.wasm.display(),
         built.size,
-        &built.sha256[..16],
+        built.sha256,
         built.duration.as_secs_f64(),
         built
             .manifest
