@@ -303,12 +303,18 @@ pub(super) struct SubmitArgs {
     runtime: RuntimeArgs,
 }
 
+/// A `--id` flag: an execution id as the store and the API accept it.
+fn parse_execution_id(id: &str) -> Result<String, String> {
+    flowhost::backend::check_execution_id(id).map(|()| id.to_string())
+}
+
 /// What `submit` and `mapreduce` share: the execution's id, and whether
 /// to wait for its result.
 #[derive(Args)]
 pub(super) struct QueuedArgs {
-    /// The execution's id: submitting the same id again changes nothing.
-    #[arg(long)]
+    /// The execution's id: submitting the same id again changes nothing
+    /// (1–200 letters, digits and - _ . :).
+    #[arg(long, value_parser = parse_execution_id)]
     id: Option<String>,
     /// Wait for the result and print it (as `flowhost wait`).
     #[arg(long)]

@@ -9,6 +9,7 @@ mod daemon;
 mod definitions;
 mod engine;
 mod failures;
+mod fuzz;
 mod hardening;
 mod polyglot;
 mod queue;

@@ -18,6 +18,8 @@
 //!   against the test model server on 127.0.0.1:7781.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
 //!   job, distributed-execution, daemon and LLM-call benchmarks.
+//! - `fuzz [N]`: the fuzz tests of the parsers of outside input with N
+//!   inputs per target (default 200000; `cargo xtask test` runs 5000).
 
 use flowhost_authoring::{BuildOptions, Built, Lang, Project, Toolchains};
 use std::path::{Path, PathBuf};
@@ -31,7 +33,8 @@ fn main() -> ExitCode {
         "demo" => demo(),
         "agents" => agents(),
         "bench" => bench(),
-        _ => Err("usage: cargo xtask <plugins|test|demo|agents|bench>".to_string()),
+        "fuzz" => fuzz(std::env::args().nth(2)),
+        _ => Err("usage: cargo xtask <plugins|test|demo|agents|bench|fuzz [N]>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -321,6 +324,27 @@ fn run_agents_example() -> Result<(), String> {
     let _ = server.kill();
     let _ = server.wait();
     result
+}
+
+fn fuzz(iterations: Option<String>) -> Result<(), String> {
+    let n = iterations.unwrap_or_else(|| "200000".into());
+    if n.parse::<u64>().map_or(true, |n| n == 0) {
+        return Err(format!(
+            "fuzz: `{n}` is not a number of inputs (e.g. cargo xtask fuzz 200000)"
+        ));
+    }
+    let mut fuzz = cargo();
+    fuzz.env("FLOWHOST_FUZZ_ITERATIONS", &n).args([
+        "test",
+        "-p",
+        "flowhost-e2e",
+        "--test",
+        "e2e",
+        "--",
+        "fuzz::",
+        "--nocapture",
+    ]);
+    run(fuzz)
 }
 
 fn bench() -> Result<(), String> {

@@ -748,6 +748,19 @@ fn result_uris() {
     assert_eq!(parse_result_uri("abc").unwrap(), "abc");
     assert!(parse_result_uri("http://abc/result").is_err());
     assert!(parse_result_uri("flowhost://a/b/result").is_err());
+    // Bare ids and ids in addresses are checked like ids anywhere else.
+    for bad in [
+        "",
+        "a/b",
+        "a b",
+        "a\nb",
+        "flowhost://a%20b/result",
+        &"x".repeat(201),
+    ] {
+        let err = parse_result_uri(bad).unwrap_err();
+        assert!(!err.contains('\n'), "{err}");
+    }
+    assert_eq!(parse_result_uri("p:3:L1").unwrap(), "p:3:L1");
 }
 
 async fn pools_suite(b: &dyn Backend) {

@@ -302,24 +302,50 @@ pub fn now_ms() -> u64 {
     SystemClock.now_ms()
 }
 
+/// An execution id given from outside (`submit --id`, the API, a result
+/// address): 1–200 characters of letters, digits and `- _ . :` — what the
+/// engine's own ids (`<uuid>`, `<parent>:<step>:<index>`) are made of.
+pub fn check_execution_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "id `{}` must be 1–200 characters of letters, digits and - _ . :",
+            crate::text::escape_control(id)
+        ))
+    }
+}
+
 /// The execution id named by `flowhost://<id>/result`, `flatagents://<id>/result`
 /// or a bare id.
 pub fn parse_result_uri(uri: &str) -> Result<String, String> {
     let rest = match uri.split_once("://") {
-        None => return Ok(uri.to_string()),
+        None => {
+            check_execution_id(uri)?;
+            return Ok(uri.to_string());
+        }
         Some(("flowhost" | "flatagents", rest)) => rest,
         Some((scheme, _)) => {
             return Err(format!(
-                "`{uri}`: unknown scheme `{scheme}` (expected flowhost:// or flatagents://)"
+                "`{}`: unknown scheme `{}` (expected flowhost:// or flatagents://)",
+                crate::text::escape_control(uri),
+                crate::text::escape_control(scheme)
             ));
         }
     };
     let id = rest.strip_suffix("/result").unwrap_or(rest);
     if id.is_empty() || id.contains('/') {
         return Err(format!(
-            "`{uri}` is not a result address (expected flowhost://<execution-id>/result)"
+            "`{}` is not a result address (expected flowhost://<execution-id>/result)",
+            crate::text::escape_control(uri)
         ));
     }
+    check_execution_id(id)?;
     Ok(id.to_string())
 }
 

@@ -309,19 +309,7 @@ pub struct WorkflowRef {
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(format!(
-            "id `{}` must be 1–200 characters of letters, digits and - _ . :",
-            crate::text::escape_control(id)
-        )))
-    }
+    crate::backend::check_execution_id(id).map_err(ApiError::invalid)
 }
 
 /// What a submit body and its query ask for besides the machine: the
