@@ -74,10 +74,13 @@ pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<
     let wasm = opts.out.join(format!("{}.wasm", project.name));
     let stamp = opts.out.join(format!(".{}.build", project.name));
     if let Ok(bytes) = std::fs::read(&wasm)
-        && std::fs::read_to_string(&stamp).ok() == Some(stamp_line(&print, &bytes))
+        && let sha256 = hex(&Sha256::digest(&bytes))
+        && std::fs::read_to_string(&stamp).ok() == Some(stamp_line(&print, &sha256))
     {
         let manifest = write_manifest(project, &opts.out)?;
-        return Ok(built(project, wasm, manifest, &bytes, false, started));
+        return Ok(built(
+            project, wasm, manifest, &bytes, sha256, false, started,
+        ));
     }
     let partial = partial_path(&opts.out, &project.name);
     if let Err(e) = compile(project, &wit, &partial, tc) {
@@ -86,10 +89,13 @@ pub fn build(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<
     }
     let bytes = std::fs::read(&partial).map_err(|e| Error::io(partial.display(), e))?;
     std::fs::rename(&partial, &wasm).map_err(|e| Error::io(wasm.display(), e))?;
-    std::fs::write(&stamp, stamp_line(&print, &bytes))
+    let sha256 = hex(&Sha256::digest(&bytes));
+    std::fs::write(&stamp, stamp_line(&print, &sha256))
         .map_err(|e| Error::io(stamp.display(), e))?;
     let manifest = write_manifest(project, &opts.out)?;
-    Ok(built(project, wasm, manifest, &bytes, true, started))
+    Ok(built(
+        project, wasm, manifest, &bytes, sha256, true, started,
+    ))
 }
 
 /// Builds Rust plugin crates of one cargo workspace (or one standalone
@@ -170,7 +176,8 @@ pub fn build_rust(
             std::fs::rename(&partial, &wasm).map_err(|e| Error::io(wasm.display(), e))?;
         }
         let manifest = write_manifest(p, &opts.out)?;
-        all.push(built(p, wasm, manifest, &bytes, !same, started));
+        let sha256 = hex(&Sha256::digest(&bytes));
+        all.push(built(p, wasm, manifest, &bytes, sha256, !same, started));
     }
     Ok(all)
 }
@@ -194,6 +201,7 @@ fn built(
     wasm: PathBuf,
     manifest: Option<PathBuf>,
     bytes: &[u8],
+    sha256: String,
     rebuilt: bool,
     started: Instant,
 ) -> Built {
@@ -203,14 +211,16 @@ fn built(
         wasm,
         manifest,
         size: bytes.len() as u64,
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256,
         rebuilt,
         duration: started.elapsed(),
     }
 }
 
-fn stamp_line(fingerprint: &str, component: &[u8]) -> String {
-    format!("{fingerprint} {}\n", hex(&Sha256::digest(component)))
+/// What `.<name>.build` holds: the sources' fingerprint and the digest of
+/// the component built from them.
+fn stamp_line(fingerprint: &str, component_sha256: &str) -> String {
+    format!("{fingerprint} {component_sha256}\n")
 }
 
 fn wit_dir(project: &Project, opts: &BuildOptions, tc: &Toolchains) -> Result<PathBuf, Error> {

@@ -23,18 +23,13 @@ use std::path::{Path, PathBuf};
 /// The project file's name.
 pub const PROJECT_FILE: &str = "flowhost.toml";
 
-/// Folders and files that are never sources: build output, tool caches,
-/// golden cases and docs (changing them does not change the component).
-const NOT_SOURCES: [&str; 8] = [
-    "machine.yml",
-    "dist",
-    "target",
-    "node_modules",
-    "__pycache__",
-    "golden.json",
-    "README.md",
-    PROJECT_FILE,
-];
+/// Folders of build output and tool caches: never sources, never searched
+/// for golden cases.
+pub const BUILD_OUTPUT: [&str; 4] = ["dist", "target", "node_modules", "__pycache__"];
+
+/// Files of a project that are not sources: golden cases, docs, the example
+/// machine and the project file (changing them does not change the component).
+const NOT_SOURCES: [&str; 4] = ["machine.yml", "golden.json", "README.md", PROJECT_FILE];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,10 +119,8 @@ impl Project {
     /// Every source file, sorted (see `NOT_SOURCES`; hidden files are not
     /// sources either).
     pub fn sources(&self) -> Result<Vec<PathBuf>, Error> {
-        let mut files = Vec::new();
-        walk(&self.dir, &mut files)?;
-        files.sort();
-        Ok(files)
+        let skip: Vec<&str> = BUILD_OUTPUT.iter().chain(&NOT_SOURCES).copied().collect();
+        files_below(&self.dir, &skip)
     }
 
     /// The files of one extension directly in the project folder, sorted.
@@ -144,7 +137,7 @@ pub fn fingerprint(project: &Project, wit: &Path, extra: &str) -> Result<String,
     hash.update(format!("\0{}\0{}\0{}\0", project.name, project.lang, project.world).as_bytes());
     let mut files = project.sources()?;
     if !wit.starts_with(&project.dir) {
-        walk(wit, &mut files)?;
+        files.extend(files_below(wit, &[])?);
     }
     if let Some(m) = &project.manifest {
         hash.update(m.to_string().as_bytes());
@@ -175,7 +168,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a plugin name (a letter, then letters, digits, - or _; at most 64)"
+            "`{}` is not a plugin name (a letter, then letters, digits, - or _; at most 64)",
+            name.escape_debug()
         ))
     }
 }
@@ -224,22 +218,30 @@ fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || NOT_SOURCES.contains(&name.as_ref()) {
-            continue;
+/// Every file below `dir`, sorted, leaving out hidden entries and those
+/// named in `skip`.
+pub fn files_below(dir: &Path, skip: &[&str]) -> Result<Vec<PathBuf>, Error> {
+    fn walk(dir: &Path, skip: &[&str], files: &mut Vec<PathBuf>) -> Result<(), Error> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || skip.contains(&name.as_ref()) {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, skip, files)?;
+            } else {
+                files.push(path);
+            }
         }
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, files)?;
-        } else {
-            files.push(path);
-        }
+        Ok(())
     }
-    Ok(())
+    let mut files = Vec::new();
+    walk(dir, skip, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

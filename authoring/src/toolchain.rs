@@ -96,6 +96,31 @@ impl Toolchains {
         Ok(file)
     }
 
+    /// Makes sure `tool` is installed at `pin`: if it is missing, or its
+    /// `stamp` file records another pin, runs `install` under the lock
+    /// `<lock>.lock` (looking again once the lock is held, in case a
+    /// parallel build installed it meanwhile) and then records the pin.
+    fn install_once(
+        &self,
+        lock: &str,
+        tool: &Path,
+        stamp: &Path,
+        pin: &str,
+        install: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let installed =
+            || tool.is_file() && std::fs::read_to_string(stamp).ok().as_deref() == Some(pin);
+        if installed() {
+            return Ok(());
+        }
+        let _lock = self.lock(lock)?;
+        if installed() {
+            return Ok(());
+        }
+        install()?;
+        std::fs::write(stamp, pin).map_err(|e| Error::io(stamp.display(), e))
+    }
+
     /// The plugin contract as a WIT folder (for projects without their own
     /// `wit/`): written once per contract version.
     pub fn wit_dir(&self) -> Result<PathBuf, Error> {
@@ -113,47 +138,39 @@ impl Toolchains {
     /// A Python tool from PyPI at its pin, in its own venv `<dir>/<venv>`;
     /// returns the path of its executable `bin`.
     pub fn pip_tool(&self, lang: Lang, venv: &str, pin: &str, bin: &str) -> Result<PathBuf, Error> {
+        let lock = venv;
         let venv = self.dir.join(venv);
         let tool = venv.join("bin").join(bin);
-        let stamp = venv.join("flowhost-pin");
-        let installed = |stamp: &Path| {
-            tool.is_file() && std::fs::read_to_string(stamp).ok().as_deref() == Some(pin)
-        };
-        if installed(&stamp) {
-            return Ok(tool);
-        }
-        let _lock = self.lock(&format!("{}", venv.display()).replace(['/', '\\'], "_"))?;
-        if installed(&stamp) {
-            return Ok(tool); // another build installed it meanwhile
-        }
-        let missing = |what: &str, how: &str| Error::ToolchainMissing {
-            lang,
-            what: what.to_string(),
-            how: how.to_string(),
-        };
-        let python_how = "install Python 3.10 or newer with venv \
-                          (Debian/Ubuntu: apt-get install python3 python3-venv; macOS: brew install python)";
-        if !succeeds(Command::new("python3").arg("--version")) {
-            return Err(missing(&format!("python3 (to install {pin})"), python_how));
-        }
-        self.note(&format!("installing {pin} into {} (once)", venv.display()));
-        let _ = std::fs::remove_dir_all(&venv);
-        if !succeeds(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
-            return Err(missing(
-                &format!("python3's venv module (to install {pin})"),
-                python_how,
-            ));
-        }
-        let pip = Command::new(venv.join("bin").join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", pin])
-            .status();
-        if !pip.is_ok_and(|s| s.success()) {
-            return Err(missing(
-                pin,
-                "pip could not install it from PyPI (its message is above); check the network or a proxy (PIP_INDEX_URL)",
-            ));
-        }
-        std::fs::write(&stamp, pin).map_err(|e| Error::io(stamp.display(), e))?;
+        self.install_once(lock, &tool, &venv.join("flowhost-pin"), pin, || {
+            let missing = |what: &str, how: &str| Error::ToolchainMissing {
+                lang,
+                what: what.to_string(),
+                how: how.to_string(),
+            };
+            let python_how = "install Python 3.10 or newer with venv \
+                              (Debian/Ubuntu: apt-get install python3 python3-venv; macOS: brew install python)";
+            if !succeeds(Command::new("python3").arg("--version")) {
+                return Err(missing(&format!("python3 (to install {pin})"), python_how));
+            }
+            self.note(&format!("installing {pin} into {} (once)", venv.display()));
+            let _ = std::fs::remove_dir_all(&venv);
+            if !succeeds(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
+                return Err(missing(
+                    &format!("python3's venv module (to install {pin})"),
+                    python_how,
+                ));
+            }
+            let pip = Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", pin])
+                .status();
+            if !pip.is_ok_and(|s| s.success()) {
+                return Err(missing(
+                    pin,
+                    "pip could not install it from PyPI (its message is above); check the network or a proxy (PIP_INDEX_URL)",
+                ));
+            }
+            Ok(())
+        })?;
         Ok(tool)
     }
 
@@ -211,54 +228,44 @@ impl Toolchains {
             .join("node_modules")
             .join(".bin")
             .join("componentize-js");
-        let pin = js_pin();
-        let stamp = dir.join("flowhost-pin");
-        let installed =
-            || tool.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&pin);
-        if installed() {
-            return Ok(tool);
-        }
-        let _lock = self.lock("js")?;
-        if installed() {
-            return Ok(tool);
-        }
-        let what = "node and npm (to install componentize-js 0.23.0)";
-        if !succeeds(Command::new("npm").arg("--version")) {
-            return Err(Error::ToolchainMissing {
-                lang: Lang::Js,
-                what: what.into(),
-                how: "install Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node)".into(),
-            });
-        }
-        self.note(&format!(
-            "installing componentize-js into {} (once)",
-            dir.display()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        for (name, text) in [("package.json", JS_PACKAGE), ("package-lock.json", JS_LOCK)] {
-            std::fs::write(dir.join(name), text)
-                .map_err(|e| Error::io(dir.join(name).display(), e))?;
-        }
-        // Versions come from the lock file; not `npm ci`, whose strict sync
-        // check fails on lock files written without resolved URLs.
-        let npm = Command::new("npm")
-            .current_dir(&dir)
-            .args([
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-            ])
-            .status();
-        if !npm.is_ok_and(|s| s.success()) || !tool.is_file() {
-            return Err(Error::ToolchainMissing {
-                lang: Lang::Js,
-                what: "componentize-js 0.23.0".into(),
-                how: "npm could not install it (its message is above); check the network or the npm registry setting".into(),
-            });
-        }
-        std::fs::write(&stamp, &pin).map_err(|e| Error::io(stamp.display(), e))?;
+        self.install_once("js", &tool, &dir.join("flowhost-pin"), &js_pin(), || {
+            if !succeeds(Command::new("npm").arg("--version")) {
+                return Err(Error::ToolchainMissing {
+                    lang: Lang::Js,
+                    what: "node and npm (to install componentize-js 0.23.0)".into(),
+                    how: "install Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node)".into(),
+                });
+            }
+            self.note(&format!(
+                "installing componentize-js into {} (once)",
+                dir.display()
+            ));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+            for (name, text) in [("package.json", JS_PACKAGE), ("package-lock.json", JS_LOCK)] {
+                std::fs::write(dir.join(name), text)
+                    .map_err(|e| Error::io(dir.join(name).display(), e))?;
+            }
+            // Versions come from the lock file; not `npm ci`, whose strict sync
+            // check fails on lock files written without resolved URLs.
+            let npm = Command::new("npm")
+                .current_dir(&dir)
+                .args([
+                    "install",
+                    "--no-save",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                ])
+                .status();
+            if !npm.is_ok_and(|s| s.success()) || !tool.is_file() {
+                return Err(Error::ToolchainMissing {
+                    lang: Lang::Js,
+                    what: "componentize-js 0.23.0".into(),
+                    how: "npm could not install it (its message is above); check the network or the npm registry setting".into(),
+                });
+            }
+            Ok(())
+        })?;
         Ok(tool)
     }
 
@@ -278,7 +285,10 @@ impl Toolchains {
         }
         let _lock = self.lock("rustup")?;
         self.note("adding the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
-        if succeeds(Command::new("rustup").args(["target", "add", "wasm32-wasip2"])) {
+        let added = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status();
+        if added.is_ok_and(|s| s.success()) {
             Ok(())
         } else {
             Err(Error::ToolchainMissing {
@@ -295,6 +305,11 @@ impl Toolchains {
         let sdk = std::env::var_os("WASI_SDK_PATH")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        self.c_with(sdk)
+    }
+
+    /// [`Toolchains::c`] with the wasi-sdk given (`$WASI_SDK_PATH`).
+    fn c_with(&self, sdk: Option<PathBuf>) -> Result<CToolchain, Error> {
         let toolchain = match &sdk {
             Some(sdk) => CToolchain {
                 clang: sdk.join("bin").join("clang"),
@@ -387,15 +402,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_clang_that_is_not_there_does_not_work() {
+    fn a_wasi_sdk_that_cannot_build_is_named_with_how_to_fix_it() {
         let dir = tempfile::tempdir().unwrap();
-        let sdk = dir.path().join("no-sdk");
+        let sdk = dir.path().join("not-a-wasi-sdk");
+        std::fs::create_dir(&sdk).unwrap();
         let tc = Toolchains::at(dir.path().join("tc"), |_| {});
-        let toolchain = CToolchain {
-            clang: sdk.join("bin").join("clang"),
-            sysroot: Some(sdk.join("share").join("wasi-sysroot")),
-        };
-        assert!(!tc.c_works(&toolchain).unwrap());
+        let err = tc.c_with(Some(sdk.clone())).unwrap_err();
+        assert!(
+            matches!(&err, Error::ToolchainMissing { lang: Lang::C, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("C plugins need")
+                && text.contains(&sdk.display().to_string())
+                && text.contains("WASI_SDK_PATH"),
+            "{text}"
+        );
     }
 
     #[test]

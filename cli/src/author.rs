@@ -143,12 +143,7 @@ pub(super) async fn build_and_check(
             project.name
         )))?;
     }
-    let wanted = match project.world {
-        flowhost_authoring::World::Processor => World::Processor,
-        flowhost_authoring::World::Hook => World::Hook,
-        flowhost_authoring::World::Step => World::Step,
-    };
-    if summary.world != Some(wanted) {
+    if summary.world.map(World::as_str) != Some(project.world.as_str()) {
         return Err(CliError::Other(format!(
             "{} exports the {} world, but {} says {}",
             built.wasm.display(),

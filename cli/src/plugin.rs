@@ -10,6 +10,7 @@ use flowhost::plugin::{
     CallContext, DirGrant, LoadSource, MemoryState, PluginSettings, Runtime, World, standalone_meta,
 };
 use flowhost_authoring::Project;
+use flowhost_authoring::project::{BUILD_OUTPUT, files_below};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -278,27 +279,10 @@ fn source_name(source: LoadSource) -> &'static str {
     }
 }
 
-/// Folders that are build output or tool caches, never searched for golden
-/// cases or watched.
-const NOT_SEARCHED: [&str; 5] = ["target", "dist", "node_modules", "__pycache__", ".git"];
-
-/// Every file under `dir` (build output and hidden folders left out).
-fn tree_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if path.is_dir() {
-            if !name.starts_with('.') && !NOT_SEARCHED.contains(&name.as_ref()) {
-                tree_files(&path, files);
-            }
-        } else {
-            files.push(path);
-        }
-    }
+/// Every file under `dir`, leaving out hidden entries and build output
+/// (`dist/`, `target/`, `node_modules/`, `__pycache__/`).
+fn tree_files(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
+    files_below(dir, &BUILD_OUTPUT).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// The targets with every folder that has no golden.json of its own
@@ -311,9 +295,7 @@ fn expand_targets(targets: &[String]) -> Result<Vec<String>, CliError> {
             out.push(target.clone());
             continue;
         }
-        let mut files = Vec::new();
-        tree_files(path, &mut files);
-        let mut found: Vec<String> = files
+        let found: Vec<String> = tree_files(path)?
             .iter()
             .filter(|f| f.file_name().is_some_and(|n| n == "golden.json"))
             .filter_map(|f| f.parent().map(|d| d.display().to_string()))
@@ -323,8 +305,7 @@ fn expand_targets(targets: &[String]) -> Result<Vec<String>, CliError> {
                 "no golden.json in or below {target}"
             )));
         }
-        found.sort();
-        out.extend(found);
+        out.extend(found); // in path order: files_below sorts
     }
     Ok(out)
 }
@@ -436,7 +417,8 @@ fn look(targets: &[String], args: &RuntimeArgs) -> Look {
     for target in targets {
         let path = Path::new(target);
         if path.is_dir() {
-            tree_files(path, &mut files);
+            // A folder that cannot be read now is looked at again next time.
+            files.extend(tree_files(path).unwrap_or_default());
         } else {
             files.push(path.to_path_buf());
         }

@@ -21,6 +21,7 @@
 //! - `fuzz [N]`: the fuzz tests of the parsers of outside input with N
 //!   inputs per target (default 200000; `cargo xtask test` runs 5000).
 
+use flowhost_authoring::project::{BUILD_OUTPUT, files_below};
 use flowhost_authoring::{BuildOptions, Built, Lang, Project, Toolchains};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -77,23 +78,13 @@ fn run(mut cmd: Command) -> Result<(), String> {
     }
 }
 
-/// Every file named `name` under `plugins/` (not in `target` or `node_modules`), sorted.
+/// Every file named `name` under `plugins/` (not in build output), sorted.
 fn plugin_files(name: &str) -> Result<Vec<PathBuf>, String> {
-    let mut found = Vec::new();
-    let mut stack = vec![root().join("plugins")];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for path in entries.flatten().map(|e| e.path()) {
-            let file_name = path.file_name().unwrap_or_default();
-            if path.is_dir() && file_name != "target" && file_name != "node_modules" {
-                stack.push(path);
-            } else if file_name == name {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
+    Ok(files_below(&root().join("plugins"), &BUILD_OUTPUT)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == name))
+        .collect())
 }
 
 /// Every plugin crate (a Cargo.toml under plugins/ with a cdylib).
