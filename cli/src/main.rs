@@ -259,6 +259,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = flowhost::crash::check_env() {
+        return CliError::Usage(e).report();
+    }
     let verbose = match &cli.command {
         Command::Plugin(c) => c.verbose(),
         _ => false,

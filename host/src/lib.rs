@@ -16,6 +16,7 @@
 //! - [`spawn`]: starting worker processes on the same store.
 //! - [`warm`]: the settings of warm plugin pools.
 //! - [`providers`]: model providers known by name (base URL, key variable).
+//! - [`crash`]: named crash points for the fault-injection suite.
 //! - [`daemon`]: `flowhost serve` (HTTP API, scaling workers, hot reload, metrics).
 //!
 //! The `flowhost` binary (the command line) is the `flowhost-cli` crate; this
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 pub mod duration;
 pub mod engine;

@@ -17,6 +17,7 @@
 
 use flowhost::plugin::golden::Suite;
 use flowhost::plugin::registry::Manifest;
+use flowhost_e2e::Rng;
 use serde_json::{Value, json};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -132,27 +133,6 @@ const TOKENS: &[&str] = &[
     "*",
     "%",
 ];
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 /// The nearest char boundary at or before `i`.
 fn boundary(s: &str, mut i: usize) -> usize {

@@ -4,6 +4,7 @@
 mod agents;
 mod authoring;
 mod cache;
+mod chaos;
 mod cli;
 mod daemon;
 mod definitions;

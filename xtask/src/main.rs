@@ -20,6 +20,9 @@
 //!   job, distributed-execution, daemon and LLM-call benchmarks.
 //! - `fuzz [N]`: the fuzz tests of the parsers of outside input with N
 //!   inputs per target (default 200000; `cargo xtask test` runs 5000).
+//! - `chaos [--rounds N] [--seed S]`: `plugins`, the host, then N rounds of
+//!   the crash-point harness (default 1000; `cargo xtask test` runs 100),
+//!   starting at seed S (default: from the clock).
 
 use flowhost_authoring::project::{BUILD_OUTPUT, files_below};
 use flowhost_authoring::{BuildOptions, Built, Lang, Project, Toolchains};
@@ -35,7 +38,11 @@ fn main() -> ExitCode {
         "agents" => agents(),
         "bench" => bench(),
         "fuzz" => fuzz(std::env::args().nth(2)),
-        _ => Err("usage: cargo xtask <plugins|test|demo|agents|bench|fuzz [N]>".to_string()),
+        "chaos" => chaos(&std::env::args().skip(2).collect::<Vec<_>>()),
+        _ => Err(
+            "usage: cargo xtask <plugins|test|demo|agents|bench|fuzz [N]|chaos [--rounds N] [--seed S]>"
+                .to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -336,6 +343,41 @@ fn fuzz(iterations: Option<String>) -> Result<(), String> {
         "--nocapture",
     ]);
     run(fuzz)
+}
+
+fn chaos(args: &[String]) -> Result<(), String> {
+    let usage = "usage: cargo xtask chaos [--rounds N] [--seed S]";
+    let (mut rounds, mut seed) = ("1000".to_string(), None);
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .filter(|v| v.parse::<u64>().is_ok_and(|n| n > 0 || flag == "--seed"))
+            .ok_or_else(|| format!("chaos: {flag} needs a number; {usage}"))?;
+        match flag.as_str() {
+            "--rounds" => rounds = value.clone(),
+            "--seed" => seed = Some(value.clone()),
+            _ => return Err(format!("chaos: unknown flag `{flag}`; {usage}")),
+        }
+    }
+    plugins(Need::Every)?;
+    build_host("debug")?;
+    let mut chaos = cargo();
+    chaos.env("FLOWHOST_CHAOS_ROUNDS", &rounds);
+    if let Some(seed) = seed {
+        chaos.env("FLOWHOST_CHAOS_SEED", seed);
+    }
+    chaos.args([
+        "test",
+        "-p",
+        "flowhost-e2e",
+        "--test",
+        "e2e",
+        "--",
+        "chaos::",
+        "--nocapture",
+    ]);
+    run(chaos)
 }
 
 fn bench() -> Result<(), String> {

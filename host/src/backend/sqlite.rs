@@ -303,6 +303,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if i > version {
+            crate::crash::point("store.migration");
+        }
         tx.execute_batch(sql).map_err(&err)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
             .map_err(&err)?;
@@ -496,7 +499,9 @@ fn write_loop(
                 }
                 results.push(result);
             }
+            crate::crash::point("store.commit.before");
             tx.commit().map_err(&err)?;
+            crate::crash::point("store.commit.after");
             Ok(results)
         })();
         match outcome {
@@ -567,6 +572,7 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                 s.execute(params![id, r.status, r.value.to_string(), r.written_ms as i64])
             })
             .map_err(&err)?;
+            crate::crash::point("store.result.write");
             if let Some(fan_in) = r.counts_toward.filter(|_| first) {
                 count_down(tx, &fan_in, r.written_ms).map_err(&err)?;
             }

@@ -288,6 +288,7 @@ impl Engine {
                 let late: Vec<&String> = missing.iter().map(|&i| &ids[i]).collect();
                 self.cancel_children(&late, reason).await?;
                 step::give_up(&mut outcomes, failure.as_ref());
+                crate::crash::point("fanin.gathered");
                 return Ok(Spread::All(outcomes));
             }
             let missing: Vec<String> = missing.into_iter().map(|i| ids[i].clone()).collect();
@@ -319,6 +320,7 @@ impl Engine {
             if let Some(at) = pending.deadline_ms {
                 jobs.push(self.run_job_at(&rec.id, &format!("{key}/timeout"), at));
             }
+            crate::crash::point("fanout.jobs.before");
             self.backend.push_many(EXECUTIONS_POOL, jobs).await?;
             if let Some(o) = &self.observer {
                 o.fanout(&rec.id, &rec.state, missing.len());
@@ -430,6 +432,7 @@ impl Engine {
             // creates nothing.
             let checkpoint = to_checkpoint(&c, self.now(), None, Some(&frame.fence))?;
             self.backend.save_deferred(checkpoint).await?;
+            crate::crash::point("fanout.child.stored");
             created += 1;
         }
         Ok(created)
@@ -457,10 +460,12 @@ impl Engine {
             c.status = Status::Queued;
             let checkpoint = to_checkpoint(&c, self.now(), None, Some(&frame.fence))?;
             self.backend.save_deferred(checkpoint).await?;
+            crate::crash::point("launch.stored");
         }
         self.backend
             .push(EXECUTIONS_POOL, run_job(&launch.id, &launch.id))
             .await?;
+        crate::crash::point("launch.pushed");
         Ok(())
     }
 }

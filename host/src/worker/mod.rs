@@ -230,6 +230,7 @@ pub async fn run(
             (idle * 2).min(config.poll)
         };
         for job in claimed {
+            crate::crash::point("worker.claimed");
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(job.id, job.fence);
@@ -387,6 +388,7 @@ async fn process(
     // cannot be written, the lease runs out and the job runs again elsewhere.
     let mut pause = Duration::from_millis(10);
     let mut tries = 0;
+    crate::crash::point("worker.complete.before");
     loop {
         let written = match &result {
             Ok(output) => backend
