@@ -18,6 +18,7 @@ fn checkpoint(id: &str, parent: Option<&str>, status: &str, created: u64) -> Che
         consumes_signal: None,
         enqueue: Vec::new(),
         fence: None,
+        result: None,
     }
 }
 
@@ -200,16 +201,46 @@ async fn fence_suite(b: &dyn Backend) {
         written_ms: 1,
         counts_toward: None,
     };
-    let refused = b.write_result("f:1:0", stale_result).await.unwrap_err();
+    let refused = b
+        .write_result("f:1:0", stale_result.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Conflict);
+    // A final checkpoint carries its result: refused, neither is stored.
+    let refused = b
+        .save(Checkpoint {
+            result: Some(stale_result.clone()),
+            ..fenced("f:1:0", 5, &mine)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind, StoreErrorKind::Conflict);
     b.save(checkpoint("unfenced", None, "running", 1))
         .await
         .unwrap();
     assert_eq!(b.load("f:1:0").await.unwrap().unwrap().step, 1);
     assert_eq!(b.read_result("f:1:0").await.unwrap(), None);
-    // The new owner writes.
+    // The new owner writes; its final checkpoint stores its result too.
     b.save(fenced("f:1:0", 4, &theirs)).await.unwrap();
     assert_eq!(b.load("f:1:0").await.unwrap().unwrap().step, 4);
+    b.save(Checkpoint {
+        status: ExecutionStatus::Done,
+        result: Some(StoredResult {
+            fence: None,
+            value: json!("ended"),
+            ..stale_result
+        }),
+        ..fenced("f:1:0", 6, &theirs)
+    })
+    .await
+    .unwrap();
+    let cp = b.load("f:1:0").await.unwrap().unwrap();
+    assert_eq!((cp.step, cp.status), (6, ExecutionStatus::Done));
+    assert_eq!(cp.result, None, "write-only");
+    assert_eq!(
+        b.read_result("f:1:0").await.unwrap().map(|r| r.value),
+        Some(json!("ended"))
+    );
     // A fence on a lease nobody ever took is refused too.
     let nobody = Fence {
         root: "ghost".into(),

@@ -41,6 +41,37 @@ impl Data {
         }
     }
 
+    /// Stores a result (its fence already checked); the first result of a
+    /// fan-out child counts its fan-in down.
+    fn put_result(&mut self, now: u64, id: &str, result: StoredResult) {
+        let first = !self.results.contains_key(id);
+        let counts_toward = result.counts_toward.clone();
+        self.results.insert(
+            id.to_string(),
+            StoredResult {
+                fence: None,
+                counts_toward: None,
+                ..result
+            },
+        );
+        if let Some(fan_in) = counts_toward.filter(|_| first) {
+            let remaining = self
+                .fan_ins
+                .get_mut(&fan_in.key)
+                .filter(|n| **n > 0)
+                .map(|n| {
+                    *n -= 1;
+                    *n
+                });
+            if fan_in.wake_now || remaining == Some(0) {
+                self.insert_job(now, &fan_in.wake_pool, fan_in.wake);
+            }
+            if let Some(next) = fan_in.next {
+                self.insert_job(now, &fan_in.wake_pool, next);
+            }
+        }
+    }
+
     /// The job, if `fence` is its current claim's token.
     pub(super) fn current(&mut self, id: i64, fence: u64) -> Option<&mut Job> {
         self.jobs
@@ -105,8 +136,10 @@ impl Checkpoints for MemoryBackend {
             .get(&checkpoint.id)
             .map(|c| c.created_ms)
             .unwrap_or(checkpoint.created_ms);
+        let result = checkpoint.result.take();
+        let id = checkpoint.id.clone();
         data.checkpoints.insert(
-            checkpoint.id.clone(),
+            id.clone(),
             Checkpoint {
                 created_ms: created,
                 consumes_signal: None,
@@ -115,6 +148,9 @@ impl Checkpoints for MemoryBackend {
                 ..checkpoint
             },
         );
+        if let Some(result) = result {
+            data.put_result(now, &id, result);
+        }
         Ok(())
     }
 
@@ -163,32 +199,7 @@ impl Results for MemoryBackend {
         let now = self.clock.now_ms();
         let mut data = self.lock();
         data.check_fence(result.fence.as_ref())?;
-        let first = !data.results.contains_key(id);
-        let counts_toward = result.counts_toward.clone();
-        data.results.insert(
-            id.to_string(),
-            StoredResult {
-                fence: None,
-                counts_toward: None,
-                ..result
-            },
-        );
-        if let Some(fan_in) = counts_toward.filter(|_| first) {
-            let remaining = data
-                .fan_ins
-                .get_mut(&fan_in.key)
-                .filter(|n| **n > 0)
-                .map(|n| {
-                    *n -= 1;
-                    *n
-                });
-            if fan_in.wake_now || remaining == Some(0) {
-                data.insert_job(now, &fan_in.wake_pool, fan_in.wake);
-            }
-            if let Some(next) = fan_in.next {
-                data.insert_job(now, &fan_in.wake_pool, next);
-            }
-        }
+        data.put_result(now, id, result);
         Ok(())
     }
 

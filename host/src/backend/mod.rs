@@ -137,6 +137,12 @@ pub struct Checkpoint {
     /// Only for writing; empty when read.
     #[serde(skip)]
     pub enqueue: Vec<(String, NewJob)>,
+    /// The execution's result, written in the same transaction (an ended
+    /// execution and its result exist together or not at all), as
+    /// [`Results::write_result`] would, under the checkpoint's fence. Only
+    /// for writing; `None` when read.
+    #[serde(skip)]
+    pub result: Option<StoredResult>,
 }
 
 /// A write's claim to ownership: the tree's root and the lease token the

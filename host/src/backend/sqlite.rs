@@ -254,7 +254,43 @@ pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
 }
 
 pub(super) fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> BackendError + '_ {
-    move |e| sql_error(e).at(path.display())
+    move |e| at_path(sql_error(e), path)
+}
+
+/// A store error, placed at the database's path. SQLite reports some writes
+/// on a full disk (creating the WAL index, growing the WAL) as a plain I/O
+/// error: when the database's filesystem has no space left, it is `full`.
+fn at_path(e: BackendError, path: &Path) -> BackendError {
+    let e = if e.kind == StoreErrorKind::Io && no_space_left(path) {
+        BackendError::of(
+            StoreErrorKind::Full,
+            format!(
+                "{} (the disk is full: free space; nothing of this write was stored)",
+                e.message
+            ),
+        )
+    } else {
+        e
+    };
+    e.at(path.display())
+}
+
+/// Whether the filesystem that holds `path` has (next to) no space left.
+fn no_space_left(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed struct statvfs fills in.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut fs) } != 0 {
+        return false;
+    }
+    (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64) < 64 * 1024
 }
 
 fn open_connection(path: &Path, durability: Durability) -> BackendResult<Connection> {
@@ -554,28 +590,16 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             for (pool, job) in &c.enqueue {
                 super::sqlite_pools::insert_job(tx, c.updated_ms, pool, job).map_err(&err)?;
             }
+            if let Some(r) = c.result {
+                put_result(tx, &c.id, r).map_err(&err)?;
+            }
             Ok(None)
         }
         Op::WriteResult(id, r) => {
             if stale(tx, r.fence.as_ref()).map_err(&err)? {
                 return Ok(Some(Value::String(REFUSED.into())));
             }
-            let first = tx
-                .prepare_cached("SELECT 1 FROM results WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![id], |_| Ok(())).optional())
-                .map_err(&err)?
-                .is_none();
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![id, r.status, r.value.to_string(), r.written_ms as i64])
-            })
-            .map_err(&err)?;
-            crate::crash::point("store.result.write");
-            if let Some(fan_in) = r.counts_toward.filter(|_| first) {
-                count_down(tx, &fan_in, r.written_ms).map_err(&err)?;
-            }
+            put_result(tx, &id, r).map_err(&err)?;
             Ok(None)
         }
         Op::OpenFanIn(key, children, fence) => {
@@ -633,7 +657,7 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             super::history::append(tx, &execution, &events, keep).map_err(&err)?;
             Ok(None)
         }
-        Op::Custom(f) => f(tx).map(Some).map_err(|e| e.at(path.display())),
+        Op::Custom(f) => f(tx).map(Some).map_err(|e| at_path(e, path)),
         Op::TakeSignal(id, channel) => {
             let row: Option<(i64, String)> = tx
                 .query_row(
@@ -651,6 +675,30 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             signal_data(path, seq, &data).map(Some)
         }
     }
+}
+
+/// Stores a result (its fence already checked); the first result of a
+/// fan-out child counts its fan-in down.
+fn put_result(tx: &Connection, id: &str, r: StoredResult) -> rusqlite::Result<()> {
+    let first = tx
+        .prepare_cached("SELECT 1 FROM results WHERE id = ?1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_none();
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        id,
+        r.status,
+        r.value.to_string(),
+        r.written_ms as i64
+    ])?;
+    crate::crash::point("store.result.write");
+    if let Some(fan_in) = r.counts_toward.filter(|_| first) {
+        count_down(tx, &fan_in, r.written_ms)?;
+    }
+    Ok(())
 }
 
 /// A child's first result counts its fan-in down; at zero (or when the
@@ -720,6 +768,7 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         record: r.get(8)?,
         consumes_signal: None,
         enqueue: Vec::new(),
+        result: None,
         fence: None,
     })
 }

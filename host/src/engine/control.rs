@@ -338,9 +338,6 @@ impl Engine {
         self.backend
             .append_history(&rec.id, events, history::DEFAULT_LIMIT)
             .await?;
-        self.backend
-            .save(to_checkpoint(rec, now, None, Some(fence))?)
-            .await?;
-        self.write_result(rec, fence).await
+        self.save_final(rec, None, fence).await
     }
 }

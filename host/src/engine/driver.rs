@@ -374,12 +374,7 @@ impl Engine {
                     .save(to_checkpoint(rec, self.now(), consumes, Some(fence))?)
                     .await?
             }
-            Save::Final => {
-                self.backend
-                    .save_deferred(to_checkpoint(rec, self.now(), consumes, Some(fence))?)
-                    .await?;
-                self.write_result(rec, fence).await?;
-            }
+            Save::Final => self.save_final(rec, consumes, fence).await?,
         }
         Ok(())
     }
@@ -787,22 +782,26 @@ impl Engine {
 }
 
 impl Engine {
-    /// Stores a finished record's result (awaited: it covers every write
-    /// queued before it).
-    pub(super) async fn write_result(
+    /// Stores a finished record's checkpoint with its result, in one write
+    /// (awaited: it covers every write queued before it), so a crash leaves
+    /// both or neither.
+    pub(super) async fn save_final(
         &self,
         rec: &Record,
+        consumes: Option<u64>,
         fence: &Fence,
     ) -> Result<(), EngineError> {
         let (status, value) = result_of(rec);
-        let result = StoredResult {
-            fence: Some(fence.clone()),
+        let now = self.now();
+        let mut checkpoint = to_checkpoint(rec, now, consumes, Some(fence))?;
+        checkpoint.result = Some(StoredResult {
+            fence: None,
             status,
             value,
-            written_ms: self.now(),
+            written_ms: now,
             counts_toward: Engine::counts_toward(rec),
-        };
-        self.backend.write_result(&rec.id, result).await?;
+        });
+        self.backend.save(checkpoint).await?;
         if let Some(o) = &self.observer {
             o.result_written(&rec.id);
         }
@@ -850,6 +849,7 @@ pub(super) fn to_checkpoint(
         consumes_signal,
         fence: fence.cloned(),
         enqueue: Vec::new(),
+        result: None,
     })
 }
 

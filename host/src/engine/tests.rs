@@ -927,6 +927,7 @@ async fn wait_returns_the_result_once_written_or_gives_up_at_its_timeout() {
             consumes_signal: None,
             enqueue: Vec::new(),
             fence: None,
+            result: None,
         })
         .await
         .unwrap();

@@ -6,7 +6,9 @@
 //!
 //! Imports `engine`, `plugin`, `failure` and the `backend` traits.
 
-use crate::backend::{Backend, BackendError, Backoff, FailOutcome, Job, WorkerInfo, WorkerStatus};
+use crate::backend::{
+    Backend, BackendError, Backoff, FailOutcome, Job, StoreErrorKind, WorkerInfo, WorkerStatus,
+};
 use crate::engine::{Engine, Status};
 use crate::failure::FailureKind;
 use crate::plugin::{CallContext, CallMeta, Plugin};
@@ -16,6 +18,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The first and the longest pause between claims a store refused.
+const CLAIM_RETRY_MIN: Duration = Duration::from_millis(50);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(2);
 use tokio::sync::watch;
 
 /// What a pool's jobs are run by.
@@ -200,6 +206,10 @@ pub async fn run(
     // Idle polling backs off from 1 ms to `config.poll`, and starts again at
     // 1 ms after a claim found work.
     let mut idle = Duration::from_millis(1);
+    // A store that refuses claims (a full disk, a lock held elsewhere, a
+    // read-only file): the pause before the next try, doubling; said once
+    // when it starts and once when it ends, not at every try.
+    let mut refused: Option<Duration> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -213,10 +223,22 @@ pub async fn run(
                 .claim(&config.pool, &id, free, config.lease.as_millis() as u64)
                 .await
             {
-                Ok(jobs) => jobs,
+                Ok(jobs) => {
+                    if refused.take().is_some() {
+                        tracing::warn!(worker = %id, "the store takes claims again: claiming");
+                    }
+                    jobs
+                }
                 Err(e) => {
-                    // A busy or briefly unavailable store is not fatal: try again.
-                    tracing::warn!(worker = %id, "claim failed, retrying: {e}");
+                    // Not fatal: the worker stops claiming until the store
+                    // takes writes again (space freed, the lock let go).
+                    refused = Some(match refused {
+                        None => {
+                            tracing::warn!(worker = %id, "cannot claim: {e}; not claiming until the store takes writes again (trying every {}s at most)", CLAIM_RETRY_MAX.as_secs());
+                            CLAIM_RETRY_MIN
+                        }
+                        Some(pause) => (pause * 2).min(CLAIM_RETRY_MAX),
+                    });
                     vec![]
                 }
             }
@@ -224,10 +246,10 @@ pub async fn run(
             vec![]
         };
         let got = !claimed.is_empty();
-        idle = if got {
-            Duration::from_millis(1)
-        } else {
-            (idle * 2).min(config.poll)
+        idle = match refused {
+            _ if got => Duration::from_millis(1),
+            Some(pause) => pause,
+            None => (idle * 2).min(config.poll),
         };
         for job in claimed {
             crate::crash::point("worker.claimed");
@@ -384,10 +406,14 @@ async fn process(
         );
         return Ok(JobOutcome::Rejected);
     }
-    // The outcome is written with a few retries (a busy store); if it still
-    // cannot be written, the lease runs out and the job runs again elsewhere.
+    // The outcome is written with retries: a few for most store errors, and
+    // for a store that refuses writes for now (a full disk, a lock held
+    // elsewhere) as long as the claim lasts — the work is done, and writing
+    // its outcome later is better than running it again. If it still cannot
+    // be written, the lease runs out and the job runs again elsewhere.
     let mut pause = Duration::from_millis(10);
     let mut tries = 0;
+    let give_up = tokio::time::Instant::now() + config.lease;
     crate::crash::point("worker.complete.before");
     loop {
         let written = match &result {
@@ -420,10 +446,16 @@ async fn process(
         };
         tries += 1;
         match written {
-            Err(e) if tries < 5 => {
-                tracing::warn!(job = job.id, "cannot record the outcome, retrying: {e}");
+            Err(e)
+                if tries < 5
+                    || (matches!(e.kind, StoreErrorKind::Full | StoreErrorKind::Busy)
+                        && tokio::time::Instant::now() + pause < give_up) =>
+            {
+                if tries < 5 {
+                    tracing::warn!(job = job.id, "cannot record the outcome, retrying: {e}");
+                }
                 tokio::time::sleep(pause).await;
-                pause *= 4;
+                pause = (pause * 4).min(CLAIM_RETRY_MAX);
             }
             other => return other,
         }
