@@ -15,6 +15,7 @@ mod hardening;
 mod polyglot;
 mod queue;
 mod sandbox;
+mod storage;
 mod ui;
 mod validate;
 mod workers;

@@ -247,8 +247,15 @@ status_as_text!(
 pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
     let kind = classify(&e);
     let mut message = e.to_string();
-    if kind == StoreErrorKind::Full {
-        message.push_str(" (free space; nothing of this write was stored)");
+    match kind {
+        StoreErrorKind::Full => message.push_str(" (free space; nothing of this write was stored)"),
+        StoreErrorKind::Corrupt => message.push_str(
+            " (corrupt: the database is damaged or a stored value does not read back as written; check it with `sqlite3 <file> 'PRAGMA integrity_check'` and restore from a backup)",
+        ),
+        StoreErrorKind::Busy => message.push_str(
+            " (another process held the write lock longer than flowhost waits, about 15 s; nothing of this write was stored)",
+        ),
+        _ => {}
     }
     BackendError::of(kind, message)
 }
