@@ -469,6 +469,73 @@ async fn backends_decide_time_by_their_clock() {
     clock_suite(&b, &clock).await;
 }
 
+/// A retry storm: 1,000 jobs fail at the same instant. Full jitter spreads
+/// their retries over the whole backoff window (a histogram of ten slices:
+/// none empty, none holding more than twice its share), and the jobs come
+/// due as the store's clock passes their time — none before, all by the
+/// window's end.
+async fn retry_storm_suite(b: &dyn Backend, clock: &ManualClock) {
+    const JOBS: u64 = 1000;
+    let backoff = Backoff {
+        base_ms: 10_000,
+        max_ms: 60_000,
+    };
+    b.push_many(
+        "storm",
+        (0..JOBS).map(|n| NewJob::new(json!({ "n": n }))).collect(),
+    )
+    .await
+    .unwrap();
+    let held = b.claim("storm", "w", JOBS as u32, 60_000).await.unwrap();
+    assert_eq!(held.len() as u64, JOBS);
+    let failed_at = clock.now_ms();
+    for job in &held {
+        let outcome = b
+            .fail(job.id, job.fence, "down", Some(backoff))
+            .await
+            .unwrap();
+        assert_eq!(outcome, FailOutcome::Retried);
+    }
+    let jobs = b.jobs("storm", None, JOBS as usize).await.unwrap();
+    let mut slices = [0u64; 10];
+    for j in &jobs {
+        let after = j.run_at_ms - failed_at;
+        assert!(after <= backoff.base_ms, "job {}: {after} ms", j.id);
+        slices[((after * 10 / (backoff.base_ms + 1)) as usize).min(9)] += 1;
+    }
+    eprintln!(
+        "retry storm, {JOBS} jobs over {} ms, per tenth: {slices:?}",
+        backoff.base_ms
+    );
+    for (i, n) in slices.iter().enumerate() {
+        assert!(*n > 0 && *n <= 2 * JOBS / 10, "slice {i}: {slices:?}");
+    }
+    // Nothing comes due early; everything has by the window's end.
+    let first_due = jobs.iter().map(|j| j.run_at_ms).min().unwrap();
+    clock.set(first_due - 1);
+    assert!(
+        b.claim("storm", "w", JOBS as u32, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    clock.set(failed_at + backoff.base_ms);
+    let again = b.claim("storm", "w", JOBS as u32, 60_000).await.unwrap();
+    assert_eq!(again.len() as u64, JOBS);
+}
+
+#[tokio::test]
+async fn a_retry_storm_spreads_out_by_jitter() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    retry_storm_suite(&MemoryBackend::new().with_clock(clock.clone()), &clock).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let b = SqliteBackend::open(&dir.path().join("storm.db"), Durability::Normal)
+        .unwrap()
+        .with_clock(clock.clone());
+    retry_storm_suite(&b, &clock).await;
+}
+
 /// A fan-in counts each child's first result once, in the result's write;
 /// the write reaching zero pushes the wake-up job once; opening counts the
 /// children that ended before it.
