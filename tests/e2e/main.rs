@@ -12,6 +12,7 @@ mod engine;
 mod failures;
 mod fuzz;
 mod hardening;
+mod hostile;
 mod polyglot;
 mod queue;
 mod sandbox;
