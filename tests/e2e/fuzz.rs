@@ -1,6 +1,7 @@
 //! Fuzzing the parsers of outside input: machine YAML (with agents and
 //! profiles) through validation, templates and conditions, plugin
-//! manifests, golden-case files, result addresses and duration flags.
+//! manifests, golden-case files, what a plugin returns (through a real
+//! plugin call), result addresses and duration flags.
 //!
 //! Each target starts from real inputs (the repository's examples and
 //! fixtures) and the regression corpus in `tests/fuzz/<target>/`, replays the
@@ -405,6 +406,62 @@ fn golden_case_files() {
         match Suite::read(&path) {
             Ok(_) => Ok(true),
             Err(e) => says_something(&e),
+        }
+    });
+}
+
+/// What a hostile plugin returns: the adversary plugin hands back each
+/// input byte for byte as its output; the host takes it as a value exactly
+/// when it is JSON (the same value), and otherwise refuses it as
+/// `invalid_output` with a reason — never a panic, never a guess.
+#[test]
+fn plugin_outputs() {
+    use flowhost::plugin::{CallContext, ErrorKind, PluginSettings, standalone_meta};
+    let mut paths = Vec::new();
+    files(&repo().join("plugins"), &["json"], &mut paths);
+    let mut seeds: Vec<String> = Vec::new();
+    for text in read_all(&paths) {
+        let Ok(suite) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        for case in suite["cases"].as_array().into_iter().flatten() {
+            for key in ["input", "output"] {
+                if let Some(v) = case.get(key).filter(|v| !v.is_null()) {
+                    seeds.push(v.to_string());
+                }
+            }
+        }
+    }
+    seeds.push(r#"{"output": {"text": "hi"}, "usage": {"total_tokens": 3}, "model": "m"}"#.into());
+    seeds.push(
+        r#"{"error": {"kind": "retryable", "message": "rate", "retry_after_ms": 20}}"#.into(),
+    );
+    let rt = flowhost_e2e::runtime(Some(&flowhost_e2e::shared_cache()));
+    let adversary = rt
+        .load_file(
+            &flowhost_e2e::plugin("adversary"),
+            PluginSettings::new("adversary"),
+        )
+        .unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    fuzz("plugin-output", seeds, |text| {
+        let input = json!({"attack": "raw", "text": text});
+        let out = tokio.block_on(adversary.process(
+            &standalone_meta("fuzz"),
+            &input,
+            &CallContext::default(),
+        ));
+        match (out, serde_json::from_str::<Value>(text)) {
+            (Ok(got), Ok(want)) if got == want => Ok(true),
+            (Err(e), Err(_)) if e.kind() == ErrorKind::InvalidOutput => {
+                says_something(&e.to_string())
+            }
+            (got, want) => Err(format!(
+                "plugin output {text:?}: host gave {got:?}, JSON says {want:?}"
+            )),
         }
     });
 }

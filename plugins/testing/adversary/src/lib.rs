@@ -89,6 +89,9 @@ impl Guest for Adversary {
                 Ok(json!({"vars": vars, "args": args}).to_string())
             }
             "invalid_json" => Ok("{\"this is\": not json".to_string()),
+            // Returns `text` as its output, byte for byte (the fuzzing of
+            // what a hostile plugin returns).
+            "raw" => Ok(text("text")),
             "huge_output" => {
                 let mb = input.get("mb").and_then(Value::as_u64).unwrap_or(100) as usize;
                 let mut s = String::with_capacity(mb * (1 << 20) + 2);
