@@ -8,7 +8,7 @@
 //! the tests run) and builds with the `chaos` feature read the variable; a
 //! release binary ignores it and [`point`] compiles to nothing.
 //!
-//! Owns the list of points and the arming; imports nothing of the crate.
+//! Owns the list of points and the arming; may import `text` (escaping).
 
 /// Every crash point, with where it sits.
 pub const POINTS: &[(&str, &str)] = &[

@@ -2,9 +2,11 @@
 //! (extending the leases of the jobs it holds), claims jobs, runs the pool's
 //! processor (a plugin or a machine) on each, and completes or fails them
 //! with the claim's fencing token. On shutdown it stops claiming, finishes
-//! what it holds, releases anything left and deregisters.
+//! what it holds, releases anything left and deregisters. A store that
+//! refuses claims (a full disk, a lock held elsewhere) stops its claims,
+//! not the worker: it says so once, backs off, and goes on when it can.
 //!
-//! Imports `engine`, `plugin`, `failure` and the `backend` traits.
+//! Imports `engine`, `plugin`, `failure`, `crash` and the `backend` traits.
 
 use crate::backend::{
     Backend, BackendError, Backoff, FailOutcome, Job, StoreErrorKind, WorkerInfo, WorkerStatus,
