@@ -536,6 +536,132 @@ async fn a_retry_storm_spreads_out_by_jitter() {
     retry_storm_suite(&b, &clock).await;
 }
 
+/// A machine moved by hand: its wall clock, its boot clock (shared by the
+/// processes of one boot) and its boot id.
+struct FakeHost {
+    wall: std::sync::atomic::AtomicU64,
+    boot: Arc<std::sync::atomic::AtomicU64>,
+    id: String,
+}
+
+impl FakeHost {
+    fn new(wall: u64, boot: Arc<std::sync::atomic::AtomicU64>, id: &str) -> Arc<FakeHost> {
+        Arc::new(FakeHost {
+            wall: wall.into(),
+            boot,
+            id: id.into(),
+        })
+    }
+
+    fn step_wall(&self, ms: i64) {
+        let now = self.wall.load(std::sync::atomic::Ordering::SeqCst) as i64;
+        self.wall
+            .store((now + ms) as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn pass(&self, ms: u64) {
+        self.boot.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl TimeSource for FakeHost {
+    fn wall_ms(&self) -> u64 {
+        self.wall.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn boot_ms(&self) -> u64 {
+        self.boot.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn boot_id(&self) -> Option<String> {
+        Some(self.id.clone())
+    }
+}
+
+/// The SQLite store's time is one timeline for every process of a boot:
+/// a worker whose wall clock is 5 minutes off reads the same time; steps of
+/// the wall clock (an hour forward, a day back) move no lease and no
+/// heartbeat — no live worker looks dead, none is reaped en masse; leases
+/// and heartbeats age with the boot clock only; and after a reboot with
+/// the clock set back, time starts no earlier than what the store saw, so
+/// a worker dead since before the reboot is reaped at its limit, not hours
+/// later.
+#[tokio::test]
+async fn the_store_clock_ignores_wall_clock_steps_and_survives_a_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("clock.db");
+    let boot = Arc::new(std::sync::atomic::AtomicU64::new(50_000));
+    let host = FakeHost::new(1_700_000_000_000, boot.clone(), "boot-1");
+    let a = SqliteBackend::open_with_time(&db, Durability::Normal, host.clone()).unwrap();
+    let skewed = FakeHost::new(1_700_000_000_000 + 300_000, boot.clone(), "boot-1");
+    let b = SqliteBackend::open_with_time(&db, Durability::Normal, skewed).unwrap();
+    let start = a.clock().now_ms();
+    assert_eq!(start, 1_700_000_000_000);
+    assert_eq!(
+        b.clock().now_ms(),
+        start,
+        "a skewed process reads the store's time"
+    );
+
+    let worker = |id: &str, at: u64| WorkerInfo {
+        id: id.into(),
+        pool: "p".into(),
+        pid: 1,
+        host: "h".into(),
+        status: WorkerStatus::Active,
+        started_ms: at,
+        heartbeat_ms: at,
+    };
+    a.register(worker("live", start)).await.unwrap();
+    b.register(worker("other", start)).await.unwrap();
+    assert!(matches!(
+        a.acquire("t", &owner("a"), 30_000, None).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+    for step in [3_600_000, -86_400_000 - 3_600_000] {
+        host.step_wall(step);
+        assert_eq!(
+            a.clock().now_ms(),
+            start,
+            "the wall clock stepped {step} ms"
+        );
+        assert!(a.reap(60_000).await.unwrap().is_empty(), "nobody reaped");
+        assert!(matches!(
+            b.acquire("t", &owner("b"), 30_000, None).await.unwrap(),
+            Claim::Held(_)
+        ));
+    }
+    host.pass(29_999);
+    assert!(matches!(
+        b.acquire("t", &owner("b"), 30_000, None).await.unwrap(),
+        Claim::Held(_)
+    ));
+    host.pass(1);
+    assert!(matches!(
+        b.acquire("t", &owner("b"), 30_000, None).await.unwrap(),
+        Claim::Acquired(l) if l.owner.id == "b"
+    ));
+    assert!(a.heartbeat("live").await.unwrap());
+    host.pass(30_001);
+    assert_eq!(a.reap(60_000).await.unwrap(), ["other"]);
+    let last = a.clock().now_ms();
+    a.register(worker("dies", last)).await.unwrap();
+    drop((a, b));
+
+    // A reboot; the wall clock is ten minutes behind what the store saw.
+    let boot2 = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let rebooted = FakeHost::new(last - 600_000, boot2, "boot-2");
+    let c = SqliteBackend::open_with_time(&db, Durability::Normal, rebooted.clone()).unwrap();
+    assert!(
+        c.clock().now_ms() >= last,
+        "time went back across the reboot"
+    );
+    rebooted.pass(60_000);
+    let reaped = c.reap(60_000).await.unwrap();
+    assert!(!reaped.contains(&"dies".to_string()), "{reaped:?}");
+    rebooted.pass(1);
+    let reaped = c.reap(60_000).await.unwrap();
+    assert!(reaped.contains(&"dies".to_string()), "{reaped:?}");
+}
+
 /// A fan-in counts each child's first result once, in the result's write;
 /// the write reaching zero pushes the wake-up job once; opening counts the
 /// children that ended before it.

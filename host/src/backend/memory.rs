@@ -1,6 +1,6 @@
 //! The in-memory backend: everything in one process, gone when it exits.
 
-use super::clock::{Clock, SystemClock};
+use super::clock::{Clock, HostClock};
 use super::pools::{Job, WorkerInfo};
 use super::status::JobStatus;
 use super::{
@@ -91,7 +91,7 @@ impl Default for MemoryBackend {
     fn default() -> Self {
         MemoryBackend {
             data: Mutex::default(),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(HostClock::system()),
         }
     }
 }

@@ -20,7 +20,7 @@ mod sqlite_pools;
 pub mod state;
 pub mod status;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, HostClock, ManualClock, SystemClock, SystemTimeSource, TimeSource};
 pub use history::{History, HistoryEntry, NewEvent};
 pub use memory::MemoryBackend;
 pub use owners::{Claim, Lease, Owner, Ownership};

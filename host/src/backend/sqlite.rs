@@ -3,7 +3,7 @@
 //! arrived while the previous commit was running (so many executions that
 //! checkpoint at once share one fsync). Reads go to a separate connection.
 
-use super::clock::{Clock, SystemClock};
+use super::clock::{Clock, HostClock, SystemTimeSource, TimeSource};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
     Results, Signal, Signals, StoreErrorKind, StoredResult,
@@ -140,6 +140,13 @@ CREATE TABLE state (
     key        TEXT NOT NULL,
     value      TEXT NOT NULL,
     PRIMARY KEY (execution, key)
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE clock (
+    boot_id     TEXT PRIMARY KEY,
+    offset_ms   INTEGER NOT NULL,
+    anchored_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
 ];
@@ -356,6 +363,67 @@ fn migrate(conn: &mut Connection, path: &Path) -> BackendResult<()> {
     tx.commit().map_err(&err)
 }
 
+/// The store's timeline for this boot ([`HostClock`]): the offset from the
+/// boot clock that the first process to open the store after boot fixed,
+/// so every process on the machine reads the same time and no step of the
+/// wall clock moves it. A new boot anchors at the wall clock, but never
+/// before the latest instant the store recorded (a clock set back across a
+/// reboot would keep dead workers' heartbeats in the future).
+fn anchor(
+    conn: &mut Connection,
+    path: &Path,
+    source: Arc<dyn TimeSource>,
+) -> BackendResult<HostClock> {
+    let Some(boot) = source.boot_id() else {
+        // No boot to anchor to: this process's own timeline.
+        let now = source.wall_ms();
+        return Ok(HostClock::anchored_at(source, now));
+    };
+    let err = db_error(path);
+    let known = |conn: &Connection| -> BackendResult<Option<i64>> {
+        conn.query_row(
+            "SELECT offset_ms FROM clock WHERE boot_id = ?1",
+            params![boot],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&err)
+    };
+    // Anchored already (the usual case): a read, no write lock.
+    if let Some(offset) = known(conn)? {
+        return Ok(HostClock::with_offset(source, offset));
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    let offset = match known(&tx)? {
+        Some(offset) => offset,
+        None => {
+            let floor: i64 = tx
+                .query_row(
+                    "SELECT max(
+                        coalesce((SELECT max(anchored_ms) FROM clock), 0),
+                        coalesce((SELECT max(heartbeat_ms) FROM workers), 0),
+                        coalesce((SELECT max(created_ms) FROM executions), 0),
+                        coalesce((SELECT created_ms FROM jobs ORDER BY id DESC LIMIT 1), 0))",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(&err)?;
+            let now = (source.wall_ms() as i64).max(floor);
+            let offset = now - source.boot_ms() as i64;
+            tx.execute(
+                "INSERT INTO clock (boot_id, offset_ms, anchored_ms) VALUES (?1, ?2, ?3)",
+                params![boot, offset, now],
+            )
+            .map_err(&err)?;
+            offset
+        }
+    };
+    tx.commit().map_err(&err)?;
+    Ok(HostClock::with_offset(source, offset))
+}
+
 impl SqliteBackend {
     /// Opens an existing database (for commands that only read, or act on
     /// what is already stored): a missing file is an error, never a new
@@ -375,6 +443,15 @@ impl SqliteBackend {
 
     /// Opens (creating if needed) the database at `path`. The folder must exist.
     pub fn open(path: &Path, durability: Durability) -> BackendResult<SqliteBackend> {
+        Self::open_with_time(path, durability, Arc::new(SystemTimeSource))
+    }
+
+    /// [`Self::open`], reading time from `source` (tests move it by hand).
+    pub fn open_with_time(
+        path: &Path,
+        durability: Durability,
+        source: Arc<dyn TimeSource>,
+    ) -> BackendResult<SqliteBackend> {
         if path.is_dir() {
             return Err(BackendError::of(
                 StoreErrorKind::Incompatible,
@@ -399,6 +476,7 @@ impl SqliteBackend {
         }
         let mut writer_conn = open_connection(path, durability)?;
         migrate(&mut writer_conn, path)?;
+        let clock = anchor(&mut writer_conn, path, source)?;
         let reader = open_connection(path, durability)?;
         let (tx, rx) = mpsc::channel::<(Op, Reply)>();
         let writer_path = path.to_path_buf();
@@ -415,7 +493,7 @@ impl SqliteBackend {
             lazy: Mutex::new(Vec::new()),
             deferred_error,
             reader: Mutex::new(reader),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(clock),
         })
     }
 
