@@ -1,6 +1,6 @@
 //! Storage faults under a running worker: the database's disk fills up,
-//! another process holds the write lock for a long time; and copies taken
-//! mid-run with their WAL cut short or a byte flipped. Each must end in a
+//! another process holds the write lock for a long time, the file is moved
+//! away; and copies taken mid-run with their WAL cut short or a bit flipped. Each must end in a
 //! clear error or a recovery, never in damage or a panic.
 //!
 //! The full disk is a small tmpfs the test mounts (root only: without the
@@ -237,6 +237,35 @@ fn a_write_lock_held_elsewhere_is_waited_out_then_reported_and_survived() {
         (30, 30),
         "every job done, none added"
     );
+    assert_eq!(integrity(&db_path), "ok");
+}
+
+/// The database file moved away under a running worker (as a careless
+/// cleanup or a restore would): its writes would go to a file nobody else
+/// finds, so they are refused — the worker stops claiming and says the
+/// file was deleted or moved; once it is back, the worker goes on and
+/// finishes every job.
+#[test]
+fn a_database_moved_away_under_a_worker_stops_its_writes_until_it_is_back() {
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    let o = push(&cache, &db, "p", 40);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (child, rx) = worker(&cache, &db, "p");
+    let child = Reaped(Some(child));
+    while counts(&db_path, "p").1 < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let away = dir.path().join("q.db.away");
+    std::fs::rename(&db_path, &away).unwrap();
+    let mut seen = Vec::new();
+    line_with(&rx, &["deleted or moved away"], &mut seen);
+    std::fs::rename(&away, &db_path).unwrap();
+    let out = child.wait();
+    assert!(out.status.success(), "{}", seen.join("\n"));
+    assert_eq!(counts(&db_path, "p"), (40, 40));
     assert_eq!(integrity(&db_path), "ok");
 }
 

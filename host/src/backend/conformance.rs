@@ -965,6 +965,65 @@ async fn sqlite_errors_say_what_kind_they_are() {
     assert_eq!(b.load("big").await.unwrap().unwrap().record.len(), 1 << 20);
 }
 
+/// A stored checkpoint or result changed on disk after it was written (a
+/// flipped bit that still reads as text) is refused as `corrupt`, naming
+/// the execution — never read as another value. Rows without a digest
+/// (written before digests were kept) still read.
+#[tokio::test]
+async fn sqlite_refuses_rows_that_changed_since_they_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBackend::open(&dir.path().join("d.db"), Durability::Normal).unwrap();
+    let mut c = checkpoint("x", None, "running", 1);
+    c.record = r#"{"id":"x","context":{"n":13}}"#.into();
+    b.save(c).await.unwrap();
+    b.save(Checkpoint {
+        status: ExecutionStatus::Done,
+        result: Some(StoredResult {
+            fence: None,
+            status: ExecutionStatus::Done,
+            value: json!({"n": 13}),
+            written_ms: 5,
+            counts_toward: None,
+        }),
+        ..checkpoint("y", None, "running", 1)
+    })
+    .await
+    .unwrap();
+    assert!(b.load("x").await.unwrap().is_some());
+    assert_eq!(
+        b.read_result("y").await.unwrap().unwrap().value,
+        json!({"n": 13})
+    );
+    let tamper = |sql: &'static str| {
+        b.exec::<Value>(move |c| {
+            c.execute_batch(sql).map_err(super::sqlite_pools::fault)?;
+            Ok(Value::Null)
+        })
+    };
+    tamper(
+        r#"UPDATE executions SET record = replace(record, '13', '93') WHERE id = 'x';
+               UPDATE results SET value = replace(value, '13', '93') WHERE id = 'y';"#,
+    )
+    .await
+    .unwrap();
+    let e = b.load("x").await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+    assert!(
+        e.message.contains("execution x") && e.message.contains("checksum"),
+        "{e}"
+    );
+    let e = b.list(&ListFilter::default()).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+    let e = b.read_result("y").await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+    assert!(e.message.contains("execution y"), "{e}");
+    // A row from before digests: read as it is.
+    tamper("UPDATE executions SET digest = NULL WHERE id = 'x'")
+        .await
+        .unwrap();
+    assert!(b.load("x").await.unwrap().unwrap().record.contains("93"));
+}
+
 #[test]
 fn result_uris() {
     assert_eq!(parse_result_uri("flowhost://abc/result").unwrap(), "abc");

@@ -148,6 +148,8 @@ CREATE TABLE clock (
     offset_ms   INTEGER NOT NULL,
     anchored_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+ALTER TABLE executions ADD COLUMN digest TEXT;
+ALTER TABLE results ADD COLUMN digest TEXT;
 "#,
 ];
 
@@ -484,7 +486,10 @@ impl SqliteBackend {
         let slot = deferred_error.clone();
         let writer_thread = std::thread::Builder::new()
             .name("flowhost-sqlite-writer".into())
-            .spawn(move || write_loop(writer_conn, &writer_path, rx, &slot))
+            .spawn(move || {
+                let file = FileIdentity::of(&writer_path);
+                write_loop(writer_conn, &writer_path, file, rx, &slot)
+            })
             .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
@@ -570,10 +575,46 @@ impl Drop for SqliteBackend {
     }
 }
 
+/// Which file a path names (device and inode), to notice the database
+/// deleted, moved away or replaced under an open store: writes would go to
+/// a file nobody else can find any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity(u64, u64);
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| FileIdentity(m.dev(), m.ino()))
+    }
+}
+
+/// Refuses a batch when the database file is no longer at its path.
+fn check_file(path: &Path, opened: Option<FileIdentity>) -> BackendResult<()> {
+    let now = FileIdentity::of(path);
+    if opened.is_some() && now != opened {
+        let what = if now.is_none() {
+            "was deleted or moved away"
+        } else {
+            "was replaced by another file"
+        };
+        return Err(BackendError::of(
+            StoreErrorKind::NotFound,
+            format!(
+                "{}: the database file {what} while this process had it open; nothing of this write was stored (put the file back, or restart on the new one)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Applies batches of writes, one transaction per batch, until every sender is gone.
 fn write_loop(
     mut conn: Connection,
     path: &Path,
+    file: Option<FileIdentity>,
     rx: mpsc::Receiver<(Op, Reply)>,
     deferred_error: &ErrorSlot,
 ) {
@@ -602,6 +643,7 @@ fn write_loop(
         let err = db_error(path);
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
         let outcome = (|| -> BackendResult<Vec<BackendResult<Option<Value>>>> {
+            check_file(path, file)?;
             let mut tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(&err)?;
@@ -647,11 +689,20 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
             if stale(tx, c.fence.as_ref()).map_err(&err)? {
                 return Ok(Some(Value::String(REFUSED.into())));
             }
+            let digest = checkpoint_digest(
+                &c.id,
+                c.status.as_str(),
+                &c.state,
+                c.step as i64,
+                c.updated_ms as i64,
+                &c.record,
+            );
             tx.prepare_cached(
-                "INSERT INTO executions (id, parent, machine, status, state, step, created_ms, updated_ms, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO executions (id, parent, machine, status, state, step, created_ms, updated_ms, record, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(id) DO UPDATE SET status = excluded.status, state = excluded.state,
-                   step = excluded.step, updated_ms = excluded.updated_ms, record = excluded.record",
+                   step = excluded.step, updated_ms = excluded.updated_ms, record = excluded.record,
+                   digest = excluded.digest",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -663,7 +714,8 @@ fn apply(tx: &Connection, op: Op, path: &Path) -> BackendResult<Option<Value>> {
                     c.step as i64,
                     c.created_ms as i64,
                     c.updated_ms as i64,
-                    c.record
+                    c.record,
+                    digest
                 ])
             })
             .map_err(&err)?;
@@ -770,15 +822,12 @@ fn put_result(tx: &Connection, id: &str, r: StoredResult) -> rusqlite::Result<()
         .query_row(params![id], |_| Ok(()))
         .optional()?
         .is_none();
+    let value = r.value.to_string();
+    let digest = result_digest(id, r.status.as_str(), &value, r.written_ms as i64);
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO results (id, status, value, written_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO results (id, status, value, written_ms, digest) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![
-        id,
-        r.status,
-        r.value.to_string(),
-        r.written_ms as i64
-    ])?;
+    .execute(params![id, r.status, value, r.written_ms as i64, digest])?;
     crate::crash::point("store.result.write");
     if let Some(fan_in) = r.counts_toward.filter(|_| first) {
         count_down(tx, &fan_in, r.written_ms)?;
@@ -841,7 +890,7 @@ fn signal_data(path: &Path, seq: i64, text: &str) -> BackendResult<Value> {
 }
 
 fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
-    Ok(Checkpoint {
+    let c = Checkpoint {
         id: r.get(0)?,
         parent: r.get(1)?,
         machine: r.get(2)?,
@@ -855,11 +904,84 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         enqueue: Vec::new(),
         result: None,
         fence: None,
-    })
+    };
+    let digest = checkpoint_digest(
+        &c.id,
+        c.status.as_str(),
+        &c.state,
+        r.get(5)?,
+        r.get(7)?,
+        &c.record,
+    );
+    verify(r, 9, &digest, || {
+        format!("the checkpoint of execution {}", c.id)
+    })?;
+    Ok(c)
 }
 
 const CHECKPOINT_COLUMNS: &str =
-    "id, parent, machine, status, state, step, created_ms, updated_ms, record";
+    "id, parent, machine, status, state, step, created_ms, updated_ms, record, digest";
+
+/// What a stored row says of itself, to find it changed since it was
+/// written (SQLite keeps no checksums of its own): BLAKE3 over the columns
+/// a write sets, each with its length, 128 bits in hex.
+fn digest(parts: &[&[u8]]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in parts {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().to_hex()[..32].to_string()
+}
+
+fn checkpoint_digest(
+    id: &str,
+    status: &str,
+    state: &str,
+    step: i64,
+    updated_ms: i64,
+    record: &str,
+) -> String {
+    digest(&[
+        id.as_bytes(),
+        status.as_bytes(),
+        state.as_bytes(),
+        &step.to_le_bytes(),
+        &updated_ms.to_le_bytes(),
+        record.as_bytes(),
+    ])
+}
+
+fn result_digest(id: &str, status: &str, value: &str, written_ms: i64) -> String {
+    digest(&[
+        id.as_bytes(),
+        status.as_bytes(),
+        value.as_bytes(),
+        &written_ms.to_le_bytes(),
+    ])
+}
+
+/// Refuses a row whose stored digest (column `at`) is not `expected`; rows
+/// written before digests were kept have none and pass.
+fn verify(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+    expected: &str,
+    what: impl FnOnce() -> String,
+) -> rusqlite::Result<()> {
+    match r.get::<_, Option<String>>(at)? {
+        Some(stored) if stored != expected => Err(rusqlite::Error::FromSqlConversionFailure(
+            at,
+            rusqlite::types::Type::Text,
+            format!(
+                "{} does not match its checksum: it changed on disk since it was written",
+                what()
+            )
+            .into(),
+        )),
+        _ => Ok(()),
+    }
+}
 
 #[async_trait::async_trait]
 impl Checkpoints for SqliteBackend {
@@ -990,10 +1112,16 @@ impl Results for SqliteBackend {
     async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
         let row: Option<(super::ExecutionStatus, String, i64)> = self
             .reader()
-            .prepare_cached("SELECT status, value, written_ms FROM results WHERE id = ?1")
+            .prepare_cached("SELECT status, value, written_ms, digest FROM results WHERE id = ?1")
             .and_then(|mut s| {
-                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
+                s.query_row(params![id], |r| {
+                    let (status, value, written): (super::ExecutionStatus, String, i64) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?);
+                    let digest = result_digest(id, status.as_str(), &value, written);
+                    verify(r, 3, &digest, || format!("the result of execution {id}"))?;
+                    Ok((status, value, written))
+                })
+                .optional()
             })
             .map_err(db_error(&self.path))?;
         row.map(|(status, value, written)| {
