@@ -150,6 +150,7 @@ CREATE TABLE clock (
 ) WITHOUT ROWID;
 ALTER TABLE executions ADD COLUMN digest TEXT;
 ALTER TABLE results ADD COLUMN digest TEXT;
+CREATE INDEX jobs_due ON jobs(pool, status, run_at_ms);
 "#,
 ];
 

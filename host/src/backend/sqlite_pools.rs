@@ -175,7 +175,8 @@ impl WorkPools for SqliteBackend {
     ) -> BackendResult<Vec<Job>> {
         let clock = self.clock.clone();
         // An idle pool is seen by the reader (no write lock, no transaction
-        // for the writer), so idle workers can poll often.
+        // for the writer), so idle workers can poll often; `jobs_due` makes
+        // it a seek however many jobs wait on a backoff (a retry storm).
         let now = clock.now_ms() as i64;
         let any = self.read(|c| {
             c.prepare_cached(
