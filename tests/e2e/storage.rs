@@ -112,6 +112,20 @@ fn line_with(rx: &mpsc::Receiver<String>, words: &[&str], seen: &mut Vec<String>
     }
 }
 
+/// `n` jobs pushed to pool `p` of the database at `db_path` and a worker at
+/// them, returned once it has done a few.
+fn busy_worker(cache: &Path, db_path: &Path, n: usize) -> (Reaped, mpsc::Receiver<String>) {
+    let db = db_path.display().to_string();
+    let o = push(cache, &db, "p", n);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (child, rx) = worker(cache, &db, "p");
+    let child = Reaped(Some(child));
+    while counts(db_path, "p").1 < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (child, rx)
+}
+
 /// Jobs of `pool` by status, read straight from the file.
 fn counts(db: &Path, pool: &str) -> (i64, i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -158,14 +172,7 @@ fn a_full_disk_stops_claims_loudly_and_work_goes_on_once_space_is_freed() {
     let cache = shared_cache();
     let db_path = fs.mnt.join("q.db");
     let db = db_path.display().to_string();
-    let o = push(&cache, &db, "p", 60);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (child, rx) = worker(&cache, &db, "p");
-    let child = Reaped(Some(child));
-    // Some jobs done: the worker is at work.
-    while counts(&db_path, "p").1 < 3 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (child, rx) = busy_worker(&cache, &db_path, 60);
     let filler = fill(&fs.mnt);
     let mut seen = Vec::new();
     let said = line_with(&rx, &["full"], &mut seen);
@@ -210,13 +217,7 @@ fn a_write_lock_held_elsewhere_is_waited_out_then_reported_and_survived() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("q.db");
     let db = db_path.display().to_string();
-    let o = push(&cache, &db, "p", 30);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (child, rx) = worker(&cache, &db, "p");
-    let child = Reaped(Some(child));
-    while counts(&db_path, "p").1 < 3 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (child, rx) = busy_worker(&cache, &db_path, 30);
     let holder = rusqlite::Connection::open(&db_path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut seen = Vec::new();
@@ -250,14 +251,7 @@ fn a_database_moved_away_under_a_worker_stops_its_writes_until_it_is_back() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("q.db");
-    let db = db_path.display().to_string();
-    let o = push(&cache, &db, "p", 40);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (child, rx) = worker(&cache, &db, "p");
-    let child = Reaped(Some(child));
-    while counts(&db_path, "p").1 < 3 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (child, rx) = busy_worker(&cache, &db_path, 40);
     let away = dir.path().join("q.db.away");
     std::fs::rename(&db_path, &away).unwrap();
     let mut seen = Vec::new();
@@ -279,11 +273,7 @@ fn copies_with_a_cut_wal_recover_and_flipped_bits_never_panic() {
     let cache = shared_cache();
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("q.db");
-    let db = db_path.display().to_string();
-    let o = push(&cache, &db, "p", 200);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (child, _rx) = worker(&cache, &db, "p");
-    let child = Reaped(Some(child));
+    let (child, _rx) = busy_worker(&cache, &db_path, 200);
     while counts(&db_path, "p").1 < 20 {
         std::thread::sleep(Duration::from_millis(5));
     }

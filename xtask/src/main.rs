@@ -331,18 +331,23 @@ fn fuzz(iterations: Option<String>) -> Result<(), String> {
             "fuzz: `{n}` is not a number of inputs (e.g. cargo xtask fuzz 200000)"
         ));
     }
-    let mut fuzz = cargo();
-    fuzz.env("FLOWHOST_FUZZ_ITERATIONS", &n).args([
+    e2e_module("fuzz::", &[("FLOWHOST_FUZZ_ITERATIONS", n)])
+}
+
+/// Runs one module of the e2e tests with its output shown and `env` set.
+fn e2e_module(module: &str, env: &[(&str, String)]) -> Result<(), String> {
+    let mut test = cargo();
+    test.envs(env.iter().map(|(k, v)| (k, v))).args([
         "test",
         "-p",
         "flowhost-e2e",
         "--test",
         "e2e",
         "--",
-        "fuzz::",
+        module,
         "--nocapture",
     ]);
-    run(fuzz)
+    run(test)
 }
 
 fn chaos(args: &[String]) -> Result<(), String> {
@@ -350,34 +355,23 @@ fn chaos(args: &[String]) -> Result<(), String> {
     let (mut rounds, mut seed) = ("1000".to_string(), None);
     let mut args = args.iter();
     while let Some(flag) = args.next() {
+        if flag != "--rounds" && flag != "--seed" {
+            return Err(format!("chaos: unknown argument `{flag}`; {usage}"));
+        }
         let value = args
             .next()
             .filter(|v| v.parse::<u64>().is_ok_and(|n| n > 0 || flag == "--seed"))
-            .ok_or_else(|| format!("chaos: {flag} needs a number; {usage}"))?;
+            .ok_or_else(|| format!("chaos: {flag} needs a number (rounds: 1 or more); {usage}"))?;
         match flag.as_str() {
             "--rounds" => rounds = value.clone(),
-            "--seed" => seed = Some(value.clone()),
-            _ => return Err(format!("chaos: unknown flag `{flag}`; {usage}")),
+            _ => seed = Some(value.clone()),
         }
     }
     plugins(Need::Every)?;
     build_host("debug")?;
-    let mut chaos = cargo();
-    chaos.env("FLOWHOST_CHAOS_ROUNDS", &rounds);
-    if let Some(seed) = seed {
-        chaos.env("FLOWHOST_CHAOS_SEED", seed);
-    }
-    chaos.args([
-        "test",
-        "-p",
-        "flowhost-e2e",
-        "--test",
-        "e2e",
-        "--",
-        "chaos::",
-        "--nocapture",
-    ]);
-    run(chaos)
+    let mut env = vec![("FLOWHOST_CHAOS_ROUNDS", rounds)];
+    env.extend(seed.map(|s| ("FLOWHOST_CHAOS_SEED", s)));
+    e2e_module("chaos::", &env)
 }
 
 fn bench() -> Result<(), String> {
