@@ -127,10 +127,6 @@ impl HostClock {
         let now = source.wall_ms();
         HostClock::anchored_at(source, now)
     }
-
-    pub fn offset_ms(&self) -> i64 {
-        self.offset_ms
-    }
 }
 
 impl Clock for HostClock {

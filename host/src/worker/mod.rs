@@ -20,11 +20,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The first and the longest pause between claims a store refused.
 const CLAIM_RETRY_MIN: Duration = Duration::from_millis(50);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(2);
-use tokio::sync::watch;
 
 /// What a pool's jobs are run by.
 #[derive(Clone)]
