@@ -1369,6 +1369,46 @@ fn a_second_signal_exits_at_once_and_the_lease_hands_the_work_on() {
     );
 }
 
+/// While the store refuses the workers' claims (here another process holds
+/// the write lock past the store's wait), `/healthz` still answers 200 but
+/// says `degraded`, with the store's reason; once the lock is let go it is
+/// `ok` again and the waiting job runs.
+#[test]
+fn healthz_says_degraded_while_the_store_refuses_claims() {
+    let site = Site::new();
+    let d = site.serve(&["--pool", "resize=echo"]);
+    let (status, health) = d.get("/healthz");
+    assert_eq!((status, health), (200, json!({"status": "ok"})));
+    let (status, body) = d.post(
+        "/pools/resize/jobs",
+        &json!({"payload": {"n": 1}, "delay": "1s"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let holder = rusqlite::Connection::open(site.db()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The job comes due, its claim waits out the lock (about 15 s) and fails.
+    let mut degraded = Value::Null;
+    for _ in 0..9000 {
+        let (status, health) = d.get("/healthz");
+        assert_eq!(status, 200, "{health}");
+        if health["status"] == "degraded" {
+            degraded = health;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let reason = degraded["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("locked"), "{degraded}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    until("ok again, the job done", || {
+        d.get("/healthz").1 == json!({"status": "ok"})
+            && d.get("/pools/resize").1["stats"]["done"] == 1
+    });
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn pool_jobs_pushed_over_http_run_on_the_daemons_pool_workers() {
     let site = Site::new();

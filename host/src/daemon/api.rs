@@ -1330,26 +1330,36 @@ async fn metrics(State(d): D) -> Result<Response, ApiError> {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `draining` while the daemon shuts down.
+    /// `ok`; `degraded` while the store refuses the workers' claims (a full
+    /// disk, a lock held elsewhere: the daemon lives, but runs nothing);
+    /// `draining` while the daemon shuts down.
     pub status: String,
+    /// Why it is degraded: the store's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// Liveness (no token needed).
+/// Liveness (no token needed). A degraded store is still 200: restarting
+/// the daemon would not free the disk.
 #[utoipa::path(get, path = "/healthz", tag = "daemon",
-    responses((status = 200, body = Health), (status = 503, description = "Draining", body = Health)))]
+    responses((status = 200, description = "Alive: `ok` or `degraded`", body = Health), (status = 503, description = "Draining", body = Health)))]
 async fn healthz(State(d): D) -> (StatusCode, Json<Health>) {
     if *d.draining.borrow() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {
                 status: "draining".into(),
+                reason: None,
             }),
         );
     }
+    let reason = d.metrics.store_refusing();
+    let status = if reason.is_some() { "degraded" } else { "ok" };
     (
         StatusCode::OK,
         Json(Health {
-            status: "ok".into(),
+            status: status.into(),
+            reason,
         }),
     )
 }

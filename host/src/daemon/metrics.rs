@@ -124,6 +124,7 @@ pub struct Metrics {
     workers: Family<StatusLabel, Gauge>,
     pool_workers: Family<QueueLabel, Gauge>,
     leases_lost: Counter,
+    store_refusing: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Family<RouteLabel, Histogram>,
     reloads: Family<ReloadLabels, Counter>,
@@ -168,6 +169,7 @@ impl Metrics {
             workers: Family::default(),
             pool_workers: Family::default(),
             leases_lost: Counter::default(),
+            store_refusing: Gauge::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency),
             reloads: Family::default(),
@@ -242,6 +244,11 @@ impl Metrics {
             "flowhost_leases_lost",
             "Jobs whose outcome was not written: their lease was lost to another worker",
             m.leases_lost.clone(),
+        );
+        registry.register(
+            "flowhost_store_refusing_claims",
+            "1 while the store refuses this daemon's claims (a full disk, a lock held elsewhere): see /healthz for why",
+            m.store_refusing.clone(),
         );
         registry.register(
             "flowhost_http_requests",
@@ -402,6 +409,8 @@ impl Metrics {
                 })
                 .set(*n as i64);
         }
+        self.store_refusing
+            .set(i64::from(self.worker_counters.refused().is_some()));
         let lost = self.worker_counters.leases_lost.load(Ordering::Relaxed);
         let counted = self.leases_counted.swap(lost, Ordering::Relaxed);
         self.leases_lost.inc_by(lost.saturating_sub(counted));
@@ -409,6 +418,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| crate::backend::BackendError::new(format!("metrics: {e}")))?;
         Ok(text)
+    }
+
+    /// Why the store refuses this daemon's claims now, if it does.
+    pub fn store_refusing(&self) -> Option<String> {
+        self.worker_counters.refused()
     }
 
     /// The state `id` was in ends now.

@@ -96,6 +96,23 @@ pub struct WorkerCounters {
     /// Jobs whose outcome was not written because their lease was lost
     /// (another worker claimed the job).
     pub leases_lost: AtomicU64,
+    /// Why the store refuses claims (a full disk, a lock held elsewhere),
+    /// while it does; `None` once a claim goes through again.
+    pub refused: Mutex<Option<String>>,
+}
+
+impl WorkerCounters {
+    /// Why the store refuses claims now, if it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_refused(&self, why: Option<String>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
 }
 
 impl WorkerConfig {
@@ -228,6 +245,7 @@ pub async fn run(
                 Ok(jobs) => {
                     if refused.take().is_some() {
                         tracing::warn!(worker = %id, "the store takes claims again: claiming");
+                        config.counters.set_refused(None);
                     }
                     jobs
                 }
@@ -237,6 +255,7 @@ pub async fn run(
                     refused = Some(match refused {
                         None => {
                             tracing::warn!(worker = %id, "cannot claim: {e}; not claiming until the store takes writes again (trying every {}s at most)", CLAIM_RETRY_MAX.as_secs());
+                            config.counters.set_refused(Some(e.to_string()));
                             CLAIM_RETRY_MIN
                         }
                         Some(pause) => (pause * 2).min(CLAIM_RETRY_MAX),
