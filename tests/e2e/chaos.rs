@@ -107,6 +107,18 @@ const REGRESSIONS: &[(u64, &str)] = &[
 /// The pool the round's plain jobs go to, and how many.
 const POOL: &str = "chaos";
 const JOBS: usize = 5;
+/// Executions a round ends with: 4 submitted, 5 fan-out children, 1 launched.
+const EXECUTIONS: usize = 10;
+
+/// The executions a round submits.
+fn submissions() -> [(&'static str, Value); 4] {
+    [
+        ("line", json!({"kind": "line", "n": 3})),
+        ("fan", json!({"kind": "fan", "items": [1, 2, 3, 4, 5]})),
+        ("launch", json!({"kind": "launch", "n": 7})),
+        ("sig", json!({"kind": "signal"})),
+    ]
+}
 
 /// What a round decided from its seed.
 #[derive(Debug, Clone)]
@@ -215,13 +227,7 @@ impl Workload<'_> {
         let machine = self.dir.join("chaos.yml");
         std::fs::write(&machine, MACHINE).map_err(|e| e.to_string())?;
         let machine = machine.display().to_string();
-        let inputs = [
-            ("line", json!({"kind": "line", "n": 3})),
-            ("fan", json!({"kind": "fan", "items": [1, 2, 3, 4, 5]})),
-            ("launch", json!({"kind": "launch", "n": 7})),
-            ("sig", json!({"kind": "signal"})),
-        ];
-        for (id, input) in &inputs {
+        for (id, input) in &submissions() {
             let input = input.to_string();
             self.command(&["submit", &machine, "--id", id, "--input", &input])?;
         }
@@ -262,6 +268,210 @@ impl Workload<'_> {
 
 /// The signal a crash point kills its process with.
 const SIGKILL: i32 = 9;
+
+/// Runs the round's requests against `flowhost serve` (the database is
+/// `dir/q.db`); a daemon the crash killed is started again, unarmed.
+struct Served<'a> {
+    cache: &'a Path,
+    dir: &'a Path,
+    plan: &'a Plan,
+    round: Round,
+    /// Executions that end the round (from the uninterrupted run).
+    expected: usize,
+}
+
+/// A running daemon.
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Served<'_> {
+    fn db(&self) -> String {
+        self.dir.join("q.db").display().to_string()
+    }
+
+    fn start(&mut self) -> Result<Daemon, String> {
+        let armed = self.round.crashed_in.is_none();
+        let db = self.db();
+        let machines = self.dir.join("machines").display().to_string();
+        let concurrency = self.plan.concurrency.to_string();
+        let mut cmd = flowhost(self.cache);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &db,
+            "--machines",
+            &machines,
+            "--pool",
+            &format!("{POOL}=echo"),
+            "--concurrency",
+            &concurrency,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        if let (true, Some((point, pass))) = (armed, self.plan.crash) {
+            cmd.env(flowhost::crash::VAR, format!("{point}:{pass}"));
+        }
+        self.round.processes += 1;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start serve: {e}"))?;
+        let mut first = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            let _ = std::io::BufReader::new(out).read_line(&mut first);
+        }
+        let Some(base) = first.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stderr);
+            // Killed while it opened the store (a migration): start again.
+            if armed && out.status.signal() == Some(SIGKILL) && text.contains("crash point") {
+                self.round.crashed_in = Some("serve".into());
+                return self.start();
+            }
+            return Err(format!("serve did not start: {text}"));
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Daemon {
+            base: base.to_string(),
+            child,
+            agent,
+        })
+    }
+
+    /// Sends a request; `None` when no answer came (the daemon died).
+    fn post(daemon: &Daemon, path: &str, body: &Value) -> Option<(u16, Value)> {
+        let mut res = daemon
+            .agent
+            .post(format!("{}{path}", daemon.base))
+            .send_json(body)
+            .ok()?;
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().ok()?;
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Whether the round's work is all done, read from the file.
+    fn finished(&self) -> bool {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            self.dir.join("q.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return false;
+        };
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM results r JOIN executions e ON e.id = r.id WHERE e.status = 'done'),
+                    (SELECT count(*) FROM jobs WHERE pool = ?1 AND status = 'done'),
+                    (SELECT count(*) FROM jobs WHERE status != 'done')",
+            [POOL],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+        )
+        .is_ok_and(|(done, jobs, open)| {
+            done as usize == self.expected && jobs as usize == JOBS && open == 0
+        })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let machines = self.dir.join("machines");
+        std::fs::create_dir_all(&machines).map_err(|e| e.to_string())?;
+        std::fs::write(machines.join("chaos.yml"), MACHINE).map_err(|e| e.to_string())?;
+        // Requests not answered yet: (path, body); an answered one is done.
+        let mut requests: Vec<(String, Value)> = submissions()
+            .into_iter()
+            .map(|(id, input)| {
+                (
+                    "/workflows".to_string(),
+                    json!({"machine": "chaos", "id": id, "input": input}),
+                )
+            })
+            .collect();
+        requests.extend((0..JOBS).map(|i| {
+            (
+                format!("/pools/{POOL}/jobs"),
+                json!({"payload": {"n": i}, "idempotency_key": format!("job-{i}")}),
+            )
+        }));
+        let signal = ("/workflows/sig/signal/go".to_string(), json!({"v": 1}));
+        if self.plan.signal_first {
+            requests.insert(4, signal);
+        } else {
+            requests.push(signal);
+        }
+        let mut daemon = self.start()?;
+        loop {
+            while let Some((path, body)) = requests.first() {
+                match Self::post(&daemon, path, body) {
+                    Some((status, _)) if status < 300 => {
+                        requests.remove(0);
+                    }
+                    // A retried signal may find its execution done already.
+                    Some((_, answer))
+                        if path.contains("/signal/") && answer.to_string().contains("done") =>
+                    {
+                        requests.remove(0);
+                    }
+                    Some((status, answer)) => {
+                        return Err(format!("POST {path}: {status} {answer}"));
+                    }
+                    None => break,
+                }
+            }
+            // Until everything is done or the daemon dies.
+            let died = loop {
+                if let Some(status) = daemon.child.try_wait().map_err(|e| e.to_string())? {
+                    break Some(status);
+                }
+                if requests.is_empty() && self.finished() {
+                    break None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            let Some(status) = died else {
+                flowhost_e2e::signal(daemon.child.id(), "-TERM");
+                let out = daemon.child.wait_with_output().map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "serve did not stop cleanly: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                return Ok(());
+            };
+            let out = daemon.child.wait_with_output().map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stderr);
+            if self.round.crashed_in.is_some()
+                || status.signal() != Some(SIGKILL)
+                || !text.contains("crash point")
+            {
+                return Err(format!("serve ended ({status}): {text}"));
+            }
+            self.round.crashed_in = Some("serve".into());
+            let reaper = flowhost(self.cache)
+                .args(["reaper", "--stale-after", "0", "--db", &self.db()])
+                .output()
+                .map_err(|e| e.to_string())?;
+            self.round.processes += 1;
+            if !reaper.status.success() {
+                return Err(format!(
+                    "reaper: {}",
+                    String::from_utf8_lossy(&reaper.stderr)
+                ));
+            }
+            daemon = self.start()?;
+        }
+    }
+}
 
 /// What the store holds at the end of a round, as compared with the
 /// uninterrupted run.
@@ -399,15 +609,29 @@ fn round(
     cache: &Path,
     plan: &Plan,
     reference: Option<&Snapshot>,
+    daemon: bool,
 ) -> Result<(Round, Snapshot, usize), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut workload = Workload {
-        cache,
-        dir: dir.path(),
-        plan,
-        round: Round::default(),
+    let round = if daemon {
+        let mut workload = Served {
+            cache,
+            dir: dir.path(),
+            plan,
+            round: Round::default(),
+            expected: reference.map_or(EXECUTIONS, |r| r.executions.len()),
+        };
+        workload.run()?;
+        workload.round
+    } else {
+        let mut workload = Workload {
+            cache,
+            dir: dir.path(),
+            plan,
+            round: Round::default(),
+        };
+        workload.run()?;
+        workload.round
     };
-    workload.run()?;
     let (snapshot, checked) = inspect(&dir.path().join("q.db"))?;
     if let Some(reference) = reference {
         for (id, want) in &reference.executions {
@@ -433,11 +657,24 @@ fn round(
             ));
         }
     }
-    Ok((workload.round, snapshot, checked))
+    Ok((round, snapshot, checked))
 }
 
 #[test]
 fn chaos_rounds_keep_every_promise() {
+    rounds_of(false);
+}
+
+/// The same rounds through `flowhost serve`: the HTTP API submits, pushes
+/// and signals; the daemon's own workers run everything; a killed daemon
+/// is started again (after `reaper --stale-after 0`) and the requests
+/// that got no answer are sent again.
+#[test]
+fn chaos_rounds_through_the_daemon_keep_every_promise() {
+    rounds_of(true);
+}
+
+fn rounds_of(daemon: bool) {
     let cache = shared_cache();
     // The binary must read crash points (a debug build, or --features chaos).
     let probe = flowhost(&cache)
@@ -457,11 +694,11 @@ fn chaos_rounds_keep_every_promise() {
         signal_first: false,
         concurrency: 1,
     };
-    let (_, reference, _) =
-        round(&cache, &unarmed, None).unwrap_or_else(|e| panic!("the uninterrupted run: {e}"));
+    let (_, reference, _) = round(&cache, &unarmed, None, daemon)
+        .unwrap_or_else(|e| panic!("the uninterrupted run: {e}"));
     assert_eq!(
         reference.executions.len(),
-        10,
+        EXECUTIONS,
         "4 submitted, 5 fan-out children, 1 launched: {:?}",
         reference.executions.keys()
     );
@@ -485,7 +722,7 @@ fn chaos_rounds_keep_every_promise() {
     for (i, seed) in seeds.into_iter().enumerate() {
         let plan = Plan::of(seed);
         let (point, pass) = plan.crash.unwrap_or_default();
-        match round(&cache, &plan, Some(&reference)) {
+        match round(&cache, &plan, Some(&reference), daemon) {
             Ok((r, _, c)) => {
                 processes += r.processes;
                 checked += c;
