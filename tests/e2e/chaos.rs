@@ -102,6 +102,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         120,
         "store.commit.before in `signal`: the retried signal found the execution done (delivered before the crash), which the client is told",
     ),
+    (
+        13000028,
+        "through the daemon: a signal read the execution running, the execution parked on the channel before the signal was stored, and nobody woke it (now the signal is stored first, then the execution read)",
+    ),
 ];
 
 /// The pool the round's plain jobs go to, and how many.
@@ -427,13 +431,21 @@ impl Served<'_> {
                     None => break,
                 }
             }
-            // Until everything is done or the daemon dies.
+            // Until everything is done or the daemon dies (a round that
+            // stays unfinished for a minute is stuck: a lost wake-up).
+            let waited = std::time::Instant::now();
             let died = loop {
                 if let Some(status) = daemon.child.try_wait().map_err(|e| e.to_string())? {
                     break Some(status);
                 }
                 if requests.is_empty() && self.finished() {
                     break None;
+                }
+                if waited.elapsed() > std::time::Duration::from_secs(60) {
+                    let _ = daemon.child.kill();
+                    let _ = daemon.child.wait();
+                    let left = inspect(&self.dir.join("q.db")).err().unwrap_or_default();
+                    return Err(format!("stuck: the work did not finish ({left})"));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             };

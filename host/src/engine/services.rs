@@ -267,12 +267,17 @@ impl Engine {
                 rec.status
             )));
         }
+        self.backend.send_signal(id, channel, data).await?;
+        // Read again once the signal is stored: an execution that parked on
+        // the channel meanwhile looked for signals before this one existed,
+        // and is woken here; one that parks after this read finds the
+        // signal itself (it looks after its waiting checkpoint is stored).
+        let rec = self.load_record(id).await?;
         let delivery = match &rec.waiting_for {
             Some(c) if c == channel => Delivery::Awaited,
             Some(c) => Delivery::OtherChannel(c.clone()),
             None => Delivery::NotWaiting(rec.status),
         };
-        self.backend.send_signal(id, channel, data).await?;
         let queued = rec.queued && delivery == Delivery::Awaited;
         if queued {
             // Once per wait: the key names the state it waits in.
