@@ -21,9 +21,13 @@
 //! counter is at zero; every job is done, the pool's exactly once per
 //! key with the uninterrupted output; `PRAGMA integrity_check` is ok.
 //!
-//! `FLOWHOST_CHAOS_ROUNDS` (default 100: well under a minute) sets the number of
-//! rounds, `FLOWHOST_CHAOS_SEED` the first round's seed (default: from the
-//! clock, printed); every round prints its seed, and
+//! The same rounds run through `flowhost serve` too: requests over HTTP,
+//! the daemon's own workers; a killed daemon is started again and the
+//! requests that got no answer are sent again.
+//!
+//! `FLOWHOST_CHAOS_ROUNDS` (default 100 each: well under a minute) sets
+//! the number of rounds, `FLOWHOST_CHAOS_SEED` the first round's seed
+//! (default: from the clock, printed); every round prints its seed, and
 //! `FLOWHOST_CHAOS_SEED=<seed> FLOWHOST_CHAOS_ROUNDS=1` replays it exactly.
 //! `cargo xtask chaos --rounds N` runs a long series.
 
