@@ -304,6 +304,18 @@ impl Served<'_> {
         let armed = self.round.crashed_in.is_none();
         let db = self.db();
         let machines = self.dir.join("machines").display().to_string();
+        // Only the plugins the machine uses: a daemon loads its whole
+        // plugins folder when it starts, and a round may start it twice.
+        let plugins = self.dir.join("plugins");
+        if !plugins.is_dir() {
+            std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+            for name in ["echo", "adversary"] {
+                let file = format!("{name}.wasm");
+                std::fs::copy(flowhost_e2e::plugins_dir().join(&file), plugins.join(&file))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let plugins = plugins.display().to_string();
         let concurrency = self.plan.concurrency.to_string();
         let mut cmd = flowhost(self.cache);
         cmd.args([
@@ -314,6 +326,8 @@ impl Served<'_> {
             &db,
             "--machines",
             &machines,
+            "--plugins",
+            &plugins,
             "--pool",
             &format!("{POOL}=echo"),
             "--concurrency",
