@@ -121,6 +121,21 @@ pub fn shared_cache() -> PathBuf {
     dir
 }
 
+/// The address a `flowhost serve` started with `--listen 127.0.0.1:0` and
+/// stdout piped says it listens on (its first line), or `None` if it ended
+/// first or said something else.
+pub fn listening(child: &mut std::process::Child) -> Option<String> {
+    use std::io::BufRead;
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take()?)
+        .read_line(&mut first)
+        .ok()?;
+    first
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
+}
+
 /// A small deterministic generator (splitmix64): the fuzz and chaos
 /// suites derive every case from one number with it.
 pub struct Rng(pub u64);

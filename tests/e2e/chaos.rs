@@ -342,12 +342,7 @@ impl Served<'_> {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start serve: {e}"))?;
-        let mut first = String::new();
-        if let Some(out) = child.stdout.take() {
-            use std::io::BufRead;
-            let _ = std::io::BufReader::new(out).read_line(&mut first);
-        }
-        let Some(base) = first.trim().strip_prefix("listening on ") else {
+        let Some(base) = flowhost_e2e::listening(&mut child) else {
             let _ = child.kill();
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&out.stderr);
@@ -362,11 +357,7 @@ impl Served<'_> {
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Daemon {
-            base: base.to_string(),
-            child,
-            agent,
-        })
+        Ok(Daemon { base, child, agent })
     }
 
     /// Sends a request; `None` when no answer came (the daemon died).

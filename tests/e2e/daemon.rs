@@ -6,7 +6,6 @@
 
 use flowhost_e2e::{flowhost, shared_cache, signal, stderr};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
@@ -101,19 +100,11 @@ impl Site {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        if first.is_empty() {
+        let Some(base) = flowhost_e2e::listening(&mut child) else {
+            let _ = child.kill();
             let out = child.wait_with_output().unwrap();
             panic!("serve did not start: {}", stderr(&out));
-        }
-        let base = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve printed {first:?}"))
-            .to_string();
+        };
         let token = extra
             .iter()
             .position(|a| *a == "--token")
