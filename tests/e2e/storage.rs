@@ -1,6 +1,7 @@
 //! Storage faults under a running worker: the database's disk fills up,
 //! another process holds the write lock for a long time, the file is moved
-//! away; and copies taken mid-run with their WAL cut short or a bit flipped. Each must end in a
+//! away or made read-only; and copies taken mid-run with their WAL cut
+//! short or a bit flipped. Each must end in a
 //! clear error or a recovery, never in damage or a panic.
 //!
 //! The full disk is a small tmpfs the test mounts (root only: without the
@@ -8,6 +9,7 @@
 
 use flowhost_e2e::{flowhost, shared_cache, stderr};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -258,6 +260,94 @@ fn a_database_moved_away_under_a_worker_stops_its_writes_until_it_is_back() {
     let out = child.wait();
     assert!(out.status.success(), "{}", seen.join("\n"));
     assert_eq!(counts(&db_path, "p"), (40, 40));
+    assert_eq!(integrity(&db_path), "ok");
+}
+
+/// The database file made read-only (for the user flowhost runs as) under
+/// a running worker: its open file stays writable, so it finishes every
+/// job; a new process is refused with exit 1, saying the database is
+/// read-only for it. (Runs the processes as `nobody`: file permissions do
+/// not bind root.)
+#[test]
+fn a_database_made_read_only_under_a_worker_refuses_new_writers_only() {
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(flowhost_e2e::flowhost_bin())
+            .args(args)
+            .env("FLOWHOST_PLUGINS", flowhost_e2e::plugins_dir())
+            .env("FLOWHOST_LOG", "warn");
+        cmd
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::fs::Permissions::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), open).unwrap();
+    let db_path = dir.path().join("q.db");
+    let db = db_path.display().to_string();
+    // Whether `nobody` can run flowhost and read the plugins here.
+    let can = as_nobody(&["plugin", "inspect", "adversary", "--no-cache"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can {
+        eprintln!(
+            "SKIPPED: cannot run flowhost as nobody here (needs root, setpriv, and the binary and plugins readable by others)"
+        );
+        return;
+    }
+    let pushed = as_nobody(&[
+        "jobs",
+        "push",
+        "p",
+        "--count",
+        "30",
+        "--input",
+        r#"{"attack": "sleep", "ms": 20}"#,
+        "--db",
+        &db,
+    ])
+    .output()
+    .unwrap();
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let worker = as_nobody(&[
+        "worker",
+        "--pool",
+        "p",
+        "--processor",
+        "adversary",
+        "--exit-when-empty",
+        "--no-cache",
+        "--db",
+        &db,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let worker = Reaped(Some(worker));
+    while counts(&db_path, "p").1 < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let refused = as_nobody(&["jobs", "push", "p", "--db", &db])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("read-only for this user"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = worker.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        counts(&db_path, "p"),
+        (30, 30),
+        "every job done, none added"
+    );
     assert_eq!(integrity(&db_path), "ok");
 }
 

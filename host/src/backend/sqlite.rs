@@ -262,6 +262,9 @@ pub(super) fn sql_error(e: rusqlite::Error) -> BackendError {
         StoreErrorKind::Corrupt => message.push_str(
             " (corrupt: the database is damaged or a stored value does not read back as written; check it with `sqlite3 <file> 'PRAGMA integrity_check'` and restore from a backup)",
         ),
+        StoreErrorKind::ReadOnly => message.push_str(
+            " (the database file, its folder or its -wal/-shm files are read-only for this user; nothing of this write was stored)",
+        ),
         StoreErrorKind::Busy => message.push_str(
             " (another process held the write lock longer than flowhost waits, about 15 s; nothing of this write was stored)",
         ),
