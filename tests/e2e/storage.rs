@@ -126,6 +126,19 @@ fn busy_worker(cache: &Path, db_path: &Path, n: usize) -> (Reaped, mpsc::Receive
     (child, rx)
 }
 
+/// The worker exits cleanly having done all `n` jobs of pool `p` (none
+/// added by a refused write), and the file is sound. `log`: what it said.
+fn ends_with_every_job_done(worker: Reaped, db_path: &Path, n: i64, log: &str) {
+    let out = worker.wait();
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(counts(db_path, "p"), (n, n), "every job done, none added");
+    assert_eq!(integrity(db_path), "ok");
+}
+
 /// Jobs of `pool` by status, read straight from the file.
 fn counts(db: &Path, pool: &str) -> (i64, i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -194,14 +207,7 @@ fn a_full_disk_stops_claims_loudly_and_work_goes_on_once_space_is_freed() {
     // Space comes back: the worker says so and finishes.
     std::fs::remove_file(&filler).unwrap();
     line_with(&rx, &["claiming"], &mut seen);
-    let out = child.wait();
-    assert!(out.status.success(), "{}", seen.join("\n"));
-    assert_eq!(
-        counts(&db_path, "p"),
-        (60, 60),
-        "every job done, none added"
-    );
-    assert_eq!(integrity(&db_path), "ok");
+    ends_with_every_job_done(child, &db_path, 60, &seen.join("\n"));
     // Said once, not at every try.
     let claims = seen.iter().filter(|l| l.contains("cannot claim")).count();
     assert_eq!(claims, 1, "{}", seen.join("\n"));
@@ -231,14 +237,7 @@ fn a_write_lock_held_elsewhere_is_waited_out_then_reported_and_survived() {
     );
     holder.execute_batch("ROLLBACK").unwrap();
     drop(holder);
-    let out = child.wait();
-    assert!(out.status.success(), "{}", seen.join("\n"));
-    assert_eq!(
-        counts(&db_path, "p"),
-        (30, 30),
-        "every job done, none added"
-    );
-    assert_eq!(integrity(&db_path), "ok");
+    ends_with_every_job_done(child, &db_path, 30, &seen.join("\n"));
 }
 
 /// The database file moved away under a running worker (as a careless
@@ -257,10 +256,7 @@ fn a_database_moved_away_under_a_worker_stops_its_writes_until_it_is_back() {
     let mut seen = Vec::new();
     line_with(&rx, &["deleted or moved away"], &mut seen);
     std::fs::rename(&away, &db_path).unwrap();
-    let out = child.wait();
-    assert!(out.status.success(), "{}", seen.join("\n"));
-    assert_eq!(counts(&db_path, "p"), (40, 40));
-    assert_eq!(integrity(&db_path), "ok");
+    ends_with_every_job_done(child, &db_path, 40, &seen.join("\n"));
 }
 
 /// The database file made read-only (for the user flowhost runs as) under
@@ -337,18 +333,7 @@ fn a_database_made_read_only_under_a_worker_refuses_new_writers_only() {
         "{}",
         stderr(&refused)
     );
-    let out = worker.wait();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        counts(&db_path, "p"),
-        (30, 30),
-        "every job done, none added"
-    );
-    assert_eq!(integrity(&db_path), "ok");
+    ends_with_every_job_done(worker, &db_path, 30, "");
 }
 
 /// A copy of the database taken mid-run (the file and its WAL, as a backup
