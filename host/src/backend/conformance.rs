@@ -1222,3 +1222,130 @@ async fn sqlite_pools_conform() {
     let b = SqliteBackend::open(&dir.path().join("p.db"), Durability::Normal).unwrap();
     pools_suite(&b).await;
 }
+
+/// The PostgreSQL store: every suite, each on a fresh database of one
+/// throwaway cluster (fsync off: these test behaviour, not power loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_conforms() {
+    let Some(cluster) = pgcluster::for_test("postgres_backend_conforms", &["fsync=off"]) else {
+        return;
+    };
+    let open = |name: &str| {
+        let url = cluster.database(name).unwrap();
+        async move { PostgresBackend::open(&url).await.unwrap() }
+    };
+    {
+        let b = open("suite").await;
+        suite(&b).await;
+        ownership_suite(&b).await;
+        definitions_suite(&b).await;
+        signal_consumption_suite(&b).await;
+        history_suite(&b).await;
+        fence_suite(&b).await;
+        fan_in_suite(&b).await;
+    }
+    state_suite(Arc::new(open("state").await)).await;
+    pools_suite(&open("pools").await).await;
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    clock_suite(&open("clock").await.with_clock(clock.clone()), &clock).await;
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    retry_storm_suite(&open("storm").await.with_clock(clock.clone()), &clock).await;
+    // Another process (host) opening the same database sees the same data
+    // and does not migrate again.
+    let b = PostgresBackend::open_existing(&cluster.url("suite"))
+        .await
+        .unwrap();
+    assert_eq!(b.load("a").await.unwrap().unwrap().step, 7);
+    assert!(b.read_result("a").await.unwrap().is_some());
+    assert_eq!(
+        b.get_definition("d1").await.unwrap().as_deref(),
+        Some("first")
+    );
+    assert_eq!(
+        cluster
+            .sql("suite", "SELECT count(*) FROM flowhost_schema")
+            .unwrap(),
+        "1"
+    );
+}
+
+/// Bad URLs, credentials and databases are refused with an error that says
+/// which, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_bad_urls_credentials_and_a_newer_schema() {
+    let Some(cluster) = pgcluster::for_test(
+        "postgres_refuses_bad_urls_credentials_and_a_newer_schema",
+        &["fsync=off"],
+    ) else {
+        return;
+    };
+    let refused = |url: String| async move {
+        match PostgresBackend::open(&url).await {
+            Ok(_) => panic!("{url} was accepted"),
+            Err(e) => e,
+        }
+    };
+    let e = refused("postgres://".into()).await;
+    assert_eq!(e.kind, StoreErrorKind::Incompatible, "{e}");
+    assert!(e.message.contains("names no host"), "{e}");
+    let e = refused("postgres://u@h:notaport/db".into()).await;
+    assert!(e.message.contains("not a usable PostgreSQL URL"), "{e}");
+    // Nobody listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = refused(format!("postgres://u:p@127.0.0.1:{closed}/db")).await;
+    assert!(e.message.contains("cannot reach the database"), "{e}");
+    let port = cluster.port();
+    let e = refused(format!(
+        "postgres://{}:wrong-secret@127.0.0.1:{port}/postgres",
+        pgcluster::USER
+    ))
+    .await;
+    assert!(e.message.contains("password authentication failed"), "{e}");
+    assert!(
+        !e.message.contains("wrong-secret"),
+        "the password is not shown: {e}"
+    );
+    let e = refused(cluster.url("nosuchdb")).await;
+    assert_eq!(e.kind, StoreErrorKind::NotFound, "{e}");
+    assert!(
+        e.message.contains("nosuchdb") && e.message.contains("createdb"),
+        "{e}"
+    );
+
+    // A database with no flowhost tables is not created by a reader.
+    let empty = cluster.database("empty").unwrap();
+    let e = PostgresBackend::open_existing(&empty).await.err().unwrap();
+    assert_eq!(e.kind, StoreErrorKind::NotFound, "{e}");
+    assert_eq!(
+        cluster
+            .sql(
+                "empty",
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            )
+            .unwrap(),
+        "0"
+    );
+
+    // A schema from a newer flowhost.
+    let url = cluster.database("future").unwrap();
+    drop(PostgresBackend::open(&url).await.unwrap());
+    cluster
+        .sql(
+            "future",
+            "INSERT INTO flowhost_schema (version) VALUES (99)",
+        )
+        .unwrap();
+    let e = refused(url.clone()).await;
+    assert_eq!(e.kind, StoreErrorKind::Incompatible, "{e}");
+    assert!(e.message.contains("schema version 99"), "{e}");
+    assert_eq!(
+        cluster
+            .sql("future", "SELECT max(version) FROM flowhost_schema")
+            .unwrap(),
+        "99"
+    );
+}

@@ -2,7 +2,8 @@
 //! results, signals, pinned machine definitions, execution state (atomic
 //! key/value operations), execution ownership (leases), job pools and the worker
 //! registry, as async traits with an in-memory implementation (tests,
-//! `run --memory`) and an embedded SQLite one (the default).
+//! `run --memory`), an embedded SQLite one (the default) and a PostgreSQL
+//! one (several hosts sharing one database).
 //!
 //! The backend stores what the engine hands it without reading it: a
 //! checkpoint is a few indexed columns plus the engine's serialised record,
@@ -10,11 +11,14 @@
 //! Imports nothing else from flowhost.
 
 pub mod clock;
+mod digest;
 pub mod history;
 mod memory;
 mod memory_pools;
 pub mod owners;
 pub mod pools;
+mod postgres;
+mod postgres_ops;
 mod sqlite;
 mod sqlite_pools;
 pub mod state;
@@ -27,6 +31,7 @@ pub use owners::{Claim, Lease, Owner, Ownership};
 pub use pools::{
     Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
 };
+pub use postgres::{PostgresBackend, RECONNECT_FOR, is_postgres_url};
 pub use sqlite::{Durability, SqliteBackend};
 pub use state::{State, StateAnswer, StateConflict, StateOp};
 pub use status::{ExecutionStatus, JobStatus, WorkerStatus};

@@ -183,6 +183,13 @@ pub trait WorkPools: Send + Sync {
         status: Option<JobStatus>,
         limit: usize,
     ) -> BackendResult<Vec<Job>>;
+    /// A hint that jobs were added (by any process sharing the store): its
+    /// value changes when they were. Idle workers wait on it between
+    /// polls, so they can poll seldom. `None`: the store gives no hint
+    /// (polling is cheap there: SQLite reads a local file).
+    fn work_hint(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A registered worker.

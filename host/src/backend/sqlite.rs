@@ -4,6 +4,7 @@
 //! checkpoint at once share one fsync). Reads go to a separate connection.
 
 use super::clock::{Clock, HostClock, SystemTimeSource, TimeSource};
+use super::digest::{checkpoint_digest, result_digest};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
     Results, Signal, Signals, StoreErrorKind, StoredResult,
@@ -925,45 +926,6 @@ fn row_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
 
 const CHECKPOINT_COLUMNS: &str =
     "id, parent, machine, status, state, step, created_ms, updated_ms, record, digest";
-
-/// What a stored row says of itself, to find it changed since it was
-/// written (SQLite keeps no checksums of its own): BLAKE3 over the columns
-/// a write sets, each with its length, 128 bits in hex.
-fn digest(parts: &[&[u8]]) -> String {
-    let mut h = blake3::Hasher::new();
-    for part in parts {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.finalize().to_hex()[..32].to_string()
-}
-
-fn checkpoint_digest(
-    id: &str,
-    status: &str,
-    state: &str,
-    step: i64,
-    updated_ms: i64,
-    record: &str,
-) -> String {
-    digest(&[
-        id.as_bytes(),
-        status.as_bytes(),
-        state.as_bytes(),
-        &step.to_le_bytes(),
-        &updated_ms.to_le_bytes(),
-        record.as_bytes(),
-    ])
-}
-
-fn result_digest(id: &str, status: &str, value: &str, written_ms: i64) -> String {
-    digest(&[
-        id.as_bytes(),
-        status.as_bytes(),
-        value.as_bytes(),
-        &written_ms.to_le_bytes(),
-    ])
-}
 
 /// Refuses a row whose stored digest (column `at`) is not `expected`; rows
 /// written before digests were kept have none and pass.

@@ -1,0 +1,1404 @@
+//! The PostgreSQL backend: several hosts share one database and split the
+//! work. Selected by a `postgres://` URL; SQLite stays the default.
+//!
+//! Writes go through one writer per process, as with SQLite: every write
+//! queued while the previous commit ran is applied in one transaction (a
+//! group commit: many completions, one WAL flush). The writer runs on its
+//! own thread and runtime, so a store being dropped can wait for what was
+//! queued. A lost connection is not the end of a host: the writer
+//! reconnects (for up to [`RECONNECT_FOR`] before it fails a write), runs an
+//! uncommitted batch again, and asks the server whether a batch whose
+//! commit it never heard back from committed (`txid_status`), so nothing is
+//! applied twice or lost. A deadlock with another host retries the batch.
+//!
+//! Reads go to a small connection pool. A commit that added jobs notifies
+//! [`WORK_CHANNEL`]; a listener turns that into the store's work hint, so
+//! idle workers wait on it instead of polling the database often.
+//!
+//! Time: the store's clock is this machine's boot clock anchored to the
+//! server's clock when the store is opened (every host reads the server's
+//! timeline, off by the round trip and drift, far below a lease).
+//!
+//! Imports the backend's types and traits; nothing else of flowhost.
+
+use super::clock::{Clock, HostClock, SystemTimeSource};
+use super::history::{History, HistoryEntry, NewEvent};
+use super::owners::{Claim, Lease, Owner, Ownership};
+use super::pools::{
+    Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
+};
+use super::postgres_ops::{
+    Batch, CHECKPOINT_COLUMNS, Failure, JOB_COLUMNS, MIGRATIONS, Op, REFUSED, WORK_CHANNEL, apply,
+    clamp, row_checkpoint, row_job, row_lease, row_result, row_worker, signal_data, state_value,
+    status,
+};
+use super::state::{State, StateAnswer, StateConflict, StateOp};
+use super::status::{ExecutionStatus, JobStatus, WorkerStatus};
+use super::{
+    Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, Fence, ListFilter,
+    Results, Signal, Signals, StoreErrorKind, StoredResult,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// How long the writer keeps reconnecting before it fails a write.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// Deadlocks with other hosts a batch is retried through.
+const DEADLOCK_RETRIES: u32 = 20;
+/// Read connections per process.
+const POOL_SIZE: usize = 8;
+/// Serialises schema migrations across hosts (an advisory lock's key).
+const MIGRATION_LOCK: i64 = 0x666c_6f77_686f_7374;
+
+type Reply = Option<oneshot::Sender<BackendResult<Value>>>;
+type Queued = (Op, Reply, Arc<dyn Clock>);
+type ErrorSlot = Arc<Mutex<Option<BackendError>>>;
+
+/// A [`Backend`] in a PostgreSQL database.
+pub struct PostgresBackend {
+    /// The URL without its password, for messages.
+    target: String,
+    /// `None` once the backend is being dropped.
+    writer: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+    /// Joined on drop, so queued writes are committed before the process ends.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes that need no commit of their own (a released lease, history):
+    /// they go to the writer ahead of the next write, or when the store closes.
+    lazy: Mutex<Vec<Op>>,
+    /// The first failure of a deferred write, reported by the next write.
+    deferred_error: ErrorSlot,
+    pool: deadpool_postgres::Pool,
+    clock: Arc<dyn Clock>,
+    /// Bumped whenever some host added jobs.
+    work: watch::Receiver<u64>,
+}
+
+/// Whether a URL names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The URL with its password hidden.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn parse(url: &str) -> BackendResult<tokio_postgres::Config> {
+    let shown = redact(url);
+    if !is_postgres_url(url) {
+        return Err(BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{shown}: not a PostgreSQL URL (expected postgres://user:password@host:port/database)"
+            ),
+        ));
+    }
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!("{shown}: not a usable PostgreSQL URL: {e} (expected postgres://user:password@host:port/database)"),
+        )
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{shown}: the URL names no host (expected postgres://user:password@host:port/database)"
+            ),
+        ));
+    }
+    if config.get_user().is_none() {
+        return Err(BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{shown}: the URL names no user (expected postgres://user:password@host:port/database)"
+            ),
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config
+        .application_name("flowhost")
+        .keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// `postgres://user@host:port/database`, as messages show it.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// Whether an error means the connection is gone (the server restarted, the
+/// network dropped) rather than a statement refused.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code)
+        }
+    }
+}
+
+/// A PostgreSQL failure as a store error of its kind, placed at `target`.
+fn pg_error(target: &str, e: &tokio_postgres::Error) -> BackendError {
+    let Some(db) = e.as_db_error() else {
+        let cause = std::error::Error::source(e)
+            .map(|s| format!("{e}: {s}"))
+            .unwrap_or_else(|| e.to_string());
+        return BackendError::new(format!(
+            "{target}: cannot reach the database: {cause} (is the server running and reachable?)"
+        ));
+    };
+    let code = db.code();
+    let (kind, advice) = match code {
+        c if *c == SqlState::INVALID_PASSWORD
+            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            (
+                StoreErrorKind::Io,
+                " (check the user and password in the URL)",
+            )
+        }
+        c if *c == SqlState::INVALID_CATALOG_NAME => (
+            StoreErrorKind::NotFound,
+            " (create it first, e.g. `createdb <name>`)",
+        ),
+        c if *c == SqlState::DISK_FULL => (
+            StoreErrorKind::Full,
+            " (free space on the database server; nothing of this write was stored)",
+        ),
+        c if *c == SqlState::READ_ONLY_SQL_TRANSACTION
+            || *c == SqlState::INSUFFICIENT_PRIVILEGE =>
+        {
+            (
+                StoreErrorKind::ReadOnly,
+                " (this user cannot write there, or the server is a read-only standby; nothing of this write was stored)",
+            )
+        }
+        c if *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED => (
+            StoreErrorKind::Corrupt,
+            " (the server reports damaged data: restore from a backup)",
+        ),
+        c if *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::LOCK_NOT_AVAILABLE
+            || *c == SqlState::QUERY_CANCELED =>
+        {
+            (
+                StoreErrorKind::Busy,
+                " (other hosts held the rows this write needs; nothing of this write was stored)",
+            )
+        }
+        c if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => (
+            StoreErrorKind::Incompatible,
+            " (the flowhost tables are missing or not what this flowhost made)",
+        ),
+        _ => (StoreErrorKind::Io, ""),
+    };
+    let mut message = format!("{target}: {}", db.message());
+    if let Some(detail) = db.detail() {
+        message.push_str(&format!(" ({detail})"));
+    }
+    message.push_str(advice);
+    BackendError::of(kind, message)
+}
+
+/// Connects, driving the connection on the current runtime.
+async fn connect(config: &tokio_postgres::Config, target: &str) -> BackendResult<Client> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error(target, &e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Brings the schema up to date, refusing a newer one. Without `create`, a
+/// database that holds no flowhost tables yet is an error and stays as it is.
+async fn migrate(client: &mut Client, target: &str, create: bool) -> BackendResult<()> {
+    let err = |e: tokio_postgres::Error| pg_error(target, &e);
+    let newer = |version: i64| {
+        BackendError::of(
+            StoreErrorKind::Incompatible,
+            format!(
+                "{target}: the database is at schema version {version}, newer than this flowhost knows ({}); upgrade flowhost",
+                MIGRATIONS.len()
+            ),
+        )
+    };
+    let exists: bool = client
+        .query_one("SELECT to_regclass('flowhost_schema') IS NOT NULL", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    if exists {
+        let v: i64 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0)::BIGINT FROM flowhost_schema",
+                &[],
+            )
+            .await
+            .map_err(err)?
+            .get(0);
+        if v > MIGRATIONS.len() as i64 {
+            return Err(newer(v));
+        }
+        if v == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
+    } else if !create {
+        return Err(BackendError::of(
+            StoreErrorKind::NotFound,
+            format!(
+                "{target}: no flowhost data in this database (commands that only read never create it; submit or push work first)"
+            ),
+        ));
+    }
+    let tx = client.transaction().await.map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(err)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS flowhost_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(err)?;
+    let v: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0)::BIGINT FROM flowhost_schema",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if v > MIGRATIONS.len() as i64 {
+        return Err(newer(v));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+        if i > v as usize {
+            crate::crash::point("store.migration");
+        }
+        tx.batch_execute(sql).await.map_err(err)?;
+        tx.execute(
+            "INSERT INTO flowhost_schema (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)
+}
+
+/// This process's timeline, anchored to the server's clock.
+async fn anchor(client: &Client, target: &str) -> BackendResult<HostClock> {
+    let asked = Instant::now();
+    let server: i64 = client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(target, &e))?
+        .get(0);
+    let half_trip = asked.elapsed().as_millis() as i64 / 2;
+    Ok(HostClock::anchored_at(
+        Arc::new(SystemTimeSource),
+        (server + half_trip).max(0) as u64,
+    ))
+}
+
+impl PostgresBackend {
+    /// Opens the database the URL names, creating flowhost's tables in it
+    /// when they are not there (the database itself must exist).
+    pub async fn open(url: &str) -> BackendResult<PostgresBackend> {
+        Self::connect_to(url, true).await
+    }
+
+    /// Opens a database that holds flowhost's tables already (commands that
+    /// only read or act on stored work): nothing is created.
+    pub async fn open_existing(url: &str) -> BackendResult<PostgresBackend> {
+        Self::connect_to(url, false).await
+    }
+
+    async fn connect_to(url: &str, create: bool) -> BackendResult<PostgresBackend> {
+        let config = parse(url)?;
+        let target = describe(&config);
+        let mut client = connect(&config, &target).await?;
+        migrate(&mut client, &target, create).await?;
+        let clock = anchor(&client, &target).await?;
+        drop(client);
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| BackendError::new(format!("{target}: connection pool: {e}")))?;
+        let (queue, rx) = mpsc::unbounded_channel::<Queued>();
+        let (wake, work) = watch::channel(0u64);
+        let deferred_error = ErrorSlot::default();
+        let slot = deferred_error.clone();
+        let writer_target = target.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("flowhost-postgres-writer".into())
+            .spawn(move || writer_thread(config, writer_target, rx, slot, wake))
+            .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
+        Ok(PostgresBackend {
+            target,
+            writer: Mutex::new(Some(queue)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            lazy: Mutex::new(Vec::new()),
+            deferred_error,
+            pool,
+            clock: Arc::new(clock),
+            work,
+        })
+    }
+
+    /// Decides time by `clock` instead of the server-anchored one.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Queues a write; with no reply it is not waited for (a failure is
+    /// reported by the next write, once).
+    fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
+        if let Some(e) = self
+            .deferred_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        let stopped =
+            || BackendError::new(format!("{}: the database writer has stopped", self.target));
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = writer.as_ref().ok_or_else(stopped)?;
+        for lazy in self.take_lazy() {
+            writer
+                .send((lazy, None, self.clock.clone()))
+                .map_err(|_| stopped())?;
+        }
+        writer
+            .send((op, reply, self.clock.clone()))
+            .map_err(|_| stopped())
+    }
+
+    fn send_lazy(&self, op: Op) {
+        self.lazy.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+    }
+
+    fn take_lazy(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.lazy.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn write(&self, op: Op) -> BackendResult<Value> {
+        let (reply, wait) = oneshot::channel();
+        self.send(op, Some(reply))?;
+        wait.await.map_err(|_| {
+            BackendError::new(format!("{}: the database writer has stopped", self.target))
+        })?
+    }
+
+    async fn write_as<T: serde::de::DeserializeOwned>(&self, op: Op) -> BackendResult<T> {
+        let value = self.write(op).await?;
+        serde_json::from_value(value).map_err(|e| BackendError::new(format!("internal: {e}")))
+    }
+
+    /// A fenced write's answer as the caller sees it.
+    async fn fenced(&self, op: Op, fence: Option<&Fence>) -> BackendResult<()> {
+        match (self.write(op).await?, fence) {
+            (Value::String(s), Some(f)) if s == REFUSED => Err(f.refused()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn client(&self) -> BackendResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => pg_error(&self.target, &e),
+            e => BackendError::new(format!("{}: cannot reach the database: {e}", self.target)),
+        })
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> BackendResult<Vec<Row>> {
+        let client = self.client().await?;
+        let err = |e: tokio_postgres::Error| pg_error(&self.target, &e);
+        let st = client.prepare_cached(sql).await.map_err(err)?;
+        client.query(&st, params).await.map_err(err)
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> BackendResult<Option<Row>> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    fn at(&self, e: BackendError) -> BackendError {
+        e.at(&self.target)
+    }
+}
+
+impl Drop for PostgresBackend {
+    /// Closes the writer's queue and waits until everything queued (deferred
+    /// checkpoints, released leases, history) is committed.
+    fn drop(&mut self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            for lazy in self.take_lazy() {
+                let _ = writer.send((lazy, None, self.clock.clone()));
+            }
+        }
+        if let Some(thread) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer's thread: its own runtime, the writer and the listener.
+fn writer_thread(
+    config: tokio_postgres::Config,
+    target: String,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    slot: ErrorSlot,
+    wake: watch::Sender<u64>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let e = BackendError::new(format!("{target}: cannot start the writer: {e}"));
+            while let Some((_, reply, _)) = rx.blocking_recv() {
+                deliver(&slot, reply, Err(e.clone()));
+            }
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = tokio::spawn(listen(config.clone(), wake));
+        let mut writer = Writer {
+            config,
+            target,
+            conn: None,
+            statements: HashMap::new(),
+            down_since: None,
+        };
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let mut ops = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (op, reply, clock) in batch {
+                ops.push((op, clock));
+                replies.push(reply);
+            }
+            match writer.commit(&ops).await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        deliver(&slot, reply, result);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        deliver(&slot, reply, Err(e.clone()));
+                    }
+                }
+            }
+        }
+        listener.abort();
+    });
+}
+
+/// Where the outcome of a write goes: its waiting caller, or (not waited
+/// for) the slot the next write reports from.
+fn deliver(slot: &ErrorSlot, reply: Reply, result: BackendResult<Value>) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                tracing::error!(
+                    "deferred write (checkpoint, definition, history or lease) failed: {e}"
+                );
+                slot.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// How a batch's attempt ended when it did not commit.
+enum Attempt {
+    /// A statement was refused; the transaction rolled back.
+    Refused(tokio_postgres::Error),
+    /// The connection went away. `committing`: the batch's transaction id
+    /// and answers, when the commit was sent and its outcome is unknown.
+    Lost(
+        tokio_postgres::Error,
+        Option<(i64, Vec<BackendResult<Value>>)>,
+    ),
+}
+
+impl Attempt {
+    fn of(e: tokio_postgres::Error) -> Attempt {
+        if connection_lost(&e) {
+            Attempt::Lost(e, None)
+        } else {
+            Attempt::Refused(e)
+        }
+    }
+}
+
+struct Writer {
+    config: tokio_postgres::Config,
+    target: String,
+    conn: Option<Client>,
+    /// Prepared on `conn`; emptied with it.
+    statements: HashMap<&'static str, Statement>,
+    /// Since when the database could not be reached.
+    down_since: Option<Instant>,
+}
+
+impl Writer {
+    /// Whether to keep trying to reach the database for the batch at hand:
+    /// until it has been gone for [`RECONNECT_FOR`]; after that each batch
+    /// tries once and fails at once.
+    fn keep_trying(&mut self) -> bool {
+        self.down_since.get_or_insert_with(Instant::now).elapsed() < RECONNECT_FOR
+    }
+
+    async fn connected(&mut self) -> BackendResult<&mut Client> {
+        if self.conn.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            self.conn = None;
+            let client = connect(&self.config, &self.target).await?;
+            if self.down_since.take().is_some() {
+                tracing::warn!("{}: connected to the database again", self.target);
+            }
+            self.conn = Some(client);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| BackendError::new("internal: no connection"))
+    }
+
+    /// Commits the batch, or says why not. A lost connection and a deadlock
+    /// are retried here; a statement refused for its data fails only its
+    /// own write (the batch is applied again write by write).
+    async fn commit(
+        &mut self,
+        ops: &[(Op, Arc<dyn Clock>)],
+    ) -> BackendResult<Vec<BackendResult<Value>>> {
+        let mut deadlocks = 0;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let outcome = match self.connected().await {
+                Ok(_) => {
+                    let Writer {
+                        conn: Some(client),
+                        statements,
+                        target,
+                        ..
+                    } = self
+                    else {
+                        continue;
+                    };
+                    attempt(client, statements, target, ops).await
+                }
+                Err(e) => {
+                    if !self.keep_trying() {
+                        return Err(e);
+                    }
+                    if self.down_since.is_some_and(|d| d.elapsed() < pause) {
+                        tracing::warn!("{e}; reconnecting");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(results) => return Ok(results),
+                Err(Attempt::Refused(e))
+                    if deadlocks < DEADLOCK_RETRIES
+                        && [
+                            SqlState::T_R_DEADLOCK_DETECTED,
+                            SqlState::T_R_SERIALIZATION_FAILURE,
+                        ]
+                        .iter()
+                        .any(|c| e.code() == Some(c)) =>
+                {
+                    deadlocks += 1;
+                }
+                Err(Attempt::Refused(e)) if ops.len() == 1 => {
+                    return Ok(vec![Err(pg_error(&self.target, &e))]);
+                }
+                Err(Attempt::Refused(_)) => return Ok(self.one_by_one(ops).await),
+                Err(Attempt::Lost(e, committing)) => {
+                    self.conn = None;
+                    tracing::warn!("{}; reconnecting", pg_error(&self.target, &e).message);
+                    if let Some((xid, results)) = committing {
+                        match self.committed(xid).await {
+                            Ok(true) => return Ok(results),
+                            Ok(false) => {}
+                            Err(e) => return Err(e),
+                        }
+                    } else if !self.keep_trying() {
+                        return Err(pg_error(&self.target, &e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether transaction `xid`, whose commit went unanswered, committed:
+    /// asked of the server once it can be reached again.
+    async fn committed(&mut self, xid: i64) -> BackendResult<bool> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let asked = match self.connected().await {
+                Ok(c) => c
+                    .query_one("SELECT txid_status($1)", &[&xid])
+                    .await
+                    .map_err(|e| pg_error(&self.target, &e))
+                    .map(|r| r.get::<_, Option<String>>(0)),
+                Err(e) => Err(e),
+            };
+            match asked.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => {
+                    self.down_since = None;
+                    return Ok(true);
+                }
+                Ok(Some("aborted") | None) => return Ok(false),
+                // Still in progress, or the server is not back yet.
+                _ if self.keep_trying() => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                _ => {
+                    return Err(BackendError::new(format!(
+                        "{}: lost the connection while committing, and could not learn whether the commit happened: {}",
+                        self.target,
+                        asked
+                            .err()
+                            .map_or_else(|| "still in progress".to_string(), |e| e.message)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Applies the ops one transaction each: only a write the database
+    /// refuses fails.
+    async fn one_by_one(&mut self, ops: &[(Op, Arc<dyn Clock>)]) -> Vec<BackendResult<Value>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let one = std::slice::from_ref(op);
+            out.push(match Box::pin(self.commit(one)).await {
+                Ok(mut r) => r
+                    .pop()
+                    .unwrap_or_else(|| Err(BackendError::new("internal: no answer"))),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+}
+
+/// One try at committing the batch in one transaction.
+async fn attempt(
+    client: &mut Client,
+    statements: &mut HashMap<&'static str, Statement>,
+    target: &str,
+    ops: &[(Op, Arc<dyn Clock>)],
+) -> Result<Vec<BackendResult<Value>>, Attempt> {
+    let tx = client.transaction().await.map_err(Attempt::of)?;
+    let xid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .map_err(Attempt::of)?
+        .get(0);
+    let mut results = Vec::with_capacity(ops.len());
+    let pushed = {
+        let mut batch = Batch {
+            tx: &tx,
+            statements,
+            clock: Arc::new(super::SystemClock),
+            pushed: BTreeSet::new(),
+        };
+        for (op, clock) in ops {
+            batch.clock = clock.clone();
+            match apply(&mut batch, op).await {
+                Ok(v) => results.push(Ok(v)),
+                Err(Failure::Store(e)) => results.push(Err(e.at(target))),
+                Err(Failure::Db(e)) => return Err(Attempt::of(e)),
+            }
+        }
+        batch.pushed
+    };
+    for pool in &pushed {
+        tx.execute("SELECT pg_notify($1, $2)", &[&WORK_CHANNEL, pool])
+            .await
+            .map_err(Attempt::of)?;
+    }
+    crate::crash::point("store.commit.before");
+    if let Err(e) = tx.commit().await {
+        return Err(if connection_lost(&e) {
+            Attempt::Lost(e, Some((xid, results)))
+        } else {
+            Attempt::Refused(e)
+        });
+    }
+    crate::crash::point("store.commit.after");
+    Ok(results)
+}
+
+/// Listens for [`WORK_CHANNEL`] and bumps `wake` at each notification (and
+/// on every reconnection, for what was missed meanwhile). Runs until aborted.
+async fn listen(config: tokio_postgres::Config, wake: watch::Sender<u64>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            pause = Duration::from_millis(50);
+            let subscribe = client.batch_execute("LISTEN flowhost_work");
+            tokio::pin!(subscribe);
+            let mut subscribed = false;
+            loop {
+                tokio::select! {
+                    r = &mut subscribe, if !subscribed => {
+                        if r.is_err() {
+                            break;
+                        }
+                        subscribed = true;
+                        wake.send_modify(|n| *n += 1);
+                    }
+                    m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                            wake.send_modify(|n| *n += 1);
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait::async_trait]
+impl Checkpoints for PostgresBackend {
+    async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        let fence = checkpoint.fence.clone();
+        self.fenced(Op::Save(Box::new(checkpoint)), fence.as_ref())
+            .await
+    }
+
+    async fn save_deferred(&self, checkpoint: Checkpoint) -> BackendResult<()> {
+        self.send(Op::Save(Box::new(checkpoint)), None)
+    }
+
+    async fn load(&self, id: &str) -> BackendResult<Option<Checkpoint>> {
+        let sql = format!("SELECT {CHECKPOINT_COLUMNS} FROM executions WHERE id = $1");
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| row_checkpoint(&r).map_err(|e| self.at(e)))
+            .transpose()
+    }
+
+    async fn statuses(&self, ids: &[String]) -> BackendResult<HashMap<String, ExecutionStatus>> {
+        let rows = self
+            .query(
+                "SELECT id, status FROM executions WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s = status(r.get(1), ExecutionStatus::parse, ExecutionStatus::spellings)
+                    .map_err(|e| self.at(e))?;
+                Ok((r.get(0), s))
+            })
+            .collect()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
+        // Only the filters given are in the statement, so each is planned
+        // on its index (by status, machine or parent).
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut param = |v: Box<dyn ToSql + Sync + Send>| {
+            values.push(v);
+            format!("${}", values.len())
+        };
+        if let Some(status) = filter.status {
+            conditions.push(format!("status = {}", param(Box::new(status.as_str()))));
+        }
+        if let Some(machine) = &filter.machine {
+            conditions.push(format!("machine = {}", param(Box::new(machine.clone()))));
+        }
+        if let Some(parent) = &filter.parent {
+            conditions.push(format!("parent = {}", param(Box::new(parent.clone()))));
+        }
+        if let Some((ms, id)) = &filter.after {
+            let (ms, id) = (param(Box::new(clamp(*ms))), param(Box::new(id.clone())));
+            conditions.push(format!("(created_ms, id) < ({ms}, {id})"));
+        }
+        if filter.roots_only {
+            conditions.push("parent IS NULL".to_string());
+        }
+        let filters = match conditions.is_empty() {
+            true => String::new(),
+            false => format!("WHERE {}", conditions.join(" AND ")),
+        };
+        let limit = filter.limit.map_or(String::new(), |l| format!("LIMIT {l}"));
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM executions {filters}
+             ORDER BY created_ms DESC, id DESC {limit}"
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        self.query(&sql, &params)
+            .await?
+            .iter()
+            .map(|r| row_checkpoint(r).map_err(|e| self.at(e)))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Results for PostgresBackend {
+    async fn write_result(&self, id: &str, result: StoredResult) -> BackendResult<()> {
+        let fence = result.fence.clone();
+        self.fenced(
+            Op::WriteResult(id.to_string(), Box::new(result)),
+            fence.as_ref(),
+        )
+        .await
+    }
+
+    async fn read_result(&self, id: &str) -> BackendResult<Option<StoredResult>> {
+        self.query_opt(
+            "SELECT status, value, written_ms, digest FROM results WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| row_result(id, &r).map_err(|e| self.at(e)))
+        .transpose()
+    }
+
+    async fn delete_result(&self, id: &str) -> BackendResult<()> {
+        self.write(Op::DeleteResult(id.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn open_fan_in(
+        &self,
+        key: &str,
+        children: Vec<String>,
+        fence: Option<Fence>,
+    ) -> BackendResult<u64> {
+        let answer = self
+            .write(Op::OpenFanIn(key.to_string(), children, fence.clone()))
+            .await?;
+        if let Some(n) = answer.as_u64() {
+            return Ok(n);
+        }
+        match (&answer, fence) {
+            (Value::String(s), Some(f)) if s == REFUSED => Err(f.refused()),
+            _ => Err(BackendError::new(format!(
+                "internal: opening fan-in {key} answered {answer}"
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Signals for PostgresBackend {
+    async fn send_signal(&self, id: &str, channel: &str, data: Value) -> BackendResult<()> {
+        self.write(Op::SendSignal(
+            id.to_string(),
+            channel.to_string(),
+            data.to_string(),
+            self.clock.now_ms(),
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    async fn take_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Value>> {
+        match self
+            .write(Op::TakeSignal(id.to_string(), channel.to_string()))
+            .await?
+        {
+            Value::Array(mut one) => Ok(one.pop()),
+            _ => Ok(None),
+        }
+    }
+
+    async fn peek_signal(&self, id: &str, channel: &str) -> BackendResult<Option<Signal>> {
+        self.query_opt(
+            "SELECT seq, data FROM signals WHERE execution = $1 AND channel = $2 ORDER BY seq LIMIT 1",
+            &[&id, &channel],
+        )
+        .await?
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            Ok(Signal {
+                seq: seq as u64,
+                data: signal_data(seq, r.get(1)).map_err(|e| self.at(e))?,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait::async_trait]
+impl Definitions for PostgresBackend {
+    async fn put_definition(&self, digest: &str, body: &str) -> BackendResult<()> {
+        let at = self.clock.now_ms();
+        self.send(
+            Op::PutDefinition(digest.to_string(), body.to_string(), at),
+            None,
+        )
+    }
+
+    async fn get_definition(&self, digest: &str) -> BackendResult<Option<String>> {
+        Ok(self
+            .query_opt("SELECT body FROM definitions WHERE digest = $1", &[&digest])
+            .await?
+            .map(|r| r.get(0)))
+    }
+}
+
+#[async_trait::async_trait]
+impl History for PostgresBackend {
+    async fn append_history(
+        &self,
+        execution: &str,
+        events: Vec<NewEvent>,
+        keep: usize,
+    ) -> BackendResult<()> {
+        if !events.is_empty() {
+            self.send_lazy(Op::AppendHistory(execution.to_string(), events, keep));
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        execution: &str,
+        after: u64,
+        limit: usize,
+    ) -> BackendResult<Vec<HistoryEntry>> {
+        let rows = self
+            .query(
+                "SELECT seq, at_ms, event FROM history WHERE execution = $1 AND seq > $2
+                 ORDER BY seq LIMIT $3",
+                &[&execution, &clamp(after), &clamp(limit as u64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let text: String = r.get(2);
+                let event = serde_json::from_str(&text).map_err(|e| {
+                    self.at(BackendError::of(
+                        StoreErrorKind::Corrupt,
+                        format!("history event {seq} of {execution} is not JSON: {e}"),
+                    ))
+                })?;
+                Ok(HistoryEntry {
+                    seq: seq as u64,
+                    at_ms: r.get::<_, i64>(1) as u64,
+                    event,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl State for PostgresBackend {
+    async fn state(&self, execution: &str) -> BackendResult<BTreeMap<String, Value>> {
+        let rows = self
+            .query(
+                "SELECT key, value FROM state WHERE execution = $1 ORDER BY key",
+                &[&execution],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let value = state_value(execution, &key, r.get(1)).map_err(|e| self.at(e))?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    async fn state_get(&self, execution: &str, key: &str) -> BackendResult<Option<Value>> {
+        self.query_opt(
+            "SELECT value FROM state WHERE execution = $1 AND key = $2",
+            &[&execution, &key],
+        )
+        .await?
+        .map(|r| state_value(execution, key, r.get(0)).map_err(|e| self.at(e)))
+        .transpose()
+    }
+
+    async fn state_replace(
+        &self,
+        execution: &str,
+        values: BTreeMap<String, Value>,
+    ) -> BackendResult<()> {
+        self.write(Op::StateReplace(execution.to_string(), values))
+            .await
+            .map(|_| ())
+    }
+
+    async fn state_apply(
+        &self,
+        execution: &str,
+        key: &str,
+        op: StateOp,
+    ) -> BackendResult<Result<StateAnswer, StateConflict>> {
+        let answer: Result<StateAnswer, String> = self
+            .write_as(Op::StateApply(execution.to_string(), key.to_string(), op))
+            .await?;
+        Ok(answer.map_err(StateConflict))
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkPools for PostgresBackend {
+    async fn push(&self, pool: &str, job: NewJob) -> BackendResult<(i64, bool)> {
+        self.write_as(Op::Push(pool.to_string(), vec![job], true))
+            .await
+    }
+
+    async fn push_many(&self, pool: &str, jobs: Vec<NewJob>) -> BackendResult<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        self.write_as(Op::Push(pool.to_string(), jobs, false)).await
+    }
+
+    async fn claim(
+        &self,
+        pool: &str,
+        worker: &str,
+        n: u32,
+        lease_ms: u64,
+    ) -> BackendResult<Vec<Job>> {
+        // An idle pool is seen by a read (no write, no lock), so idle
+        // workers cost the database a seek into the claim indexes.
+        let now = clamp(self.clock.now_ms());
+        let any: bool = self
+            .query_opt(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at_ms <= $2)
+                     OR EXISTS (SELECT 1 FROM jobs WHERE pool = $1 AND status = 'claimed' AND lease_until_ms <= $2)",
+                &[&pool, &now],
+            )
+            .await?
+            .is_some_and(|r| r.get(0));
+        if !any {
+            return Ok(vec![]);
+        }
+        self.write_as(Op::Claim {
+            pool: pool.to_string(),
+            worker: worker.to_string(),
+            n,
+            lease_ms,
+        })
+        .await
+    }
+
+    async fn extend_lease(&self, id: i64, fence: u64, lease_ms: u64) -> BackendResult<bool> {
+        self.write_as(Op::ExtendLease(id, fence, lease_ms)).await
+    }
+
+    async fn complete(&self, id: i64, fence: u64, result: Value) -> BackendResult<bool> {
+        self.write_as(Op::Complete(id, fence, result.to_string()))
+            .await
+    }
+
+    async fn fail(
+        &self,
+        id: i64,
+        fence: u64,
+        error: &str,
+        retry: Option<Backoff>,
+    ) -> BackendResult<FailOutcome> {
+        self.write_as(Op::Fail(id, fence, error.to_string(), retry))
+            .await
+    }
+
+    async fn release_worker(&self, worker: &str) -> BackendResult<u64> {
+        self.write_as(Op::ReleaseWorker(worker.to_string())).await
+    }
+
+    async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
+        self.write_as(Op::Requeue(pool.to_string(), ids.to_vec()))
+            .await
+    }
+
+    async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
+        let backlog = self.backlog(pool).await?;
+        let mut s = PoolStats {
+            pending: backlog.pending,
+            claimed: backlog.claimed,
+            due: backlog.due,
+            oldest_due_ms: backlog.oldest_due_ms,
+            ..PoolStats::default()
+        };
+        for r in self
+            .query(
+                "SELECT status, count(*) FROM jobs WHERE pool = $1 AND status IN ('done', 'poisoned') GROUP BY status",
+                &[&pool],
+            )
+            .await?
+        {
+            let n = r.get::<_, i64>(1) as u64;
+            match r.get::<_, &str>(0) {
+                "done" => s.done = n,
+                _ => s.poisoned = n,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn backlog(&self, pool: &str) -> BackendResult<Backlog> {
+        let now = clamp(self.clock.now_ms());
+        let mut b = Backlog::default();
+        for r in self
+            .query(
+                "SELECT status, count(*) FROM jobs WHERE pool = $1 AND status IN ('pending', 'claimed') GROUP BY status",
+                &[&pool],
+            )
+            .await?
+        {
+            let n = r.get::<_, i64>(1) as u64;
+            match r.get::<_, &str>(0) {
+                "pending" => b.pending = n,
+                _ => b.claimed = n,
+            }
+        }
+        if let Some(r) = self
+            .query_opt(
+                "SELECT count(*), min(run_at_ms) FROM jobs WHERE pool = $1 AND status = 'pending' AND run_at_ms <= $2",
+                &[&pool, &now],
+            )
+            .await?
+        {
+            b.due = r.get::<_, i64>(0) as u64;
+            b.oldest_due_ms = r.get::<_, Option<i64>>(1).map(|v| v as u64);
+        }
+        Ok(b)
+    }
+
+    async fn job(&self, id: i64) -> BackendResult<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| row_job(&r).map_err(|e| self.at(e)))
+            .transpose()
+    }
+
+    async fn jobs(
+        &self,
+        pool: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> BackendResult<Vec<Job>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE pool = $1 AND ($2::TEXT IS NULL OR status = $2) ORDER BY id LIMIT $3"
+        );
+        self.query(
+            &sql,
+            &[&pool, &status.map(|s| s.as_str()), &clamp(limit as u64)],
+        )
+        .await?
+        .iter()
+        .map(|r| row_job(r).map_err(|e| self.at(e)))
+        .collect()
+    }
+
+    fn work_hint(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.work.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Workers for PostgresBackend {
+    async fn register(&self, worker: WorkerInfo) -> BackendResult<()> {
+        self.write(Op::Register(worker)).await.map(|_| ())
+    }
+
+    async fn heartbeat(&self, id: &str) -> BackendResult<bool> {
+        self.write_as(Op::Heartbeat(id.to_string())).await
+    }
+
+    async fn set_worker_status(&self, id: &str, status: WorkerStatus) -> BackendResult<()> {
+        self.write(Op::SetWorkerStatus(id.to_string(), status))
+            .await
+            .map(|_| ())
+    }
+
+    async fn workers(&self, pool: Option<&str>) -> BackendResult<Vec<WorkerInfo>> {
+        self.query(
+            "SELECT id, pool, pid, host, status, started_ms, heartbeat_ms FROM workers
+             WHERE ($1::TEXT IS NULL OR pool = $1) ORDER BY started_ms, id",
+            &[&pool],
+        )
+        .await?
+        .iter()
+        .map(|r| row_worker(r).map_err(|e| self.at(e)))
+        .collect()
+    }
+
+    async fn reap(&self, stale_after_ms: u64) -> BackendResult<Vec<String>> {
+        self.write_as(Op::Reap(stale_after_ms)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ownership for PostgresBackend {
+    async fn acquire(
+        &self,
+        execution: &str,
+        owner: &Owner,
+        lease_ms: u64,
+        evict: Option<u64>,
+    ) -> BackendResult<Claim> {
+        let (acquired, lease): (bool, Lease) = self
+            .write_as(Op::Acquire(
+                execution.to_string(),
+                owner.clone(),
+                lease_ms,
+                evict,
+            ))
+            .await?;
+        Ok(if acquired {
+            Claim::Acquired(lease)
+        } else {
+            Claim::Held(lease)
+        })
+    }
+
+    async fn acquire_new(
+        &self,
+        execution: &str,
+        owner: &Owner,
+        lease_ms: u64,
+    ) -> BackendResult<Lease> {
+        let lease = Lease {
+            execution: execution.to_string(),
+            owner: owner.clone(),
+            token: 1,
+            expires_ms: self.clock.now_ms().saturating_add(lease_ms),
+        };
+        // Goes to the writer with the caller's next write (its first checkpoint).
+        self.send_lazy(Op::AcquireNew(lease.clone()));
+        Ok(lease)
+    }
+
+    async fn renew(&self, execution: &str, token: u64, lease_ms: u64) -> BackendResult<bool> {
+        self.write_as(Op::Renew(execution.to_string(), token, lease_ms))
+            .await
+    }
+
+    async fn release(&self, execution: &str, token: u64) -> BackendResult<()> {
+        self.send_lazy(Op::Release(execution.to_string(), token));
+        Ok(())
+    }
+
+    async fn lease(&self, execution: &str) -> BackendResult<Option<Lease>> {
+        Ok(self
+            .query_opt(
+                "SELECT execution, owner, pid, host, started, token, expires_ms FROM owners WHERE execution = $1",
+                &[&execution],
+            )
+            .await?
+            .map(|r| row_lease(&r)))
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?sslmode=disable"),
+            "postgres://u@h:5432/db?sslmode=disable"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h"), "postgres://h");
+    }
+}
