@@ -108,7 +108,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
                 }
                 None => None,
             };
-            let backend = a.store.open_or_create()?;
+            let backend = a.store.open_or_create().await?;
             let (mut created, mut first) = (0, None);
             for i in 0..a.count {
                 let job = NewJob {
@@ -136,7 +136,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::List(a) => {
-            let backend = a.store.open()?;
+            let backend = a.store.open().await?;
             let jobs = backend
                 .jobs(&a.pool, a.status, a.limit)
                 .await
@@ -167,7 +167,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Stats(a) => {
-            let backend = a.store.open()?;
+            let backend = a.store.open().await?;
             let s = backend.stats(&a.pool).await.map_err(store_error)?;
             println!(
                 "{}",
@@ -176,7 +176,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Requeue(a) => {
-            let backend = a.store.open_existing()?;
+            let backend = a.store.open_existing().await?;
             let n = backend
                 .requeue(&a.pool, &a.ids)
                 .await
@@ -188,7 +188,7 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
 }
 
 pub(super) async fn workers(a: WorkersArgs) -> Result<ExitCode, CliError> {
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     let now = backend.clock().now_ms();
     let list = backend
         .workers(a.pool.as_deref())
@@ -266,7 +266,7 @@ pub(super) async fn worker(a: WorkerArgs) -> Result<ExitCode, CliError> {
     if a.concurrency == 0 {
         return Err(CliError::Usage("--concurrency must be at least 1".into()));
     }
-    let backend = a.store.open_or_create()?;
+    let backend = a.store.open_or_create().await?;
     let runtime = Arc::new(
         Runtime::new(a.runtime.runtime_config(false)?)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
@@ -355,7 +355,7 @@ pub(super) async fn reaper(a: ReaperArgs) -> Result<ExitCode, CliError> {
             flowhost::duration::max_text()
         ))
     })?;
-    let backend = a.store.open_existing()?;
+    let backend = a.store.open_existing().await?;
     let lost = backend
         .reap(stale_after.as_millis() as u64)
         .await
@@ -403,7 +403,7 @@ pub(super) struct CheckerArgs {
 /// `flowhost checker`: spawns `min(depth, max) − active` worker processes,
 /// each exiting when the pool is empty.
 pub(super) async fn checker(a: CheckerArgs) -> Result<ExitCode, CliError> {
-    let backend = a.store.open_existing()?;
+    let backend = a.store.open_existing().await?;
     let pool = pool_or_run_queue(&a.pool);
     let depth = backend.stats(pool).await.map_err(store_error)?.depth();
     let active = backend

@@ -229,10 +229,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn init_tracing(filter: Option<&str>, verbose: bool) {
+    // The PostgreSQL pool's own warnings repeat what the store says of a
+    // lost connection, once per connection: errors only.
     let default = if verbose {
-        "info,plugin=debug"
+        "info,plugin=debug,deadpool=error"
     } else {
-        "warn,plugin=info"
+        "warn,plugin=info,deadpool=error"
     };
     let filter = filter
         .map(str::to_string)

@@ -4,7 +4,7 @@
 use super::{CliError, RuntimeArgs};
 use clap::{Args, ValueEnum};
 use flowhost::backend::{
-    Backend, Durability, ListFilter, MemoryBackend, SqliteBackend, parse_result_uri,
+    self, Backend, Durability, ListFilter, Location, MemoryBackend, SqliteBackend, parse_result_uri,
 };
 use flowhost::engine::history::Event;
 use flowhost::engine::services::{self, Delivery};
@@ -26,26 +26,30 @@ const EXECUTION_WAITING: u8 = 5;
 /// Exit code of `wait` when its `--timeout` passed first.
 const STILL_RUNNING: u8 = 6;
 
-/// The store of a command that writes: an SQLite database file.
+/// The store of a command that writes: an SQLite database file or a
+/// PostgreSQL database.
 #[derive(Args, Clone)]
 pub(super) struct StoreArgs {
-    /// SQLite database file (default: $FLOWHOST_DB, else .flowhost/flowhost.db).
-    #[arg(long, value_name = "PATH")]
+    /// SQLite database file, or a postgres://user:password@host:port/database URL
+    /// (default: $FLOWHOST_DB, else .flowhost/flowhost.db).
+    #[arg(long, value_name = "PATH|URL")]
     db: Option<PathBuf>,
-    /// How hard SQLite commits wait for the disk.
+    /// How hard SQLite commits wait for the disk (PostgreSQL: the server's
+    /// synchronous_commit decides).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     sync: SyncMode,
 }
 
-/// The store of a command that only reads: an existing database file.
+/// The store of a command that only reads: an existing database.
 #[derive(Args, Clone)]
 pub(super) struct ReadStoreArgs {
-    /// SQLite database file (default: $FLOWHOST_DB, else .flowhost/flowhost.db); it must exist.
-    #[arg(long, value_name = "PATH")]
+    /// SQLite database file, or a postgres:// URL (default: $FLOWHOST_DB, else
+    /// .flowhost/flowhost.db); it must exist.
+    #[arg(long, value_name = "PATH|URL")]
     db: Option<PathBuf>,
 }
 
-/// The store of `run`: a database file, or memory for a run that ends with the process.
+/// The store of `run`: a database, or memory for a run that ends with the process.
 #[derive(Args, Clone)]
 pub(super) struct RunStoreArgs {
     #[command(flatten)]
@@ -63,13 +67,16 @@ pub(super) enum SyncMode {
     Normal,
 }
 
-/// The database path the flags or the environment name, and whether it is
-/// the default one.
-fn db_path(flag: &Option<PathBuf>) -> (PathBuf, bool) {
+/// The store the flags or the environment name, and whether it is the
+/// default one.
+fn location(flag: &Option<PathBuf>) -> (Location, bool) {
     match (flag, std::env::var_os("FLOWHOST_DB")) {
-        (Some(p), _) => (p.clone(), false),
-        (None, Some(p)) => (PathBuf::from(p), false),
-        (None, None) => (PathBuf::from(".flowhost").join("flowhost.db"), true),
+        (Some(p), _) => (Location::parse(p.as_os_str()), false),
+        (None, Some(p)) => (Location::parse(&p), false),
+        (None, None) => (
+            Location::Sqlite(PathBuf::from(".flowhost").join("flowhost.db")),
+            true,
+        ),
     }
 }
 
@@ -92,12 +99,13 @@ impl StoreArgs {
     }
 
     /// Where flowhost keeps the machines it writes itself (MapReduce): a
-    /// `generated` folder beside the database.
+    /// `generated` folder beside an SQLite database, `.flowhost/generated`
+    /// with a server's.
     pub(super) fn generated(&self) -> PathBuf {
-        let (path, _) = db_path(&self.db);
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+        let (location, _) = location(&self.db);
+        location
+            .folder()
+            .map_or_else(|| PathBuf::from(".flowhost"), std::path::Path::to_path_buf)
             .join("generated")
     }
 
@@ -108,44 +116,44 @@ impl StoreArgs {
         }
     }
 
-    /// Opens the database, creating it (and the default `.flowhost/` folder)
+    /// Opens the store, creating it (and the default `.flowhost/` folder)
     /// when it does not exist: for commands that add work.
-    pub(super) fn open_or_create(&self) -> Result<Arc<dyn Backend>, CliError> {
-        let (path, default) = db_path(&self.db);
-        if default && let Some(dir) = path.parent() {
+    pub(super) async fn open_or_create(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (location, default) = location(&self.db);
+        if default && let Some(dir) = location.folder() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
         }
-        SqliteBackend::open(&path, self.durability())
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+        backend::open(&location, self.durability(), true)
+            .await
             .map_err(store_error)
     }
 
-    /// Opens an existing database: for commands that act on stored work.
-    pub(super) fn open_existing(&self) -> Result<Arc<dyn Backend>, CliError> {
-        let (path, _) = db_path(&self.db);
-        SqliteBackend::open_existing(&path, self.durability())
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+    /// Opens an existing store: for commands that act on stored work.
+    pub(super) async fn open_existing(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (location, _) = location(&self.db);
+        backend::open(&location, self.durability(), false)
+            .await
             .map_err(store_error)
     }
 }
 
 impl ReadStoreArgs {
-    /// Opens an existing database; never creates one.
-    pub(super) fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
-        let (path, _) = db_path(&self.db);
-        SqliteBackend::open_existing(&path, Durability::Full)
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+    /// Opens an existing store; never creates one.
+    pub(super) async fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
+        let (location, _) = location(&self.db);
+        backend::open(&location, Durability::Full, false)
+            .await
             .map_err(store_error)
     }
 }
 
 impl RunStoreArgs {
-    fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
+    async fn open(&self) -> Result<Arc<dyn Backend>, CliError> {
         if self.memory {
             return Ok(Arc::new(MemoryBackend::new()));
         }
-        self.store.open_or_create()
+        self.store.open_or_create().await
     }
 
     /// How to name this store in a `flowhost resume` hint.
@@ -590,7 +598,7 @@ pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         None => serde_json::json!({}),
     };
     let flags = (!a.store.memory).then(|| a.store.store.to_args());
-    let session = engine(a.store.open()?, flags, &a.runtime)?;
+    let session = engine(a.store.open().await?, flags, &a.runtime)?;
     let engine = session.engine.clone();
     let id = Engine::new_execution_id();
     let flags = (!a.store.memory).then(|| a.store.resume_flags());
@@ -600,7 +608,7 @@ pub(super) async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
 
 pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
     let session = engine(
-        a.store.open_existing()?,
+        a.store.open_existing().await?,
         Some(a.store.to_args()),
         &a.runtime,
     )?;
@@ -615,7 +623,7 @@ pub(super) async fn resume(a: ResumeArgs) -> Result<ExitCode, CliError> {
 /// in this process, as `resume` does.
 pub(super) async fn retry(a: RetryArgs) -> Result<ExitCode, CliError> {
     let session = engine(
-        a.store.open_existing()?,
+        a.store.open_existing().await?,
         Some(a.store.to_args()),
         &a.runtime,
     )?;
@@ -631,7 +639,7 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
         None => serde_json::Value::Null,
     };
     let session = engine(
-        a.store.open_existing()?,
+        a.store.open_existing().await?,
         Some(a.store.to_args()),
         &a.runtime,
     )?;
@@ -672,7 +680,7 @@ pub(super) async fn signal(a: SignalArgs) -> Result<ExitCode, CliError> {
 }
 
 pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     let view = services::describe(backend.as_ref(), &a.id)
         .await
         .map_err(|e| match e {
@@ -717,7 +725,7 @@ pub(super) async fn status(a: StatusArgs) -> Result<ExitCode, CliError> {
 }
 
 pub(super) async fn executions(a: ExecutionsArgs) -> Result<ExitCode, CliError> {
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     let list = backend
         .list(&ListFilter {
             status: a.status,
@@ -754,7 +762,7 @@ pub(super) async fn history(a: HistoryArgs) -> Result<ExitCode, CliError> {
     if a.limit == 0 {
         return Err(CliError::Usage("--limit must be at least 1".into()));
     }
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     let events = services::history(backend.as_ref(), &a.id, 0, a.limit)
         .await
         .map_err(|e| match e {
@@ -799,7 +807,7 @@ pub(super) async fn submit(a: SubmitArgs) -> Result<ExitCode, CliError> {
         Some(arg) => registry::read_json_arg("--input", arg).map_err(CliError::Usage)?,
         None => serde_json::json!({}),
     };
-    let backend = a.store.open_or_create()?;
+    let backend = a.store.open_or_create().await?;
     let session = engine(backend.clone(), None, &a.runtime)?;
     let sent = session
         .engine
@@ -836,7 +844,7 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
     for (flag, name) in [("--mapper", &a.mapper), ("--reducer", &a.reducer)] {
         registry::locate(name, &dir).map_err(CliError::plugin(format!("{flag} {name}")))?;
     }
-    let backend = a.store.open_or_create()?;
+    let backend = a.store.open_or_create().await?;
     let session = engine(backend.clone(), None, &a.runtime)?;
     let job = flowhost::engine::mapreduce::MapReduce {
         mapper: a.mapper.clone(),
@@ -867,7 +875,7 @@ pub(super) async fn mapreduce(a: MapReduceArgs) -> Result<ExitCode, CliError> {
 
 /// `flowhost wait`: the result as `result` prints it, once there is one.
 pub(super) async fn wait(a: WaitArgs) -> Result<ExitCode, CliError> {
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     let not_found = |e| match e {
         EngineError::NotFound(id) => {
             CliError::Usage(format!("no execution `{id}` in {}", backend.describe()))
@@ -922,7 +930,7 @@ async fn await_result(
 /// `flowhost cancel`: ends an execution and its children as `cancelled`,
 /// in any status; a running one is stopped by the process that runs it.
 pub(super) async fn cancel(a: CancelArgs) -> Result<ExitCode, CliError> {
-    let session = engine(a.store.open_existing()?, None, &a.runtime)?;
+    let session = engine(a.store.open_existing().await?, None, &a.runtime)?;
     let options = flowhost::engine::CancelOptions {
         reason: a.reason.clone(),
         launched: a.children.is_some(),
@@ -951,7 +959,7 @@ pub(super) async fn cancel(a: CancelArgs) -> Result<ExitCode, CliError> {
 
 pub(super) async fn result(a: ResultArgs) -> Result<ExitCode, CliError> {
     let id = parse_result_uri(&a.uri).map_err(CliError::Usage)?;
-    let backend = a.store.open()?;
+    let backend = a.store.open().await?;
     match backend.read_result(&id).await.map_err(store_error)? {
         Some(r) => {
             println!(

@@ -146,7 +146,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     if let Some(file) = &a.warm_pools {
         runtime_config.warm_pools = warm_pools(file)?;
     }
-    let backend = a.store.open_or_create()?;
+    let backend = a.store.open_or_create().await?;
     let runtime = Arc::new(
         Runtime::new(runtime_config)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,

@@ -14,6 +14,7 @@ mod fuzz;
 mod hardening;
 mod hostile;
 mod polyglot;
+mod postgres;
 mod queue;
 mod sandbox;
 mod storage;

@@ -311,28 +311,45 @@ fn workers_of(
 /// once (the parent is woken once) and the result is complete and in order.
 #[tokio::test]
 async fn a_thousand_item_foreach_spreads_over_two_workers_and_outlives_a_killed_one() {
-    use flowhost::backend::{Checkpoints, Durability, JobStatus, SqliteBackend, WorkPools};
-    let cache = shared_cache();
+    use flowhost::backend::{Durability, SqliteBackend};
     let dir = tempfile::tempdir().unwrap();
-    let machine = dir.path().join("triples.yml");
-    std::fs::write(&machine, TRIPLES).unwrap();
     let db_path = dir.path().join("q.db");
     let db = db_path.display().to_string();
+    // Created by `submit`, then opened here to watch.
+    submit_thousand_triples(dir.path(), &db);
+    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    foreach_outlives_a_killed_worker(&db, &store).await;
+}
+
+/// Submits `fan`: a foreach of 1,000 children on the run queue.
+pub(crate) fn submit_thousand_triples(dir: &std::path::Path, db: &str) {
+    let machine = dir.join("triples.yml");
+    std::fs::write(&machine, TRIPLES).unwrap();
     let machine = machine.display().to_string();
     let items: Vec<u64> = (0..1000).collect();
     let input = json!({ "items": items }).to_string();
     let o = run(
-        &cache,
+        &shared_cache(),
         &[
-            "submit", &machine, "--id", "fan", "--input", &input, "--db", &db,
+            "submit", &machine, "--id", "fan", "--input", &input, "--db", db,
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+}
 
+/// Runs submitted `fan` on two worker processes (two hosts, on a shared
+/// store) and kills one once a fifth of the children have ended: the other
+/// finishes with the complete result, both ran children, and the parent
+/// was woken once. Prints how long the survivor took after the kill.
+pub(crate) async fn foreach_outlives_a_killed_worker(
+    db: &str,
+    store: &dyn flowhost::backend::Backend,
+) {
+    use flowhost::backend::JobStatus;
+    let cache = shared_cache();
     let lease = ["--lease", "1s", "--heartbeat", "200ms"];
-    let mut doomed = spawn_worker(&cache, &db, &lease);
-    let mut survivor = spawn_worker(&cache, &db, &lease);
-    let store = SqliteBackend::open(&db_path, Durability::Normal).unwrap();
+    let mut doomed = spawn_worker(&cache, db, &lease);
+    let mut survivor = spawn_worker(&cache, db, &lease);
     let children: Vec<String> = (0..1000).map(|i| format!("fan:1:{i}")).collect();
     // Kill one worker once a fifth of the children have ended.
     loop {
@@ -354,9 +371,15 @@ async fn a_thousand_item_foreach_spreads_over_two_workers_and_outlives_a_killed_
     }
     doomed.kill().unwrap();
     doomed.wait().unwrap();
+    let killed = std::time::Instant::now();
 
-    let w = run(&cache, &["wait", "fan", "--timeout", "120s", "--db", &db]);
+    let w = run(&cache, &["wait", "fan", "--timeout", "120s", "--db", db]);
     assert!(w.status.success(), "{}", stderr(&w));
+    eprintln!(
+        "{}: the survivor finished the fan-out {:.1} s after the kill (lease 1 s)",
+        store.describe(),
+        killed.elapsed().as_secs_f64()
+    );
     let result: Value = serde_json::from_slice(&w.stdout).unwrap();
     let expected: Vec<Value> = (0..1000u64).map(|i| json!({ "n": 3 * i })).collect();
     assert_eq!(result, json!({ "all": expected }));

@@ -307,6 +307,58 @@ pub trait Backend:
     }
 }
 
+/// Where a store lives, as `--db` and `FLOWHOST_DB` name it: a
+/// `postgres://` (or `postgresql://`) URL, else an SQLite file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    pub fn parse(text: &std::ffi::OsStr) -> Location {
+        match text.to_str() {
+            Some(url) if is_postgres_url(url) => Location::Postgres(url.to_string()),
+            _ => Location::Sqlite(std::path::PathBuf::from(text)),
+        }
+    }
+
+    /// The SQLite file's folder; `None` for a server's database.
+    pub fn folder(&self) -> Option<&std::path::Path> {
+        match self {
+            Location::Sqlite(path) => Some(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new(".")),
+            ),
+            Location::Postgres(_) => None,
+        }
+    }
+}
+
+/// Opens the store at `location`. `create`: make what is missing (the
+/// SQLite file, flowhost's tables); otherwise a store with nothing in it
+/// yet is an error and nothing is written. `durability` is SQLite's
+/// (PostgreSQL commits as the server is set: `synchronous_commit`).
+pub async fn open(
+    location: &Location,
+    durability: Durability,
+    create: bool,
+) -> BackendResult<std::sync::Arc<dyn Backend>> {
+    Ok(match (location, create) {
+        (Location::Sqlite(path), true) => {
+            std::sync::Arc::new(SqliteBackend::open(path, durability)?)
+        }
+        (Location::Sqlite(path), false) => {
+            std::sync::Arc::new(SqliteBackend::open_existing(path, durability)?)
+        }
+        (Location::Postgres(url), true) => std::sync::Arc::new(PostgresBackend::open(url).await?),
+        (Location::Postgres(url), false) => {
+            std::sync::Arc::new(PostgresBackend::open_existing(url).await?)
+        }
+    })
+}
+
 /// Milliseconds since the Unix epoch, by the system clock (for what no
 /// store decides: messages, benchmarks).
 pub fn now_ms() -> u64 {

@@ -660,11 +660,15 @@ impl Writer {
                     attempt(client, statements, target, ops).await
                 }
                 Err(e) => {
+                    let first = self.down_since.is_none();
                     if !self.keep_trying() {
                         return Err(e);
                     }
-                    if self.down_since.is_some_and(|d| d.elapsed() < pause) {
-                        tracing::warn!("{e}; reconnecting");
+                    if first {
+                        tracing::warn!(
+                            "{e}; reconnecting (for up to {} s before writes fail)",
+                            RECONNECT_FOR.as_secs()
+                        );
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

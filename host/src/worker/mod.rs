@@ -25,6 +25,12 @@ use tokio::sync::watch;
 /// The first and the longest pause between claims a store refused.
 const CLAIM_RETRY_MIN: Duration = Duration::from_millis(50);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest idle poll when the store hints at new work
+/// ([`crate::backend::WorkPools::work_hint`]): the hint wakes the worker for
+/// new jobs; the poll finds what only time makes due (a delay, a backoff,
+/// an expired lease) — so an idle host asks a shared database a few times
+/// a second, not hundreds.
+const HINTED_POLL: Duration = Duration::from_millis(200);
 
 /// What a pool's jobs are run by.
 #[derive(Clone)]
@@ -225,6 +231,11 @@ pub async fn run(
     // Idle polling backs off from 1 ms to `config.poll`, and starts again at
     // 1 ms after a claim found work.
     let mut idle = Duration::from_millis(1);
+    let mut hint = backend.work_hint();
+    let poll = match hint {
+        Some(_) => config.poll.max(HINTED_POLL),
+        None => config.poll,
+    };
     // A store that refuses claims (a full disk, a lock held elsewhere, a
     // read-only file): the pause before the next try, doubling; said once
     // when it starts and once when it ends, not at every try.
@@ -270,7 +281,7 @@ pub async fn run(
         idle = match refused {
             _ if got => Duration::from_millis(1),
             Some(pause) => pause,
-            None => (idle * 2).min(config.poll),
+            None => (idle * 2).min(poll),
         };
         for job in claimed {
             crate::crash::point("worker.claimed");
@@ -311,10 +322,20 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let hinted = async {
+            let changed = match hint.as_mut() {
+                Some(h) => h.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => tally(&mut report, &config.counters, done),
             _ = tokio::time::sleep(idle), if !got => {}
             _ = woken, if !got && free > 0 => idle = Duration::from_millis(1),
+            _ = hinted, if !got && free > 0 => idle = Duration::from_millis(1),
             _ = shutdown.changed() => {}
         }
     }

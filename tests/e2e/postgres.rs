@@ -1,0 +1,283 @@
+//! Several hosts on one PostgreSQL database, as they would run: worker
+//! processes of two "hosts" share a throwaway cluster (started on a free
+//! loopback port by the test, stopped when it ends). Jobs complete exactly
+//! once (the fences prove it) through a server restart and an outage the
+//! workers live through; a 1,000-item foreach splits between the hosts and
+//! outlives one of them killed; bad URLs and credentials are refused by
+//! every command with a clear error.
+
+use flowhost::backend::{JobStatus, NewJob, PostgresBackend, WorkPools, Workers};
+use flowhost_e2e::{flowhost, run, shared_cache, stderr};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A worker process whose stderr is kept, line by line.
+struct Worker {
+    child: Child,
+    said: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    fn start(db: &str) -> Worker {
+        let mut child = flowhost(&shared_cache())
+            .args([
+                "worker",
+                "--pool",
+                "p",
+                "--processor",
+                "echo",
+                "--concurrency",
+                "8",
+                "--db",
+                db,
+            ])
+            .env("FLOWHOST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let lines = BufReader::new(child.stderr.take().unwrap());
+        let keep = said.clone();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Worker { child, said }
+    }
+
+    fn said(&self, what: &str) -> bool {
+        self.said.lock().unwrap().iter().any(|l| l.contains(what))
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        self.said.lock().unwrap().join("\n")
+    }
+}
+
+/// Polls `done` until it holds; a stuck run fails after `cap` rather than
+/// hanging (the cap is a guard, not what the test measures).
+async fn until<F: AsyncFnMut() -> bool>(what: &str, cap: Duration, mut done: F) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < cap, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn done_count(store: &PostgresBackend) -> u64 {
+    store.stats("p").await.map(|s| s.done).unwrap_or(0)
+}
+
+/// Two hosts (two worker processes each, concurrency 8) take 2,000 jobs
+/// from one pool; PostgreSQL is restarted mid-run (`pg_ctl restart`). Every
+/// job completes exactly once — claimed once (fence 1, one attempt), its
+/// own output — and both hosts did some. Then the server is stopped: every
+/// worker says it cannot claim and keeps running; when the server is back
+/// they take the next 200 jobs, and stop cleanly when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_the_jobs_exactly_once_through_a_restart_and_an_outage() {
+    let Some(cluster) = pgcluster::for_test(
+        "two_hosts_share_the_jobs_exactly_once_through_a_restart_and_an_outage",
+        &[],
+    ) else {
+        return;
+    };
+    let url = cluster.database("hosts").unwrap();
+    let store = PostgresBackend::open(&url).await.unwrap();
+    let jobs = |from: u64, n: u64| {
+        (from..from + n)
+            .map(|i| NewJob::new(json!({ "n": i })))
+            .collect()
+    };
+    assert_eq!(store.push_many("p", jobs(0, 2000)).await.unwrap(), 2000);
+
+    let mut host_a = [Worker::start(&url), Worker::start(&url)];
+    let mut host_b = [Worker::start(&url), Worker::start(&url)];
+    until(
+        "a quarter of the jobs done",
+        Duration::from_secs(120),
+        async || done_count(&store).await >= 500,
+    )
+    .await;
+    cluster.restart().unwrap();
+    let restarted_at = done_count(&store).await;
+    until("every job done", Duration::from_secs(180), async || {
+        done_count(&store).await >= 2000
+    })
+    .await;
+    assert!(restarted_at < 2000, "the restart came after the last job");
+
+    let all = store.jobs("p", None, 10_000).await.unwrap();
+    assert_eq!(all.len(), 2000);
+    for j in &all {
+        assert_eq!(j.status, JobStatus::Done, "job {}", j.id);
+        assert_eq!(
+            (j.fence, j.attempts),
+            (1, 1),
+            "job {} claimed more than once",
+            j.id
+        );
+        assert_eq!(j.result.as_ref(), Some(&j.payload), "job {}", j.id);
+    }
+    let pids: BTreeMap<String, u32> = store
+        .workers(Some("p"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.pid))
+        .collect();
+    let by_host = |host: &[Worker; 2]| -> usize {
+        let mine: BTreeSet<u32> = host.iter().map(|w| w.child.id()).collect();
+        all.iter()
+            .filter(|j| {
+                j.worker
+                    .as_ref()
+                    .and_then(|w| pids.get(w))
+                    .is_some_and(|p| mine.contains(p))
+            })
+            .count()
+    };
+    let (a, b) = (by_host(&host_a), by_host(&host_b));
+    eprintln!("2,000 jobs through a restart at {restarted_at} done: host A {a}, host B {b}");
+    assert!(a > 0 && b > 0, "both hosts took jobs: A {a}, B {b}");
+    assert_eq!(a + b, 2000);
+
+    // An outage: the server stops; nobody exits.
+    cluster.stop().unwrap();
+    let workers = || host_a.iter().chain(host_b.iter());
+    let start = Instant::now();
+    while !workers().all(|w| w.said("cannot claim")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not every worker noticed the outage:\n{}",
+            workers()
+                .map(Worker::log)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in host_a.iter_mut().chain(host_b.iter_mut()) {
+        assert!(w.alive(), "a worker exited in the outage:\n{}", w.log());
+    }
+    cluster.start_again().unwrap();
+    let store = PostgresBackend::open(&url).await.unwrap();
+    assert_eq!(store.push_many("p", jobs(2000, 200)).await.unwrap(), 200);
+    until(
+        "the jobs pushed after the outage done",
+        Duration::from_secs(120),
+        async || done_count(&store).await >= 2200,
+    )
+    .await;
+    for w in host_a.iter_mut().chain(host_b.iter_mut()) {
+        assert!(w.alive(), "{}", w.log());
+        assert!(w.said("the store takes claims again"), "{}", w.log());
+        flowhost_e2e::signal(w.child.id(), "-TERM");
+    }
+    for w in host_a.iter_mut().chain(host_b.iter_mut()) {
+        let status = w.child.wait().unwrap();
+        assert!(status.success(), "{status}: {}", w.log());
+    }
+    let after = store.jobs("p", None, 10_000).await.unwrap();
+    assert!(
+        after
+            .iter()
+            .all(|j| j.status == JobStatus::Done && j.fence == 1)
+    );
+}
+
+/// A 1,000-item foreach on the run queue splits between two hosts on one
+/// PostgreSQL database; one host is killed (SIGKILL) mid-fan-out and the
+/// other finishes with the right result — the same run as on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_item_foreach_splits_between_two_hosts_and_outlives_a_killed_one() {
+    let Some(cluster) = pgcluster::for_test(
+        "a_thousand_item_foreach_splits_between_two_hosts_and_outlives_a_killed_one",
+        &[],
+    ) else {
+        return;
+    };
+    let url = cluster.database("fan").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    crate::queue::submit_thousand_triples(dir.path(), &url);
+    let store = PostgresBackend::open_existing(&url).await.unwrap();
+    crate::queue::foreach_outlives_a_killed_worker(&url, &store).await;
+}
+
+/// Every command that opens a store refuses a bad PostgreSQL URL, a wrong
+/// password, a missing database and a server nobody runs with exit 1 and a
+/// message that says which — and never shows the password.
+#[test]
+fn commands_refuse_bad_postgres_urls_with_a_clear_error() {
+    let Some(cluster) = pgcluster::for_test(
+        "commands_refuse_bad_postgres_urls_with_a_clear_error",
+        &["fsync=off"],
+    ) else {
+        return;
+    };
+    let cache = shared_cache();
+    let port = cluster.port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        ("postgres://", "names no host".to_string()),
+        (
+            &*format!(
+                "postgres://{}:hunter2@127.0.0.1:{port}/postgres",
+                pgcluster::USER
+            ),
+            "password authentication failed".to_string(),
+        ),
+        (
+            &*cluster.url("nosuchdb"),
+            "database \"nosuchdb\" does not exist".to_string(),
+        ),
+        (
+            &*format!("postgres://u:hunter2@127.0.0.1:{closed}/db"),
+            "cannot reach the database".to_string(),
+        ),
+    ]
+    .map(|(u, m)| (u.to_string(), m));
+    for (url, expected) in &cases {
+        for args in [
+            vec!["executions", "--db", url],
+            vec!["jobs", "push", "p", "--db", url],
+            vec!["worker", "--pool", "p", "--processor", "echo", "--db", url],
+        ] {
+            let o = run(&cache, &args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.contains(expected),
+                "{args:?}: expected `{expected}` in: {err}"
+            );
+            assert!(
+                !err.contains("hunter2"),
+                "{args:?} shows the password: {err}"
+            );
+        }
+    }
+    // Nothing was written: no flowhost tables in the server's database.
+    assert_eq!(
+        cluster
+            .sql(
+                "postgres",
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            )
+            .unwrap(),
+        "0"
+    );
+}
