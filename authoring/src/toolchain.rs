@@ -331,23 +331,10 @@ impl Toolchains {
                 how: "its bin/clang could not build a wasm32-wasi module: point WASI_SDK_PATH at an unpacked wasi-sdk release".into(),
             });
         }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let apt = succeeds(Command::new("apt-get").arg("--version"));
-        if root && apt {
+        if can_apt_install() {
             let _lock = self.lock("apt")?;
             self.note(&format!("installing {packages} with apt-get (once)"));
-            let updated = succeeds(Command::new("apt-get").args(["update", "-qq"]));
-            let installed = updated
-                && succeeds(
-                    Command::new("apt-get")
-                        .env("DEBIAN_FRONTEND", "noninteractive")
-                        .args(["install", "-y", "-qq"])
-                        .args(C_PACKAGES),
-                );
-            if installed && self.c_works(&toolchain)? {
+            if apt_install(&C_PACKAGES) && self.c_works(&toolchain)? {
                 return Ok(toolchain);
             }
         }
@@ -390,6 +377,27 @@ fn quoted(path: &Path) -> String {
 }
 
 /// Runs a command quietly; true if it ran and succeeded.
+/// Whether Debian packages can be installed here: root, with apt-get.
+pub fn can_apt_install() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    root && succeeds(Command::new("apt-get").arg("--version"))
+}
+
+/// Installs Debian packages (`apt-get update`, then `install -y`); whether
+/// it worked. Only where [`can_apt_install`].
+pub fn apt_install(packages: &[&str]) -> bool {
+    succeeds(Command::new("apt-get").args(["update", "-qq"]))
+        && succeeds(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq"])
+                .args(packages),
+        )
+}
+
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

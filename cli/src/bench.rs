@@ -1,17 +1,17 @@
 //! `flowhost bench executions`: the distributed driver measured end to end —
-//! executions submitted through the engine to a durable (synchronous=FULL)
-//! SQLite store, run by `flowhost worker --executions` processes of this
-//! binary. Times come from the store's own timestamps (submitted → result
-//! written), so the polling that waits for the end does not count.
+//! executions submitted through the engine to a durable store (SQLite
+//! synchronous=FULL; with `--postgres`, then the same on PostgreSQL), run by
+//! `flowhost worker --executions` processes of this binary. Times come from
+//! the store's own timestamps (submitted → result written), so the polling
+//! that waits for the end does not count. Also the stores every store
+//! benchmark runs on ([`stores`]).
 //! May import: the `flowhost` library, `jobs` (worker spawning, errors), `run`.
 
 use super::CliError;
 use super::jobs::{spawn_error, stop_processes, store_error};
 use super::run::engine_error;
 use clap::Args;
-use flowhost::backend::{
-    Backend, Checkpoints, Durability, ExecutionStatus, Results, SqliteBackend, WorkPools,
-};
+use flowhost::backend::{self, Backend, Durability, ExecutionStatus, Location};
 use flowhost::engine::{Engine, bench, queue::EXECUTIONS_POOL};
 use flowhost::plugin::Runtime;
 use flowhost::spawn::{Spawner, WorkerProcess};
@@ -48,8 +48,67 @@ pub(super) struct BenchExecutionsArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     seconds: u32,
+    /// After SQLite, run the same on this PostgreSQL database (an empty one:
+    /// the benchmark fills it), e.g. postgres://user:password@127.0.0.1:5432/bench.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     #[command(flatten)]
     runtime: super::RuntimeArgs,
+}
+
+/// A store a benchmark runs on: what the rows say, and how worker
+/// processes open it.
+pub(super) struct BenchStore {
+    pub label: String,
+    pub store: Arc<dyn Backend>,
+    pub location: String,
+}
+
+/// The stores a benchmark runs on, in order: a fresh SQLite file in `dir`
+/// (synchronous=FULL), then the PostgreSQL database `postgres` names, which
+/// must hold no jobs yet (its server's `synchronous_commit` is shown).
+pub(super) async fn stores(
+    dir: &Path,
+    postgres: Option<&str>,
+) -> Result<Vec<BenchStore>, CliError> {
+    let db = dir.join("bench.db");
+    let mut out = vec![BenchStore {
+        label: "SQLite synchronous=FULL".into(),
+        store: backend::open(&Location::Sqlite(db.clone()), Durability::Full, true)
+            .await
+            .map_err(store_error)?,
+        location: db.display().to_string(),
+    }];
+    if let Some(url) = postgres {
+        let pg = backend::PostgresBackend::open(url)
+            .await
+            .map_err(store_error)?;
+        let sync = pg
+            .setting("synchronous_commit")
+            .await
+            .map_err(store_error)?;
+        let store: Arc<dyn Backend> = Arc::new(pg);
+        out.push(BenchStore {
+            label: format!("PostgreSQL synchronous_commit={sync}"),
+            store,
+            location: url.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Refuses a store that has run jobs already (the figures count its rows).
+pub(super) async fn fresh(s: &BenchStore, pools: &[&str]) -> Result<(), CliError> {
+    for pool in pools {
+        let stats = s.store.stats(pool).await.map_err(store_error)?;
+        if stats.depth() + stats.done + stats.poisoned > 0 {
+            return Err(CliError::Other(format!(
+                "{}: pool `{pool}` has jobs already; give the benchmark an empty database",
+                s.store.describe()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Calls one warm plugin instance serves (as in `bench engine`'s warm rows).
@@ -59,7 +118,7 @@ const SEQUENTIAL_RUNS: usize = 5;
 
 /// What the benchmark runs against.
 struct Bench {
-    store: Arc<SqliteBackend>,
+    store: Arc<dyn Backend>,
     engine: Arc<Engine>,
 }
 
@@ -110,16 +169,11 @@ impl Bench {
 /// `flowhost bench executions`.
 pub(super) async fn executions(a: BenchExecutionsArgs) -> Result<ExitCode, CliError> {
     let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
-    let db = dir.path().join("bench.db");
-    let store = Arc::new(SqliteBackend::open(&db, Durability::Full).map_err(store_error)?);
     let plugins = a.runtime.plugins_dir();
     let rt = Arc::new(
         Runtime::new(a.runtime.runtime_config(false)?)
             .map_err(|e| CliError::Other(format!("cannot start the plugin runtime: {e}")))?,
     );
-    let backend: Arc<dyn Backend> = store.clone();
-    let engine = Arc::new(Engine::new(backend, rt, plugins.clone()));
-    let b = Bench { store, engine };
     let machines = |name: &str, states: u32| {
         let sub = dir.path().join(name);
         std::fs::create_dir(&sub)
@@ -129,27 +183,35 @@ pub(super) async fn executions(a: BenchExecutionsArgs) -> Result<ExitCode, CliEr
     let (throughput, foreach) = machines("throughput", a.states)?;
     let (sequential, _) = machines("sequential", a.sequential)?;
     let (short, _) = machines("latency", 3)?;
-    println!(
-        "distributed benchmark: echo plugin in every state, {} worker processes x concurrency {}, SQLite synchronous=FULL",
-        a.workers, a.concurrency
-    );
-
-    let store_args = [std::ffi::OsString::from("--db"), db.as_os_str().to_owned()];
-    let spawner = Spawner::current(store_args, &plugins).map_err(spawn_error)?;
-    let mut workers = Vec::new();
-    for _ in 0..a.workers {
-        let w = spawner.worker(&WorkerProcess {
-            pool: EXECUTIONS_POOL,
-            processor: None,
-            concurrency: a.concurrency,
-            exit_when_empty: false,
-            quiet: true,
-        });
-        workers.push(w.map_err(spawn_error)?);
+    for s in stores(dir.path(), a.postgres.as_deref()).await? {
+        fresh(&s, &[EXECUTIONS_POOL]).await?;
+        println!(
+            "distributed benchmark: echo plugin in every state, {} worker processes x concurrency {}, {}",
+            a.workers, a.concurrency, s.label
+        );
+        let engine = Arc::new(Engine::new(s.store.clone(), rt.clone(), plugins.clone()));
+        let b = Bench {
+            store: s.store.clone(),
+            engine,
+        };
+        let spawner =
+            Spawner::current(["--db", s.location.as_str()], &plugins).map_err(spawn_error)?;
+        let mut workers = Vec::new();
+        for _ in 0..a.workers {
+            let w = spawner.worker(&WorkerProcess {
+                pool: EXECUTIONS_POOL,
+                processor: None,
+                concurrency: a.concurrency,
+                exit_when_empty: false,
+                quiet: true,
+            });
+            workers.push(w.map_err(spawn_error)?);
+        }
+        let result = measure(&b, &a, [&throughput, &sequential, &foreach, &short]).await;
+        stop_processes(workers);
+        result?;
     }
-    let result = measure(&b, &a, [&throughput, &sequential, &foreach, &short]).await;
-    stop_processes(workers);
-    result.map(|()| ExitCode::SUCCESS)
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn measure(b: &Bench, a: &BenchExecutionsArgs, machines: [&Path; 4]) -> Result<(), CliError> {

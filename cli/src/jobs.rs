@@ -1,4 +1,4 @@
-//! `flowhost jobs push|list|stats|requeue` and `flowhost workers`: job pools
+//! `flowhost jobs push|list|stats|requeue|prune` and `flowhost workers`: job pools
 //! and the worker registry in the store.
 
 use super::CliError;
@@ -19,6 +19,19 @@ pub(super) enum JobsCommand {
     Stats(PoolArgs),
     /// Put poisoned jobs (all, or --id) back to pending with fresh retries.
     Requeue(RequeueArgs),
+    /// Delete done jobs finished longer ago than --older-than (poisoned jobs stay).
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub(super) struct PruneArgs {
+    /// The pool.
+    pool: String,
+    /// Done jobs that finished longer ago than this go, e.g. 7d, 12h, 30m.
+    #[arg(long, value_parser = super::parse_duration)]
+    older_than: std::time::Duration,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -182,6 +195,28 @@ pub(super) async fn run(c: JobsCommand) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(store_error)?;
             println!("requeued {n} poisoned job(s) in `{}`", a.pool);
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Prune(a) => {
+            // In slices, so other hosts' writes go on between them.
+            const SLICE: u32 = 10_000;
+            let backend = a.store.open_existing().await?;
+            let before = backend
+                .clock()
+                .now_ms()
+                .saturating_sub(a.older_than.as_millis() as u64);
+            let mut total = 0;
+            loop {
+                let n = backend
+                    .prune(&a.pool, before, SLICE)
+                    .await
+                    .map_err(store_error)?;
+                total += n;
+                if n < u64::from(SLICE) {
+                    break;
+                }
+            }
+            println!("pruned {total} done job(s) from `{}`", a.pool);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -474,18 +509,21 @@ pub(super) struct BenchJobsArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 4)]
     seconds: u32,
+    /// After SQLite, run the same on this PostgreSQL database (an empty one:
+    /// the benchmark fills it), e.g. postgres://user:password@127.0.0.1:5432/bench.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     #[command(flatten)]
     runtime: super::RuntimeArgs,
 }
 
 fn spawn_bench_worker(
-    db: &std::path::Path,
+    db: &str,
     plugins: &std::path::Path,
     concurrency: u32,
     exit_when_empty: bool,
 ) -> Result<std::process::Child, CliError> {
-    let store = [std::ffi::OsString::from("--db"), db.as_os_str().to_owned()];
-    Spawner::current(store, plugins)
+    Spawner::current(["--db", db], plugins)
         .and_then(|s| {
             s.worker(&WorkerProcess {
                 pool: "bench",
@@ -499,19 +537,24 @@ fn spawn_bench_worker(
 }
 
 /// `flowhost bench jobs`: trivial jobs through worker processes on a durable
-/// (synchronous=FULL) SQLite pool: throughput, then enqueue→complete latency
-/// of a paced stream.
+/// store (SQLite synchronous=FULL; with `--postgres`, then the same on
+/// PostgreSQL): throughput, then enqueue→complete latency of a paced stream.
 pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
-    use flowhost::backend::{Durability, SqliteBackend, WorkPools};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
-    let db = dir.path().join("bench.db");
-    let store = Arc::new(SqliteBackend::open(&db, Durability::Full).map_err(store_error)?);
+    for s in super::bench::stores(dir.path(), a.postgres.as_deref()).await? {
+        super::bench::fresh(&s, &["bench"]).await?;
+        bench_on(&s, &a).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_on(s: &super::bench::BenchStore, a: &BenchJobsArgs) -> Result<(), CliError> {
+    use std::time::{Duration, Instant};
+    let (store, db) = (&s.store, s.location.as_str());
     let plugins = a.runtime.plugins_dir();
     println!(
-        "job benchmark: echo plugin, {} worker processes x concurrency {}, SQLite synchronous=FULL",
-        a.workers, a.concurrency
+        "job benchmark: echo plugin, {} worker processes x concurrency {}, {}",
+        a.workers, a.concurrency, s.label
     );
 
     // Throughput: push everything, then let the workers drain the pool.
@@ -531,7 +574,7 @@ pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
     let started = Instant::now();
     let mut children = Vec::new();
     for _ in 0..a.workers {
-        children.push(spawn_bench_worker(&db, &plugins, a.concurrency, true)?);
+        children.push(spawn_bench_worker(db, &plugins, a.concurrency, true)?);
     }
     for mut c in children {
         c.wait().map_err(|e| CliError::Other(e.to_string()))?;
@@ -554,7 +597,7 @@ pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
     // Latency: a paced stream into a pool with idle workers.
     let mut children = Vec::new();
     for _ in 0..a.workers {
-        children.push(spawn_bench_worker(&db, &plugins, a.concurrency, false)?);
+        children.push(spawn_bench_worker(db, &plugins, a.concurrency, false)?);
     }
     // Let the workers start and go idle before the stream begins.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -603,5 +646,5 @@ pub(super) async fn bench(a: BenchJobsArgs) -> Result<ExitCode, CliError> {
         pct(0.99),
         latencies.last().copied().unwrap_or(0)
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -22,8 +22,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(db: &str) -> Worker {
-        let mut child = flowhost(&shared_cache())
+    fn start(net: &Net, host: usize, db: &str) -> Worker {
+        let mut child = net
+            .flowhost(host)
             .args([
                 "worker",
                 "--pool",
@@ -64,6 +65,126 @@ impl Worker {
     }
 }
 
+/// How the two hosts reach the database server: each from its own network
+/// namespace, joined to this one by a veth pair (as root, with iproute2), so
+/// their traffic crosses a network interface as between two machines; else
+/// both over loopback (said on stderr).
+struct Net {
+    /// Per host: its namespace (`None`: this one) and the server's address
+    /// as the host reaches it.
+    hosts: Vec<(Option<String>, String)>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let o = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+impl Net {
+    fn new() -> Net {
+        Net::isolated().unwrap_or_else(|e| {
+            eprintln!("no network namespaces ({e}): both hosts reach the server over loopback");
+            Net {
+                hosts: vec![(None, "127.0.0.1".into()); 2],
+            }
+        })
+    }
+
+    fn isolated() -> Result<Net, String> {
+        let tag = std::process::id() % 100_000;
+        let mut net = Net { hosts: Vec::new() };
+        for h in 1..=2 {
+            let ns = format!("fh{tag}h{h}");
+            let (outer, inner) = (format!("fh{tag}o{h}"), format!("fh{tag}i{h}"));
+            ip(&["netns", "add", &ns])?;
+            // Kept from here on, so a failure below still removes it.
+            net.hosts.push((Some(ns.clone()), format!("10.213.{h}.1")));
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            ip(&["link", "set", &inner, "netns", &ns])?;
+            ip(&["addr", "add", &format!("10.213.{h}.1/30"), "dev", &outer])?;
+            ip(&["link", "set", &outer, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.213.{h}.2/30"),
+                "dev",
+                &inner,
+            ])?;
+            ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn isolated_hosts(&self) -> bool {
+        self.hosts.iter().all(|(ns, _)| ns.is_some())
+    }
+
+    /// `listen_addresses` for the server: loopback and each host's link.
+    fn listen_addresses(&self) -> String {
+        let mut all: BTreeSet<&str> = self.hosts.iter().map(|(_, a)| a.as_str()).collect();
+        all.insert("127.0.0.1");
+        format!(
+            "listen_addresses = '{}'",
+            all.into_iter().collect::<Vec<_>>().join(",")
+        )
+    }
+
+    /// The URL of database `db` as host `host` reaches it.
+    fn url(&self, cluster: &pgcluster::PgCluster, host: usize, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{db}",
+            pgcluster::USER,
+            pgcluster::PASSWORD,
+            self.hosts[host].1,
+            cluster.port()
+        )
+    }
+
+    /// `flowhost`, run on host `host` (in its namespace).
+    fn flowhost(&self, host: usize) -> std::process::Command {
+        let here = flowhost(&shared_cache());
+        let Some(ns) = &self.hosts[host].0 else {
+            return here;
+        };
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(here.get_program());
+        for (k, v) in here.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
+
+impl Drop for Net {
+    /// Deleting a namespace deletes its end of the veth pair, and so the pair.
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            if let Some(ns) = ns {
+                let _ = ip(&["netns", "del", ns]);
+            }
+        }
+    }
+}
+
 /// Polls `done` until it holds; a stuck run fails after `cap` rather than
 /// hanging (the cap is a guard, not what the test measures).
 async fn until<F: AsyncFnMut() -> bool>(what: &str, cap: Duration, mut done: F) {
@@ -78,21 +199,34 @@ async fn done_count(store: &PostgresBackend) -> u64 {
     store.stats("p").await.map(|s| s.done).unwrap_or(0)
 }
 
-/// Two hosts (two worker processes each, concurrency 8) take 2,000 jobs
-/// from one pool; PostgreSQL is restarted mid-run (`pg_ctl restart`). Every
-/// job completes exactly once — claimed once (fence 1, one attempt), its
-/// own output — and both hosts did some. Then the server is stopped: every
+/// Two hosts (two worker processes each, concurrency 8; each host in its
+/// own network namespace where this machine allows) take 2,000 jobs from
+/// one pool; PostgreSQL is restarted mid-run (`pg_ctl restart`). Every job
+/// completes exactly once — claimed once (fence 1, one attempt), its own
+/// output — and both hosts did some. Then the server is stopped: every
 /// worker says it cannot claim and keeps running; when the server is back
 /// they take the next 200 jobs, and stop cleanly when asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_jobs_exactly_once_through_a_restart_and_an_outage() {
+    let net = Net::new();
+    let listen = net.listen_addresses();
     let Some(cluster) = pgcluster::for_test(
         "two_hosts_share_the_jobs_exactly_once_through_a_restart_and_an_outage",
-        &[],
+        &[&listen],
     ) else {
         return;
     };
+    cluster.allow_clients_from("10.213.0.0/16").unwrap();
     let url = cluster.database("hosts").unwrap();
+    let (url_a, url_b) = (net.url(&cluster, 0, "hosts"), net.url(&cluster, 1, "hosts"));
+    eprintln!(
+        "hosts {}: A at {url_a}, B at {url_b}",
+        if net.isolated_hosts() {
+            "in their own network namespaces"
+        } else {
+            "on loopback"
+        }
+    );
     let store = PostgresBackend::open(&url).await.unwrap();
     let jobs = |from: u64, n: u64| {
         (from..from + n)
@@ -101,8 +235,14 @@ async fn two_hosts_share_the_jobs_exactly_once_through_a_restart_and_an_outage()
     };
     assert_eq!(store.push_many("p", jobs(0, 2000)).await.unwrap(), 2000);
 
-    let mut host_a = [Worker::start(&url), Worker::start(&url)];
-    let mut host_b = [Worker::start(&url), Worker::start(&url)];
+    let mut host_a = [
+        Worker::start(&net, 0, &url_a),
+        Worker::start(&net, 0, &url_a),
+    ];
+    let mut host_b = [
+        Worker::start(&net, 1, &url_b),
+        Worker::start(&net, 1, &url_b),
+    ];
     until(
         "a quarter of the jobs done",
         Duration::from_secs(120),

@@ -7,9 +7,12 @@
 //!   (`plugins/c/<name>/`) projects — with `flowhost_authoring`, the code
 //!   behind `flowhost plugin build`, and its pinned toolchains installed
 //!   into `<target>/toolchains`.
-//! - `test`: `plugins`, build the `flowhost` binary once, install the pinned
+//! - `test`: `plugins`, build the `flowhost` binary once, install
+//!   PostgreSQL's programs when missing (Debian's package, without its
+//!   cluster: the tests start throwaway servers of their own) and the pinned
 //!   OpenAPI fuzzer (schemathesis, into `<target>/toolchains`), then run every
-//!   test (`cargo test --workspace`). This is the README's test command and what CI runs.
+//!   test (`cargo test --workspace`, PostgreSQL tests required, never
+//!   skipped). This is the README's test command and what CI runs.
 //! - `demo`: `plugins` (skipping, with one line each, the languages whose
 //!   toolchain this machine lacks and cannot install), then show the plugin
 //!   runtime at work, run the peering example, and the agents example
@@ -17,7 +20,9 @@
 //! - `agents`: the FlatAgents writer/critic example (`examples/agents/`)
 //!   against the test model server on 127.0.0.1:7781.
 //! - `bench`: `plugins`, a release build of the host, then the plugin, engine,
-//!   job, distributed-execution, daemon and LLM-call benchmarks.
+//!   job, distributed-execution, daemon and LLM-call benchmarks; the job and
+//!   distributed-execution ones on SQLite and on a throwaway PostgreSQL
+//!   server (started on a free loopback port, stopped at the end).
 //! - `fuzz [N]`: the fuzz tests of the parsers of outside input with N
 //!   inputs per target (default 200000; `cargo xtask test` runs 5000).
 //! - `chaos [--rounds N] [--seed S]`: `plugins`, the host, then N rounds of
@@ -197,13 +202,43 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 fn test() -> Result<(), String> {
     plugins(Need::Every)?;
     build_host("debug")?;
+    postgres()?;
     // The e2e test of the daemon's API finds it in <target>/toolchains.
     toolchains()
         .pip_tool(Lang::Python, "schemathesis", SCHEMATHESIS, "schemathesis")
         .map_err(|e| e.to_string())?;
     let mut test = cargo();
-    test.args(["test", "--workspace"]);
+    // The PostgreSQL tests start their own servers; here they never skip.
+    test.env("FLOWHOST_REQUIRE_PG", "1")
+        .args(["test", "--workspace"]);
     run(test)
+}
+
+/// PostgreSQL's programs, for the tests that start throwaway servers:
+/// installed from Debian's packages when missing (as root with apt-get),
+/// without the package's own cluster (the tests start and stop their own).
+fn postgres() -> Result<(), String> {
+    if pgcluster::bin_dir().is_some() {
+        return Ok(());
+    }
+    if flowhost_authoring::toolchain::can_apt_install() {
+        eprintln!("xtask: installing PostgreSQL (Debian's postgresql package) for the tests");
+        let conf = Path::new("/etc/postgresql-common/createcluster.conf");
+        let made = conf
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(conf, "create_main_cluster = false\n"));
+        if let Err(e) = made {
+            return Err(format!("{}: {e}", conf.display()));
+        }
+        if flowhost_authoring::toolchain::apt_install(&["postgresql"])
+            && pgcluster::bin_dir().is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(pgcluster::HOW_TO_INSTALL.to_string())
 }
 
 /// Builds the `flowhost` binary once (`debug` or `release`).
@@ -396,12 +431,18 @@ fn bench() -> Result<(), String> {
     let mut engine = flowhost("release");
     engine.args(["bench", "engine"]);
     run(engine)?;
-    let mut jobs = flowhost("release");
-    jobs.args(["bench", "jobs"]);
-    run(jobs)?;
-    let mut executions = flowhost("release");
-    executions.args(["bench", "executions"]);
-    run(executions)?;
+    // The store benchmarks run on SQLite, then on a throwaway PostgreSQL
+    // server on this machine (its defaults: fsync and synchronous_commit on).
+    postgres()?;
+    let cluster = pgcluster::PgCluster::start(&[])
+        .map_err(|e| format!("cannot start a PostgreSQL server for the benchmarks: {e}"))?;
+    for bench in ["jobs", "executions"] {
+        let db = cluster.database(&format!("bench_{bench}"))?;
+        let mut cmd = flowhost("release");
+        cmd.args(["bench", bench, "--postgres", &db]);
+        run(cmd)?;
+    }
+    drop(cluster);
     let mut daemon = flowhost("release");
     daemon.args(["bench", "daemon"]);
     run(daemon)?;

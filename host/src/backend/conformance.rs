@@ -455,6 +455,42 @@ async fn clock_suite(b: &dyn Backend, clock: &ManualClock) {
     assert!(b.heartbeat("alive").await.unwrap());
     clock.advance(1);
     assert_eq!(b.reap(10_000).await.unwrap(), ["quiet"]);
+
+    // Pruning: done jobs finished before the cutoff go, `limit` at a time;
+    // pending and poisoned ones stay.
+    b.push_many("prune", (0..3).map(|n| NewJob::new(json!(n))).collect())
+        .await
+        .unwrap();
+    let held = b.claim("prune", "w", 3, 60_000).await.unwrap();
+    assert!(
+        b.complete(held[0].id, held[0].fence, json!(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.complete(held[1].id, held[1].fence, json!(1))
+            .await
+            .unwrap()
+    );
+    b.fail(held[2].id, held[2].fence, "no", None).await.unwrap();
+    let finished = clock.now_ms();
+    clock.advance(1_000);
+    b.push("prune", NewJob::new(json!(3))).await.unwrap();
+    assert_eq!(
+        b.prune("prune", finished, 10).await.unwrap(),
+        0,
+        "not before it"
+    );
+    assert_eq!(b.prune("prune", finished + 1, 1).await.unwrap(), 1);
+    assert_eq!(b.prune("prune", finished + 1, 10).await.unwrap(), 1);
+    let left: Vec<JobStatus> = b
+        .jobs("prune", None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.status)
+        .collect();
+    assert_eq!(left, [JobStatus::Poisoned, JobStatus::Pending]);
 }
 
 #[tokio::test]

@@ -21,8 +21,10 @@ pub(super) struct Data {
     definitions: HashMap<String, String>,
     /// Fan-in counters: key → children without a result.
     fan_ins: HashMap<String, u64>,
-    /// Job `id` is at index `id - 1`.
+    /// In id order (pruned ones gone).
     pub(super) jobs: Vec<Job>,
+    /// The last job id given (never given again).
+    pub(super) last_job: i64,
     pub(super) workers: HashMap<String, WorkerInfo>,
     pub(super) leases: HashMap<String, super::owners::Lease>,
     pub(super) history: HashMap<String, std::collections::BTreeMap<u64, super::history::NewEvent>>,

@@ -33,7 +33,8 @@ impl Data {
         {
             return (existing.id, false);
         }
-        let id = self.jobs.len() as i64 + 1;
+        self.last_job += 1;
+        let id = self.last_job;
         self.jobs.push(Job {
             id,
             pool: pool.into(),
@@ -173,6 +174,20 @@ impl WorkPools for MemoryBackend {
             j.run_at_ms = now;
             n += 1;
         }
+        Ok(n)
+    }
+
+    async fn prune(&self, pool: &str, done_before_ms: u64, limit: u32) -> BackendResult<u64> {
+        let mut d = self.lock();
+        let mut n = 0u64;
+        d.jobs.retain(|j| {
+            let gone = n < u64::from(limit)
+                && j.pool == pool
+                && j.status == JobStatus::Done
+                && j.updated_ms < done_before_ms;
+            n += u64::from(gone);
+            !gone
+        });
         Ok(n)
     }
 

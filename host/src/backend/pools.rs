@@ -171,6 +171,11 @@ pub trait WorkPools: Send + Sync {
     async fn release_worker(&self, worker: &str) -> BackendResult<u64>;
     /// Poisoned jobs (all, or these ids) back to pending with fresh retries.
     async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64>;
+    /// Deletes up to `limit` of the pool's done jobs that finished before
+    /// `done_before_ms` (poisoned jobs stay: they wait for someone); returns
+    /// how many. Keeps the jobs table — what claims and counts read — small.
+    /// Their idempotency keys go with them: prune only what nobody pushes again.
+    async fn prune(&self, pool: &str, done_before_ms: u64, limit: u32) -> BackendResult<u64>;
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats>;
     /// The work waiting and in hand, without counting finished jobs (cheap
     /// however many a pool has done: what scaling and metrics read often).

@@ -11,8 +11,8 @@
 //! commit it never heard back from committed (`txid_status`), so nothing is
 //! applied twice or lost. A deadlock with another host retries the batch.
 //!
-//! Reads go to a small connection pool. A commit that added jobs notifies
-//! [`WORK_CHANNEL`]; a listener turns that into the store's work hint, so
+//! Reads go to a small connection pool. A commit that added jobs is
+//! followed by a `NOTIFY flowhost_work`; a listener turns that into the store's work hint, so
 //! idle workers wait on it instead of polling the database often.
 //!
 //! Time: the store's clock is this machine's boot clock anchored to the
@@ -28,9 +28,8 @@ use super::pools::{
     Backlog, Backoff, FailOutcome, Job, NewJob, PoolStats, WorkPools, WorkerInfo, Workers,
 };
 use super::postgres_ops::{
-    Batch, CHECKPOINT_COLUMNS, Failure, JOB_COLUMNS, MIGRATIONS, Op, REFUSED, WORK_CHANNEL, apply,
-    clamp, row_checkpoint, row_job, row_lease, row_result, row_worker, signal_data, state_value,
-    status,
+    Batch, CHECKPOINT_COLUMNS, Failure, JOB_COLUMNS, MIGRATIONS, Op, REFUSED, apply, clamp,
+    row_checkpoint, row_job, row_lease, row_result, row_worker, signal_data, state_value, status,
 };
 use super::state::{State, StateAnswer, StateConflict, StateOp};
 use super::status::{ExecutionStatus, JobStatus, WorkerStatus};
@@ -53,6 +52,8 @@ const MAX_BATCH: usize = 512;
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 /// Deadlocks with other hosts a batch is retried through.
 const DEADLOCK_RETRIES: u32 = 20;
+const NOTIFY: &str = "NOTIFY flowhost_work";
+const LISTEN: &str = "LISTEN flowhost_work";
 /// Read connections per process.
 const POOL_SIZE: usize = 8;
 /// Serialises schema migrations across hosts (an advisory lock's key).
@@ -390,6 +391,15 @@ impl PostgresBackend {
             clock: Arc::new(clock),
             work,
         })
+    }
+
+    /// A server setting as the server shows it (`SHOW name`), e.g.
+    /// `synchronous_commit`.
+    pub async fn setting(&self, name: &str) -> BackendResult<String> {
+        let row = self
+            .query_opt("SELECT current_setting($1)", &[&name])
+            .await?;
+        Ok(row.map(|r| r.get(0)).unwrap_or_default())
     }
 
     /// Decides time by `clock` instead of the server-anchored one.
@@ -792,13 +802,8 @@ async fn attempt(
                 Err(Failure::Db(e)) => return Err(Attempt::of(e)),
             }
         }
-        batch.pushed
+        !batch.pushed.is_empty()
     };
-    for pool in &pushed {
-        tx.execute("SELECT pg_notify($1, $2)", &[&WORK_CHANNEL, pool])
-            .await
-            .map_err(Attempt::of)?;
-    }
     crate::crash::point("store.commit.before");
     if let Err(e) = tx.commit().await {
         return Err(if connection_lost(&e) {
@@ -808,17 +813,24 @@ async fn attempt(
         });
     }
     crate::crash::point("store.commit.after");
+    // The wake-up hint, payload-free and after the commit: a NOTIFY inside
+    // the batch would take the server's notification lock while the batch
+    // flushes, serialising every host's commits. A lost hint costs only a
+    // poll interval.
+    if pushed {
+        let _ = client.batch_execute(NOTIFY).await;
+    }
     Ok(results)
 }
 
-/// Listens for [`WORK_CHANNEL`] and bumps `wake` at each notification (and
+/// Listens on `flowhost_work` and bumps `wake` at each notification (and
 /// on every reconnection, for what was missed meanwhile). Runs until aborted.
 async fn listen(config: tokio_postgres::Config, wake: watch::Sender<u64>) {
     let mut pause = Duration::from_millis(50);
     loop {
         if let Ok((client, mut connection)) = config.connect(NoTls).await {
             pause = Duration::from_millis(50);
-            let subscribe = client.batch_execute("LISTEN flowhost_work");
+            let subscribe = client.batch_execute(LISTEN);
             tokio::pin!(subscribe);
             let mut subscribed = false;
             loop {
@@ -1199,6 +1211,11 @@ impl WorkPools for PostgresBackend {
 
     async fn requeue(&self, pool: &str, ids: &[i64]) -> BackendResult<u64> {
         self.write_as(Op::Requeue(pool.to_string(), ids.to_vec()))
+            .await
+    }
+
+    async fn prune(&self, pool: &str, done_before_ms: u64, limit: u32) -> BackendResult<u64> {
+        self.write_as(Op::Prune(pool.to_string(), done_before_ms, limit))
             .await
     }
 

@@ -125,9 +125,6 @@ CREATE TABLE state (
 );
 "#];
 
-/// The channel a commit that added jobs notifies (payload: the pool).
-pub(super) const WORK_CHANNEL: &str = "flowhost_work";
-
 /// One write.
 #[derive(Debug, Clone)]
 pub(super) enum Op {
@@ -155,6 +152,8 @@ pub(super) enum Op {
     Fail(i64, u64, String, Option<Backoff>),
     ReleaseWorker(String),
     Requeue(String, Vec<i64>),
+    /// Pool, finished before (ms), at most this many.
+    Prune(String, u64, u32),
     Register(WorkerInfo),
     Heartbeat(String),
     SetWorkerStatus(String, WorkerStatus),
@@ -193,7 +192,7 @@ pub(super) const REFUSED: &str = "refused: stale fence";
 
 /// What one batch's ops share: the statements prepared on the writer's
 /// connection, the clock of the op being applied (its store's), and the
-/// pools that got new jobs (notified at the commit).
+/// pools that got new jobs (a wake-up hint follows the commit).
 pub(super) struct Batch<'a> {
     pub tx: &'a Transaction<'a>,
     pub statements: &'a mut HashMap<&'static str, Statement>,
@@ -495,6 +494,17 @@ pub(super) async fn apply(b: &mut Batch<'_>, op: &Op) -> Result<Value, Failure> 
             if n > 0 {
                 b.pushed.insert(pool.clone());
             }
+            Ok(json!(n))
+        }
+        Op::Prune(pool, before, limit) => {
+            let n = b
+                .exec(
+                    "DELETE FROM jobs WHERE id IN (
+                        SELECT id FROM jobs WHERE pool = $1 AND status = 'done' AND updated_ms < $2
+                        ORDER BY id LIMIT $3)",
+                    &[pool, &clamp(*before), &i64::from(*limit)],
+                )
+                .await?;
             Ok(json!(n))
         }
         Op::Register(w) => {

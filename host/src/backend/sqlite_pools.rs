@@ -331,6 +331,28 @@ impl WorkPools for SqliteBackend {
         .await
     }
 
+    async fn prune(&self, pool: &str, done_before_ms: u64, limit: u32) -> BackendResult<u64> {
+        let pool = pool.to_string();
+        self.exec(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (
+                        SELECT id FROM jobs WHERE pool = ?1 AND status = 'done' AND updated_ms < ?2
+                        ORDER BY id LIMIT ?3)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        pool,
+                        done_before_ms.min(i64::MAX as u64) as i64,
+                        limit
+                    ])
+                })
+                .map_err(fault)?;
+            Ok(json!(n))
+        })
+        .await
+    }
+
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
         let backlog = self.backlog(pool).await?;
         self.read(|c| {

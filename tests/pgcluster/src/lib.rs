@@ -234,6 +234,17 @@ impl PgCluster {
         self.pg_ctl(&["stop", "-m", "fast", "-w"])
     }
 
+    /// Lets clients from `cidr` (e.g. `10.213.1.0/30`) log in with the
+    /// password, and reloads the server's configuration.
+    pub fn allow_clients_from(&self, cidr: &str) -> Result<(), String> {
+        let hba = self.data().join("pg_hba.conf");
+        let mut text =
+            std::fs::read_to_string(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+        text.push_str(&format!("host all all {cidr} scram-sha-256\n"));
+        std::fs::write(&hba, text).map_err(|e| format!("{}: {e}", hba.display()))?;
+        self.pg_ctl(&["reload"])
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
