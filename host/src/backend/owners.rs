@@ -1,7 +1,8 @@
 //! Execution ownership: one process at a time runs an execution tree. The
 //! process holds a lease on the tree's root (taken atomically, renewed while
 //! it runs, released when it stops); every acquisition bumps a fencing token,
-//! so a holder can tell it lost the lease. Memory and SQLite implementations.
+//! so a holder can tell it lost the lease. Memory and SQLite implementations
+//! (PostgreSQL's are in `postgres`).
 
 use super::memory::MemoryBackend;
 use super::sqlite::{Op, SqliteBackend};

@@ -1,5 +1,5 @@
 //! Job pools and the worker registry: the types and traits every store
-//! implements (memory, SQLite).
+//! implements (memory, SQLite, PostgreSQL).
 //!
 //! A job is claimed with a lease and a fencing token: claiming increments
 //! `fence`, and `complete`/`fail`/`extend_lease` only apply with the token of

@@ -212,9 +212,15 @@ pub async fn run(
                         Ok(true) => {}
                         // Another worker claimed it (this one was paused past
                         // the lease): stop extending, and its outcome is not written.
+                        // (Or the job ended by this worker's own hand since
+                        // the list was read: its fence is still this claim's.)
                         Ok(false) => {
-                            tracing::warn!(worker = %id, job, "lost the lease on the job: another worker claimed it; this worker's outcome will not be written");
-                            held.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+                            let ended_here =
+                                matches!(backend.job(job).await, Ok(Some(j)) if j.fence == fence);
+                            if !ended_here {
+                                tracing::warn!(worker = %id, job, "lost the lease on the job: another worker claimed it; this worker's outcome will not be written");
+                                held.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+                            }
                         }
                         Err(e) => tracing::warn!(worker = %id, job, "cannot extend the lease: {e}"),
                     }
