@@ -354,6 +354,109 @@ async fn a_thousand_item_foreach_splits_between_two_hosts_and_outlives_a_killed_
     crate::queue::foreach_outlives_a_killed_worker(&url, &store).await;
 }
 
+/// A worker killed (SIGKILL) at each crash point on the write path of a
+/// fan-out run on PostgreSQL — inside the writer's commit, between a
+/// result and its fan-in, after claiming, before completing — and a new
+/// worker started after the reaper: the fan-out ends with the complete
+/// result, every execution finished once, every fan-in counter at zero,
+/// every job done.
+#[test]
+fn a_worker_killed_at_each_crash_point_loses_and_repeats_nothing_on_postgres() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(cluster) = pgcluster::for_test(
+        "a_worker_killed_at_each_crash_point_loses_and_repeats_nothing_on_postgres",
+        &["fsync=off"],
+    ) else {
+        return;
+    };
+    let cache = shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    let machine = dir.path().join("triples.yml");
+    std::fs::write(&machine, crate::queue::TRIPLES).unwrap();
+    let machine = machine.display().to_string();
+    let items: Vec<u64> = (0..30).collect();
+    let input = json!({ "items": items }).to_string();
+    let expected: Vec<serde_json::Value> = (0..30u64).map(|i| json!({ "n": 3 * i })).collect();
+    // Each point on a pass the run reaches (a fan-out gathers once).
+    for (point, pass) in [
+        ("store.commit.before", 3),
+        ("store.commit.after", 3),
+        ("store.result.write", 3),
+        ("worker.claimed", 3),
+        ("worker.complete.before", 3),
+        ("fanout.child.stored", 3),
+        ("fanout.jobs.before", 1),
+        ("fanin.gathered", 1),
+    ] {
+        let name = point.replace('.', "_");
+        let url = cluster.database(&name).unwrap();
+        let o = run(
+            &cache,
+            &[
+                "submit", &machine, "--id", "fan", "--input", &input, "--db", &url,
+            ],
+        );
+        assert!(o.status.success(), "{point}: {}", stderr(&o));
+        let worker = |armed: bool| {
+            let mut c = flowhost(&cache);
+            c.args([
+                "worker",
+                "--executions",
+                "--exit-when-empty",
+                "--concurrency",
+                "4",
+                "--db",
+                &url,
+            ]);
+            if armed {
+                c.env(flowhost::crash::VAR, format!("{point}:{pass}"));
+            }
+            c.output().unwrap()
+        };
+        let killed = worker(true);
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{point}: not reached: {}",
+            stderr(&killed)
+        );
+        let o = run(&cache, &["reaper", "--stale-after", "0", "--db", &url]);
+        assert!(o.status.success(), "{point}: {}", stderr(&o));
+        let again = worker(false);
+        assert!(again.status.success(), "{point}: {}", stderr(&again));
+        let w = run(&cache, &["wait", "fan", "--timeout", "60s", "--db", &url]);
+        assert!(w.status.success(), "{point}: {}", stderr(&w));
+        let result: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+        assert_eq!(result, json!({ "all": expected }), "{point}");
+        let sql = |q: &str| cluster.sql(&name, q).unwrap();
+        assert_eq!(
+            sql("SELECT count(*) FROM executions WHERE status = 'done'"),
+            "31",
+            "{point}"
+        );
+        assert_eq!(
+            sql(
+                "SELECT count(*) FROM (SELECT e.id FROM executions e LEFT JOIN history h
+                 ON h.execution = e.id AND h.event::json->>'event' = 'finished'
+                 GROUP BY e.id HAVING count(h.seq) != 1) x"
+            ),
+            "0",
+            "{point}: an execution that did not finish exactly once"
+        );
+        assert_eq!(
+            sql("SELECT count(*) FROM fan_ins WHERE remaining != 0"),
+            "0",
+            "{point}"
+        );
+        assert_eq!(
+            sql("SELECT count(*) FROM jobs WHERE status != 'done'"),
+            "0",
+            "{point}"
+        );
+        eprintln!("{point}: killed, recovered, result complete");
+    }
+}
+
 /// Every command that opens a store refuses a bad PostgreSQL URL, a wrong
 /// password, a missing database and a server nobody runs with exit 1 and a
 /// message that says which — and never shows the password.

@@ -244,7 +244,7 @@ async fn a_killed_worker_leaves_its_execution_to_another_that_finishes_it() {
     assert_eq!(result["acc"], (0..150).map(|n| 3 * n + 1).sum::<u64>());
 }
 
-const TRIPLES: &str = r#"spec: flatmachine
+pub(crate) const TRIPLES: &str = r#"spec: flatmachine
 data:
   name: triples
   machines:
