@@ -1385,3 +1385,42 @@ async fn postgres_refuses_bad_urls_credentials_and_a_newer_schema() {
         "99"
     );
 }
+
+/// A database that goes away: a write that waits fails once the writer has
+/// tried to reconnect for its while, with an error that says so; a deferred
+/// write made meanwhile is kept and stored, in order, when the database is
+/// back; and the same store goes on (no restart of the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_deferred_writes_through_an_outage_and_fails_waiting_ones() {
+    let Some(cluster) = pgcluster::for_test(
+        "postgres_keeps_deferred_writes_through_an_outage_and_fails_waiting_ones",
+        &["fsync=off"],
+    ) else {
+        return;
+    };
+    let url = cluster.database("outage").unwrap();
+    let b = PostgresBackend::open_with(&url, true, std::time::Duration::from_millis(300))
+        .await
+        .unwrap();
+    b.save(checkpoint("before", None, "running", 1))
+        .await
+        .unwrap();
+    cluster.crash().unwrap();
+    b.save_deferred(checkpoint("deferred", None, "running", 2))
+        .await
+        .unwrap();
+    let e = b
+        .save(checkpoint("waited", None, "running", 3))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Io, "{e}");
+    assert!(e.message.contains("cannot reach the database"), "{e}");
+    cluster.start_again().unwrap();
+    b.save(checkpoint("after", None, "running", 4))
+        .await
+        .unwrap();
+    for id in ["before", "deferred", "after"] {
+        assert!(b.load(id).await.unwrap().is_some(), "{id} is stored");
+    }
+    assert!(b.load("waited").await.unwrap().is_none());
+}

@@ -23,6 +23,7 @@ mod sqlite;
 mod sqlite_pools;
 pub mod state;
 pub mod status;
+mod write_queue;
 
 pub use clock::{Clock, HostClock, ManualClock, SystemClock, SystemTimeSource, TimeSource};
 pub use history::{History, HistoryEntry, NewEvent};

@@ -6,14 +6,16 @@
 //! group commit: many completions, one WAL flush). The writer runs on its
 //! own thread and runtime, so a store being dropped can wait for what was
 //! queued. A lost connection is not the end of a host: the writer
-//! reconnects (for up to [`RECONNECT_FOR`] before it fails a write), runs an
+//! reconnects (for up to [`RECONNECT_FOR`] before it fails a write that
+//! waits; deferred writes are kept until the database is back), runs an
 //! uncommitted batch again, and asks the server whether a batch whose
 //! commit it never heard back from committed (`txid_status`), so nothing is
 //! applied twice or lost. A deadlock with another host retries the batch.
 //!
 //! Reads go to a small connection pool. A commit that added jobs is
-//! followed by a `NOTIFY flowhost_work`; a listener turns that into the store's work hint, so
-//! idle workers wait on it instead of polling the database often.
+//! followed by a `NOTIFY flowhost_work`; a listener turns that into the
+//! store's work hint, so idle workers wait on it instead of polling the
+//! database often.
 //!
 //! Time: the store's clock is this machine's boot clock anchored to the
 //! server's clock when the store is opened (every host reads the server's
@@ -33,22 +35,27 @@ use super::postgres_ops::{
 };
 use super::state::{State, StateAnswer, StateConflict, StateOp};
 use super::status::{ExecutionStatus, JobStatus, WorkerStatus};
+use super::write_queue::{ErrorSlot, Receiver, Reply, WriteQueue, deliver};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, Fence, ListFilter,
     Results, Signal, Signals, StoreErrorKind, StoredResult,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// How long the writer keeps reconnecting before it fails a write.
+/// How often deferred writes kept through an outage are tried again while
+/// no other write comes.
+const CARRY_RETRY: Duration = Duration::from_secs(2);
+/// How long the writer keeps reconnecting before it fails a write, unless
+/// [`PostgresBackend::open_with`] says otherwise.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 /// Deadlocks with other hosts a batch is retried through.
 const DEADLOCK_RETRIES: u32 = 20;
@@ -59,23 +66,16 @@ const POOL_SIZE: usize = 8;
 /// Serialises schema migrations across hosts (an advisory lock's key).
 const MIGRATION_LOCK: i64 = 0x666c_6f77_686f_7374;
 
-type Reply = Option<oneshot::Sender<BackendResult<Value>>>;
-type Queued = (Op, Reply, Arc<dyn Clock>);
-type ErrorSlot = Arc<Mutex<Option<BackendError>>>;
+/// A write and the clock of the store that made it (the writer reads the
+/// time from it when it applies the write).
+type Timed = (Op, Arc<dyn Clock>);
 
 /// A [`Backend`] in a PostgreSQL database.
 pub struct PostgresBackend {
     /// The URL without its password, for messages.
     target: String,
-    /// `None` once the backend is being dropped.
-    writer: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
-    /// Joined on drop, so queued writes are committed before the process ends.
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Writes that need no commit of their own (a released lease, history):
-    /// they go to the writer ahead of the next write, or when the store closes.
-    lazy: Mutex<Vec<Op>>,
-    /// The first failure of a deferred write, reported by the next write.
-    deferred_error: ErrorSlot,
+    /// In front of the writer thread.
+    queue: WriteQueue<Timed, Value>,
     pool: deadpool_postgres::Pool,
     clock: Arc<dyn Clock>,
     /// Bumped whenever some host added jobs.
@@ -345,16 +345,23 @@ impl PostgresBackend {
     /// Opens the database the URL names, creating flowhost's tables in it
     /// when they are not there (the database itself must exist).
     pub async fn open(url: &str) -> BackendResult<PostgresBackend> {
-        Self::connect_to(url, true).await
+        Self::open_with(url, true, RECONNECT_FOR).await
     }
 
     /// Opens a database that holds flowhost's tables already (commands that
     /// only read or act on stored work): nothing is created.
     pub async fn open_existing(url: &str) -> BackendResult<PostgresBackend> {
-        Self::connect_to(url, false).await
+        Self::open_with(url, false, RECONNECT_FOR).await
     }
 
-    async fn connect_to(url: &str, create: bool) -> BackendResult<PostgresBackend> {
+    /// [`Self::open`] (`create`) or [`Self::open_existing`], with the time
+    /// the writer keeps reconnecting to a lost database before it fails the
+    /// writes that wait (deferred ones are kept until it is back).
+    pub async fn open_with(
+        url: &str,
+        create: bool,
+        reconnect_for: Duration,
+    ) -> BackendResult<PostgresBackend> {
         let config = parse(url)?;
         let target = describe(&config);
         let mut client = connect(&config, &target).await?;
@@ -372,21 +379,16 @@ impl PostgresBackend {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| BackendError::new(format!("{target}: connection pool: {e}")))?;
-        let (queue, rx) = mpsc::unbounded_channel::<Queued>();
         let (wake, work) = watch::channel(0u64);
-        let deferred_error = ErrorSlot::default();
-        let slot = deferred_error.clone();
         let writer_target = target.clone();
-        let writer_thread = std::thread::Builder::new()
-            .name("flowhost-postgres-writer".into())
-            .spawn(move || writer_thread(config, writer_target, rx, slot, wake))
-            .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
+        let queue = WriteQueue::start(
+            "flowhost-postgres-writer",
+            target.clone(),
+            move |rx, slot| writer_thread(config, writer_target, reconnect_for, rx, slot, wake),
+        )?;
         Ok(PostgresBackend {
             target,
-            writer: Mutex::new(Some(queue)),
-            writer_thread: Mutex::new(Some(writer_thread)),
-            lazy: Mutex::new(Vec::new()),
-            deferred_error,
+            queue,
             pool,
             clock: Arc::new(clock),
             work,
@@ -409,44 +411,17 @@ impl PostgresBackend {
     }
 
     /// Queues a write; with no reply it is not waited for (a failure is
-    /// reported by the next write, once).
-    fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
-        if let Some(e) = self
-            .deferred_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            return Err(e);
-        }
-        let stopped =
-            || BackendError::new(format!("{}: the database writer has stopped", self.target));
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let writer = writer.as_ref().ok_or_else(stopped)?;
-        for lazy in self.take_lazy() {
-            writer
-                .send((lazy, None, self.clock.clone()))
-                .map_err(|_| stopped())?;
-        }
-        writer
-            .send((op, reply, self.clock.clone()))
-            .map_err(|_| stopped())
+    /// reported by every later write).
+    fn send(&self, op: Op, reply: Reply<Value>) -> BackendResult<()> {
+        self.queue.send((op, self.clock.clone()), reply)
     }
 
     fn send_lazy(&self, op: Op) {
-        self.lazy.lock().unwrap_or_else(|p| p.into_inner()).push(op);
-    }
-
-    fn take_lazy(&self) -> Vec<Op> {
-        std::mem::take(&mut *self.lazy.lock().unwrap_or_else(|p| p.into_inner()))
+        self.queue.send_lazy((op, self.clock.clone()))
     }
 
     async fn write(&self, op: Op) -> BackendResult<Value> {
-        let (reply, wait) = oneshot::channel();
-        self.send(op, Some(reply))?;
-        wait.await.map_err(|_| {
-            BackendError::new(format!("{}: the database writer has stopped", self.target))
-        })?
+        self.queue.write((op, self.clock.clone())).await
     }
 
     async fn write_as<T: serde::de::DeserializeOwned>(&self, op: Op) -> BackendResult<T> {
@@ -489,32 +464,12 @@ impl PostgresBackend {
     }
 }
 
-impl Drop for PostgresBackend {
-    /// Closes the writer's queue and waits until everything queued (deferred
-    /// checkpoints, released leases, history) is committed.
-    fn drop(&mut self) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = writer {
-            for lazy in self.take_lazy() {
-                let _ = writer.send((lazy, None, self.clock.clone()));
-            }
-        }
-        if let Some(thread) = self
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The writer's thread: its own runtime, the writer and the listener.
 fn writer_thread(
     config: tokio_postgres::Config,
     target: String,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+    reconnect_for: Duration,
+    mut rx: Receiver<Timed, Value>,
     slot: ErrorSlot,
     wake: watch::Sender<u64>,
 ) {
@@ -525,7 +480,7 @@ fn writer_thread(
         Ok(rt) => rt,
         Err(e) => {
             let e = BackendError::new(format!("{target}: cannot start the writer: {e}"));
-            while let Some((_, reply, _)) = rx.blocking_recv() {
+            while let Some((_, reply)) = rx.blocking_recv() {
                 deliver(&slot, reply, Err(e.clone()));
             }
             return;
@@ -539,8 +494,37 @@ fn writer_thread(
             conn: None,
             statements: HashMap::new(),
             down_since: None,
+            reconnect_for,
         };
-        while let Some(first) = rx.recv().await {
+        // Deferred writes the database could not be reached for: kept, in
+        // order, ahead of the next batch (a caller that waits is told; one
+        // that does not must not lose its write to an outage).
+        let mut carried: Vec<Timed> = Vec::new();
+        loop {
+            let first = if carried.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(CARRY_RETRY, rx.recv()).await {
+                    Ok(next) => next,
+                    // Nothing new: try the carried writes alone.
+                    Err(_) => {
+                        match writer.commit(&carried).await {
+                            Ok(results) => {
+                                for result in results {
+                                    deliver(&slot, None, result);
+                                }
+                                carried.clear();
+                            }
+                            Err(e) => tracing::warn!(
+                                "{e}; keeping {} deferred write(s) for later",
+                                carried.len()
+                            ),
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -548,10 +532,11 @@ fn writer_thread(
                     Err(_) => break,
                 }
             }
-            let mut ops = Vec::with_capacity(batch.len());
-            let mut replies = Vec::with_capacity(batch.len());
-            for (op, reply, clock) in batch {
-                ops.push((op, clock));
+            let mut ops: Vec<Timed> = std::mem::take(&mut carried);
+            let mut replies: Vec<Reply<Value>> = Vec::with_capacity(ops.len() + batch.len());
+            replies.resize_with(ops.len(), || None);
+            for (op, reply) in batch {
+                ops.push(op);
                 replies.push(reply);
             }
             match writer.commit(&ops).await {
@@ -560,35 +545,33 @@ fn writer_thread(
                         deliver(&slot, reply, result);
                     }
                 }
+                // The database could not be reached (or a commit's outcome
+                // learnt): nothing of the batch is known stored.
                 Err(e) => {
-                    for reply in replies {
-                        deliver(&slot, reply, Err(e.clone()));
+                    for (op, reply) in ops.into_iter().zip(replies) {
+                        match reply {
+                            Some(reply) => deliver(&slot, Some(reply), Err(e.clone())),
+                            None => carried.push(op),
+                        }
                     }
                 }
             }
         }
-        listener.abort();
-    });
-}
-
-/// Where the outcome of a write goes: its waiting caller, or (not waited
-/// for) the slot the next write reports from.
-fn deliver(slot: &ErrorSlot, reply: Reply, result: BackendResult<Value>) {
-    match reply {
-        Some(reply) => {
-            let _ = reply.send(result);
-        }
-        None => {
-            if let Err(e) = result {
-                tracing::error!(
-                    "deferred write (checkpoint, definition, history or lease) failed: {e}"
-                );
-                slot.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
+        if !carried.is_empty() {
+            match writer.commit(&carried).await {
+                Ok(results) => {
+                    for result in results {
+                        deliver(&slot, None, result);
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "{e}: {} deferred write(s) were not stored before the store closed",
+                    carried.len()
+                ),
             }
         }
-    }
+        listener.abort();
+    });
 }
 
 /// How a batch's attempt ended when it did not commit.
@@ -621,14 +604,15 @@ struct Writer {
     statements: HashMap<&'static str, Statement>,
     /// Since when the database could not be reached.
     down_since: Option<Instant>,
+    reconnect_for: Duration,
 }
 
 impl Writer {
     /// Whether to keep trying to reach the database for the batch at hand:
-    /// until it has been gone for [`RECONNECT_FOR`]; after that each batch
+    /// until it has been gone for `reconnect_for`; after that each batch
     /// tries once and fails at once.
     fn keep_trying(&mut self) -> bool {
-        self.down_since.get_or_insert_with(Instant::now).elapsed() < RECONNECT_FOR
+        self.down_since.get_or_insert_with(Instant::now).elapsed() < self.reconnect_for
     }
 
     async fn connected(&mut self) -> BackendResult<&mut Client> {
@@ -676,8 +660,8 @@ impl Writer {
                     }
                     if first {
                         tracing::warn!(
-                            "{e}; reconnecting (for up to {} s before writes fail)",
-                            RECONNECT_FOR.as_secs()
+                            "{e}; reconnecting (for up to {} s before the writes that wait fail)",
+                            self.reconnect_for.as_secs_f64()
                         );
                     }
                     tokio::time::sleep(pause).await;

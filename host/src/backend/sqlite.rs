@@ -5,6 +5,7 @@
 
 use super::clock::{Clock, HostClock, SystemTimeSource, TimeSource};
 use super::digest::{checkpoint_digest, result_digest};
+use super::write_queue::{ErrorSlot, Receiver, WriteQueue, deliver};
 use super::{
     Backend, BackendError, BackendResult, Checkpoint, Checkpoints, Definitions, ListFilter,
     Results, Signal, Signals, StoreErrorKind, StoredResult,
@@ -13,10 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -185,23 +184,14 @@ pub(super) enum Op {
     Custom(Custom),
 }
 
-/// Where the outcome of a write goes: a waiting caller, or (for a deferred
-/// checkpoint) the slot the next write reports from.
-type Reply = Option<oneshot::Sender<BackendResult<Option<Value>>>>;
-type ErrorSlot = Arc<Mutex<Option<BackendError>>>;
+/// Where the outcome of a write goes.
+type Reply = super::write_queue::Reply<Option<Value>>;
 
 /// A [`Backend`] in one SQLite file.
 pub struct SqliteBackend {
     path: PathBuf,
-    /// `None` once the backend is being dropped.
-    writer: Mutex<Option<mpsc::Sender<(Op, Reply)>>>,
-    /// Joined on drop, so queued writes are committed before the process ends.
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Writes that need no commit of their own (a released lease): they go
-    /// to the writer ahead of the next write, or when the store closes.
-    lazy: Mutex<Vec<Op>>,
-    /// The first failure of a deferred write, reported by the next write.
-    deferred_error: ErrorSlot,
+    /// In front of the writer thread (which owns the writing connection).
+    queue: WriteQueue<Op, Option<Value>>,
     reader: Mutex<Connection>,
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -485,23 +475,18 @@ impl SqliteBackend {
         migrate(&mut writer_conn, path)?;
         let clock = anchor(&mut writer_conn, path, source)?;
         let reader = open_connection(path, durability)?;
-        let (tx, rx) = mpsc::channel::<(Op, Reply)>();
         let writer_path = path.to_path_buf();
-        let deferred_error = ErrorSlot::default();
-        let slot = deferred_error.clone();
-        let writer_thread = std::thread::Builder::new()
-            .name("flowhost-sqlite-writer".into())
-            .spawn(move || {
+        let queue = WriteQueue::start(
+            "flowhost-sqlite-writer",
+            path.display().to_string(),
+            move |rx, slot| {
                 let file = FileIdentity::of(&writer_path);
                 write_loop(writer_conn, &writer_path, file, rx, &slot)
-            })
-            .map_err(|e| BackendError::new(format!("cannot start the writer thread: {e}")))?;
+            },
+        )?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(writer_thread)),
-            lazy: Mutex::new(Vec::new()),
-            deferred_error,
+            queue,
             reader: Mutex::new(reader),
             clock: Arc::new(clock),
         })
@@ -518,65 +503,23 @@ impl SqliteBackend {
     }
 
     /// Queues a write; with no reply it is not waited for (a failure is
-    /// reported by the next write).
+    /// reported by every later write).
     pub(super) fn send(&self, op: Op, reply: Reply) -> BackendResult<()> {
-        if let Some(e) = self
-            .deferred_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Err(e);
-        }
-        let stopped = || BackendError::new("the database writer has stopped");
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let writer = writer.as_ref().ok_or_else(stopped)?;
-        for lazy in self.take_lazy() {
-            writer.send((lazy, None)).map_err(|_| stopped())?;
-        }
-        writer.send((op, reply)).map_err(|_| stopped())
+        self.queue.send(op, reply)
     }
 
     /// Queues a write that needs no commit of its own: it is applied, in
     /// order, with the next write (or when the store closes).
     pub(super) fn send_lazy(&self, op: Op) {
-        self.lazy.lock().unwrap_or_else(|p| p.into_inner()).push(op);
-    }
-
-    fn take_lazy(&self) -> Vec<Op> {
-        std::mem::take(&mut *self.lazy.lock().unwrap_or_else(|p| p.into_inner()))
+        self.queue.send_lazy(op)
     }
 
     pub(super) async fn write(&self, op: Op) -> BackendResult<Option<Value>> {
-        let (reply, wait) = oneshot::channel();
-        self.send(op, Some(reply))?;
-        wait.await
-            .map_err(|_| BackendError::new("the database writer has stopped"))?
+        self.queue.write(op).await
     }
 
     pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for SqliteBackend {
-    /// Closes the writer's queue and waits until everything queued (deferred
-    /// checkpoints, released leases) is committed.
-    fn drop(&mut self) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = writer {
-            for lazy in self.take_lazy() {
-                let _ = writer.send((lazy, None));
-            }
-        }
-        if let Some(thread) = self
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -620,24 +563,10 @@ fn write_loop(
     mut conn: Connection,
     path: &Path,
     file: Option<FileIdentity>,
-    rx: mpsc::Receiver<(Op, Reply)>,
+    mut rx: Receiver<Op, Option<Value>>,
     deferred_error: &ErrorSlot,
 ) {
-    let deliver = |reply: Reply, result: BackendResult<Option<Value>>| match reply {
-        Some(reply) => {
-            let _ = reply.send(result);
-        }
-        None => {
-            if let Err(e) = result {
-                tracing::error!("deferred write (checkpoint or definition) failed: {e}");
-                deferred_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            }
-        }
-    };
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -675,12 +604,12 @@ fn write_loop(
         match outcome {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
-                    deliver(reply, result);
+                    deliver(deferred_error, reply, result);
                 }
             }
             Err(e) => {
                 for reply in replies {
-                    deliver(reply, Err(e.clone()));
+                    deliver(deferred_error, reply, Err(e.clone()));
                 }
             }
         }
