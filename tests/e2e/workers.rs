@@ -114,6 +114,28 @@ fn a_poisoned_job_keeps_its_error_and_requeue_brings_it_back() {
     assert_eq!(jobs.len(), 3, "{json}");
     assert_eq!(jobs[2]["status"], "poisoned");
     assert_eq!(jobs[2]["attempts"], 1);
+    // Pruning takes done jobs only, and only those older than asked.
+    let o = run(&["jobs", "prune", "bad", "--older-than", "1h"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pruned 0 done job(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["jobs", "prune", "bad", "--older-than", "1ms"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pruned 1 done job(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["jobs", "prune", "bad", "--older-than", "soon"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let left = String::from_utf8(run(&["jobs", "list", "bad"]).stdout).unwrap();
+    assert_eq!(
+        left.lines().filter(|l| l.contains("poisoned")).count(),
+        2,
+        "{left}"
+    );
+    assert!(!left.contains("done"), "{left}");
     let o = run(&["jobs", "requeue", "bad"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("requeued 2"));
     let list =
