@@ -223,14 +223,23 @@ fn postgres() -> Result<(), String> {
     }
     if flowhost_authoring::toolchain::can_apt_install() {
         eprintln!("xtask: installing PostgreSQL (Debian's postgresql package) for the tests");
+        // No cluster of the package's own (a server left running on 5432):
+        // postgresql-common first, told so in its settings, then the server
+        // (the way PostgreSQL's own container images do it).
+        if !flowhost_authoring::toolchain::apt_install(&["postgresql-common"]) {
+            return Err(format!(
+                "apt-get could not install postgresql-common; {}",
+                pgcluster::HOW_TO_INSTALL
+            ));
+        }
         let conf = Path::new("/etc/postgresql-common/createcluster.conf");
-        let made = conf
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| std::fs::write(conf, "create_main_cluster = false\n"));
-        if let Err(e) = made {
-            return Err(format!("{}: {e}", conf.display()));
+        let text = std::fs::read_to_string(conf).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("create_main_cluster"))
+        {
+            std::fs::write(conf, format!("{text}\ncreate_main_cluster = false\n"))
+                .map_err(|e| format!("{}: {e}", conf.display()))?;
         }
         if flowhost_authoring::toolchain::apt_install(&["postgresql"])
             && pgcluster::bin_dir().is_some()
