@@ -523,4 +523,27 @@ fn commands_refuse_bad_postgres_urls_with_a_clear_error() {
             .unwrap(),
         "0"
     );
+    // A schema a newer flowhost made is refused, and left as it is.
+    let url = cluster.database("newer").unwrap();
+    let o = run(&cache, &["jobs", "push", "p", "--db", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    cluster
+        .sql("newer", "INSERT INTO flowhost_schema (version) VALUES (99)")
+        .unwrap();
+    for args in [
+        vec!["executions", "--db", &url],
+        vec!["jobs", "push", "p", "--db", &url],
+    ] {
+        let o = run(&cache, &args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("schema version 99") && err.contains("upgrade flowhost"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        cluster.sql("newer", "SELECT count(*) FROM jobs").unwrap(),
+        "1"
+    );
 }
