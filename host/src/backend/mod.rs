@@ -18,7 +18,6 @@ mod memory_pools;
 pub mod owners;
 pub mod pools;
 mod postgres;
-mod postgres_ops;
 mod sqlite;
 mod sqlite_pools;
 pub mod state;

@@ -11,14 +11,14 @@
 //!
 //! Imports the backend's types and the row digests; nothing else of flowhost.
 
-use super::clock::Clock;
-use super::digest::{checkpoint_digest, result_digest};
-use super::history::NewEvent;
-use super::owners::{Lease, Owner};
-use super::pools::{Backoff, FailOutcome, Job, NewJob, WorkerInfo};
-use super::state::{StateConflict, StateOp};
-use super::status::{ExecutionStatus, JobStatus, WorkerStatus};
-use super::{BackendError, Checkpoint, Fence, StoreErrorKind, StoredResult};
+use super::super::clock::Clock;
+use super::super::digest::{checkpoint_digest, result_digest};
+use super::super::history::NewEvent;
+use super::super::owners::{Lease, Owner};
+use super::super::pools::{Backoff, FailOutcome, Job, NewJob, WorkerInfo};
+use super::super::state::{StateConflict, StateOp};
+use super::super::status::{ExecutionStatus, JobStatus, WorkerStatus};
+use super::super::{BackendError, Checkpoint, Fence, StoreErrorKind, StoredResult};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -659,7 +659,7 @@ pub(super) async fn apply(b: &mut Batch<'_>, op: &Op) -> Result<Value, Failure> 
                 .map(|r| r.get(0));
             let current = text.map(|t| state_value(execution, key, &t)).transpose()?;
             let unchanged = current.clone();
-            let (value, answer) = match super::state::apply(key, current, op.clone()) {
+            let (value, answer) = match super::super::state::apply(key, current, op.clone()) {
                 Ok(done) => done,
                 Err(StateConflict(m)) => return Ok(json!({ "Err": m })),
             };
