@@ -65,6 +65,16 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A test that fails leaves no worker behind (one that ended is left be).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// How the two hosts reach the database server: each from its own network
 /// namespace, joined to this one by a veth pair (as root, with iproute2), so
 /// their traffic crosses a network interface as between two machines; else
