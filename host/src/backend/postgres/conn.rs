@@ -107,6 +107,56 @@ pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// What the server's refusals mean here: their kind, and what to do.
+const REFUSALS: &[(&[SqlState], StoreErrorKind, &str)] = &[
+    (
+        &[
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        ],
+        StoreErrorKind::Io,
+        " (check the user and password in the URL)",
+    ),
+    (
+        &[SqlState::INVALID_CATALOG_NAME],
+        StoreErrorKind::NotFound,
+        " (create it first, e.g. `createdb <name>`)",
+    ),
+    (
+        &[SqlState::DISK_FULL],
+        StoreErrorKind::Full,
+        " (free space on the database server; nothing of this write was stored)",
+    ),
+    (
+        &[
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ],
+        StoreErrorKind::ReadOnly,
+        " (this user cannot write there, or the server is a read-only standby; nothing of this write was stored)",
+    ),
+    (
+        &[SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED],
+        StoreErrorKind::Corrupt,
+        " (the server reports damaged data: restore from a backup)",
+    ),
+    (
+        &[
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ],
+        StoreErrorKind::Busy,
+        " (other hosts held the rows this write needs; nothing of this write was stored)",
+    ),
+    (
+        &[SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_COLUMN],
+        StoreErrorKind::Incompatible,
+        " (the flowhost tables are missing or not what this flowhost made)",
+    ),
+];
+
 /// A PostgreSQL failure as a store error of its kind, placed at `target`.
 pub(super) fn pg_error(target: &str, e: &tokio_postgres::Error) -> BackendError {
     let Some(db) = e.as_db_error() else {
@@ -117,52 +167,12 @@ pub(super) fn pg_error(target: &str, e: &tokio_postgres::Error) -> BackendError 
             "{target}: cannot reach the database: {cause} (is the server running and reachable?)"
         ));
     };
-    let code = db.code();
-    let (kind, advice) = match code {
-        c if *c == SqlState::INVALID_PASSWORD
-            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-        {
-            (
-                StoreErrorKind::Io,
-                " (check the user and password in the URL)",
-            )
-        }
-        c if *c == SqlState::INVALID_CATALOG_NAME => (
-            StoreErrorKind::NotFound,
-            " (create it first, e.g. `createdb <name>`)",
-        ),
-        c if *c == SqlState::DISK_FULL => (
-            StoreErrorKind::Full,
-            " (free space on the database server; nothing of this write was stored)",
-        ),
-        c if *c == SqlState::READ_ONLY_SQL_TRANSACTION
-            || *c == SqlState::INSUFFICIENT_PRIVILEGE =>
-        {
-            (
-                StoreErrorKind::ReadOnly,
-                " (this user cannot write there, or the server is a read-only standby; nothing of this write was stored)",
-            )
-        }
-        c if *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED => (
-            StoreErrorKind::Corrupt,
-            " (the server reports damaged data: restore from a backup)",
-        ),
-        c if *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::LOCK_NOT_AVAILABLE
-            || *c == SqlState::QUERY_CANCELED =>
-        {
-            (
-                StoreErrorKind::Busy,
-                " (other hosts held the rows this write needs; nothing of this write was stored)",
-            )
-        }
-        c if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => (
-            StoreErrorKind::Incompatible,
-            " (the flowhost tables are missing or not what this flowhost made)",
-        ),
-        _ => (StoreErrorKind::Io, ""),
-    };
+    let (kind, advice) = REFUSALS
+        .iter()
+        .find(|(codes, _, _)| codes.contains(db.code()))
+        .map_or((StoreErrorKind::Io, ""), |(_, kind, advice)| {
+            (*kind, *advice)
+        });
     let mut message = format!("{target}: {}", db.message());
     if let Some(detail) = db.detail() {
         message.push_str(&format!(" ({detail})"));
