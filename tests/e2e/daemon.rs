@@ -43,19 +43,29 @@ data:
 "#;
 
 /// A running `flowhost serve`, killed (by its PID) if a test ends early.
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
-/// A folder with the test machines, a database and a compile cache.
-struct Site {
+/// A folder with the test machines, a database (an SQLite file in it, or
+/// the one `db` names) and a compile cache.
+pub(crate) struct Site {
     dir: tempfile::TempDir,
+    db: Option<String>,
 }
 
 impl Site {
+    /// The site with its store at `db` (a PostgreSQL URL) instead.
+    pub(crate) fn on(db: &str) -> Site {
+        Site {
+            db: Some(db.to_string()),
+            ..Site::new()
+        }
+    }
+
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let machines = dir.path().join("machines");
@@ -69,7 +79,7 @@ impl Site {
         ] {
             std::fs::write(machines.join(format!("{name}.yml")), text).unwrap();
         }
-        Site { dir }
+        Site { dir, db: None }
     }
 
     fn machines(&self) -> PathBuf {
@@ -77,11 +87,14 @@ impl Site {
     }
 
     fn db(&self) -> String {
-        self.dir.path().join("flowhost.db").display().to_string()
+        match &self.db {
+            Some(db) => db.clone(),
+            None => self.dir.path().join("flowhost.db").display().to_string(),
+        }
     }
 
     /// Starts `flowhost serve` on a free port with these extra flags.
-    fn serve(&self, extra: &[&str]) -> Served {
+    pub(crate) fn serve(&self, extra: &[&str]) -> Served {
         let machines = self.machines().display().to_string();
         let db = self.db();
         let mut args = vec![
@@ -161,7 +174,7 @@ impl Served {
         (status, value)
     }
 
-    fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.call("GET", path, None)
     }
 
@@ -188,7 +201,7 @@ impl Served {
     }
 
     /// Submits and waits for the result.
-    fn run(&self, machine: &str, input: Value) -> Value {
+    pub(crate) fn run(&self, machine: &str, input: Value) -> Value {
         let (status, body) = self.post(
             "/workflows?wait=60s",
             &json!({"machine": machine, "input": input}),
@@ -198,7 +211,7 @@ impl Served {
     }
 
     /// SIGTERM, then the exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
         let child = self.child.take().unwrap();
         signal(child.id(), "-TERM");
         let out = child.wait_with_output().unwrap();

@@ -467,6 +467,55 @@ fn a_worker_killed_at_each_crash_point_loses_and_repeats_nothing_on_postgres() {
     }
 }
 
+/// Two daemons (`flowhost serve`) on one PostgreSQL database, as two hosts
+/// run them: a 500-item fan-out submitted to one is split between both
+/// daemons' workers; the other reports it done with the same result; both
+/// stop cleanly.
+#[test]
+fn two_daemons_on_one_database_split_a_fan_out() {
+    let Some(cluster) = pgcluster::for_test(
+        "two_daemons_on_one_database_split_a_fan_out",
+        &["fsync=off"],
+    ) else {
+        return;
+    };
+    let url = cluster.database("daemons").unwrap();
+    let site = crate::daemon::Site::on(&url);
+    // A worker each from the start, so neither waits for its scaler.
+    let a = site.serve(&["--min-workers", "1"]);
+    let b = site.serve(&["--min-workers", "1"]);
+    let items: Vec<u64> = (0..500).collect();
+    let body = a.run("fanout", json!({ "items": items }));
+    let expected: Vec<serde_json::Value> =
+        items.iter().map(|n| json!({ "twice": 2 * n })).collect();
+    assert_eq!(body["result"], json!({ "all": expected }), "{body}");
+    let id = body["id"].as_str().unwrap();
+    let (status, seen) = b.get(&format!("/workflows/{id}"));
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["status"], "done", "{seen}");
+    assert_eq!(seen["result"], body["result"]);
+    let per_daemon = cluster
+        .sql(
+            "daemons",
+            "SELECT count(*) FROM jobs j JOIN workers w ON w.id = j.worker
+             WHERE j.pool = 'executions' GROUP BY w.pid ORDER BY w.pid",
+        )
+        .unwrap();
+    eprintln!(
+        "children's jobs per daemon: {}",
+        per_daemon.replace('\n', " / ")
+    );
+    assert_eq!(
+        per_daemon.lines().count(),
+        2,
+        "both daemons ran children: {per_daemon}"
+    );
+    for served in [a, b] {
+        let (status, err) = served.stop();
+        assert!(status.success(), "{status}: {err}");
+    }
+}
+
 /// Every command that opens a store refuses a bad PostgreSQL URL, a wrong
 /// password, a missing database and a server nobody runs with exit 1 and a
 /// message that says which — and never shows the password.
