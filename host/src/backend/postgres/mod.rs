@@ -26,6 +26,7 @@
 //! reads, and the store traits.
 //!
 //! Imports the backend's types and traits; nothing else of flowhost.
+
 mod conn;
 mod ops;
 mod writer;
