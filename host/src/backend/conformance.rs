@@ -1185,9 +1185,13 @@ async fn pools_suite(b: &dyn Backend) {
     let c3 = b.claim("p", "w3", 1, 60_000).await.unwrap();
     assert_eq!(c3[0].id, g);
     assert_eq!(
-        b.fail(g, c3[0].fence, "bad input", None).await.unwrap(),
+        b.fail(g, c3[0].fence, "bad input\0 from a plugin", None)
+            .await
+            .unwrap(),
         FailOutcome::Poisoned
     );
+    let error = b.job(g).await.unwrap().unwrap().error.unwrap_or_default();
+    assert!(error.starts_with("bad input"), "{error:?}");
     assert_eq!(b.requeue("p", &[g]).await.unwrap(), 1);
     let c4 = b.claim("p", "w3", 1, 60_000).await.unwrap();
     assert!(b.complete(g, c4[0].fence, json!(1)).await.unwrap());
@@ -1365,6 +1369,18 @@ async fn postgres_refuses_bad_urls_credentials_and_a_newer_schema() {
             .unwrap(),
         "0"
     );
+
+    // A key PostgreSQL cannot store is refused, saying why.
+    let b = PostgresBackend::open(&cluster.database("nul").unwrap())
+        .await
+        .unwrap();
+    let e = b
+        .state_apply("e", "k\0", StateOp::Set(json!(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Incompatible, "{e}");
+    assert!(e.message.contains("NUL"), "{e}");
+    assert!(b.state("e").await.unwrap().is_empty());
 
     // A schema from a newer flowhost.
     let url = cluster.database("future").unwrap();

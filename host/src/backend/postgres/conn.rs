@@ -151,6 +151,14 @@ const REFUSALS: &[(&[SqlState], StoreErrorKind, &str)] = &[
         " (other hosts held the rows this write needs; nothing of this write was stored)",
     ),
     (
+        &[
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::UNTRANSLATABLE_CHARACTER,
+        ],
+        StoreErrorKind::Incompatible,
+        " (PostgreSQL stores no NUL character in text: a name or key with one is refused; nothing of this write was stored)",
+    ),
+    (
         &[SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_COLUMN],
         StoreErrorKind::Incompatible,
         " (the flowhost tables are missing or not what this flowhost made)",

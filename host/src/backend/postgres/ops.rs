@@ -446,6 +446,9 @@ pub(super) async fn apply(b: &mut Batch<'_>, op: &Op) -> Result<Value, Failure> 
             Ok(json!(n == 1))
         }
         Op::Fail(id, fence, error, retry) => {
+            // A failure's text is whatever a plugin said; PostgreSQL stores
+            // no NUL in text, and a refused outcome would never poison the job.
+            let error = &error.replace('\0', "\u{fffd}");
             let row = b
                 .row(
                     "SELECT attempts, max_retries FROM jobs WHERE id = $1 AND fence = $2 AND status = 'claimed' FOR UPDATE",
