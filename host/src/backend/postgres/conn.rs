@@ -11,7 +11,7 @@ use super::ops::MIGRATIONS;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls};
 
 /// Serialises schema migrations across hosts (an advisory lock's key).
 const MIGRATION_LOCK: i64 = 0x666c_6f77_686f_7374;
@@ -223,18 +223,8 @@ pub(super) async fn migrate(client: &mut Client, target: &str, create: bool) -> 
         .map_err(err)?
         .get(0);
     if exists {
-        let v: i64 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0)::BIGINT FROM flowhost_schema",
-                &[],
-            )
-            .await
-            .map_err(err)?
-            .get(0);
-        if v > MIGRATIONS.len() as i64 {
-            return Err(newer(v));
-        }
-        if v == MIGRATIONS.len() as i64 {
+        // Up to date (the usual case): a read, no lock.
+        if schema_version(&*client).await.map_err(err)? == MIGRATIONS.len() as i64 {
             return Ok(());
         }
     } else if !create {
@@ -252,14 +242,7 @@ pub(super) async fn migrate(client: &mut Client, target: &str, create: bool) -> 
     tx.batch_execute("CREATE TABLE IF NOT EXISTS flowhost_schema (version INTEGER NOT NULL)")
         .await
         .map_err(err)?;
-    let v: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0)::BIGINT FROM flowhost_schema",
-            &[],
-        )
-        .await
-        .map_err(err)?
-        .get(0);
+    let v = schema_version(&tx).await.map_err(err)?;
     if v > MIGRATIONS.len() as i64 {
         return Err(newer(v));
     }
@@ -276,6 +259,16 @@ pub(super) async fn migrate(client: &mut Client, target: &str, create: bool) -> 
         .map_err(err)?;
     }
     tx.commit().await.map_err(err)
+}
+
+/// How many migrations ran.
+async fn schema_version(c: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT coalesce(max(version), 0)::BIGINT FROM flowhost_schema",
+        &[],
+    )
+    .await?
+    .get(0))
 }
 
 /// This process's timeline, anchored to the server's clock.
