@@ -392,6 +392,19 @@ fn signals_cancel_and_state_reach_executions() {
         &json!(null),
     );
     assert_eq!((status, error_kind(&body)), (400, "invalid_request"));
+    // Names with a control character are refused on every store alike.
+    for path in [
+        format!("/workflows/{id}/signal/an%00swer"),
+        format!("/workflows/{id}/state/k%0Aey/increment"),
+    ] {
+        let (status, body) = d.post(&path, &json!({}));
+        assert_eq!(
+            (status, error_kind(&body)),
+            (400, "invalid_request"),
+            "{path}: {body}"
+        );
+        assert!(body.to_string().contains("control character"), "{body}");
+    }
 
     // Cancel a waiting one; a second cancel is a conflict.
     let (_, ask) = d.post("/workflows", &json!({"machine": "ask"}));

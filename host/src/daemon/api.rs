@@ -242,6 +242,16 @@ pub struct Segments<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Ids, channels and state keys are names: a control character (a
+        // NUL that one store keeps and another cannot) is refused here.
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))?;
+        if let Some((name, _)) = raw.iter().find(|(_, v)| v.chars().any(char::is_control)) {
+            return Err(ApiError::invalid(format!(
+                "bad path: `{name}` has a control character"
+            )));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Segments(p.0))
