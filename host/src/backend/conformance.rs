@@ -149,6 +149,82 @@ async fn suite(b: &dyn Backend) {
     assert_eq!(b.take_signal("b", "other").await.unwrap(), None);
 }
 
+/// Lists filtered by time range and id prefix; counts kept as executions
+/// are stored and change status.
+async fn list_and_count_suite(b: &dyn Backend) {
+    let of =
+        |id: &str, parent: Option<&str>, machine: &str, status: &str, created: u64| Checkpoint {
+            machine: machine.into(),
+            ..checkpoint(id, parent, status, created)
+        };
+    b.save(of("x1", None, "m1", "running", 100)).await.unwrap();
+    b.save(of("x2", None, "m1", "done", 200)).await.unwrap();
+    b.save(of("y1", Some("x1"), "m2", "running", 150))
+        .await
+        .unwrap();
+    b.save(of("ab12", None, "m2", "failed", 300)).await.unwrap();
+    // A save that changes nothing counted counts nothing.
+    b.save(of("x2", None, "m1", "done", 200)).await.unwrap();
+    let counted = |counts: Vec<ExecutionCount>| {
+        let mut rows: Vec<(bool, String, &'static str, u64)> = counts
+            .into_iter()
+            .map(|c| (c.root, c.machine, c.status.as_str(), c.count))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let row = |root: bool, m: &str, s: &'static str, n: u64| (root, m.to_string(), s, n);
+    assert_eq!(
+        counted(b.counts().await.unwrap()),
+        [
+            row(false, "m2", "running", 1),
+            row(true, "m1", "done", 1),
+            row(true, "m1", "running", 1),
+            row(true, "m2", "failed", 1),
+        ]
+    );
+    b.save(of("x1", None, "m1", "done", 100)).await.unwrap();
+    assert_eq!(
+        counted(b.counts().await.unwrap()),
+        [
+            row(false, "m2", "running", 1),
+            row(true, "m1", "done", 2),
+            row(true, "m2", "failed", 1),
+        ],
+        "a status change moves the count"
+    );
+
+    let ids = |filter: ListFilter| async move {
+        b.list(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    let range = ListFilter {
+        created_from: Some(150),
+        created_before: Some(300),
+        ..Default::default()
+    };
+    assert_eq!(ids(range).await, ["x2", "y1"]);
+    let prefix = |p: &str| ListFilter {
+        id_prefix: Some(p.into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(prefix("x")).await, ["x2", "x1"]);
+    assert_eq!(ids(prefix("ab")).await, ["ab12"]);
+    assert!(ids(prefix("x3")).await.is_empty());
+    let combined = ListFilter {
+        id_prefix: Some("x".into()),
+        status: Some(ExecutionStatus::Done),
+        created_from: Some(150),
+        roots_only: true,
+        ..Default::default()
+    };
+    assert_eq!(ids(combined).await, ["x2"]);
+}
+
 fn owner(id: &str) -> Owner {
     Owner {
         id: id.into(),
@@ -886,6 +962,7 @@ async fn state_suite(b: Arc<dyn Backend>) {
 #[tokio::test]
 async fn memory_backend_conforms() {
     suite(&MemoryBackend::new()).await;
+    list_and_count_suite(&MemoryBackend::new()).await;
     ownership_suite(&MemoryBackend::new()).await;
     definitions_suite(&MemoryBackend::new()).await;
     signal_consumption_suite(&MemoryBackend::new()).await;
@@ -909,6 +986,10 @@ async fn sqlite_backend_conforms_and_persists() {
         fence_suite(&b).await;
         fan_in_suite(&b).await;
     }
+    list_and_count_suite(
+        &SqliteBackend::open(&dir.path().join("counts.db"), Durability::Normal).unwrap(),
+    )
+    .await;
     state_suite(Arc::new(
         SqliteBackend::open(&dir.path().join("state.db"), Durability::Normal).unwrap(),
     ))
@@ -921,6 +1002,45 @@ async fn sqlite_backend_conforms_and_persists() {
         b.get_definition("d1").await.unwrap().as_deref(),
         Some("first")
     );
+}
+
+/// A store from before execution counts were kept gets them counted once
+/// when it is opened by this version.
+#[tokio::test]
+async fn sqlite_counts_the_executions_of_an_older_store_when_it_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flowhost.db");
+    {
+        let b = SqliteBackend::open(&path, Durability::Normal).unwrap();
+        b.save(checkpoint("a", None, "done", 1)).await.unwrap();
+        b.save(checkpoint("b", None, "done", 2)).await.unwrap();
+        b.save(checkpoint("c", Some("a"), "failed", 3))
+            .await
+            .unwrap();
+    }
+    // Back to the schema before the counts (their migration is the last).
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let before: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    conn.execute_batch(&format!(
+        "DROP TABLE execution_counts; DROP TRIGGER execution_counts_insert;
+         DROP TRIGGER execution_counts_delete; DROP TRIGGER execution_counts_update;
+         PRAGMA user_version = {}",
+        before - 1
+    ))
+    .unwrap();
+    drop(conn);
+    let b = SqliteBackend::open(&path, Durability::Normal).unwrap();
+    let mut counts: Vec<_> = b
+        .counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.root, c.status.as_str(), c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [(false, "failed", 1), (true, "done", 2)]);
 }
 
 #[tokio::test]
@@ -1285,6 +1405,7 @@ async fn postgres_backend_conforms() {
         fan_in_suite(&b).await;
     }
     state_suite(Arc::new(open("state").await)).await;
+    list_and_count_suite(&open("counts").await).await;
     pools_suite(&open("pools").await).await;
     let clock = Arc::new(ManualClock::new(1_000_000));
     clock_suite(&open("clock").await.with_clock(clock.clone()), &clock).await;
@@ -1303,9 +1424,12 @@ async fn postgres_backend_conforms() {
     );
     assert_eq!(
         cluster
-            .sql("suite", "SELECT count(*) FROM flowhost_schema")
+            .sql(
+                "suite",
+                "SELECT count(*) = count(DISTINCT version) FROM flowhost_schema"
+            )
             .unwrap(),
-        "1"
+        "t"
     );
 }
 

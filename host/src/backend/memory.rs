@@ -180,6 +180,13 @@ impl Checkpoints for MemoryBackend {
             .filter(|c| filter.machine.as_ref().is_none_or(|m| &c.machine == m))
             .filter(|c| !filter.roots_only || c.parent.is_none())
             .filter(|c| filter.parent.is_none() || c.parent == filter.parent)
+            .filter(|c| filter.in_range(c.created_ms))
+            .filter(|c| {
+                filter
+                    .id_prefix
+                    .as_ref()
+                    .is_none_or(|p| c.id.starts_with(p.as_str()))
+            })
             .filter(|c| {
                 filter.after.as_ref().is_none_or(|(ms, id)| {
                     c.created_ms < *ms || (c.created_ms == *ms && c.id < *id)
@@ -192,6 +199,25 @@ impl Checkpoints for MemoryBackend {
             found.truncate(limit);
         }
         Ok(found)
+    }
+
+    /// Counted when asked: the memory store holds what one process made.
+    async fn counts(&self) -> BackendResult<Vec<super::ExecutionCount>> {
+        let data = self.lock();
+        let mut counts: std::collections::BTreeMap<(bool, &str, &str), super::ExecutionCount> =
+            Default::default();
+        for c in data.checkpoints.values() {
+            counts
+                .entry((c.parent.is_none(), &c.machine, c.status.as_str()))
+                .or_insert_with(|| super::ExecutionCount {
+                    root: c.parent.is_none(),
+                    machine: c.machine.clone(),
+                    status: c.status,
+                    count: 0,
+                })
+                .count += 1;
+        }
+        Ok(counts.into_values().collect())
     }
 }
 

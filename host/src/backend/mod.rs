@@ -193,7 +193,32 @@ pub struct ListFilter {
     /// Only executions listed after this one (newest first): the
     /// `(created_ms, id)` of the last one of the previous page.
     pub after: Option<(u64, String)>,
+    /// Only executions created at or after this time (ms since the epoch).
+    pub created_from: Option<u64>,
+    /// Only executions created before this time (ms since the epoch).
+    pub created_before: Option<u64>,
+    /// Only executions whose id starts with this.
+    pub id_prefix: Option<String>,
     pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// Whether a created time falls in the filter's range.
+    pub fn in_range(&self, created_ms: u64) -> bool {
+        self.created_from.is_none_or(|f| created_ms >= f)
+            && self.created_before.is_none_or(|b| created_ms < b)
+    }
+}
+
+/// How many executions there are of one machine in one status, root
+/// executions and children apart: kept as executions change (a trigger in
+/// the SQL stores), so reading them costs nothing however many there are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecutionCount {
+    pub root: bool,
+    pub machine: String,
+    pub status: ExecutionStatus,
+    pub count: u64,
 }
 
 /// The final outcome of an execution, addressable as `flowhost://<id>/result`.
@@ -250,6 +275,8 @@ pub trait Checkpoints: Send + Sync {
     /// The statuses of these executions (those the store has), read at
     /// once: how far a fan-out's children are.
     async fn statuses(&self, ids: &[String]) -> BackendResult<HashMap<String, ExecutionStatus>>;
+    /// Executions by root or child, machine and status (those not zero).
+    async fn counts(&self) -> BackendResult<Vec<ExecutionCount>>;
 }
 
 /// Durable results of finished executions.

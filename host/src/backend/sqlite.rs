@@ -152,6 +152,39 @@ ALTER TABLE executions ADD COLUMN digest TEXT;
 ALTER TABLE results ADD COLUMN digest TEXT;
 CREATE INDEX jobs_due ON jobs(pool, status, run_at_ms);
 "#,
+    // Counts by (root or child, machine, status), kept by triggers in the
+    // write that changes an execution: what the dashboard shows, read
+    // without counting a table of a million rows.
+    r#"
+CREATE TABLE execution_counts (
+    root     INTEGER NOT NULL,
+    machine  TEXT NOT NULL,
+    status   TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (root, machine, status)
+) WITHOUT ROWID;
+INSERT INTO execution_counts (root, machine, status, n)
+    SELECT parent IS NULL, machine, status, count(*) FROM executions GROUP BY 1, 2, 3;
+CREATE TRIGGER execution_counts_insert AFTER INSERT ON executions BEGIN
+    INSERT INTO execution_counts (root, machine, status, n)
+        VALUES (NEW.parent IS NULL, NEW.machine, NEW.status, 1)
+        ON CONFLICT (root, machine, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER execution_counts_delete AFTER DELETE ON executions BEGIN
+    UPDATE execution_counts SET n = n - 1
+        WHERE root = (OLD.parent IS NULL) AND machine = OLD.machine AND status = OLD.status;
+END;
+CREATE TRIGGER execution_counts_update AFTER UPDATE OF status, machine, parent ON executions
+    WHEN OLD.status IS NOT NEW.status OR OLD.machine IS NOT NEW.machine
+      OR (OLD.parent IS NULL) IS NOT (NEW.parent IS NULL)
+BEGIN
+    UPDATE execution_counts SET n = n - 1
+        WHERE root = (OLD.parent IS NULL) AND machine = OLD.machine AND status = OLD.status;
+    INSERT INTO execution_counts (root, machine, status, n)
+        VALUES (NEW.parent IS NULL, NEW.machine, NEW.status, 1)
+        ON CONFLICT (root, machine, status) DO UPDATE SET n = n + 1;
+END;
+"#,
 ];
 
 /// How hard a commit waits for the disk.
@@ -949,6 +982,25 @@ impl Checkpoints for SqliteBackend {
             let (ms, id) = (param((*ms as i64).into()), param(id.clone().into()));
             conditions.push(format!("(created_ms, id) < ({ms}, {id})"));
         }
+        if let Some(from) = filter.created_from {
+            conditions.push(format!(
+                "created_ms >= {}",
+                param((from.min(i64::MAX as u64) as i64).into())
+            ));
+        }
+        if let Some(before) = filter.created_before {
+            conditions.push(format!(
+                "created_ms < {}",
+                param((before.min(i64::MAX as u64) as i64).into())
+            ));
+        }
+        if let Some(prefix) = filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
+            // A range of the primary key: every id that starts with the
+            // prefix sorts from it to it followed by the largest character.
+            let from = param(prefix.clone().into());
+            let to = param(format!("{prefix}\u{10FFFF}").into());
+            conditions.push(format!("id >= {from} AND id < {to}"));
+        }
         let limit = param(filter.limit.map_or(-1, |l| l as i64).into());
         if filter.roots_only {
             conditions.push("parent IS NULL".to_string());
@@ -967,6 +1019,37 @@ impl Checkpoints for SqliteBackend {
             .query_map(rusqlite::params_from_iter(values), row_checkpoint)
             .map_err(db_error(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(db_error(&self.path))
+    }
+
+    async fn counts(&self) -> BackendResult<Vec<super::ExecutionCount>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT root, machine, status, n FROM execution_counts WHERE n <> 0
+                 ORDER BY root DESC, machine, status",
+            )
+            .map_err(db_error(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, bool>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, super::ExecutionStatus>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db_error(&self.path))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (root, machine, status, n) = row.map_err(db_error(&self.path))?;
+            counts.push(super::ExecutionCount {
+                root,
+                machine,
+                status,
+                count: n.max(0) as u64,
+            });
+        }
+        Ok(counts)
     }
 }
 

@@ -259,6 +259,18 @@ impl Checkpoints for PostgresBackend {
             let (ms, id) = (param(Box::new(clamp(*ms))), param(Box::new(id.clone())));
             conditions.push(format!("(created_ms, id) < ({ms}, {id})"));
         }
+        if let Some(from) = filter.created_from {
+            conditions.push(format!("created_ms >= {}", param(Box::new(clamp(from)))));
+        }
+        if let Some(before) = filter.created_before {
+            conditions.push(format!("created_ms < {}", param(Box::new(clamp(before)))));
+        }
+        if let Some(prefix) = filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
+            conditions.push(format!(
+                "starts_with(id, {})",
+                param(Box::new(prefix.clone()))
+            ));
+        }
         if filter.roots_only {
             conditions.push("parent IS NULL".to_string());
         }
@@ -278,6 +290,31 @@ impl Checkpoints for PostgresBackend {
             .iter()
             .map(|r| row_checkpoint(r).map_err(|e| self.at(e)))
             .collect()
+    }
+
+    async fn counts(&self) -> BackendResult<Vec<super::ExecutionCount>> {
+        let rows = self
+            .query(
+                "SELECT root, machine, status, sum(n)::BIGINT FROM execution_counts
+                 GROUP BY root, machine, status HAVING sum(n) <> 0
+                 ORDER BY root DESC, machine, status",
+                &[],
+            )
+            .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for r in &rows {
+            counts.push(super::ExecutionCount {
+                root: r.get(0),
+                machine: r.get(1),
+                status: ops::status(
+                    r.get(2),
+                    super::ExecutionStatus::parse,
+                    super::ExecutionStatus::spellings,
+                )?,
+                count: r.get::<_, i64>(3).max(0) as u64,
+            });
+        }
+        Ok(counts)
     }
 }
 

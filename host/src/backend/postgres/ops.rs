@@ -25,7 +25,8 @@ use std::sync::Arc;
 use tokio_postgres::{Row, Statement, Transaction};
 
 /// Schema versions, applied in order; `flowhost_schema` says how many ran.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE executions (
     id         TEXT PRIMARY KEY,
     parent     TEXT,
@@ -123,7 +124,51 @@ CREATE TABLE state (
     value      TEXT NOT NULL,
     PRIMARY KEY (execution, key)
 );
-"#];
+"#,
+    // Counts by (root or child, machine, status), kept by a trigger in the
+    // transaction that changes an execution: what the dashboard shows, read
+    // without counting the table. Each server process adds to a shard of
+    // its own (by its pid), so hosts writing at once do not queue on one
+    // counter row; a read sums the shards.
+    r#"
+CREATE TABLE execution_counts (
+    root     BOOLEAN NOT NULL,
+    machine  TEXT NOT NULL,
+    status   TEXT NOT NULL,
+    shard    INTEGER NOT NULL,
+    n        BIGINT NOT NULL,
+    PRIMARY KEY (root, machine, status, shard)
+);
+INSERT INTO execution_counts (root, machine, status, shard, n)
+    SELECT parent IS NULL, machine, status, 0, count(*) FROM executions GROUP BY 1, 2, 3;
+CREATE FUNCTION flowhost_count_execution() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    my_shard INTEGER := pg_backend_pid() % 32;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO execution_counts (root, machine, status, shard, n)
+            VALUES (OLD.parent IS NULL, OLD.machine, OLD.status, my_shard, -1)
+            ON CONFLICT (root, machine, status, shard)
+            DO UPDATE SET n = execution_counts.n - 1;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        INSERT INTO execution_counts (root, machine, status, shard, n)
+            VALUES (NEW.parent IS NULL, NEW.machine, NEW.status, my_shard, 1)
+            ON CONFLICT (root, machine, status, shard)
+            DO UPDATE SET n = execution_counts.n + 1;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER execution_counts_insert_delete AFTER INSERT OR DELETE ON executions
+    FOR EACH ROW EXECUTE FUNCTION flowhost_count_execution();
+CREATE TRIGGER execution_counts_update AFTER UPDATE OF status, machine, parent ON executions
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.machine IS DISTINCT FROM NEW.machine
+          OR (OLD.parent IS NULL) IS DISTINCT FROM (NEW.parent IS NULL))
+    EXECUTE FUNCTION flowhost_count_execution();
+"#,
+];
 
 /// One write.
 #[derive(Debug, Clone)]
