@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// `<target>/<profile>`: the test executable lives in `<target>/<profile>/deps/`.
-fn profile_dir() -> PathBuf {
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     exe.parent()
         .and_then(Path::parent)

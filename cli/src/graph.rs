@@ -19,6 +19,8 @@ pub(super) struct GraphArgs {
 enum GraphFormat {
     Mermaid,
     Dot,
+    /// States and edges as data (what the daemon's dashboard draws).
+    Json,
 }
 
 pub(super) fn run(a: GraphArgs) -> Result<ExitCode, CliError> {
@@ -26,6 +28,7 @@ pub(super) fn run(a: GraphArgs) -> Result<ExitCode, CliError> {
     let format = match a.format {
         GraphFormat::Mermaid => graph::Format::Mermaid,
         GraphFormat::Dot => graph::Format::Dot,
+        GraphFormat::Json => graph::Format::Json,
     };
     print!("{}", graph::render(&machine, format));
     Ok(ExitCode::SUCCESS)

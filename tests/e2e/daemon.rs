@@ -66,7 +66,7 @@ impl Site {
         }
     }
 
-    fn new() -> Site {
+    pub(crate) fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let machines = dir.path().join("machines");
         std::fs::create_dir(&machines).unwrap();
@@ -82,11 +82,11 @@ impl Site {
         Site { dir, db: None }
     }
 
-    fn machines(&self) -> PathBuf {
+    pub(crate) fn machines(&self) -> PathBuf {
         self.dir.path().join("machines")
     }
 
-    fn db(&self) -> String {
+    pub(crate) fn db(&self) -> String {
         match &self.db {
             Some(db) => db.clone(),
             None => self.dir.path().join("flowhost.db").display().to_string(),
@@ -136,6 +136,10 @@ impl Site {
 }
 
 impl Served {
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -178,7 +182,7 @@ impl Served {
         self.call("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.call("POST", path, Some(body))
     }
 
@@ -237,7 +241,7 @@ fn error_kind(body: &Value) -> &str {
 
 /// Polls `check` (a read of the daemon) until it holds; the bound only
 /// stops a broken daemon from hanging the test.
-fn until(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn until(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..2000 {
         if check() {
             return;

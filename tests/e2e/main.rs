@@ -7,6 +7,7 @@ mod cache;
 mod chaos;
 mod cli;
 mod daemon;
+mod dashboard;
 mod definitions;
 mod engine;
 mod failures;

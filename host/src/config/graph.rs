@@ -1,5 +1,7 @@
 //! The state diagram of a machine config as Mermaid or Graphviz DOT, with
-//! child machines drawn inside the states that run them.
+//! child machines drawn inside the states that run them, or as data
+//! ([`Graph`]: states, their children and the edges between them) for a
+//! program to draw — the daemon's dashboard does.
 
 use super::{ChildMachine, Machine, OnError, StateType};
 use std::fmt::Write;
@@ -9,6 +11,94 @@ use std::path::Path;
 pub enum Format {
     Mermaid,
     Dot,
+    /// [`Graph`] as JSON.
+    Json,
+}
+
+/// A machine's states and the edges between them, in the config's order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Graph {
+    pub machine: String,
+    pub initial: String,
+    pub states: Vec<Node>,
+    pub edges: Vec<Edge>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Node {
+    pub name: String,
+    /// `initial`, `final` or `state`.
+    pub kind: &'static str,
+    /// What it runs or waits for (`runs grade`, `waits for approval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The child machines it runs, each with how (`machine`, `foreach`,
+    /// `launch`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChildRef {
+    pub machine: String,
+    pub how: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+    /// The transition's condition, or `on_error <kind>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `transition` or `on_error`.
+    pub kind: &'static str,
+}
+
+impl Graph {
+    /// The graph of one machine (its children named, not nested).
+    pub fn of(machine: &Machine) -> Graph {
+        let data = machine.data();
+        let mut states = Vec::new();
+        let mut edges = Vec::new();
+        for (name, state) in &data.states {
+            let kind = if state.kind == Some(StateType::Final) {
+                "final"
+            } else if *name == machine.initial {
+                "initial"
+            } else {
+                "state"
+            };
+            states.push(Node {
+                name: name.clone(),
+                kind,
+                label: label(state),
+                children: child_refs(state),
+            });
+            for t in &state.transitions {
+                edges.push(Edge {
+                    from: name.clone(),
+                    to: t.to.clone(),
+                    label: t.condition.clone(),
+                    kind: "transition",
+                });
+            }
+            for (kind, to) in on_error_targets(&state.on_error) {
+                edges.push(Edge {
+                    from: name.clone(),
+                    to,
+                    label: Some(format!("on_error {kind}")),
+                    kind: "on_error",
+                });
+            }
+        }
+        Graph {
+            machine: machine.name().to_string(),
+            initial: machine.initial.clone(),
+            states,
+            edges,
+        }
+    }
 }
 
 /// Child machines a graph will nest at most this deep (a machine that runs
@@ -19,6 +109,10 @@ const MAX_DEPTH: usize = 4;
 pub fn render(machine: &Machine, format: Format) -> String {
     let mut out = String::new();
     match format {
+        Format::Json => {
+            out = serde_json::to_string_pretty(&Graph::of(machine)).unwrap_or_default();
+            out.push('\n');
+        }
         Format::Mermaid => {
             out.push_str("stateDiagram-v2\n");
             mermaid(machine, "", 1, &mut out);
@@ -49,10 +143,7 @@ fn id(prefix: &str, state: &str) -> String {
 }
 
 /// The child machines a state runs, with how it runs them.
-fn children(
-    machine: &Machine,
-    state: &super::State,
-) -> Vec<(String, &'static str, Option<Machine>)> {
+fn child_refs(state: &super::State) -> Vec<ChildRef> {
     let how = if state.foreach.is_some() {
         "foreach"
     } else {
@@ -61,9 +152,23 @@ fn children(
     let run = state.machine.iter().flat_map(|m| m.list());
     run.map(|c| (c, how))
         .chain(state.launch.iter().map(|c| (c, "launch")))
-        .map(|(child, how)| {
-            let def = load_child(machine, &child.machine);
-            (child.machine.clone(), how, def)
+        .map(|(c, how)| ChildRef {
+            machine: c.machine.clone(),
+            how,
+        })
+        .collect()
+}
+
+/// [`child_refs`] with each child's config loaded, when it can be.
+fn children(
+    machine: &Machine,
+    state: &super::State,
+) -> Vec<(String, &'static str, Option<Machine>)> {
+    child_refs(state)
+        .into_iter()
+        .map(|c| {
+            let def = load_child(machine, &c.machine);
+            (c.machine, c.how, def)
         })
         .collect()
 }

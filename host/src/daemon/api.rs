@@ -417,6 +417,11 @@ async fn answer(
     wait: Option<Duration>,
 ) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
     d.added_work();
+    if sent.created
+        && let Ok(Some(stored)) = d.backend.load(&sent.id).await
+    {
+        d.feed.publish(super::live::Change::stored(&stored));
+    }
     let waited = match wait {
         Some(w) => wait_for(d, &sent.id, w).await?,
         // Just stored: queued.
@@ -447,6 +452,12 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Include child executions (fan-out children, launches).
     pub all: Option<bool>,
+    /// Only executions created at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// Only executions created before this time (ms since the epoch).
+    pub until: Option<u64>,
+    /// Only executions whose id starts with this.
+    pub prefix: Option<String>,
 }
 
 /// One execution in a list.
@@ -516,14 +527,111 @@ async fn page(d: &Daemon, mut filter: ListFilter, limit: Option<usize>) -> Resul
 #[utoipa::path(get, path = "/workflows", tag = "workflows", params(ListQuery),
     responses((status = 200, body = Page), (status = "4XX", body = ErrorBody)))]
 async fn list(State(d): D, Params(q): Params<ListQuery>) -> Result<Json<Page>, ApiError> {
+    if let (Some(since), Some(until)) = (q.since, q.until)
+        && since >= until
+    {
+        return Err(ApiError::invalid(format!(
+            "since ({since}) must be before until ({until})"
+        )));
+    }
+    if let Some(prefix) = &q.prefix {
+        crate::backend::check_execution_id(prefix)
+            .map_err(|e| ApiError::invalid(format!("prefix: {e}")))?;
+    }
     let filter = ListFilter {
         status: q.status,
         machine: q.machine,
         roots_only: !q.all.unwrap_or(false),
         after: q.cursor.as_deref().map(parse_cursor).transpose()?,
+        created_from: q.since,
+        created_before: q.until,
+        id_prefix: q.prefix.filter(|p| !p.is_empty()),
         ..Default::default()
     };
     Ok(Json(page(&d, filter, q.limit).await?))
+}
+
+/// Executions by status: every one, the roots, and per machine.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CountsAnswer {
+    /// Root executions (what the list shows by default) by status.
+    pub roots: BTreeMap<String, u64>,
+    /// Every execution, children included, by status.
+    pub all: BTreeMap<String, u64>,
+    /// Per machine, root or child, and status.
+    pub machines: Vec<MachineCount>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineCount {
+    pub machine: String,
+    pub root: bool,
+    pub status: ExecutionStatus,
+    pub count: u64,
+}
+
+/// How many executions there are, by status and machine. Kept by the store
+/// as executions change, so it costs the same at a million executions as at
+/// ten.
+#[utoipa::path(get, path = "/counts", tag = "workflows",
+    responses((status = 200, body = CountsAnswer), (status = "4XX", body = ErrorBody)))]
+async fn counts(State(d): D) -> Result<Json<CountsAnswer>, ApiError> {
+    let rows = d.backend.counts().await?;
+    let mut roots: BTreeMap<String, u64> = ExecutionStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    let mut all = roots.clone();
+    for r in &rows {
+        *all.entry(r.status.as_str().to_string()).or_default() += r.count;
+        if r.root {
+            *roots.entry(r.status.as_str().to_string()).or_default() += r.count;
+        }
+    }
+    Ok(Json(CountsAnswer {
+        roots,
+        all,
+        machines: rows
+            .into_iter()
+            .map(|r| MachineCount {
+                machine: r.machine,
+                root: r.root,
+                status: r.status,
+                count: r.count,
+            })
+            .collect(),
+    }))
+}
+
+/// Executions as they change, as server-sent events: `changes` (a JSON
+/// array of executions — id, parent, machine, status, state, step,
+/// created_ms — the latest of each that changed since the last message) and
+/// `reload` (changes were missed: read again what you show). Changes this
+/// daemon's engine makes and the submissions it takes; a comment every
+/// 15 s keeps the connection open.
+#[utoipa::path(get, path = "/events", tag = "workflows",
+    responses((status = 200, content_type = "text/event-stream", body = String)))]
+async fn events(State(d): D) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let state = (d.feed.subscribe(), d.draining.subscribe());
+    let stream = futures_util::stream::unfold(state, |(mut sub, mut draining)| async move {
+        let next = tokio::select! {
+            n = sub.next() => n,
+            _ = draining.wait_for(|d| *d) => super::live::Next::Closed,
+        };
+        let event = match next {
+            super::live::Next::Changes(c) => Event::default()
+                .event("changes")
+                .json_data(&c)
+                .unwrap_or_else(|_| Event::default().event("reload").data("{}")),
+            super::live::Next::Reload => Event::default().event("reload").data("{}"),
+            super::live::Next::Closed => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (sub, draining)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// One execution: status, state, children's progress, who runs it, error, result.
@@ -535,6 +643,17 @@ async fn describe(
     Segments(id): Segments<String>,
 ) -> Result<Json<Description>, ApiError> {
     Ok(Json(services::describe(d.backend.as_ref(), &id).await?))
+}
+
+/// The state diagram of the machine an execution runs (from its pinned
+/// definition): states with their kind, what they run and their child
+/// machines, and the edges between them.
+#[utoipa::path(get, path = "/workflows/{id}/graph", tag = "workflows",
+    params(("id" = String, Path, description = "The execution id")),
+    responses((status = 200, description = "`{machine, initial, states: [{name, kind, label?, children?}], edges: [{from, to, label?, kind}]}`"),
+        (status = "4XX", body = ErrorBody)))]
+async fn graph(State(d): D, Segments(id): Segments<String>) -> Result<Response, ApiError> {
+    Ok(Json(services::graph(d.backend.as_ref(), &id).await?).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -1134,6 +1253,88 @@ pub struct PoolAnswer {
     /// The daemon's own workers for it (absent: it runs none).
     pub workers: Option<PoolView>,
     pub poisoned: Vec<Job>,
+    /// Jobs finished per second over the last minutes (for the queues
+    /// this daemon runs workers for).
+    pub throughput: super::live::Throughput,
+}
+
+async fn pool_answer(d: &Daemon, name: String) -> Result<PoolAnswer, ApiError> {
+    let stats = d.backend.stats(&name).await?;
+    let now = d.backend.clock().now_ms();
+    let oldest_waiting_seconds = stats
+        .oldest_due_ms
+        .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1e3);
+    let poisoned = d.backend.jobs(&name, Some(JobStatus::Poisoned), 20).await?;
+    Ok(PoolAnswer {
+        workers: d.pool(&name).map(|p| p.view()),
+        throughput: d.rates.of(&name),
+        name,
+        stats,
+        oldest_waiting_seconds,
+        poisoned,
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolsAnswer {
+    pub pools: Vec<PoolAnswer>,
+}
+
+/// The queues this daemon runs workers for (the run queue first), then the
+/// pools of other registered workers, each as `GET /pools/{name}` shows it.
+#[utoipa::path(get, path = "/pools", tag = "pools",
+    responses((status = 200, body = PoolsAnswer), (status = "4XX", body = ErrorBody)))]
+async fn pools(State(d): D) -> Result<Json<PoolsAnswer>, ApiError> {
+    let mut names: Vec<String> = d.pools.iter().map(|p| p.queue().to_string()).collect();
+    let mut others: Vec<String> = d
+        .backend
+        .workers(None)
+        .await?
+        .into_iter()
+        .map(|w| w.pool)
+        .filter(|p| !names.contains(p))
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    names.extend(others);
+    let mut pools = Vec::with_capacity(names.len());
+    for name in names {
+        pools.push(pool_answer(&d, name).await?);
+    }
+    Ok(Json(PoolsAnswer { pools }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Most jobs (1–1000, default 50).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobsAnswer {
+    pub jobs: Vec<Job>,
+}
+
+/// A pool's jobs, newest first.
+#[utoipa::path(get, path = "/pools/{name}/jobs", tag = "pools",
+    params(("name" = String, Path, description = "The pool"), JobsQuery),
+    responses((status = 200, body = JobsAnswer), (status = "4XX", body = ErrorBody)))]
+async fn pool_jobs(
+    State(d): D,
+    Segments(name): Segments<String>,
+    Params(q): Params<JobsQuery>,
+) -> Result<Json<JobsAnswer>, ApiError> {
+    check_queue(&name)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be from 1 to 1000"));
+    }
+    Ok(Json(JobsAnswer {
+        jobs: d.backend.jobs(&name, q.status, limit).await?,
+    }))
 }
 
 /// A pool's counts and health.
@@ -1142,19 +1343,7 @@ pub struct PoolAnswer {
     responses((status = 200, body = PoolAnswer), (status = "4XX", body = ErrorBody)))]
 async fn pool(State(d): D, Segments(name): Segments<String>) -> Result<Json<PoolAnswer>, ApiError> {
     check_queue(&name)?;
-    let stats = d.backend.stats(&name).await?;
-    let now = d.backend.clock().now_ms();
-    let oldest_waiting_seconds = stats
-        .oldest_due_ms
-        .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1e3);
-    let poisoned = d.backend.jobs(&name, Some(JobStatus::Poisoned), 20).await?;
-    Ok(Json(PoolAnswer {
-        workers: d.pool(&name).map(|p| p.view()),
-        name,
-        stats,
-        oldest_waiting_seconds,
-        poisoned,
-    }))
+    Ok(Json(pool_answer(&d, name).await?))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -1192,17 +1381,69 @@ async fn requeue(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkersAnswer {
     /// Every worker registered in the store (this daemon's and others').
-    pub workers: Vec<WorkerInfo>,
+    pub workers: Vec<WorkerView>,
     /// This daemon's own workers, per queue.
     pub pools: Vec<PoolView>,
 }
 
-/// Registered workers, and the daemon's own worker pools.
+/// A worker and what it holds now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerView {
+    #[serde(flatten)]
+    pub worker: WorkerInfo,
+    /// Jobs it has claimed (at most 100).
+    pub current: Vec<CurrentJob>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CurrentJob {
+    pub id: i64,
+    /// The execution it runs (a job of the run queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
+}
+
+/// Most claimed jobs read per pool to say what workers hold.
+const CLAIMED_SHOWN: usize = 1000;
+
+/// Registered workers with what each holds, and the daemon's own worker pools.
 #[utoipa::path(get, path = "/workers", tag = "workers",
     responses((status = 200, body = WorkersAnswer)))]
 async fn workers(State(d): D) -> Result<Json<WorkersAnswer>, ApiError> {
+    let registered = d.backend.workers(None).await?;
+    let mut pools: Vec<&str> = registered.iter().map(|w| w.pool.as_str()).collect();
+    pools.sort_unstable();
+    pools.dedup();
+    let mut held: BTreeMap<String, Vec<CurrentJob>> = BTreeMap::new();
+    for pool in pools {
+        for job in d
+            .backend
+            .jobs(pool, Some(JobStatus::Claimed), CLAIMED_SHOWN)
+            .await?
+        {
+            if let Some(w) = job.worker {
+                let list = held.entry(w).or_default();
+                if list.len() < 100 {
+                    list.push(CurrentJob {
+                        id: job.id,
+                        execution: job
+                            .payload
+                            .get("execution")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    });
+                }
+            }
+        }
+    }
     Ok(Json(WorkersAnswer {
-        workers: d.backend.workers(None).await?,
+        workers: registered
+            .into_iter()
+            .map(|w| WorkerView {
+                current: held.remove(&w.id).unwrap_or_default(),
+                worker: w,
+            })
+            .collect(),
         pools: d.pools.iter().map(|p| p.view()).collect(),
     }))
 }
@@ -1410,8 +1651,11 @@ fn routes_and_doc() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
     }
     OpenApiRouter::with_openapi(doc)
         .routes(routes!(submit, list))
+        .routes(routes!(counts))
+        .routes(routes!(events))
         .routes(routes!(mapreduce))
         .routes(routes!(describe))
+        .routes(routes!(graph))
         .routes(routes!(history))
         .routes(routes!(cancel))
         .routes(routes!(resume))
@@ -1422,7 +1666,8 @@ fn routes_and_doc() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
         .routes(routes!(append))
         .routes(routes!(add))
         .routes(routes!(cas))
-        .routes(routes!(push))
+        .routes(routes!(push, pool_jobs))
+        .routes(routes!(pools))
         .routes(routes!(pool))
         .routes(routes!(requeue))
         .routes(routes!(workers))
@@ -1431,7 +1676,32 @@ fn routes_and_doc() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
         .routes(routes!(machines))
         .routes(routes!(metrics))
         .routes(routes!(healthz))
+        .routes(routes!(session))
         .split_for_parts()
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionAnswer {
+    /// Whether the daemon needs a bearer token.
+    pub token_required: bool,
+    /// Whether this request's token (or none, when none is needed) opens
+    /// the API.
+    pub authorized: bool,
+}
+
+/// Whether the token this request carries opens the API: answered without
+/// the token (like `/healthz`), so a client can tell "sign in" from a
+/// failure without making one.
+#[utoipa::path(get, path = "/session", tag = "daemon",
+    responses((status = 200, body = SessionAnswer)))]
+async fn session(State(d): D, headers: HeaderMap) -> Json<SessionAnswer> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    Json(SessionAnswer {
+        token_required: d.token.is_some(),
+        authorized: d.token.as_ref().is_none_or(|t| t.accepts(given)),
+    })
 }
 
 /// The API's router over a daemon.
@@ -1447,6 +1717,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
             }),
         )
         .route_layer(axum::middleware::from_fn_with_state(d.clone(), observe))
+        .merge(super::dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(d.clone(), authorize))
@@ -1488,20 +1759,24 @@ async fn observe(State(d): D, req: Request, next: Next) -> Response {
         .to_string();
     let method = req.method().to_string();
     let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    d.metrics.http(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let mut response = next.run(req).await;
+    let took = started.elapsed().as_secs_f64();
+    d.metrics
+        .http(&method, &route, response.status().as_u16(), took);
+    // The time the daemon spent on the request, as browsers' developer
+    // tools and the dashboard benchmark read it.
+    if let Ok(v) = header::HeaderValue::from_str(&format!("app;dur={:.3}", took * 1e3)) {
+        response.headers_mut().insert("server-timing", v);
+    }
     response
 }
 
-/// Every route but `/healthz` needs the token, when the daemon has one.
+/// Every route but `/healthz`, `/session` and the dashboard's files needs
+/// the token, when the daemon has one.
 async fn authorize(State(d): D, headers: HeaderMap, req: Request, next: Next) -> Response {
     if let Some(token) = &d.token
-        && req.uri().path() != "/healthz"
+        && !["/healthz", "/session"].contains(&req.uri().path())
+        && !super::dashboard::is_public(req.uri().path())
     {
         let given = headers
             .get(header::AUTHORIZATION)

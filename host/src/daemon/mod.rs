@@ -13,6 +13,8 @@
 pub mod api;
 mod auth;
 pub mod catalog;
+pub mod dashboard;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 
@@ -118,11 +120,12 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
-/// What the engine tells the daemon: counted by the metrics, and a result
-/// written wakes whoever waits for one.
+/// What the engine tells the daemon: counted by the metrics, published on
+/// the live feed, and a result written wakes whoever waits for one.
 struct Observe {
     metrics: Arc<Metrics>,
     results: Arc<Notify>,
+    feed: Arc<live::Feed>,
 }
 
 impl Observer for Observe {
@@ -131,6 +134,7 @@ impl Observer for Observe {
     }
     fn event(&self, rec: &Record, event: &Event) {
         self.metrics.event(rec, event);
+        self.feed.publish(live::Change::of(rec));
     }
     fn result_written(&self, _id: &str) {
         self.results.notify_waiters();
@@ -153,6 +157,10 @@ pub struct Daemon {
     pub(crate) work: Arc<Notify>,
     /// Turns true when the drain begins (waiting requests answer at once).
     pub(crate) draining: watch::Sender<bool>,
+    /// Executions changing, for `GET /events`.
+    pub(crate) feed: Arc<live::Feed>,
+    /// Each queue's throughput over the last minutes.
+    pub(crate) rates: Arc<live::Rates>,
     token: Option<auth::Token>,
 }
 
@@ -193,9 +201,11 @@ impl Daemon {
         let work = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new(counters.clone()));
         let results = Arc::new(Notify::new());
+        let feed = Arc::new(live::Feed::default());
         let observe = Arc::new(Observe {
             metrics: metrics.clone(),
             results: results.clone(),
+            feed: feed.clone(),
         });
         let mut engine = Engine::new(backend.clone(), runtime.clone(), config.plugins_dir.clone())
             .with_lease(config.lease)
@@ -257,6 +267,8 @@ impl Daemon {
             added: Notify::new(),
             work,
             draining: watch::channel(false).0,
+            feed,
+            rates: Arc::default(),
             token,
         }))
     }
@@ -316,6 +328,10 @@ impl Daemon {
         let watcher = self
             .catalog
             .watch(self.engine.clone(), self.metrics.clone());
+        let sampler = self.rates.clone().run(
+            self.backend.clone(),
+            self.pools.iter().map(|p| p.queue().to_string()).collect(),
+        );
         let router = api::router(self.clone());
         let d = self.clone();
         let (drain_started, mut drain_wait) = watch::channel(false);
@@ -338,6 +354,7 @@ impl Daemon {
                 scaler.abort();
                 reaper.abort();
                 watcher.abort();
+                sampler.abort();
                 d.engine.stop("the daemon is stopping");
                 // Every queue stops claiming at once; then one grace period
                 // for all of them.

@@ -37,6 +37,7 @@ pub struct Description {
     /// its tree's root, where `resume` starts).
     #[serde(skip)]
     pub root: String,
+    pub input: Value,
     pub context: Value,
     pub waiting_for: Option<String>,
     /// The children of the state it is in (foreach, parallel machines).
@@ -144,6 +145,7 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
         abandoned: active && holder.is_none() && !root.queued,
         parked,
         root: root.id,
+        input: rec.input,
         context: rec.context,
         waiting_for: rec.waiting_for,
         launches: rec.launches,
@@ -151,6 +153,34 @@ pub async fn describe(backend: &dyn Backend, id: &str) -> Result<Description, En
         result: result.map(|r| r.value),
         result_uri: format!("flowhost://{}/result", cp.id),
     })
+}
+
+/// The state diagram of the machine execution `id` runs: from its pinned
+/// definition (what it runs even if the file changed since), else from its
+/// config file.
+pub async fn graph(
+    backend: &dyn Backend,
+    id: &str,
+) -> Result<crate::config::graph::Graph, EngineError> {
+    let rec = parse_record(&checkpoint(backend, id).await?)?;
+    let pinned = match &rec.definition {
+        Some(digest) => match backend.get_definition(digest).await? {
+            Some(body) => {
+                let definition = super::Definition::decode(digest, &body)?;
+                definition
+                    .file(&rec.source.path)
+                    .map(|f| (f.file.clone(), f.text.clone()))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let machine = match pinned {
+        Some((file, text)) => crate::config::parse(&file, &text),
+        None => crate::config::load(&rec.source.file),
+    }
+    .map_err(EngineError::Config)?;
+    Ok(crate::config::graph::Graph::of(&machine))
 }
 
 /// The history of execution `id`: events after `after` (a `seq`), oldest
