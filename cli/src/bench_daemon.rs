@@ -47,9 +47,46 @@ data:
 "#;
 
 /// A daemon this command started, stopped (SIGTERM, by its PID) when dropped.
-struct Daemon {
+pub(super) struct Daemon {
     child: Option<std::process::Child>,
     base: String,
+}
+
+impl Daemon {
+    /// `flowhost serve` of this binary on a free loopback port, with these
+    /// flags; returns once it listens.
+    pub(super) fn start(flags: &[&std::ffi::OsStr]) -> Result<Daemon, CliError> {
+        let exe = std::env::current_exe().map_err(other)?;
+        let mut child = std::process::Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .env("FLOWHOST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| CliError::Other(format!("cannot start flowhost serve: {e}")))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(other)?;
+        }
+        // Stopped by its drop if it did not start.
+        let mut daemon = Daemon {
+            child: Some(child),
+            base: String::new(),
+        };
+        daemon.base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| CliError::Other(format!("flowhost serve did not start ({line:?})")))?
+            .to_string();
+        Ok(daemon)
+    }
+
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
 }
 
 impl Drop for Daemon {
@@ -58,11 +95,11 @@ impl Drop for Daemon {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> CliError {
+pub(super) fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -135,35 +172,16 @@ pub(super) async fn daemon(a: BenchDaemonArgs) -> Result<ExitCode, CliError> {
     std::fs::create_dir(&machines).map_err(other)?;
     std::fs::write(machines.join("three.yml"), MACHINE).map_err(other)?;
     let plugins = a.runtime.plugins_dir();
-    let exe = std::env::current_exe().map_err(other)?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-workers", "4"])
-        .arg("--db")
-        .arg(dir.path().join("bench.db"))
-        .arg("--machines")
-        .arg(&machines)
-        .arg("--plugins")
-        .arg(&plugins)
-        .env("FLOWHOST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| CliError::Other(format!("cannot start flowhost serve: {e}")))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(other)?;
-    }
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| CliError::Other(format!("flowhost serve did not start ({line:?})")))?
-        .to_string();
-    let daemon = Daemon {
-        child: Some(child),
-        base,
-    };
+    let daemon = Daemon::start(&[
+        "--max-workers".as_ref(),
+        "4".as_ref(),
+        "--db".as_ref(),
+        dir.path().join("bench.db").as_os_str(),
+        "--machines".as_ref(),
+        machines.as_os_str(),
+        "--plugins".as_ref(),
+        plugins.as_os_str(),
+    ])?;
     let submit_url = format!("{}/workflows?wait=30s", daemon.base);
     let run_one = |agent: &ureq::Agent, n: u32| -> Result<String, String> {
         let (status, body) = post(

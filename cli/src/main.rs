@@ -6,6 +6,7 @@
 mod author;
 mod bench;
 mod bench_daemon;
+mod bench_dashboard;
 mod bench_llm;
 mod graph;
 mod jobs;
@@ -97,6 +98,10 @@ enum BenchCommand {
     /// The daemon over HTTP: submit→result latency, submissions and state
     /// increments per second, warm-pool vs fresh plugin calls per language.
     Daemon(bench_daemon::BenchDaemonArgs),
+    /// The dashboard's reads at scale: seeds an SQLite store (a million
+    /// executions by default), prints its size and query plans, and times
+    /// the page's requests (server time by `Server-Timing`, p50/p95).
+    Dashboard(bench_dashboard::BenchDashboardArgs),
     /// The host's overhead per LLM call: the llm plugin and the HTTP round
     /// trip to a loopback endpoint, without the endpoint's own time.
     Llm(bench_llm::BenchLlmArgs),
@@ -297,6 +302,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Jobs(a)) => jobs::bench(a).await,
             Command::Bench(BenchCommand::Executions(a)) => bench::executions(a).await,
             Command::Bench(BenchCommand::Daemon(a)) => bench_daemon::daemon(a).await,
+            Command::Bench(BenchCommand::Dashboard(a)) => bench_dashboard::dashboard(a).await,
             Command::Bench(BenchCommand::Llm(a)) => bench_llm::llm(a).await,
             Command::Jobs(c) => jobs::run(c).await,
             Command::Workers(a) => jobs::workers(a).await,

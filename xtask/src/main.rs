@@ -207,11 +207,80 @@ fn test() -> Result<(), String> {
     toolchains()
         .pip_tool(Lang::Python, "schemathesis", SCHEMATHESIS, "schemathesis")
         .map_err(|e| e.to_string())?;
+    browser()?;
     let mut test = cargo();
-    // The PostgreSQL tests start their own servers; here they never skip.
+    // The PostgreSQL tests start their own servers and the dashboard test
+    // its browser; here they never skip.
     test.env("FLOWHOST_REQUIRE_PG", "1")
+        .env("FLOWHOST_REQUIRE_BROWSER", "1")
         .args(["test", "--workspace"]);
     run(test)
+}
+
+/// The version of playwright-core the dashboard's browser test drives
+/// Chromium with.
+const PLAYWRIGHT_CORE: &str = "1.65.1";
+
+/// The dashboard's browser test needs Debian's Chromium, node, and
+/// playwright-core (installed into `<target>/browser`, pinned): installed
+/// when missing.
+fn browser() -> Result<(), String> {
+    let have = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").is_file() {
+        missing.push("chromium");
+    }
+    if !have("node", "--version") {
+        missing.push("nodejs");
+    }
+    if !have("npm", "--version") {
+        missing.push("npm");
+    }
+    if !missing.is_empty() {
+        if !flowhost_authoring::toolchain::can_apt_install() {
+            return Err(format!(
+                "the dashboard's browser test needs Debian's {} (sudo apt-get install {})",
+                missing.join(", "),
+                missing.join(" ")
+            ));
+        }
+        eprintln!(
+            "xtask: installing {} (Debian) for the dashboard's browser test",
+            missing.join(", ")
+        );
+        if !flowhost_authoring::toolchain::apt_install(&missing) {
+            return Err(format!("apt-get could not install {}", missing.join(" ")));
+        }
+    }
+    let dir = target_dir().join("browser");
+    let installed = std::fs::read_to_string(dir.join("node_modules/playwright-core/package.json"))
+        .is_ok_and(|t| t.contains(&format!("\"version\": \"{PLAYWRIGHT_CORE}\"")));
+    if installed {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("package.json"), "{\"private\": true}\n")
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    eprintln!(
+        "xtask: installing playwright-core {PLAYWRIGHT_CORE} into {}",
+        dir.display()
+    );
+    let mut npm = Command::new("npm");
+    npm.current_dir(&dir).args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--save-exact",
+        &format!("playwright-core@{PLAYWRIGHT_CORE}"),
+    ]);
+    run(npm)
 }
 
 /// PostgreSQL's programs, for the tests that start throwaway servers:

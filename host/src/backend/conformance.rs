@@ -1004,6 +1004,44 @@ async fn sqlite_backend_conforms_and_persists() {
     );
 }
 
+/// An id prefix matching few executions is read by the primary key; one
+/// matching many, newest first on the creation index: the same rows either way.
+#[tokio::test]
+async fn sqlite_lists_by_id_prefix_on_the_plan_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = &SqliteBackend::open(&dir.path().join("f.db"), Durability::Normal).unwrap();
+    for n in 0..2100u64 {
+        let status = if n % 2 == 0 { "done" } else { "failed" };
+        b.save_deferred(checkpoint(&format!("p{n:05}"), None, status, 1000 + n))
+            .await
+            .unwrap();
+    }
+    b.save(checkpoint("q1", None, "done", 5000)).await.unwrap();
+    let filter = |prefix: &str| ListFilter {
+        id_prefix: Some(prefix.into()),
+        status: Some(ExecutionStatus::Failed),
+        roots_only: true,
+        limit: Some(3),
+        ..Default::default()
+    };
+    let ids = |f: ListFilter| async move {
+        b.list(&f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    // Many match "p": the creation index, newest first.
+    assert_eq!(ids(filter("p")).await, ["p02099", "p02097", "p02095"]);
+    let plan = b.explain_list(&filter("p")).unwrap().join("; ");
+    assert!(!plan.contains("autoindex"), "{plan}");
+    // Few match "p001": the key's range, then sorted.
+    assert_eq!(ids(filter("p001")).await, ["p00199", "p00197", "p00195"]);
+    let plan = b.explain_list(&filter("p001")).unwrap().join("; ");
+    assert!(plan.contains("autoindex"), "{plan}");
+}
+
 /// A store from before execution counts were kept gets them counted once
 /// when it is opened by this version.
 #[tokio::test]

@@ -911,6 +911,126 @@ fn verify(
     }
 }
 
+/// A prefix matching fewer executions than this is listed by the primary
+/// key's range (then sorted); one matching more, newest first on the
+/// creation index (matches are common enough there to fill a page soon).
+const PREFIX_BY_KEY: i64 = 2000;
+
+/// The statement that lists executions, and its values. Only the filters
+/// given are in it (one cached statement per combination), so SQLite plans
+/// each on its index — by status, machine, parent or creation time —
+/// instead of one generic plan that walks them all. With `by_key`, the
+/// other filters' columns are written `+column` (which no index serves), so
+/// the id prefix's range of the primary key is the plan.
+fn list_statement(filter: &ListFilter, by_key: bool) -> (String, Vec<rusqlite::types::Value>) {
+    let col = |name: &str| match by_key {
+        true => format!("+{name}"),
+        false => name.to_string(),
+    };
+    let mut conditions: Vec<String> = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    let mut param = |v: rusqlite::types::Value| {
+        values.push(v);
+        format!("?{}", values.len())
+    };
+    if let Some(status) = filter.status {
+        let v = param(status.as_str().to_string().into());
+        conditions.push(format!("{} = {v}", col("status")));
+    }
+    if let Some(machine) = &filter.machine {
+        let v = param(machine.clone().into());
+        conditions.push(format!("{} = {v}", col("machine")));
+    }
+    if let Some(parent) = &filter.parent {
+        let v = param(parent.clone().into());
+        conditions.push(format!("{} = {v}", col("parent")));
+    }
+    if let Some((ms, id)) = &filter.after {
+        let (ms, id) = (param((*ms as i64).into()), param(id.clone().into()));
+        conditions.push(format!(
+            "({}, {}) < ({ms}, {id})",
+            col("created_ms"),
+            col("id")
+        ));
+    }
+    if let Some(from) = filter.created_from {
+        let v = param((from.min(i64::MAX as u64) as i64).into());
+        conditions.push(format!("{} >= {v}", col("created_ms")));
+    }
+    if let Some(before) = filter.created_before {
+        let v = param((before.min(i64::MAX as u64) as i64).into());
+        conditions.push(format!("{} < {v}", col("created_ms")));
+    }
+    if let Some(prefix) = filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
+        // A range of the primary key: every id that starts with the prefix
+        // sorts from it to it followed by the largest character.
+        let (from, to) = prefix_range(prefix);
+        let (from, to) = (param(from.into()), param(to.into()));
+        conditions.push(format!("id >= {from} AND id < {to}"));
+    }
+    let limit = param(filter.limit.map_or(-1, |l| l as i64).into());
+    if filter.roots_only {
+        conditions.push(format!("{} IS NULL", col("parent")));
+    }
+    let filters = match conditions.is_empty() {
+        true => String::new(),
+        false => format!("WHERE {}", conditions.join(" AND ")),
+    };
+    let sql = format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM executions {filters}
+         ORDER BY created_ms DESC, id DESC LIMIT {limit}"
+    );
+    (sql, values)
+}
+
+fn prefix_range(prefix: &str) -> (String, String) {
+    (prefix.to_string(), format!("{prefix}\u{10FFFF}"))
+}
+
+impl SqliteBackend {
+    /// The list statement for a filter on this store: by the primary key
+    /// when its id prefix matches few executions (counted up to
+    /// [`PREFIX_BY_KEY`], a bounded read of the key).
+    fn list_plan(
+        &self,
+        conn: &Connection,
+        filter: &ListFilter,
+    ) -> BackendResult<(String, Vec<rusqlite::types::Value>)> {
+        let by_key = match filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
+            Some(prefix) => {
+                let (from, to) = prefix_range(prefix);
+                let n: i64 = conn
+                    .prepare_cached(
+                        "SELECT count(*) FROM (SELECT 1 FROM executions WHERE id >= ?1 AND id < ?2 LIMIT ?3)",
+                    )
+                    .and_then(|mut s| s.query_row(params![from, to, PREFIX_BY_KEY], |r| r.get(0)))
+                    .map_err(db_error(&self.path))?;
+                n < PREFIX_BY_KEY
+            }
+            None => false,
+        };
+        Ok(list_statement(filter, by_key))
+    }
+}
+
+impl SqliteBackend {
+    /// How SQLite runs the list a filter asks for (`EXPLAIN QUERY PLAN`,
+    /// one line per step): what the dashboard benchmark prints.
+    pub fn explain_list(&self, filter: &ListFilter) -> BackendResult<Vec<String>> {
+        let conn = self.reader();
+        let (sql, values) = self.list_plan(&conn, filter)?;
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(db_error(&self.path))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(3)
+            })
+            .map_err(db_error(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(db_error(&self.path))
+    }
+}
+
 #[async_trait::async_trait]
 impl Checkpoints for SqliteBackend {
     async fn save(&self, checkpoint: Checkpoint) -> BackendResult<()> {
@@ -957,63 +1077,8 @@ impl Checkpoints for SqliteBackend {
     }
 
     async fn list(&self, filter: &ListFilter) -> BackendResult<Vec<Checkpoint>> {
-        // Only the filters given are in the statement (one cached statement
-        // per combination), so SQLite plans each on its index — by status,
-        // machine or parent — instead of one generic plan that walks them all.
-        let mut conditions: Vec<String> = Vec::new();
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        let mut param = |v: rusqlite::types::Value| {
-            values.push(v);
-            format!("?{}", values.len())
-        };
-        if let Some(status) = filter.status {
-            conditions.push(format!(
-                "status = {}",
-                param(status.as_str().to_string().into())
-            ));
-        }
-        if let Some(machine) = &filter.machine {
-            conditions.push(format!("machine = {}", param(machine.clone().into())));
-        }
-        if let Some(parent) = &filter.parent {
-            conditions.push(format!("parent = {}", param(parent.clone().into())));
-        }
-        if let Some((ms, id)) = &filter.after {
-            let (ms, id) = (param((*ms as i64).into()), param(id.clone().into()));
-            conditions.push(format!("(created_ms, id) < ({ms}, {id})"));
-        }
-        if let Some(from) = filter.created_from {
-            conditions.push(format!(
-                "created_ms >= {}",
-                param((from.min(i64::MAX as u64) as i64).into())
-            ));
-        }
-        if let Some(before) = filter.created_before {
-            conditions.push(format!(
-                "created_ms < {}",
-                param((before.min(i64::MAX as u64) as i64).into())
-            ));
-        }
-        if let Some(prefix) = filter.id_prefix.as_ref().filter(|p| !p.is_empty()) {
-            // A range of the primary key: every id that starts with the
-            // prefix sorts from it to it followed by the largest character.
-            let from = param(prefix.clone().into());
-            let to = param(format!("{prefix}\u{10FFFF}").into());
-            conditions.push(format!("id >= {from} AND id < {to}"));
-        }
-        let limit = param(filter.limit.map_or(-1, |l| l as i64).into());
-        if filter.roots_only {
-            conditions.push("parent IS NULL".to_string());
-        }
-        let filters = match conditions.is_empty() {
-            true => String::new(),
-            false => format!("WHERE {}", conditions.join(" AND ")),
-        };
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM executions {filters}
-             ORDER BY created_ms DESC, id DESC LIMIT {limit}"
-        );
         let conn = self.reader();
+        let (sql, values) = self.list_plan(&conn, filter)?;
         let mut stmt = conn.prepare_cached(&sql).map_err(db_error(&self.path))?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(values), row_checkpoint)
