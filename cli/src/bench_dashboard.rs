@@ -240,6 +240,20 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
         .map_err(other)?;
     let cursor = deep.last().map(|c| format!("{}-{}", c.created_ms, c.id));
     let prefix: String = sample_id.chars().take(11).collect();
+    // The oldest execution's first 6 characters: thousands match, all far
+    // down the creation index (the slowest list there is).
+    let oldest = store
+        .list(&ListFilter {
+            created_before: Some(now.saturating_sub(29 * DAY_MS)),
+            roots_only: true,
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(other)?;
+    let old_prefix: String = oldest
+        .first()
+        .map_or(String::new(), |c| c.id.chars().take(6).collect());
     let cases: Vec<(&str, String, ListFilter)> = vec![
         (
             "first page",
@@ -297,6 +311,32 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
             ListFilter {
                 roots_only: true,
                 id_prefix: Some(prefix.clone()),
+                limit: Some(51),
+                ..Default::default()
+            },
+        ),
+        (
+            "id prefix (6, a month old)",
+            format!("/workflows?limit=50&prefix={old_prefix}"),
+            ListFilter {
+                roots_only: true,
+                id_prefix: Some(old_prefix.clone()),
+                limit: Some(51),
+                ..Default::default()
+            },
+        ),
+        (
+            "failed+triage, one day",
+            format!(
+                "/workflows?limit=50&status=failed&machine=triage&since={}&until={}",
+                day.0, day.1
+            ),
+            ListFilter {
+                roots_only: true,
+                status: Some(ExecutionStatus::Failed),
+                machine: Some("triage".into()),
+                created_from: Some(day.0),
+                created_before: Some(day.1),
                 limit: Some(51),
                 ..Default::default()
             },

@@ -524,6 +524,11 @@ fn bench() -> Result<(), String> {
     let mut daemon = flowhost("release");
     daemon.args(["bench", "daemon"]);
     run(daemon)?;
+    // A million executions, seeded once into <target>/bench (about 730 MB).
+    let db = target_dir().join("bench").join("dashboard.db");
+    let mut dashboard = flowhost("release");
+    dashboard.args(["bench", "dashboard", "--db"]).arg(&db);
+    run(dashboard)?;
     let mut llm = flowhost("release");
     llm.args(["bench", "llm"]);
     run(llm)
