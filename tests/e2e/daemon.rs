@@ -6,6 +6,7 @@
 
 use flowhost_e2e::{flowhost, shared_cache, signal, stderr};
 use serde_json::{Value, json};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
@@ -660,9 +661,193 @@ fn a_token_guards_every_route_but_healthz_and_off_loopback_one_is_required() {
     }
     let health = d.agent.get(format!("{}/healthz", d.base)).call().unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    // Every route with data needs it, the dashboard's own among them.
+    for path in [
+        "/counts",
+        "/events",
+        "/pools",
+        "/pools/x/jobs",
+        "/workers",
+        "/workflows/x/graph",
+    ] {
+        let res = d.agent.get(format!("{}{path}", d.base)).call().unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{path}");
+    }
+    // The dashboard's files (no data) and whether a token opens the API do not.
+    let get = |path: &str, auth: Option<&str>| {
+        let mut r = d.agent.get(format!("{}{path}", d.base));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let mut res = r.call().unwrap();
+        let kind = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (
+            res.status().as_u16(),
+            kind,
+            res.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let (status, kind, page) = get("/", None);
+    assert_eq!((status, kind.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(page.contains("/ui/app.js"), "{page}");
+    let (status, kind, _) = get("/ui/app.js", None);
+    assert_eq!(
+        (status, kind.as_str()),
+        (200, "text/javascript; charset=utf-8")
+    );
+    assert_eq!(get("/ui/nope.js", None).0, 404);
+    let session = |auth| serde_json::from_str::<Value>(&get("/session", auth).2).unwrap();
+    assert_eq!(
+        session(None),
+        json!({"token_required": true, "authorized": false})
+    );
+    assert_eq!(
+        session(Some("Bearer wrong-token-wrong-token")),
+        json!({"token_required": true, "authorized": false})
+    );
+    let right = format!("Bearer {token}");
+    assert_eq!(
+        session(Some(&right)),
+        json!({"token_required": true, "authorized": true})
+    );
     let (status, log) = d.stop();
     assert!(status.success());
     assert!(!log.contains(token), "the token is never logged: {log}");
+}
+
+/// What the dashboard reads: counts kept by the store, lists by time range
+/// and id prefix, the live feed of changes, an execution's diagram, pools.
+#[test]
+fn counts_filters_the_live_feed_and_diagrams_over_http() {
+    let site = Site::new();
+    let d = site.serve(&[]);
+    for n in 0..2 {
+        d.run("double", json!({"n": n}));
+    }
+    let (status, asked) = d.post("/workflows", &json!({"machine": "ask"}));
+    assert_eq!(status, 202, "{asked}");
+    let ask = asked["id"].as_str().unwrap().to_string();
+    until("it waits", || {
+        d.get(&format!("/workflows/{ask}")).1["status"] == "waiting"
+    });
+    let (_, counts) = d.get("/counts");
+    assert_eq!(counts["roots"]["done"], 2, "{counts}");
+    assert_eq!(counts["roots"]["waiting"], 1, "{counts}");
+    assert_eq!(counts["roots"]["failed"], 0, "{counts}");
+    let machines = counts["machines"].as_array().unwrap();
+    assert!(
+        machines
+            .iter()
+            .any(|m| m["machine"] == "double" && m["status"] == "done" && m["count"] == 2),
+        "{counts}"
+    );
+
+    // Filters: an id prefix, a time range; bad ones are 400s.
+    let ids = |path: &str| -> Vec<String> {
+        let (status, page) = d.get(path);
+        assert_eq!(status, 200, "{path}: {page}");
+        page["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(&format!("/workflows?prefix={}", &ask[..30])),
+        [ask.clone()]
+    );
+    let (_, described) = d.get(&format!("/workflows/{ask}"));
+    let created = described["created_ms"].as_u64().unwrap();
+    assert_eq!(
+        ids(&format!("/workflows?since={created}&until={}", created + 1)).len(),
+        ids("/workflows")
+            .iter()
+            .filter(|id| { d.get(&format!("/workflows/{id}")).1["created_ms"] == created })
+            .count()
+    );
+    assert!(ids(&format!("/workflows?since={created}")).contains(&ask));
+    assert!(!ids(&format!("/workflows?until={created}")).contains(&ask));
+    for bad in [
+        "/workflows?since=5&until=5",
+        "/workflows?prefix=a%01",
+        "/workflows?since=x",
+    ] {
+        let (status, body) = d.get(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // The live feed: the change of an execution that finishes arrives.
+    let mut feed = d.agent.get(format!("{}/events", d.base)).call().unwrap();
+    assert_eq!(
+        feed.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let (status, _) = d.post(
+        &format!("/workflows/{ask}/signal/answer"),
+        &json!({"ok": true}),
+    );
+    assert_eq!(status, 202);
+    let mut lines = std::io::BufReader::new(feed.body_mut().as_reader()).lines();
+    let mut event = String::new();
+    let finished = loop {
+        let line = lines
+            .next()
+            .expect("the feed ends only with the daemon")
+            .unwrap();
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == "changes"
+        {
+            let changes: Vec<Value> = serde_json::from_str(data).unwrap();
+            if let Some(c) = changes
+                .iter()
+                .find(|c| c["id"] == ask && c["status"] == "done")
+            {
+                break c.clone();
+            }
+        }
+    };
+    assert_eq!(finished["machine"], "ask");
+    assert_eq!(finished["state"], "done");
+
+    // Its diagram, from the definition it runs.
+    let (status, graph) = d.get(&format!("/workflows/{ask}/graph"));
+    assert_eq!(status, 200, "{graph}");
+    assert_eq!(graph["initial"], "ask");
+    let states: Vec<&str> = graph["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ask", "done"]);
+    assert_eq!(graph["states"][0]["label"], "waits for answer");
+    assert_eq!(
+        graph["edges"],
+        json!([{"from": "ask", "to": "done", "kind": "transition"}])
+    );
+    assert_eq!(d.get("/workflows/nope/graph").0, 404);
+
+    let (_, pools) = d.get("/pools");
+    assert_eq!(pools["pools"][0]["name"], "executions", "{pools}");
+    assert_eq!(pools["pools"][0]["throughput"]["interval_seconds"], 10);
+    let (status, jobs) = d.get("/pools/executions/jobs?status=done&limit=2");
+    assert_eq!(
+        (status, jobs["jobs"].as_array().unwrap().len()),
+        (200, 2),
+        "{jobs}"
+    );
+    assert_eq!(d.get("/pools/executions/jobs?limit=0").0, 400);
+    drop(lines);
+    let (status, _) = d.stop();
+    assert!(status.success());
 }
 
 #[test]
