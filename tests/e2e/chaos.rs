@@ -539,6 +539,24 @@ fn inspect(db: &Path) -> Result<(Snapshot, usize), String> {
             .transpose()?;
         executions.insert(id, (status, value));
     }
+    // The counts the store keeps agree with the table, crash or not.
+    let drift: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (
+                SELECT root, machine, status, sum(n) AS n FROM (
+                    SELECT root, machine, status, n FROM execution_counts
+                    UNION ALL
+                    SELECT parent IS NULL, machine, status, -count(*) FROM executions GROUP BY 1, 2, 3)
+                GROUP BY 1, 2, 3 HAVING sum(n) != 0)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(q)?;
+    if drift != 0 {
+        return Err(format!(
+            "execution_counts disagrees with the executions table in {drift} rows"
+        ));
+    }
     // Each execution finished exactly once.
     let mut stmt = conn
         .prepare(
