@@ -758,7 +758,10 @@ fn counts_filters_the_live_feed_and_diagrams_over_http() {
             .map(|w| w["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids(&format!("/workflows?prefix={}", &ask[..30])), [&ask]);
+    assert_eq!(
+        ids(&format!("/workflows?prefix={}", &ask[..30])),
+        [ask.as_str()]
+    );
     let (_, described) = d.get(&format!("/workflows/{ask}"));
     let created = described["created_ms"].as_u64().unwrap();
     assert_eq!(
