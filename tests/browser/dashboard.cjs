@@ -146,6 +146,24 @@ async function step(name, fn) {
       await shot('execution-cancelled');
     });
 
+    await step('a signal with a JSON payload is sent from the page; bad JSON is refused first', async () => {
+      await page.goto(`${base}/#/executions/${c.signal}`);
+      await page.waitForSelector('#x-status [data-status="waiting"]');
+      await page.click('#act-signal');
+      await page.waitForSelector('#confirm[open]');
+      check(await page.inputValue('#signal-channel') === 'answer', 'the channel it waits on is filled in');
+      await page.fill('#signal-payload', '{"ok": tru');
+      await page.click('#confirm-yes');
+      await page.waitForFunction(() => document.querySelector('#confirm-error').textContent.includes('not JSON'));
+      check(await page.locator('#confirm[open]').count() === 1, 'the dialog stays open');
+      check((await api(`/workflows/${c.signal}`)).status === 'waiting', 'nothing was sent');
+      await page.fill('#signal-payload', '{"ok": true}');
+      await page.click('#confirm-yes');
+      await page.waitForSelector('#x-status [data-status="done"]');
+      const d = await api(`/workflows/${c.signal}`);
+      check(d.status === 'done', `the API says done (says ${d.status})`);
+    });
+
     await step('a fan-out shows the progress of its children', async () => {
       await page.goto(`${base}/#/executions/${c.fanout}`);
       await page.waitForSelector('#children-progress');

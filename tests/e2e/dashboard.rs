@@ -2,7 +2,8 @@
 //! workflows and holds a poisoned job; Debian's Chromium, driven by
 //! `playwright-core` (`tests/browser/dashboard.cjs`), signs in, watches the
 //! list update live, filters it, opens an execution (diagram, timeline),
-//! cancels it, requeues the job, and fails on any error in the browser's
+//! cancels it, signals another (a bad JSON payload refused first),
+//! requeues the job, and fails on any error in the browser's
 //! console. What the page did is checked again here through the API.
 //! Screenshots land in `<target>/<profile>/test-output/dashboard/`.
 //!
@@ -101,12 +102,13 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         body["id"].as_str().unwrap().to_string()
     };
     let waiting = submit("ask", json!({}));
+    let signalled = submit("ask", json!({}));
     let cancel = submit("triage", json!({"n": 7}));
     let fanout = d.run("fanout", json!({"items": [1, 2, 3, 4]}))["id"]
         .as_str()
         .unwrap()
         .to_string();
-    for id in [&waiting, &cancel] {
+    for id in [&waiting, &signalled, &cancel] {
         until("it waits for its signal", || {
             d.get(&format!("/workflows/{id}")).1["status"] == "waiting"
         });
@@ -143,7 +145,8 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         "cancel_state": "decide",
         "cancel_visited": ["start", "check", "decide"],
         "fanout": fanout,
-        "roots": 6,
+        "signal": signalled,
+        "roots": 7,
         "pool": "later",
         "job": job,
     });
@@ -173,6 +176,7 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         "cancelled"
     );
     assert_eq!(d.get(&format!("/workflows/{waiting}")).1["status"], "done");
+    assert_eq!(d.get(&format!("/workflows/{signalled}")).1["status"], "done");
     let (_, pending) = d.get("/pools/later/jobs?status=pending");
     assert!(
         pending["jobs"]
