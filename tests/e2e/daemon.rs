@@ -816,6 +816,48 @@ fn counts_filters_the_live_feed_and_diagrams_over_http() {
     };
     assert_eq!(finished["machine"], "ask");
     assert_eq!(finished["state"], "done");
+    drop(lines);
+
+    // An execution another process changes reaches a subscriber that
+    // watches it (this daemon's engine never sees that change).
+    let (_, other) = d.post("/workflows", &json!({"machine": "ask"}));
+    let other = other["id"].as_str().unwrap().to_string();
+    until("it waits", || {
+        d.get(&format!("/workflows/{other}")).1["status"] == "waiting"
+    });
+    let mut feed = d
+        .agent
+        .get(format!("{}/events?watch={ask},{other}", d.base))
+        .call()
+        .unwrap();
+    assert_eq!(feed.status().as_u16(), 200);
+    let out = flowhost(&shared_cache())
+        .args(["cancel", &other, "--db", &site.db()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut lines = std::io::BufReader::new(feed.body_mut().as_reader()).lines();
+    let cancelled = loop {
+        let line = lines
+            .next()
+            .expect("the feed ends only with the daemon")
+            .unwrap();
+        if let Some(data) = line.strip_prefix("data: ")
+            && let Ok(changes) = serde_json::from_str::<Vec<Value>>(data)
+            && let Some(c) = changes.iter().find(|c| c["id"] == other)
+        {
+            break c.clone();
+        }
+    };
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let many = vec![ask.as_str(); 201].join(",");
+    for bad in [
+        format!("/events?watch={many}"),
+        "/events?watch=a%01".to_string(),
+    ] {
+        let (status, body) = d.get(&bad);
+        assert_eq!(status, 400, "{body}");
+    }
 
     // Its diagram, from the definition it runs.
     let (status, graph) = d.get(&format!("/workflows/{ask}/graph"));

@@ -176,7 +176,10 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         "cancelled"
     );
     assert_eq!(d.get(&format!("/workflows/{waiting}")).1["status"], "done");
-    assert_eq!(d.get(&format!("/workflows/{signalled}")).1["status"], "done");
+    assert_eq!(
+        d.get(&format!("/workflows/{signalled}")).1["status"],
+        "done"
+    );
     let (_, pending) = d.get("/pools/later/jobs?status=pending");
     assert!(
         pending["jobs"]

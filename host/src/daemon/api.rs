@@ -607,31 +607,91 @@ async fn counts(State(d): D) -> Result<Json<CountsAnswer>, ApiError> {
 /// array of executions — id, parent, machine, status, state, step,
 /// created_ms — the latest of each that changed since the last message) and
 /// `reload` (changes were missed: read again what you show). Changes this
-/// daemon's engine makes and the submissions it takes; a comment every
+/// daemon's engine makes and the submissions it takes, and status changes
+/// of the executions named by `watch`, whoever makes them; a comment every
 /// 15 s keeps the connection open.
-#[utoipa::path(get, path = "/events", tag = "workflows",
-    responses((status = 200, content_type = "text/event-stream", body = String)))]
-async fn events(State(d): D) -> Response {
+#[utoipa::path(get, path = "/events", tag = "workflows", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream", body = String),
+        (status = "4XX", body = ErrorBody)))]
+async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response, ApiError> {
+    use super::live::{MAX_WATCHED, Next, Watch};
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let state = (d.feed.subscribe(), d.draining.subscribe());
-    let stream = futures_util::stream::unfold(state, |(mut sub, mut draining)| async move {
-        let next = tokio::select! {
-            n = sub.next() => n,
-            _ = draining.wait_for(|d| *d) => super::live::Next::Closed,
-        };
-        let event = match next {
-            super::live::Next::Changes(c) => Event::default()
-                .event("changes")
-                .json_data(&c)
-                .unwrap_or_else(|_| Event::default().event("reload").data("{}")),
-            super::live::Next::Reload => Event::default().event("reload").data("{}"),
-            super::live::Next::Closed => return None,
-        };
-        Some((Ok::<_, std::convert::Infallible>(event), (sub, draining)))
-    });
-    Sse::new(stream)
+    let ids: Vec<String> = q
+        .watch
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.len() > MAX_WATCHED {
+        return Err(ApiError::invalid(format!(
+            "watch names {} executions; at most {MAX_WATCHED}",
+            ids.len()
+        )));
+    }
+    for id in &ids {
+        crate::backend::check_execution_id(id)
+            .map_err(|e| ApiError::invalid(format!("watch: {e}")))?;
+    }
+    let mut watch = Watch::new(ids);
+    if let Err(e) = watch.changed(d.backend.as_ref()).await {
+        return Err(e.into());
+    }
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (
+        d.feed.subscribe(),
+        d.draining.subscribe(),
+        watch,
+        tick,
+        d.clone(),
+    );
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut sub, mut draining, mut watch, mut tick, d)| async move {
+            let next = loop {
+                tokio::select! {
+                    n = sub.next() => break n,
+                    _ = async { draining.wait_for(|d| *d).await.is_ok() } => break Next::Closed,
+                    _ = tick.tick(), if !watch.is_empty() => {
+                        match watch.changed(d.backend.as_ref()).await {
+                            Ok(c) if !c.is_empty() => break Next::Changes(c),
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!("events: watched executions: {e}"),
+                        }
+                    }
+                }
+            };
+            let event = match next {
+                super::live::Next::Changes(c) => Event::default()
+                    .event("changes")
+                    .json_data(&c)
+                    .unwrap_or_else(|_| Event::default().event("reload").data("{}")),
+                super::live::Next::Reload => Event::default().event("reload").data("{}"),
+                super::live::Next::Closed => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (sub, draining, watch, tick, d),
+            ))
+        },
+    );
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response())
+}
+
+/// How often the executions a subscriber watches are read from the store.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Execution ids (comma-separated, at most 200) also read from the
+    /// store every second, so their changes arrive even when another
+    /// process makes them.
+    pub watch: Option<String>,
 }
 
 /// One execution: status, state, children's progress, who runs it, error, result.

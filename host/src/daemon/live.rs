@@ -1,7 +1,8 @@
 //! What changes while a client watches: the feed of execution changes this
 //! daemon sees (its engine's events, its API's submissions) served as
-//! server-sent events (`GET /events`), and each queue's throughput sampled
-//! over the last minutes. The dashboard follows both instead of polling
+//! server-sent events (`GET /events`), with the executions a client names
+//! read from the store every second (so changes other processes make reach
+//! it too), and each queue's throughput sampled over the last minutes. The dashboard follows both instead of polling
 //! pages.
 //!
 //! Imports `engine` (the record an event comes with) and the `backend`
@@ -129,6 +130,52 @@ impl Subscription {
     }
 }
 
+/// Most executions one subscriber may watch in the store.
+pub const MAX_WATCHED: usize = 200;
+
+/// Executions a subscriber shows, read from the store now and then: their
+/// changes reach it even when another process (a worker, another host)
+/// made them, which this daemon's engine never sees.
+pub struct Watch {
+    ids: Vec<String>,
+    known: HashMap<String, ExecutionStatus>,
+}
+
+impl Watch {
+    pub fn new(ids: Vec<String>) -> Watch {
+        Watch {
+            ids,
+            known: HashMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The watched executions whose status changed since the last look
+    /// (the first look only learns them).
+    pub async fn changed(
+        &mut self,
+        backend: &dyn Backend,
+    ) -> crate::backend::BackendResult<Vec<Change>> {
+        let now = backend.statuses(&self.ids).await?;
+        let first = self.known.is_empty();
+        let mut changes = Vec::new();
+        for id in &self.ids {
+            let Some(status) = now.get(id) else { continue };
+            if !first
+                && self.known.get(id) != Some(status)
+                && let Some(c) = backend.load(id).await?
+            {
+                changes.push(Change::stored(&c));
+            }
+            self.known.insert(id.clone(), *status);
+        }
+        Ok(changes)
+    }
+}
+
 /// How often each queue's finished jobs are counted.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Samples kept: ten minutes.
@@ -253,6 +300,55 @@ mod tests {
         // After the reload it reads on; a closed feed says so.
         assert!(matches!(sub.next().await, Next::Changes(_)));
         assert_eq!(sub.next().await, Next::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_status_changes_made_by_anyone() {
+        use crate::backend::{Checkpoint, Checkpoints, MemoryBackend};
+        let store = MemoryBackend::new();
+        let save = |id: &str, status: ExecutionStatus, state: &str| Checkpoint {
+            id: id.into(),
+            parent: None,
+            machine: "m".into(),
+            status,
+            state: state.into(),
+            step: 1,
+            created_ms: 1,
+            updated_ms: 1,
+            record: "{}".into(),
+            consumes_signal: None,
+            fence: None,
+            enqueue: Vec::new(),
+            result: None,
+        };
+        store
+            .save(save("a", ExecutionStatus::Running, "s"))
+            .await
+            .unwrap();
+        store
+            .save(save("b", ExecutionStatus::Waiting, "w"))
+            .await
+            .unwrap();
+        let mut watch = Watch::new(vec!["a".into(), "b".into(), "missing".into()]);
+        assert!(
+            watch.changed(&store).await.unwrap().is_empty(),
+            "the first look learns"
+        );
+        store
+            .save(save("b", ExecutionStatus::Done, "end"))
+            .await
+            .unwrap();
+        let changed = watch.changed(&store).await.unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (
+                changed[0].id.as_str(),
+                changed[0].status,
+                changed[0].state.as_str()
+            ),
+            ("b", ExecutionStatus::Done, "end")
+        );
+        assert!(watch.changed(&store).await.unwrap().is_empty(), "told once");
     }
 
     #[test]

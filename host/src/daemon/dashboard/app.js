@@ -14,6 +14,8 @@
     session: null,
     listeners: new Set(),
     feed: null,
+    feedKey: '',
+    watching: [],
     dispose: [],
   };
 
@@ -199,16 +201,28 @@
     el.textContent = text;
   }
 
+  // The executions on screen: the feed also reads them from the store, so
+  // changes other processes make (workers, other hosts) show too.
+  function watch(ids) {
+    const key = ids.slice(0, 200).join(',');
+    if (app.feed && app.feedKey === key) return;
+    if (app.feed) app.feed.abort();
+    app.feed = null;
+    app.feedKey = key;
+    connectFeed();
+  }
+
   // Server-sent events read with fetch (EventSource cannot send the token).
   function connectFeed() {
     if (app.feed) return;
     const controller = new AbortController();
     app.feed = controller;
+    const url = `/events${query({ watch: app.feedKey })}`;
     let backoff = 500;
     const run = async () => {
       while (!controller.signal.aborted) {
         try {
-          const res = await fetch('/events', { headers: headers({ accept: 'text/event-stream' }), signal: controller.signal });
+          const res = await fetch(url, { headers: headers({ accept: 'text/event-stream' }), signal: controller.signal });
           if (res.status === 401) {
             setLive(false, 'signed out');
             return;
@@ -344,6 +358,7 @@
       if (a.dataset.nav === section) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
+    app.watching = [];
     try {
       if (section === 'executions' && parts[1]) await viewExecution(parts[1]);
       else if (section === 'executions') await viewExecutions(params);
@@ -351,6 +366,7 @@
       else if (section === 'workers') await viewWorkers();
       else if (section === 'plugins') await viewPlugins();
       else main().replaceChildren(h('h1', { text: 'Not found' }), h('p', {}, h('a', { href: '#/', text: 'Executions' })));
+      watch(app.watching);
     } catch (e) {
       if (e instanceof Unauthorized) {
         showLogin('The token was refused. Sign in again.');
@@ -373,7 +389,6 @@
       return;
     }
     $('#signout').hidden = !app.session.token_required;
-    connectFeed();
     await route();
   }
 
@@ -454,6 +469,7 @@
       h('td', { class: 'num', 'data-col': 'step', text: w.step }),
       h('td', { title: when(w.created_ms), text: when(w.created_ms) }));
     tbody.append(...page.workflows.map(row));
+    app.watching = page.workflows.map((w) => w.id);
     const table = h('table', { id: 'executions-table', class: 'executions' },
       h('colgroup', {}, ['id', 'machine', 'status', 'state', 'step', 'created'].map((c) => h('col', { class: `c-${c}` }))),
       h('thead', {}, h('tr', {},
@@ -692,6 +708,8 @@
       ]);
       const children = await api(`/workflows/${enc}/jobs?limit=100`);
       const { segs, failedStates } = segments(history.events, d);
+      app.watching = [id, ...children.workflows.map((c) => c.id)];
+      if (app.feed) watch(app.watching);
       const terminal = ['done', 'failed', 'cancelled'].includes(d.status);
 
       const actions = h('div', { class: 'actions', id: 'actions' });
