@@ -7,11 +7,12 @@
 
 use super::Daemon;
 use super::catalog::PluginEntry;
+use super::live::Summary;
 use super::metrics::PluginCalls;
 use super::pool::PoolView;
 use crate::backend::{
-    Checkpoint, ExecutionStatus, HistoryEntry, Job, JobStatus, ListFilter, NewJob, PoolStats,
-    StateAnswer, StateOp, WorkerInfo,
+    ExecutionStatus, HistoryEntry, Job, JobStatus, ListFilter, NewJob, PoolStats, StateAnswer,
+    StateOp, WorkerInfo,
 };
 use crate::engine::services::{self, Delivery, Description, Waited};
 use crate::engine::{CancelOptions, EngineError};
@@ -420,7 +421,7 @@ async fn answer(
     if sent.created
         && let Ok(Some(stored)) = d.backend.load(&sent.id).await
     {
-        d.feed.publish(super::live::Change::stored(&stored));
+        d.feed.publish(Summary::from(stored));
     }
     let waited = match wait {
         Some(w) => wait_for(d, &sent.id, w).await?,
@@ -458,34 +459,6 @@ pub struct ListQuery {
     pub until: Option<u64>,
     /// Only executions whose id starts with this.
     pub prefix: Option<String>,
-}
-
-/// One execution in a list.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Summary {
-    pub id: String,
-    pub parent: Option<String>,
-    pub machine: String,
-    pub status: ExecutionStatus,
-    pub state: String,
-    pub step: u64,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-}
-
-impl From<Checkpoint> for Summary {
-    fn from(c: Checkpoint) -> Summary {
-        Summary {
-            id: c.id,
-            parent: c.parent,
-            machine: c.machine,
-            status: c.status,
-            state: c.state,
-            step: c.step,
-            created_ms: c.created_ms,
-            updated_ms: c.updated_ms,
-        }
-    }
 }
 
 /// A page of executions, newest first.

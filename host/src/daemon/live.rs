@@ -8,7 +8,7 @@
 //! Imports `engine` (the record an event comes with) and the `backend`
 //! traits; the API mounts the route.
 
-use crate::backend::{Backend, ExecutionStatus};
+use crate::backend::{Backend, Checkpoint, ExecutionStatus};
 use crate::engine::Record;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -20,9 +20,9 @@ use utoipa::ToSchema;
 /// Changes a slow client may fall behind by before it is told to reload.
 const BACKLOG: usize = 4096;
 
-/// An execution as it is now.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Change {
+/// One execution as lists show it and the feed tells of it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Summary {
     pub id: String,
     pub parent: Option<String>,
     pub machine: String,
@@ -30,23 +30,28 @@ pub struct Change {
     pub state: String,
     pub step: u64,
     pub created_ms: u64,
+    pub updated_ms: u64,
 }
 
-impl Change {
-    pub fn stored(c: &crate::backend::Checkpoint) -> Change {
-        Change {
-            id: c.id.clone(),
-            parent: c.parent.clone(),
-            machine: c.machine.clone(),
+impl From<Checkpoint> for Summary {
+    fn from(c: Checkpoint) -> Summary {
+        Summary {
+            id: c.id,
+            parent: c.parent,
+            machine: c.machine,
             status: c.status,
-            state: c.state.clone(),
+            state: c.state,
             step: c.step,
             created_ms: c.created_ms,
+            updated_ms: c.updated_ms,
         }
     }
+}
 
-    pub fn of(rec: &Record) -> Change {
-        Change {
+impl Summary {
+    /// An execution the engine just changed, at `now_ms`.
+    pub fn of(rec: &Record, now_ms: u64) -> Summary {
+        Summary {
             id: rec.id.clone(),
             parent: rec.parent.clone(),
             machine: rec.machine.clone(),
@@ -54,6 +59,7 @@ impl Change {
             state: rec.state.clone(),
             step: rec.step,
             created_ms: rec.created_ms,
+            updated_ms: now_ms,
         }
     }
 }
@@ -61,7 +67,7 @@ impl Change {
 /// The feed: every subscriber gets every change published after it
 /// subscribed.
 pub struct Feed {
-    tx: broadcast::Sender<Change>,
+    tx: broadcast::Sender<Summary>,
 }
 
 impl Default for Feed {
@@ -73,7 +79,7 @@ impl Default for Feed {
 }
 
 impl Feed {
-    pub fn publish(&self, change: Change) {
+    pub fn publish(&self, change: Summary) {
         // No subscriber is not an error: nobody is watching.
         let _ = self.tx.send(change);
     }
@@ -90,7 +96,7 @@ impl Feed {
 pub enum Next {
     /// The latest change of each execution that changed since the last
     /// read, in the order they first changed.
-    Changes(Vec<Change>),
+    Changes(Vec<Summary>),
     /// Changes were missed (the subscriber fell too far behind): whatever
     /// it shows must be read again.
     Reload,
@@ -99,7 +105,7 @@ pub enum Next {
 }
 
 pub struct Subscription {
-    rx: broadcast::Receiver<Change>,
+    rx: broadcast::Receiver<Summary>,
 }
 
 impl Subscription {
@@ -113,7 +119,7 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => return Next::Closed,
         };
         let mut order = vec![first.id.clone()];
-        let mut latest: HashMap<String, Change> = HashMap::from([(first.id.clone(), first)]);
+        let mut latest: HashMap<String, Summary> = HashMap::from([(first.id.clone(), first)]);
         loop {
             match self.rx.try_recv() {
                 Ok(c) => {
@@ -158,7 +164,7 @@ impl Watch {
     pub async fn changed(
         &mut self,
         backend: &dyn Backend,
-    ) -> crate::backend::BackendResult<Vec<Change>> {
+    ) -> crate::backend::BackendResult<Vec<Summary>> {
         let now = backend.statuses(&self.ids).await?;
         let first = self.known.is_empty();
         let mut changes = Vec::new();
@@ -168,7 +174,7 @@ impl Watch {
                 && self.known.get(id) != Some(status)
                 && let Some(c) = backend.load(id).await?
             {
-                changes.push(Change::stored(&c));
+                changes.push(Summary::from(c));
             }
             self.known.insert(id.clone(), *status);
         }
@@ -262,8 +268,8 @@ impl Rates {
 mod tests {
     use super::*;
 
-    fn change(id: &str, step: u64) -> Change {
-        Change {
+    fn change(id: &str, step: u64) -> Summary {
+        Summary {
             id: id.into(),
             parent: None,
             machine: "m".into(),
@@ -271,6 +277,7 @@ mod tests {
             state: format!("s{step}"),
             step,
             created_ms: 1,
+            updated_ms: 1,
         }
     }
 
@@ -304,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_sees_status_changes_made_by_anyone() {
-        use crate::backend::{Checkpoint, Checkpoints, MemoryBackend};
+        use crate::backend::{Checkpoints, MemoryBackend};
         let store = MemoryBackend::new();
         let save = |id: &str, status: ExecutionStatus, state: &str| Checkpoint {
             id: id.into(),
