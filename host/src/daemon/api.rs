@@ -608,9 +608,8 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
             .map_err(|e| ApiError::invalid(format!("watch: {e}")))?;
     }
     let mut watch = Watch::new(ids);
-    if let Err(e) = watch.changed(d.backend.as_ref()).await {
-        return Err(e.into());
-    }
+    // The first look learns what they are now.
+    watch.changed(d.backend.as_ref()).await?;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (
@@ -637,12 +636,12 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
                 }
             };
             let event = match next {
-                super::live::Next::Changes(c) => Event::default()
+                Next::Changes(c) => Event::default()
                     .event("changes")
                     .json_data(&c)
                     .unwrap_or_else(|_| Event::default().event("reload").data("{}")),
-                super::live::Next::Reload => Event::default().event("reload").data("{}"),
-                super::live::Next::Closed => return None,
+                Next::Reload => Event::default().event("reload").data("{}"),
+                Next::Closed => return None,
             };
             Some((
                 Ok::<_, std::convert::Infallible>(event),
@@ -667,7 +666,8 @@ pub struct EventsQuery {
     pub watch: Option<String>,
 }
 
-/// One execution: status, state, children's progress, who runs it, error, result.
+/// One execution: status, state, children's progress, who runs it, input,
+/// context, error, result.
 #[utoipa::path(get, path = "/workflows/{id}", tag = "workflows",
     params(("id" = String, Path, description = "The execution id")),
     responses((status = 200, body = Description), (status = "4XX", body = ErrorBody)))]
@@ -1351,7 +1351,7 @@ pub struct JobsAnswer {
     pub jobs: Vec<Job>,
 }
 
-/// A pool's jobs, newest first.
+/// A pool's jobs, oldest first.
 #[utoipa::path(get, path = "/pools/{name}/jobs", tag = "pools",
     params(("name" = String, Path, description = "The pool"), JobsQuery),
     responses((status = 200, body = JobsAnswer), (status = "4XX", body = ErrorBody)))]
