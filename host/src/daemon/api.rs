@@ -419,6 +419,7 @@ async fn answer(
 ) -> Result<(StatusCode, Json<WorkflowRef>), ApiError> {
     d.added_work();
     if sent.created
+        && d.feed.watched()
         && let Ok(Some(stored)) = d.backend.load(&sent.id).await
     {
         d.feed.publish(Summary::from(stored));

@@ -84,6 +84,11 @@ impl Feed {
         let _ = self.tx.send(change);
     }
 
+    /// Whether anyone is watching (a change nobody reads need not be made).
+    pub fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> Subscription {
         Subscription {
             rx: self.tx.subscribe(),

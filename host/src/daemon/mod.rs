@@ -134,7 +134,9 @@ impl Observer for Observe {
     }
     fn event(&self, rec: &Record, event: &Event) {
         self.metrics.event(rec, event);
-        self.feed.publish(live::Summary::of(rec, wall_ms()));
+        if self.feed.watched() {
+            self.feed.publish(live::Summary::of(rec, wall_ms()));
+        }
     }
     fn result_written(&self, _id: &str) {
         self.results.notify_waiters();

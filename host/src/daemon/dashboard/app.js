@@ -487,9 +487,14 @@
     // Live: rows change in place; new executions wait behind a notice, so
     // nothing moves under the reader's eyes.
     const fresh = new Set();
+    let missed = false;
     const showNotice = () => {
+      if (missed) {
+        return fill(notice, h('button', { type: 'button', class: 'quiet', id: 'show-new', onclick: () => route() },
+          'Some changes were missed \u2014 reload the list'));
+      }
       if (!fresh.size) return notice.replaceChildren();
-      notice.replaceChildren(h('button', { type: 'button', class: 'quiet', id: 'show-new', onclick: () => route() },
+      fill(notice, h('button', { type: 'button', class: 'quiet', id: 'show-new', onclick: () => route() },
         `${fresh.size} new execution${fresh.size === 1 ? '' : 's'} \u2014 show`));
     };
     const refreshCounts = debounce(1000, async () => {
@@ -501,6 +506,8 @@
     });
     listen((msg) => {
       if (msg.reload) {
+        missed = true;
+        showNotice();
         refreshCounts();
         return;
       }
