@@ -164,6 +164,24 @@ async function step(name, fn) {
       check(d.status === 'done', `the API says done (says ${d.status})`);
     });
 
+    await step('a failed execution shows its failed state and is retried from the page', async () => {
+      await page.goto(`${base}/#/executions/${c.failed}`);
+      await page.waitForSelector('.node.failed[data-state="call"]');
+      await page.waitForSelector('#error .tree');
+      check((await page.textContent('#x-error')).includes('refused on purpose'), 'the error is shown');
+      await shot('execution-failed');
+      await page.click('#act-retry');
+      await page.waitForSelector('#confirm[open]');
+      await page.click('#confirm-yes');
+      await page.waitForFunction(() => document.querySelector('#toast').textContent.includes('Retrying'));
+      for (let i = 0; ; i++) {
+        const { events } = await api(`/workflows/${c.failed}/history`);
+        if (events.some((e) => e.event.event === 'retried')) break;
+        check(i < 200, 'the retry shows in its history');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    });
+
     await step('a fan-out shows the progress of its children', async () => {
       await page.goto(`${base}/#/executions/${c.fanout}`);
       await page.waitForSelector('#children-progress');

@@ -2,7 +2,8 @@
 //! workflows and holds a poisoned job; Debian's Chromium, driven by
 //! `playwright-core` (`tests/browser/dashboard.cjs`), signs in, watches the
 //! list update live, filters it, opens an execution (diagram, timeline),
-//! cancels it, signals another (a bad JSON payload refused first),
+//! cancels it, signals another (a bad JSON payload refused first), retries
+//! a failed one,
 //! requeues the job, and fails on any error in the browser's
 //! console. What the page did is checked again here through the API.
 //! Screenshots land in `<target>/<profile>/test-output/dashboard/`.
@@ -38,6 +39,17 @@ data:
         - to: approved
     approved: {type: final, output: {n: "{{ context.n }}"}}
     rejected: {type: final, output: {rejected: true}}
+"#;
+
+/// Fails for good in `call`.
+const REFUSE: &str = r#"spec: flatmachine
+data:
+  name: refuse
+  plugins: {adversary: adversary}
+  states:
+    start: {type: initial, transitions: [{to: call}]}
+    call: {plugin: adversary, input: {attack: guest_error, kind: fatal, message: "refused on purpose"}, transitions: [{to: done}]}
+    done: {type: final}
 "#;
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
@@ -84,6 +96,7 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
     };
     let site = Site::new();
     std::fs::write(site.machines().join("triage.yml"), TRIAGE).unwrap();
+    std::fs::write(site.machines().join("refuse.yml"), REFUSE).unwrap();
     let d = site.serve(&["--token", TOKEN]);
 
     // Finished ones, one waiting for its signal (to finish while the page
@@ -108,6 +121,9 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         .as_str()
         .unwrap()
         .to_string();
+    let refused = d.run("refuse", json!({}));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let refused = refused["id"].as_str().unwrap().to_string();
     for id in [&waiting, &signalled, &cancel] {
         until("it waits for its signal", || {
             d.get(&format!("/workflows/{id}")).1["status"] == "waiting"
@@ -146,7 +162,8 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
         "cancel_visited": ["start", "check", "decide"],
         "fanout": fanout,
         "signal": signalled,
-        "roots": 7,
+        "failed": refused,
+        "roots": 8,
         "pool": "later",
         "job": job,
     });
@@ -179,6 +196,15 @@ fn the_dashboard_shows_and_acts_on_real_workflows_in_a_browser() {
     assert_eq!(
         d.get(&format!("/workflows/{signalled}")).1["status"],
         "done"
+    );
+    let (_, history) = d.get(&format!("/workflows/{refused}/history"));
+    assert!(
+        history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["event"] == "retried"),
+        "the retry from the page is in its history: {history}"
     );
     let (_, pending) = d.get("/pools/later/jobs?status=pending");
     assert!(

@@ -310,7 +310,13 @@
       onsubmit: async (ev) => {
         ev.preventDefault();
         app.token = input.value.trim();
-        const ok = await checkSession();
+        let ok = false;
+        try {
+          ok = await checkSession();
+        } catch (e) {
+          err.textContent = `Cannot reach the daemon: ${e.message}`;
+          return;
+        }
         if (ok) {
           sessionStorage.setItem(TOKEN_KEY, app.token);
           start();
@@ -701,7 +707,7 @@
 
   async function viewExecution(id) {
     const enc = encodeURIComponent(id);
-    const opened = new Set(['context']);
+    const opened = new Set(['context', 'error']);
     const root = h('section', { id: 'execution', 'data-id': id });
     main().replaceChildren(root);
     const render = async () => {
@@ -777,6 +783,7 @@
         h('dt', { text: 'State' }), h('dd', { id: 'x-state', text: `${d.state} (step ${d.step})` }),
         d.waiting_for ? [h('dt', { text: 'Waits for' }), h('dd', { text: d.waiting_for })] : null,
         d.parent ? [h('dt', { text: 'Parent' }), h('dd', { class: 'mono' }, h('a', { href: `#/executions/${encodeURIComponent(d.parent)}`, text: d.parent }))] : null,
+        d.error ? [h('dt', { text: 'Error' }), h('dd', { class: 'error', id: 'x-error', text: `${d.error.kind}: ${d.error.message}` })] : null,
         h('dt', { text: 'Created' }), h('dd', { text: when(d.created_ms) }),
         h('dt', { text: 'Updated' }), h('dd', { text: when(d.updated_ms) }),
         h('dt', { text: 'Run by' }), h('dd', { text: d.owner ? `${d.owner.host} pid ${d.owner.pid}` : '—' }),
