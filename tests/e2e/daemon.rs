@@ -831,25 +831,41 @@ fn counts_filters_the_live_feed_and_diagrams_over_http() {
         .call()
         .unwrap();
     assert_eq!(feed.status().as_u16(), 200);
+    let mut lines = std::io::BufReader::new(feed.body_mut().as_reader()).lines();
+    let mut next_changes = || -> Vec<Value> {
+        loop {
+            let line = lines
+                .next()
+                .expect("the feed ends only with the daemon")
+                .unwrap();
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(changes) = serde_json::from_str::<Vec<Value>>(data)
+            {
+                return changes;
+            }
+        }
+    };
+    let status_of = |changes: &[Value], id: &str| {
+        changes
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["status"].clone())
+    };
+    // First, the watched executions as they are.
+    let now = next_changes();
+    assert_eq!(status_of(&now, &ask), Some(json!("done")), "{now:?}");
+    assert_eq!(status_of(&now, &other), Some(json!("waiting")), "{now:?}");
     let out = flowhost(&shared_cache())
         .args(["cancel", &other, "--db", &site.db()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut lines = std::io::BufReader::new(feed.body_mut().as_reader()).lines();
     let cancelled = loop {
-        let line = lines
-            .next()
-            .expect("the feed ends only with the daemon")
-            .unwrap();
-        if let Some(data) = line.strip_prefix("data: ")
-            && let Ok(changes) = serde_json::from_str::<Vec<Value>>(data)
-            && let Some(c) = changes.iter().find(|c| c["id"] == other)
-        {
-            break c.clone();
+        if let Some(status) = status_of(&next_changes(), &other) {
+            break status;
         }
     };
-    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled, "cancelled");
     let many = vec![ask.as_str(); 201].join(",");
     for bad in [
         format!("/events?watch={many}"),

@@ -581,9 +581,9 @@ async fn counts(State(d): D) -> Result<Json<CountsAnswer>, ApiError> {
 /// array of executions — id, parent, machine, status, state, step,
 /// created_ms — the latest of each that changed since the last message) and
 /// `reload` (changes were missed: read again what you show). Changes this
-/// daemon's engine makes and the submissions it takes, and status changes
-/// of the executions named by `watch`, whoever makes them; a comment every
-/// 15 s keeps the connection open.
+/// daemon's engine makes and the submissions it takes, and the executions
+/// named by `watch` — first as they are, then their status changes,
+/// whoever makes them; a comment every 15 s keeps the connection open.
 #[utoipa::path(get, path = "/events", tag = "workflows", params(EventsQuery),
     responses((status = 200, content_type = "text/event-stream", body = String),
         (status = "4XX", body = ErrorBody)))]
@@ -609,11 +609,13 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
             .map_err(|e| ApiError::invalid(format!("watch: {e}")))?;
     }
     let mut watch = Watch::new(ids);
-    // The first look learns what they are now.
-    watch.changed(d.backend.as_ref()).await?;
+    // The first message: the watched executions as they are now.
+    let now = watch.changed(d.backend.as_ref()).await?;
+    let first = (!now.is_empty()).then_some(Next::Changes(now));
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (
+        first,
         d.feed.subscribe(),
         d.draining.subscribe(),
         watch,
@@ -622,19 +624,22 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
     );
     let stream = futures_util::stream::unfold(
         state,
-        |(mut sub, mut draining, mut watch, mut tick, d)| async move {
-            let next = loop {
-                tokio::select! {
-                    n = sub.next() => break n,
-                    _ = async { draining.wait_for(|d| *d).await.is_ok() } => break Next::Closed,
-                    _ = tick.tick(), if !watch.is_empty() => {
-                        match watch.changed(d.backend.as_ref()).await {
-                            Ok(c) if !c.is_empty() => break Next::Changes(c),
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!("events: watched executions: {e}"),
+        |(first, mut sub, mut draining, mut watch, mut tick, d)| async move {
+            let next = match first {
+                Some(first) => first,
+                None => loop {
+                    tokio::select! {
+                        n = sub.next() => break n,
+                        _ = async { draining.wait_for(|d| *d).await.is_ok() } => break Next::Closed,
+                        _ = tick.tick(), if !watch.is_empty() => {
+                            match watch.changed(d.backend.as_ref()).await {
+                                Ok(c) if !c.is_empty() => break Next::Changes(c),
+                                Ok(_) => {}
+                                Err(e) => tracing::debug!("events: watched executions: {e}"),
+                            }
                         }
                     }
-                }
+                },
             };
             let event = match next {
                 Next::Changes(c) => Event::default()
@@ -646,7 +651,7 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
             };
             Some((
                 Ok::<_, std::convert::Infallible>(event),
-                (sub, draining, watch, tick, d),
+                (None, sub, draining, watch, tick, d),
             ))
         },
     );

@@ -164,19 +164,18 @@ impl Watch {
         self.ids.is_empty()
     }
 
-    /// The watched executions whose status changed since the last look
-    /// (the first look only learns them).
+    /// The watched executions whose status changed since the last look;
+    /// the first look gives every one as it is now (so a subscriber misses
+    /// nothing that changed before it subscribed).
     pub async fn changed(
         &mut self,
         backend: &dyn Backend,
     ) -> crate::backend::BackendResult<Vec<Summary>> {
         let now = backend.statuses(&self.ids).await?;
-        let first = self.known.is_empty();
         let mut changes = Vec::new();
         for id in &self.ids {
             let Some(status) = now.get(id) else { continue };
-            if !first
-                && self.known.get(id) != Some(status)
+            if self.known.get(id) != Some(status)
                 && let Some(c) = backend.load(id).await?
             {
                 changes.push(Summary::from(c));
@@ -342,9 +341,24 @@ mod tests {
             .await
             .unwrap();
         let mut watch = Watch::new(vec!["a".into(), "b".into(), "missing".into()]);
+        let now: Vec<_> = watch
+            .changed(&store)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.status))
+            .collect();
+        assert_eq!(
+            now,
+            [
+                ("a".to_string(), ExecutionStatus::Running),
+                ("b".to_string(), ExecutionStatus::Waiting)
+            ],
+            "the first look gives them as they are"
+        );
         assert!(
             watch.changed(&store).await.unwrap().is_empty(),
-            "the first look learns"
+            "then only changes"
         );
         store
             .save(save("b", ExecutionStatus::Done, "end"))

@@ -519,6 +519,11 @@
       }
       for (const c of msg.changes) {
         const tr = tbody.querySelector(`tr[data-id="${CSS.escape(c.id)}"]`);
+        const same = tr
+          && tr.querySelector('[data-col="status"] [data-status]').dataset.status === c.status
+          && tr.querySelector('[data-col="state"]').textContent === c.state
+          && tr.querySelector('[data-col="step"]').textContent === String(c.step);
+        if (same) continue;
         if (tr) {
           tr.querySelector('[data-col="status"]').replaceChildren(statusBadge(c.status));
           tr.querySelector('[data-col="state"]').textContent = c.state;
