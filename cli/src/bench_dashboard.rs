@@ -14,10 +14,11 @@ use clap::Args;
 use flowhost::backend::{
     Backend, Checkpoint, Checkpoints, Durability, ExecutionStatus, ListFilter, SqliteBackend,
 };
+use flowhost::plugin::bench::Latency;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub(super) struct BenchDashboardArgs {
@@ -159,22 +160,40 @@ async fn seed(store: &SqliteBackend, total: u64) -> Result<u64, CliError> {
     Ok(total)
 }
 
-/// p50 and p95 of a sample, in ms.
-fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
-    (at(0.5), at(0.95))
+/// The API request for a list: the filter as the query of `GET /workflows`
+/// (the page's 50, without the one more the store is asked for).
+fn list_path(f: &ListFilter) -> String {
+    let mut q = vec![format!("limit={}", f.limit.unwrap_or(51) - 1)];
+    if let Some(s) = f.status {
+        q.push(format!("status={s}"));
+    }
+    if let Some(m) = &f.machine {
+        q.push(format!("machine={m}"));
+    }
+    if let Some(ms) = f.created_from {
+        q.push(format!("since={ms}"));
+    }
+    if let Some(ms) = f.created_before {
+        q.push(format!("until={ms}"));
+    }
+    if let Some(p) = &f.id_prefix {
+        q.push(format!("prefix={p}"));
+    }
+    if let Some((ms, id)) = &f.after {
+        q.push(format!("cursor={ms}-{id}"));
+    }
+    format!("/workflows?{}", q.join("&"))
 }
 
 /// GETs `path` `times` times; server times (from `Server-Timing`) and
-/// round trips, in ms.
+/// round trips, and the last answer.
 fn measure(
     agent: &ureq::Agent,
     base: &str,
     token: &str,
     path: &str,
     times: u32,
-) -> Result<(Vec<f64>, Vec<f64>, Value), CliError> {
+) -> Result<(Vec<Duration>, Vec<Duration>, Value), CliError> {
     let (mut server, mut client) = (Vec::new(), Vec::new());
     let mut last = Value::Null;
     for _ in 0..times {
@@ -189,17 +208,18 @@ fn measure(
             .get("server-timing")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split("dur=").nth(1))
-            .and_then(|v| v.parse::<f64>().ok());
+            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok());
         let status = res.status().as_u16();
         last = res.body_mut().read_json().unwrap_or(Value::Null);
-        client.push(started.elapsed().as_secs_f64() * 1e3);
+        client.push(started.elapsed());
         if status != 200 {
             return Err(CliError::Other(format!("GET {path}: {status} {last}")));
         }
-        server.push(
-            timing
-                .ok_or_else(|| CliError::Other(format!("GET {path}: no Server-Timing header")))?,
-        );
+        server
+            .push(timing.ok_or_else(|| {
+                CliError::Other(format!("GET {path}: no Server-Timing duration"))
+            })?);
     }
     Ok((server, client, last))
 }
@@ -238,7 +258,6 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
         })
         .await
         .map_err(other)?;
-    let cursor = deep.last().map(|c| format!("{}-{}", c.created_ms, c.id));
     let prefix: String = sample_id.chars().take(11).collect();
     // The oldest execution's first 6 characters: thousands match, all far
     // down the creation index (the slowest list there is).
@@ -254,105 +273,69 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
     let old_prefix: String = oldest
         .first()
         .map_or(String::new(), |c| c.id.chars().take(6).collect());
-    let cases: Vec<(&str, String, ListFilter)> = vec![
-        (
-            "first page",
-            "/workflows?limit=50".into(),
-            ListFilter {
-                roots_only: true,
-                limit: Some(51),
-                ..Default::default()
-            },
-        ),
+    // Each list as the page asks for it: roots, newest first, 50 a page.
+    let list = |f: ListFilter| ListFilter {
+        roots_only: true,
+        limit: Some(51),
+        ..f
+    };
+    let day_range = ListFilter {
+        created_from: Some(day.0),
+        created_before: Some(day.1),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, ListFilter)> = vec![
+        ("first page", list(ListFilter::default())),
         (
             "status=failed",
-            "/workflows?limit=50&status=failed".into(),
-            ListFilter {
-                roots_only: true,
+            list(ListFilter {
                 status: Some(ExecutionStatus::Failed),
-                limit: Some(51),
                 ..Default::default()
-            },
+            }),
         ),
         (
             "status=queued",
-            "/workflows?limit=50&status=queued".into(),
-            ListFilter {
-                roots_only: true,
+            list(ListFilter {
                 status: Some(ExecutionStatus::Queued),
-                limit: Some(51),
                 ..Default::default()
-            },
+            }),
         ),
         (
             "machine=triage",
-            "/workflows?limit=50&machine=triage".into(),
-            ListFilter {
-                roots_only: true,
+            list(ListFilter {
                 machine: Some("triage".into()),
-                limit: Some(51),
                 ..Default::default()
-            },
+            }),
         ),
-        (
-            "one day, a week ago",
-            format!("/workflows?limit=50&since={}&until={}", day.0, day.1),
-            ListFilter {
-                roots_only: true,
-                created_from: Some(day.0),
-                created_before: Some(day.1),
-                limit: Some(51),
-                ..Default::default()
-            },
-        ),
+        ("one day, a week ago", list(day_range.clone())),
         (
             "id prefix (11 characters)",
-            format!("/workflows?limit=50&prefix={prefix}"),
-            ListFilter {
-                roots_only: true,
-                id_prefix: Some(prefix.clone()),
-                limit: Some(51),
+            list(ListFilter {
+                id_prefix: Some(prefix),
                 ..Default::default()
-            },
+            }),
         ),
         (
             "id prefix (6, a month old)",
-            format!("/workflows?limit=50&prefix={old_prefix}"),
-            ListFilter {
-                roots_only: true,
-                id_prefix: Some(old_prefix.clone()),
-                limit: Some(51),
+            list(ListFilter {
+                id_prefix: Some(old_prefix),
                 ..Default::default()
-            },
+            }),
         ),
         (
             "failed+triage, one day",
-            format!(
-                "/workflows?limit=50&status=failed&machine=triage&since={}&until={}",
-                day.0, day.1
-            ),
-            ListFilter {
-                roots_only: true,
+            list(ListFilter {
                 status: Some(ExecutionStatus::Failed),
                 machine: Some("triage".into()),
-                created_from: Some(day.0),
-                created_before: Some(day.1),
-                limit: Some(51),
-                ..Default::default()
-            },
+                ..day_range
+            }),
         ),
         (
             "page 21 (cursor)",
-            format!(
-                "/workflows?limit=50&cursor={}",
-                cursor.clone().unwrap_or_default()
-            ),
-            ListFilter {
-                roots_only: true,
+            list(ListFilter {
                 after: deep.last().map(|c| (c.created_ms, c.id.clone())),
-                limit: Some(51),
                 ..Default::default()
-            },
+            }),
         ),
     ];
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
@@ -364,7 +347,7 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
         size(&wal) as f64 / 1048576.0
     );
     println!("query plans:");
-    for (name, _, filter) in &cases {
+    for (name, filter) in &cases {
         println!(
             "  {name}: {}",
             store.explain_list(filter).map_err(other)?.join("; ")
@@ -389,7 +372,7 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
         ("counts", "/counts".to_string()),
         ("machines", "/machines".to_string()),
     ];
-    rows.extend(cases.iter().map(|(n, p, _)| (*n, p.clone())));
+    rows.extend(cases.iter().map(|(n, f)| (*n, list_path(f))));
     rows.push(("one execution", format!("/workflows/{sample_id}")));
     println!(
         "{:<28} {:>10} {:>10} {:>12} {:>12}   (ms, {} requests each)",
@@ -400,8 +383,9 @@ pub(super) async fn dashboard(a: BenchDashboardArgs) -> Result<ExitCode, CliErro
         // One warm-up request, not counted.
         measure(&agent, daemon.base(), token, path, 1)?;
         let (server, client, last) = measure(&agent, daemon.base(), token, path, a.requests)?;
-        let (s50, s95) = percentiles(server);
-        let (c50, c95) = percentiles(client);
+        let (server, client) = (Latency::of(server), Latency::of(client));
+        let (s50, s95) = (server.p50_us / 1e3, server.p95_us / 1e3);
+        let (c50, c95) = (client.p50_us / 1e3, client.p95_us / 1e3);
         if ["counts", "machines", "first page"].contains(name) {
             page_total.0 += s50;
             page_total.1 += s95;

@@ -135,19 +135,13 @@ impl Observer for Observe {
     fn event(&self, rec: &Record, event: &Event) {
         self.metrics.event(rec, event);
         if self.feed.watched() {
-            self.feed.publish(live::Summary::of(rec, wall_ms()));
+            self.feed
+                .publish(live::Summary::of(rec, crate::backend::now_ms()));
         }
     }
     fn result_written(&self, _id: &str) {
         self.results.notify_waiters();
     }
-}
-
-/// Now, in ms since the epoch (wall clock: when a change was seen).
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A running daemon's parts, shared by the API handlers.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
     pub p50_us: f64,
+    pub p95_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
     pub mean_us: f64,
@@ -33,6 +34,7 @@ impl Latency {
         let n = samples.len().max(1) as f64;
         Latency {
             p50_us: at(0.50),
+            p95_us: at(0.95),
             p99_us: at(0.99),
             max_us: at(1.0),
             mean_us: total.as_secs_f64() * 1e6 / n,
@@ -195,7 +197,10 @@ mod tests {
     fn percentiles() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
         let l = Latency::of(samples);
-        assert_eq!((l.p50_us.round(), l.p99_us.round()), (51.0, 99.0));
+        assert_eq!(
+            (l.p50_us.round(), l.p95_us.round(), l.p99_us.round()),
+            (51.0, 95.0, 99.0)
+        );
         assert!((l.mean_us - 50.5).abs() < 1e-9);
     }
 
