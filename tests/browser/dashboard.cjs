@@ -89,9 +89,13 @@ async function step(name, fn) {
     await step('the list updates when an execution finishes', async () => {
       const cell = `tr[data-id="${c.waiting}"] [data-col="status"] [data-status]`;
       check(await page.getAttribute(cell, 'data-status') === 'waiting', 'it waits first');
+      const done = async () => Number((await page.textContent('[data-count="done"]')).replace(/,/g, ''));
+      const before = await done();
       await api(`/workflows/${c.waiting}/signal/answer`, 'POST', { ok: true });
       await page.waitForSelector(`tr[data-id="${c.waiting}"] [data-status="done"]`);
-      await page.waitForFunction(() => document.querySelector('[data-count="done"]').textContent !== '');
+      // The counts follow (from the store's counters).
+      await page.waitForFunction((n) => document.querySelector('[data-count="done"]').textContent === String(n), before + 1);
+      check(await done() === before + 1, 'one more done');
       await shot('executions-updated');
     });
 

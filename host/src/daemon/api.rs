@@ -612,7 +612,8 @@ async fn events(State(d): D, Params(q): Params<EventsQuery>) -> Result<Response,
     // The first message: the watched executions as they are now.
     let now = watch.changed(d.backend.as_ref()).await?;
     let first = (!now.is_empty()).then_some(Next::Changes(now));
-    let mut tick = tokio::time::interval(WATCH_EVERY);
+    // The first look is the snapshot above; the next one a period later.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_EVERY, WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (
         first,
