@@ -193,13 +193,7 @@ impl WorkPools for MemoryBackend {
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
         let b = self.backlog(pool).await?;
-        let mut s = PoolStats {
-            pending: b.pending,
-            claimed: b.claimed,
-            due: b.due,
-            oldest_due_ms: b.oldest_due_ms,
-            ..PoolStats::default()
-        };
+        let mut s = PoolStats::from(b);
         for j in self.lock().jobs.iter().filter(|j| j.pool == pool) {
             match j.status {
                 JobStatus::Done => s.done += 1,

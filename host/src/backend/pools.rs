@@ -86,6 +86,19 @@ pub struct PoolStats {
     pub oldest_due_ms: Option<u64>,
 }
 
+impl From<Backlog> for PoolStats {
+    /// The counts of work not done; done and poisoned are added by the store.
+    fn from(b: Backlog) -> PoolStats {
+        PoolStats {
+            pending: b.pending,
+            claimed: b.claimed,
+            due: b.due,
+            oldest_due_ms: b.oldest_due_ms,
+            ..PoolStats::default()
+        }
+    }
+}
+
 impl PoolStats {
     /// Jobs waiting for a worker or being worked on.
     pub fn depth(&self) -> u64 {

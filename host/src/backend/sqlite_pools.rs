@@ -360,13 +360,7 @@ impl WorkPools for SqliteBackend {
                 "SELECT status, COUNT(*) FROM jobs
                  WHERE pool = ?1 AND status IN ('done', 'poisoned') GROUP BY status",
             )?;
-            let mut s = PoolStats {
-                pending: backlog.pending,
-                claimed: backlog.claimed,
-                due: backlog.due,
-                oldest_due_ms: backlog.oldest_due_ms,
-                ..PoolStats::default()
-            };
+            let mut s = PoolStats::from(backlog);
             let rows = stmt.query_map(params![pool], |r| {
                 Ok((r.get::<_, JobStatus>(0)?, r.get::<_, i64>(1)? as u64))
             })?;

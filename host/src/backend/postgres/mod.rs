@@ -602,13 +602,7 @@ impl WorkPools for PostgresBackend {
 
     async fn stats(&self, pool: &str) -> BackendResult<PoolStats> {
         let backlog = self.backlog(pool).await?;
-        let mut s = PoolStats {
-            pending: backlog.pending,
-            claimed: backlog.claimed,
-            due: backlog.due,
-            oldest_due_ms: backlog.oldest_due_ms,
-            ..PoolStats::default()
-        };
+        let mut s = PoolStats::from(backlog);
         for r in self
             .query(
                 "SELECT status, count(*) FROM jobs WHERE pool = $1 AND status IN ('done', 'poisoned') GROUP BY status",
